@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the tools and packages the test suite needs, each only when missing or out of date.
+# Every step prints one line saying what it did, so a slow first run is never silent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { echo "==> $*"; }
+
+step "rust components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+scripts/ensure-strapi-app.sh

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The one test command (`make test`): installs what the suite needs, idempotently, then runs
+# lint and every test. Safe on a fresh machine and fast on a warm one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/test-deps.sh
+
+echo "==> lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "==> tests"
+cargo nextest run --no-fail-fast

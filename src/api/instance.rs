@@ -1,0 +1,184 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema, core::Duration};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DURATION_PATTERN, SecretKeyRef};
+
+/// Where a Strapi lives, how the operator authenticates to its admin API, and which
+/// `StrapiWebhook`s may send its events where.
+///
+/// The operator keeps exactly one webhook registered in this Strapi: a catch-all that points at
+/// the receiver and subscribes to the union of the events every allowed, enabled `StrapiWebhook`
+/// needs. Routing happens in the receiver, so changing a route never touches Strapi.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "webhooks.strapi-operator.dev",
+    version = "v1alpha1",
+    kind = "StrapiInstance",
+    namespaced,
+    shortname = "sti",
+    category = "strapi",
+    status = "StrapiInstanceStatus",
+    doc = "A Strapi CMS whose webhooks the operator manages.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
+    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status"),
+    printcolumn(name = "Events", type_ = "string", json_path = ".status.events", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StrapiInstanceSpec {
+    /// Base URL of Strapi as the operator reaches it, e.g. `http://strapi.cms.svc:1337`.
+    /// The admin API is served under `/admin` of this URL.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    pub url: String,
+
+    /// How the operator authenticates to Strapi's admin API.
+    pub auth: StrapiAuth,
+
+    /// Base URL at which Strapi reaches the receiver, e.g.
+    /// `http://strapi-webhook-operator-receiver.strapi-system.svc:8080`. Defaults to the
+    /// operator's `--receiver-url`. The instance's endpoint is this URL plus
+    /// `/v1/instances/<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    pub receiver_url: Option<String>,
+
+    /// Which namespaces may hold `StrapiWebhook`s that use this instance. Defaults to the
+    /// instance's own namespace only.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+
+    /// Roll this Strapi Deployment after the registration changes. Strapi loads webhooks when it
+    /// starts and only the replica that served the admin call learns of a change
+    /// (strapi/strapi#22595), so multi-replica Strapi needs this to pick up changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_on_change: Option<RestartTarget>,
+
+    /// How often the operator compares the registration in Strapi with the desired one and
+    /// repairs drift (Strapi has no watch API). Go duration format, e.g. `5m`.
+    #[serde(default = "default_resync_interval")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub resync_interval: Duration,
+}
+
+fn default_resync_interval() -> Duration {
+    std::time::Duration::from_secs(300).into()
+}
+
+/// Credentials for Strapi's admin API. Set exactly one of `apiToken` and `credentials`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.apiToken) != has(self.credentials)")
+        .message("set exactly one of apiToken and credentials")
+)]
+pub struct StrapiAuth {
+    /// An admin API token, sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<SecretKeyRef>,
+
+    /// An admin user's email and password; the operator logs in through `POST /admin/login`
+    /// and renews its session token before it expires. Use a dedicated admin user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<AdminCredentials>,
+}
+
+/// A Secret holding an admin user's email and password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminCredentials {
+    /// Name of the Secret in the instance's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the email in the Secret.
+    #[serde(default = "default_email_key")]
+    pub email_key: String,
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_email_key() -> String {
+    "email".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// Which namespaces may hold `StrapiWebhook`s for an instance, like Gateway API `allowedRoutes`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.from != 'Selector' || has(self.selector)")
+        .message("selector is required when from is Selector")
+)]
+pub struct AllowedNamespaces {
+    /// `Same` (default): only the instance's namespace; `All`: every namespace; `Selector`:
+    /// namespaces whose labels match `selector`.
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Label selector for namespaces, used when `from` is `Selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// See `AllowedNamespaces.from`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum NamespacesFrom {
+    /// Only the instance's own namespace.
+    #[default]
+    Same,
+    /// Every namespace.
+    All,
+    /// Namespaces that match the selector.
+    Selector,
+}
+
+/// A Deployment in the instance's namespace to roll when the registration changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// Name of the Strapi Deployment.
+    #[schemars(length(min = 1, max = 253))]
+    pub deployment: String,
+}
+
+/// Observed state of a `StrapiInstance`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StrapiInstanceStatus {
+    /// `Ready`, `Reachable`, `Registered` and `Verified`, each with a reason and message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Id of the managed webhook in Strapi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_id: Option<String>,
+    /// The receiver endpoint registered in Strapi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The events the registration subscribes to: the union over every allowed, enabled
+    /// `StrapiWebhook`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// How many `StrapiWebhook`s currently use this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<i32>,
+    /// The Secret holding the shared secret Strapi sends to the receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When Strapi last reached the receiver with the right secret after a trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+    /// When the operator last rolled `restartOnChange`'s Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_time: Option<Time>,
+}
