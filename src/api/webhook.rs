@@ -273,7 +273,7 @@ pub struct DeliveryPolicy {
     /// Attempts before a delivery is dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
-    pub max_attempts: Option<u32>,
+    pub max_attempts: Option<i32>,
     /// Age after which a delivery that still fails is dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
@@ -287,7 +287,7 @@ pub struct DeliveryPolicy {
     /// Deliveries in flight to this sink at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
-    pub concurrency: Option<u32>,
+    pub concurrency: Option<i32>,
 }
 
 /// Exponential backoff.
@@ -310,11 +310,11 @@ pub struct Backoff {
 pub struct RateLimit {
     /// Sustained requests per second.
     #[schemars(range(min = 1, max = 10000))]
-    pub per_second: u32,
+    pub per_second: i32,
     /// Requests allowed at once above the sustained rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
-    pub burst: Option<u32>,
+    pub burst: Option<i32>,
 }
 
 /// Which events go to one sink, and what is sent.
@@ -464,16 +464,16 @@ pub struct SinkStatus {
     pub name: String,
     /// Deliveries that succeeded.
     #[serde(default)]
-    pub delivered: u64,
+    pub delivered: i64,
     /// Attempts that failed and were retried.
     #[serde(default)]
-    pub failed: u64,
+    pub failed: i64,
     /// Deliveries given up on; `deliveries list --dead` shows them, `deliveries replay` retries.
     #[serde(default)]
-    pub dead_lettered: u64,
+    pub dead_lettered: i64,
     /// Deliveries waiting to be sent.
     #[serde(default)]
-    pub pending: u64,
+    pub pending: i64,
     /// True while the receiver holds deliveries back, e.g. after Slack said the webhook is gone.
     #[serde(default)]
     pub paused: bool,
