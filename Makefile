@@ -2,13 +2,22 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help generate lint test test-unit e2e
+.PHONY: help generate lint test test-unit e2e deploy-manifests check-chart
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-generate: ## Write the CRDs generated from src/api to crds/.
+generate: ## Write the CRDs generated from src/api to crds/ and the Helm chart's crds/.
 	$(CARGO) run --quiet -- crd --output-dir crds
+	rm -f charts/strapi-webhook-operator/crds/*.yaml && cp crds/*.yaml charts/strapi-webhook-operator/crds/
+
+deploy-manifests: ## Render deploy/ (for `kubectl apply -k deploy/`) from the Helm chart.
+	scripts/ensure-chart-tools.sh
+	scripts/render-deploy.sh deploy
+
+check-chart: ## Lint and render the Helm chart, validate every object, check deploy/ is in sync.
+	scripts/ensure-chart-tools.sh
+	scripts/check-chart.sh
 
 lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check

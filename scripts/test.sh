@@ -10,5 +10,8 @@ echo "==> lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
+echo "==> Helm chart and deploy/"
+scripts/check-chart.sh
+
 echo "==> tests"
 cargo nextest run --no-fail-fast
