@@ -54,6 +54,11 @@ for set in "${value_sets[@]}"; do
   check_manifests "$set.yaml" || fail "objects rendered with $set values"
 done
 
+echo "==> chart: refuses Kubernetes 1.32, below the minimum"
+if "$helm" template strapi-webhook-operator "$chart" --kube-version 1.32.0 > /dev/null 2>&1; then
+  fail "helm template accepted Kubernetes 1.32; Chart.yaml kubeVersion must say >=1.33"
+fi
+
 echo "==> chart: Deployment patch rights only with restartOnChange"
 # Count the RBAC rules on Deployments in each render: none by default, one ClusterRole rule when
 # enabled for every namespace, one Role per listed namespace otherwise.
