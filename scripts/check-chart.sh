@@ -71,8 +71,8 @@ expect_deployment_rules defaults 0
 expect_deployment_rules restart-on-change 1
 expect_deployment_rules restart-on-change-namespaced 2
 
-echo "==> chart: the checks catch a broken manifest"
-# Each mutation of the default render must be refused, so a check that silently stopped working
+echo "==> chart: the checks catch broken input"
+# Each mutation of the default render (and a misspelt value) must be refused, so a check that silently stopped working
 # cannot pass unnoticed.
 expect_refused() {
   local what="$1" expression="$2"
@@ -89,6 +89,12 @@ expect_refused "a writable root filesystem" 's/readOnlyRootFilesystem: true/read
 expect_refused "an unknown field" 's/^  revisionHistoryLimit: 3/  revisionHistoryLimits: 3/'
 expect_refused "a probe on a missing port" '0,/port: admin/s//port: admin-typo/'
 expect_refused "a misspelt apiVersion" 's#apiVersion: policy/v1#apiVersion: policy/v2#'
+
+if "$helm" lint --strict --quiet "$chart" --set controller.replicass=2 > /dev/null 2>&1; then
+  fail "values.schema.json accepted a misspelt key (controller.replicass)"
+else
+  echo "    refused: a misspelt value key (values.schema.json)"
+fi
 
 echo "==> deploy/: in sync with the chart"
 scripts/render-deploy.sh "$work/deploy"
