@@ -106,22 +106,28 @@ def selects(selector, labels):
 
 
 def validate_one(obj):
+    """Problems of one object against the schema of its kind."""
     if obj.get("kind") == "ServiceMonitor":
         validator = jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA)
-        return [f"{name_of(obj)}: {'.'.join(map(str, e.path))}: {e.message}"
-                for e in validator.iter_errors(obj)]
+        return [
+            f"{name_of(obj)}: {'.'.join(map(str, e.path))}: {e.message}"
+            for e in validator.iter_errors(obj)
+        ]
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as e:
         return [f"{name_of(obj)}: {'.'.join(map(str, e.path))}: {e.message}"]
     except SchemaNotFoundError:
-        return [f"{name_of(obj)}: no Kubernetes {KUBERNETES_VERSION} schema for "
-                f"{obj.get('apiVersion')} {obj.get('kind')} (misspelt, or a kind this check "
-                "does not know)"]
+        return [
+            f"{name_of(obj)}: no Kubernetes {KUBERNETES_VERSION} schema for "
+            f"{obj.get('apiVersion')} {obj.get('kind')} (misspelt, or a kind this check "
+            "does not know)"
+        ]
     return []
 
 
 def check_pod(owner, pod_spec, service_accounts):
+    """Problems of a pod template: the restricted Pod Security rules, probes, mounts, account."""
     problems = []
     where = name_of(owner)
     pod_sc = pod_spec.get("securityContext", {})
@@ -158,6 +164,7 @@ def check_pod(owner, pod_spec, service_accounts):
 
 
 def check_together(objects):
+    """Problems between objects: what points at what must exist and match."""
     problems = []
     by_kind = {}
     for obj in objects:
@@ -170,12 +177,19 @@ def check_together(objects):
     deployments = by_kind.get("Deployment", [])
 
     def pods_of(namespace, selector):
-        return [d for d in namespaced("Deployment", namespace)
-                if selects(selector, d["spec"]["template"]["metadata"].get("labels", {}))]
+        return [
+            d
+            for d in namespaced("Deployment", namespace)
+            if selects(selector, d["spec"]["template"]["metadata"].get("labels", {}))
+        ]
 
     def container_ports(deployment):
-        return {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"]
-                for p in c.get("ports", []) if "name" in p}
+        return {
+            p["name"]
+            for c in deployment["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+            if "name" in p
+        }
 
     for d in deployments:
         selector = d["spec"]["selector"].get("matchLabels", {})
@@ -192,36 +206,45 @@ def check_together(objects):
         for port in svc["spec"]["ports"]:
             target = port.get("targetPort")
             if isinstance(target, str) and target not in container_ports(targets[0]):
-                problems.append(f"{name_of(svc)}: targetPort {target!r} is not a port of "
-                                f"{name_of(targets[0])}")
+                problems.append(
+                    f"{name_of(svc)}: targetPort {target!r} is not a port of {name_of(targets[0])}"
+                )
 
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         for obj in by_kind.get(kind, []):
-            selector = (obj["spec"].get("selector") or obj["spec"].get("podSelector") or {})
+            selector = obj["spec"].get("selector") or obj["spec"].get("podSelector") or {}
             targets = pods_of(obj["metadata"].get("namespace"), selector.get("matchLabels", {}))
             if len(targets) != 1:
                 problems.append(f"{name_of(obj)}: selects {len(targets)} Deployments, expected 1")
             elif kind == "NetworkPolicy":
                 for rule in obj["spec"].get("ingress", []):
                     for port in rule.get("ports", []):
-                        if isinstance(port.get("port"), str) and \
-                                port["port"] not in container_ports(targets[0]):
-                            problems.append(f"{name_of(obj)}: port {port['port']!r} is not a "
-                                            f"port of {name_of(targets[0])}")
+                        if isinstance(port.get("port"), str) and port[
+                            "port"
+                        ] not in container_ports(targets[0]):
+                            problems.append(
+                                f"{name_of(obj)}: port {port['port']!r} is not a "
+                                f"port of {name_of(targets[0])}"
+                            )
 
     for monitor in by_kind.get("ServiceMonitor", []):
         ns = monitor["metadata"]["namespace"]
-        selected = [s for s in namespaced("Service", ns)
-                    if selects(monitor["spec"]["selector"]["matchLabels"],
-                               s["metadata"].get("labels", {}))]
+        selected = [
+            s
+            for s in namespaced("Service", ns)
+            if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"].get("labels", {}))
+        ]
         names = {p.get("name") for s in selected for p in s["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
             if endpoint["port"] not in names:
-                problems.append(f"{name_of(monitor)}: no selected Service has a port named "
-                                f"{endpoint['port']!r}")
+                problems.append(
+                    f"{name_of(monitor)}: no selected Service has a port named {endpoint['port']!r}"
+                )
 
-    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
-             for o in by_kind.get("Role", []) + by_kind.get("ClusterRole", [])}
+    roles = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+        for o in by_kind.get("Role", []) + by_kind.get("ClusterRole", [])
+    }
     for binding in by_kind.get("RoleBinding", []) + by_kind.get("ClusterRoleBinding", []):
         ref = binding["roleRef"]
         ns = binding["metadata"].get("namespace") if ref["kind"] == "Role" else None
@@ -229,8 +252,9 @@ def check_together(objects):
             problems.append(f"{name_of(binding)}: binds {ref['kind']}/{ref['name']}, not rendered")
         for subject in binding["subjects"]:
             if subject["kind"] == "ServiceAccount" and subject["name"] not in service_accounts:
-                problems.append(f"{name_of(binding)}: ServiceAccount {subject['name']!r} is "
-                                "not rendered")
+                problems.append(
+                    f"{name_of(binding)}: ServiceAccount {subject['name']!r} is not rendered"
+                )
     for role in by_kind.get("Role", []) + by_kind.get("ClusterRole", []):
         component = role["metadata"].get("labels", {}).get("app.kubernetes.io/component")
         for rule in role.get("rules", []):
@@ -240,8 +264,10 @@ def check_together(objects):
             if "*" in rule.get("resources", []) or "*" in rule.get("apiGroups", []):
                 problems.append(f"{name_of(role)}: uses a wildcard resource or API group")
             if component == "receiver" and not verbs <= READ_VERBS:
-                problems.append(f"{name_of(role)}: the receiver must be read-only, "
-                                f"grants {sorted(verbs - READ_VERBS)}")
+                problems.append(
+                    f"{name_of(role)}: the receiver must be read-only, "
+                    f"grants {sorted(verbs - READ_VERBS)}"
+                )
     return problems
 
 
