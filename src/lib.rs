@@ -12,4 +12,5 @@
 pub mod api;
 pub mod cli;
 pub mod event;
+pub mod queue;
 pub mod telemetry;

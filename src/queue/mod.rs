@@ -1,0 +1,375 @@
+//! The durable queue behind the receiver: stored events, their fan-out into deliveries, and the
+//! state of every delivery (pending, in flight, delivered, dead).
+//!
+//! The receiver talks to it only through the [`Queue`] trait, so the embedded SQLite store
+//! ([`sqlite::SqliteQueue`], one receiver per file) and a shared backend for several replicas can
+//! be swapped by configuration. The contract every backend keeps: [`Queue::ingest`] returns only
+//! once the event and all its deliveries are durable (that is what lets the receiver answer
+//! Strapi with a 2xx), and a claimed delivery that is never completed — the receiver crashed —
+//! becomes claimable again, so delivery is at least once.
+
+pub mod sqlite;
+
+use std::{fmt, time::SystemTime};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch; the queue's clock unit, stable across processes.
+pub type UnixMillis = i64;
+
+/// The current time in [`UnixMillis`].
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Why the queue could not do what it was asked. Each variant names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store could not be opened or prepared.
+    #[error("opening the queue at {location}: {message}")]
+    Open {
+        /// Where the store lives, e.g. the SQLite path.
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A read or write failed; `step` says which operation.
+    #[error("queue {step} failed: {message}")]
+    Storage {
+        /// The operation, e.g. `ingest` or `claim`.
+        step: &'static str,
+        /// What the store said.
+        message: String,
+    },
+    /// The queue has been shut down.
+    #[error("the queue is shut down")]
+    Closed,
+    /// No delivery has this id.
+    #[error("no delivery with id {0}")]
+    NotFound(String),
+    /// A replay named a delivery that is still queued.
+    #[error("delivery {id} is {state}; only dead or delivered deliveries can be replayed")]
+    NotReplayable {
+        /// The delivery.
+        id: String,
+        /// Its current state.
+        state: DeliveryState,
+    },
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Claimed by a worker that is sending it.
+    Inflight,
+    /// The sink accepted it.
+    Delivered,
+    /// Given up on; kept with its last error until replayed.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The name stored and shown, e.g. `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Inflight => "inflight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    /// Parses [`DeliveryState::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Pending, Self::Inflight, Self::Delivered, Self::Dead]
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sink as the queue knows it: the webhook (`namespace/name`) and the sink's name in it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SinkKey {
+    /// The `StrapiWebhook`, as `namespace/name`.
+    pub webhook: String,
+    /// The sink's name within the webhook.
+    pub sink: String,
+}
+
+impl fmt::Display for SinkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.webhook, self.sink)
+    }
+}
+
+/// An event to store, with the deliveries it fans out to.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Unique id (a UUIDv7, so ids sort by arrival).
+    pub id: String,
+    /// The `StrapiInstance` it came through, as `namespace/name`.
+    pub instance: String,
+    /// Strapi's event name, e.g. `entry.publish`.
+    pub event: String,
+    /// When the receiver took it in.
+    pub received_at: UnixMillis,
+    /// The exact bytes Strapi sent.
+    pub raw: Vec<u8>,
+    /// Strapi fires some events twice (`entry.delete` for draft and published rows); events with
+    /// the same key within [`NewEvent::dedup_window_ms`] are stored once.
+    pub dedup_key: Option<String>,
+    /// How far back a duplicate is looked for.
+    pub dedup_window_ms: i64,
+    /// One per matching (webhook, route).
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One delivery of a new event.
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    /// Unique, stable id; sent to the sink as `webhook-id` on every attempt.
+    pub id: String,
+    /// The sink it goes to.
+    pub sink: SinkKey,
+    /// The route within the webhook that matched.
+    pub route: String,
+    /// Set when the route could not be evaluated for this event (a filter error): the delivery
+    /// is stored dead with this reason, visible and replayable instead of silently dropped.
+    pub dead_on_arrival: Option<String>,
+}
+
+/// What [`Queue::ingest`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// The event and its deliveries are stored.
+    Stored,
+    /// An event with the same dedup key was stored within the window; nothing new was stored.
+    Duplicate {
+        /// The id of the event stored first.
+        original: String,
+    },
+}
+
+/// A delivery handed to a worker, with what it needs to send it.
+#[derive(Clone, Debug)]
+pub struct ClaimedDelivery {
+    /// The delivery id.
+    pub id: String,
+    /// The event it delivers.
+    pub event_id: String,
+    /// The sink.
+    pub sink: SinkKey,
+    /// The route that matched.
+    pub route: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// When the delivery was (re)queued; max age counts from here.
+    pub enqueued_at: UnixMillis,
+    /// The event's raw bytes.
+    pub raw: Vec<u8>,
+}
+
+/// How an attempt ended. Every variant but [`Completion::Release`] counts as one attempt.
+#[derive(Clone, Debug)]
+pub enum Completion {
+    /// The sink accepted it.
+    Delivered,
+    /// Try again at `next_attempt_at`.
+    Retry {
+        /// When the next attempt may start.
+        next_attempt_at: UnixMillis,
+        /// Why this attempt failed.
+        error: String,
+    },
+    /// Give up; the error is kept for `deliveries show`.
+    DeadLetter {
+        /// Why.
+        error: String,
+    },
+    /// Hand it back untried (shutdown, paused sink), due at `next_attempt_at`.
+    Release {
+        /// When it may be claimed again.
+        next_attempt_at: UnixMillis,
+    },
+}
+
+/// A row of `deliveries list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySummary {
+    /// The delivery id (`webhook-id`).
+    pub id: String,
+    /// The event id.
+    pub event_id: String,
+    /// The instance the event came through.
+    pub instance: String,
+    /// Strapi's event name.
+    pub event: String,
+    /// The webhook, as `namespace/name`.
+    pub webhook: String,
+    /// The route that matched.
+    pub route: String,
+    /// The sink's name.
+    pub sink: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was (re)queued.
+    pub enqueued_at: UnixMillis,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<UnixMillis>,
+    /// When it was delivered.
+    pub delivered_at: Option<UnixMillis>,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// `deliveries show`: a delivery and the event it carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryDetail {
+    /// The delivery.
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    /// The event as Strapi sent it (JSON), or as text if it is not valid JSON.
+    pub payload: serde_json::Value,
+}
+
+/// Which deliveries `list` returns; unset fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryFilter {
+    /// Only this state.
+    pub state: Option<DeliveryState>,
+    /// Only this webhook (`namespace/name`).
+    pub webhook: Option<String>,
+    /// Only sinks of this name.
+    pub sink: Option<String>,
+    /// Only this event's deliveries.
+    pub event: Option<String>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// Which deliveries `replay` re-queues.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplaySelector {
+    /// One delivery, dead or delivered.
+    Id(String),
+    /// Every dead letter, optionally only of one webhook and/or sink name.
+    DeadLetters {
+        /// Only this webhook.
+        webhook: Option<String>,
+        /// Only sinks of this name.
+        sink: Option<String>,
+    },
+}
+
+/// Counters of one sink, kept by the queue so they survive restarts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkCounters {
+    /// Deliveries that succeeded.
+    pub delivered: i64,
+    /// Attempts that failed and were retried.
+    pub failed: i64,
+    /// Deliveries dead-lettered.
+    pub dead_lettered: i64,
+    /// Deliveries waiting (pending or in flight).
+    pub pending: i64,
+    /// Last success.
+    pub last_success_at: Option<UnixMillis>,
+    /// Last failure as the sink answered it.
+    pub last_error: Option<String>,
+}
+
+/// Strapi's `trigger-test` calls seen for one instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handshake {
+    /// How many trigger-test events arrived with the right secret.
+    pub count: i64,
+    /// When the last one arrived.
+    pub last_at: Option<UnixMillis>,
+}
+
+/// The store behind the receiver. Methods return boxed futures so the receiver can hold any
+/// backend as `Arc<dyn Queue>`.
+pub trait Queue: Send + Sync + 'static {
+    /// Stores an event and its deliveries atomically and durably; only then returns.
+    fn ingest(&self, event: NewEvent) -> BoxFuture<'_, Result<IngestOutcome, QueueError>>;
+
+    /// Records a `trigger-test` handshake for an instance.
+    fn record_handshake(
+        &self,
+        instance: String,
+        at: UnixMillis,
+    ) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// The handshakes seen for an instance.
+    fn handshake(&self, instance: String) -> BoxFuture<'_, Result<Handshake, QueueError>>;
+
+    /// Claims up to `limit` deliveries of `sink` due at `now`, oldest first, for `lease_ms`. A
+    /// claim that is not completed within the lease becomes claimable again.
+    fn claim(
+        &self,
+        sink: SinkKey,
+        now: UnixMillis,
+        limit: u32,
+        lease_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedDelivery>, QueueError>>;
+
+    /// When the next delivery of `sink` becomes due, if any is waiting.
+    fn next_due(&self, sink: SinkKey) -> BoxFuture<'_, Result<Option<UnixMillis>, QueueError>>;
+
+    /// Records how a claimed delivery's attempt ended.
+    fn complete(&self, id: String, completion: Completion)
+    -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// Sinks that have deliveries waiting (pending or in flight).
+    fn waiting_sinks(&self) -> BoxFuture<'_, Result<Vec<SinkKey>, QueueError>>;
+
+    /// Dead-letters every waiting delivery of `sink` with `reason` (its webhook or sink is gone
+    /// from the configuration). Returns how many.
+    fn dead_letter_waiting(
+        &self,
+        sink: SinkKey,
+        reason: String,
+    ) -> BoxFuture<'_, Result<u64, QueueError>>;
+
+    /// Deliveries matching `filter`, newest first.
+    fn list(
+        &self,
+        filter: DeliveryFilter,
+    ) -> BoxFuture<'_, Result<Vec<DeliverySummary>, QueueError>>;
+
+    /// One delivery with its event.
+    fn show(&self, id: String) -> BoxFuture<'_, Result<DeliveryDetail, QueueError>>;
+
+    /// Re-queues deliveries for an immediate attempt with a fresh attempt count and age. Returns
+    /// the sinks affected and how many deliveries were re-queued.
+    fn replay(
+        &self,
+        selector: ReplaySelector,
+    ) -> BoxFuture<'_, Result<Vec<(SinkKey, i64)>, QueueError>>;
+
+    /// Counters of every sink the queue has seen.
+    fn counters(&self) -> BoxFuture<'_, Result<Vec<(SinkKey, SinkCounters)>, QueueError>>;
+
+    /// Deletes delivered deliveries older than `before`, and events left without deliveries.
+    fn prune(&self, before: UnixMillis) -> BoxFuture<'_, Result<u64, QueueError>>;
+}

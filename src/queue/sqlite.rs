@@ -1,0 +1,990 @@
+//! The embedded queue: one SQLite file in WAL mode, owned by one receiver process.
+//!
+//! Durability: `synchronous = FULL`. In WAL mode `NORMAL` survives a crash of the process but
+//! can lose the last commits on power loss or a kernel panic — and those are events Strapi was
+//! already told are safe, which Strapi never resends. `FULL` syncs the WAL on every commit, and
+//! to keep that affordable all writes go through one writer thread that folds every request
+//! waiting at the moment into one transaction (group commit): under load, one fsync covers many
+//! ingests. Each request runs in its own savepoint, so one failing request does not undo the
+//! others in its batch. Reads (lists, counters, next due time) use a second connection and never
+//! wait for the writer.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
+    Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector, SinkCounters, SinkKey,
+    UnixMillis, now_millis,
+};
+
+// Requests folded into one commit at most; bounds the latency one batch adds to the next.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id          TEXT PRIMARY KEY,
+    instance    TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    dedup_key   TEXT,
+    raw         BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_dedup ON events (dedup_key, received_at)
+    WHERE dedup_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              TEXT PRIMARY KEY,
+    event_id        TEXT NOT NULL REFERENCES events (id),
+    webhook         TEXT NOT NULL,
+    route           TEXT NOT NULL,
+    sink            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    enqueued_at     INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, sink, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS sink_counters (
+    webhook         TEXT NOT NULL,
+    sink            TEXT NOT NULL,
+    delivered       INTEGER NOT NULL DEFAULT 0,
+    failed          INTEGER NOT NULL DEFAULT 0,
+    dead_lettered   INTEGER NOT NULL DEFAULT 0,
+    last_success_at INTEGER,
+    last_error      TEXT,
+    PRIMARY KEY (webhook, sink)
+);
+CREATE TABLE IF NOT EXISTS handshakes (
+    instance TEXT PRIMARY KEY,
+    count    INTEGER NOT NULL,
+    last_at  INTEGER NOT NULL
+);
+";
+
+/// The SQLite queue. Cheap to share behind an `Arc`; dropping the last handle stops the writer
+/// thread after it finishes the requests already sent.
+pub struct SqliteQueue {
+    writer: mpsc::UnboundedSender<Box<dyn WriteJob>>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteQueue {
+    /// Opens (or creates) the queue file. Deliveries left in flight by a previous process are
+    /// made pending again: this process owns the file, so nobody else is sending them.
+    pub fn open(path: &Path) -> Result<Self, QueueError> {
+        let open_error = |error: rusqlite::Error| QueueError::Open {
+            location: path.display().to_string(),
+            message: error.to_string(),
+        };
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|error| QueueError::Open {
+                location: path.display().to_string(),
+                message: format!("creating {}: {error}", parent.display()),
+            })?;
+        }
+        let mut writer = Connection::open(path).map_err(open_error)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(open_error)?;
+        writer.execute_batch(SCHEMA).map_err(open_error)?;
+        writer
+            .execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'inflight'",
+                [],
+            )
+            .map_err(open_error)?;
+        let reader = Connection::open(path).map_err(open_error)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(open_error)?;
+
+        let (sender, jobs) = mpsc::unbounded_channel();
+        let thread_path = path.display().to_string();
+        thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || run_writer(&mut writer, jobs, &thread_path))
+            .map_err(|error| QueueError::Open {
+                location: path.display().to_string(),
+                message: format!("starting the writer thread: {error}"),
+            })?;
+        Ok(Self {
+            writer: sender,
+            reader: Arc::new(Mutex::new(reader)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this queue lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write<T, F>(&self, step: &'static str, work: F) -> BoxFuture<'_, Result<T, QueueError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Job {
+            step,
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        let sent = self.writer.send(job).map_err(|_| QueueError::Closed);
+        async move {
+            sent?;
+            answer.await.map_err(|_| QueueError::Closed)?
+        }
+        .boxed()
+    }
+
+    fn read<T, F>(&self, step: &'static str, work: F) -> BoxFuture<'_, Result<T, QueueError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock leaves no half-done state in a read connection.
+                let connection = reader
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                work(&connection)
+            })
+            .await
+            .map_err(|error| storage(step, error))?
+        }
+        .boxed()
+    }
+}
+
+fn storage(step: &'static str, error: impl ToString) -> QueueError {
+    QueueError::Storage {
+        step,
+        message: error.to_string(),
+    }
+}
+
+/// One request to the writer thread, type-erased so requests of any result type share a batch.
+trait WriteJob: Send {
+    /// Runs the request inside the batch's transaction.
+    fn run(&mut self, transaction: &mut Transaction<'_>);
+    /// Answers the caller once the batch's commit (or its failure to start) is known.
+    fn finish(self: Box<Self>, batch: Result<(), &str>);
+}
+
+struct Job<T, F> {
+    step: &'static str,
+    work: Option<F>,
+    result: Option<Result<T, QueueError>>,
+    reply: oneshot::Sender<Result<T, QueueError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, QueueError> + Send,
+{
+    fn run(&mut self, transaction: &mut Transaction<'_>) {
+        let Some(work) = self.work.take() else { return };
+        let result = match transaction.savepoint() {
+            Ok(savepoint) => {
+                let result = work(&savepoint);
+                // Dropping a savepoint without commit rolls back only this request's writes.
+                match result {
+                    Ok(value) => savepoint
+                        .commit()
+                        .map(|()| value)
+                        .map_err(|e| storage(self.step, e)),
+                    Err(error) => Err(error),
+                }
+            }
+            Err(error) => Err(storage(self.step, error)),
+        };
+        self.result = Some(result);
+    }
+
+    fn finish(self: Box<Self>, batch: Result<(), &str>) {
+        let step = self.step;
+        let answer = match (batch, self.result) {
+            (Err(message), _) => Err(storage(step, format!("commit: {message}"))),
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(storage(step, "the request was not run")),
+        };
+        // The caller may have gone away (its HTTP request was cancelled); nothing to tell then.
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn run_writer(
+    connection: &mut Connection,
+    mut jobs: mpsc::UnboundedReceiver<Box<dyn WriteJob>>,
+    path: &str,
+) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = match connection.transaction() {
+            Ok(mut transaction) => {
+                for job in &mut batch {
+                    job.run(&mut transaction);
+                }
+                transaction.commit().map_err(|error| error.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(message) = &outcome {
+            tracing::error!(path, batch = batch.len(), error = %message, "queue commit failed");
+        }
+        for job in batch {
+            job.finish(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        }
+    }
+}
+
+fn sql(step: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
+    move |error| storage(step, error)
+}
+
+impl Queue for SqliteQueue {
+    fn ingest(&self, event: NewEvent) -> BoxFuture<'_, Result<IngestOutcome, QueueError>> {
+        self.write("ingest", move |connection| {
+            let map = sql("ingest");
+            if let Some(key) = &event.dedup_key {
+                let original: Option<String> = connection
+                    .query_row(
+                        "SELECT id FROM events WHERE dedup_key = ?1 AND received_at >= ?2 LIMIT 1",
+                        params![key, event.received_at - event.dedup_window_ms],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(&map)?;
+                if let Some(original) = original {
+                    return Ok(IngestOutcome::Duplicate { original });
+                }
+            }
+            connection
+                .execute(
+                    "INSERT INTO events (id, instance, event, received_at, dedup_key, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        event.id,
+                        event.instance,
+                        event.event,
+                        event.received_at,
+                        event.dedup_key,
+                        event.raw
+                    ],
+                )
+                .map_err(&map)?;
+            let mut insert = connection
+                .prepare_cached(
+                    "INSERT INTO deliveries
+                       (id, event_id, webhook, route, sink, state, enqueued_at, next_attempt_at,
+                        last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                )
+                .map_err(&map)?;
+            for delivery in &event.deliveries {
+                let state = match delivery.dead_on_arrival {
+                    Some(_) => DeliveryState::Dead,
+                    None => DeliveryState::Pending,
+                };
+                insert
+                    .execute(params![
+                        delivery.id,
+                        event.id,
+                        delivery.sink.webhook,
+                        delivery.route,
+                        delivery.sink.sink,
+                        state.as_str(),
+                        event.received_at,
+                        delivery.dead_on_arrival,
+                    ])
+                    .map_err(&map)?;
+                if let Some(reason) = &delivery.dead_on_arrival {
+                    bump_counters(
+                        connection,
+                        &delivery.sink,
+                        Counter::DeadLettered(1),
+                        Some(reason),
+                    )
+                    .map_err(&map)?;
+                }
+            }
+            Ok(IngestOutcome::Stored)
+        })
+    }
+
+    fn record_handshake(
+        &self,
+        instance: String,
+        at: UnixMillis,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.write("record handshake", move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO handshakes (instance, count, last_at) VALUES (?1, 1, ?2)
+                     ON CONFLICT (instance) DO UPDATE SET count = count + 1, last_at = ?2",
+                    params![instance, at],
+                )
+                .map(drop)
+                .map_err(sql("record handshake"))
+        })
+    }
+
+    fn handshake(&self, instance: String) -> BoxFuture<'_, Result<Handshake, QueueError>> {
+        self.read("read handshake", move |connection| {
+            connection
+                .query_row(
+                    "SELECT count, last_at FROM handshakes WHERE instance = ?1",
+                    params![instance],
+                    |row| {
+                        Ok(Handshake {
+                            count: row.get(0)?,
+                            last_at: row.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map(Option::unwrap_or_default)
+                .map_err(sql("read handshake"))
+        })
+    }
+
+    fn claim(
+        &self,
+        sink: SinkKey,
+        now: UnixMillis,
+        limit: u32,
+        lease_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedDelivery>, QueueError>> {
+        self.write("claim", move |connection| {
+            let map = sql("claim");
+            let mut select = connection
+                .prepare_cached(
+                    "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw
+                     FROM deliveries d JOIN events e ON e.id = d.event_id
+                     WHERE d.webhook = ?1 AND d.sink = ?2 AND (
+                         (d.state = 'pending' AND d.next_attempt_at <= ?3)
+                         OR (d.state = 'inflight' AND d.lease_until <= ?3))
+                     ORDER BY d.next_attempt_at, d.id LIMIT ?4",
+                )
+                .map_err(&map)?;
+            let claimed = select
+                .query_map(params![sink.webhook, sink.sink, now, limit], |row| {
+                    Ok(ClaimedDelivery {
+                        id: row.get(0)?,
+                        event_id: row.get(1)?,
+                        sink: sink.clone(),
+                        route: row.get(2)?,
+                        attempts: row.get(3)?,
+                        enqueued_at: row.get(4)?,
+                        raw: row.get(5)?,
+                    })
+                })
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)?;
+            let mut lease = connection
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'inflight', lease_until = ?2 WHERE id = ?1",
+                )
+                .map_err(&map)?;
+            for delivery in &claimed {
+                lease
+                    .execute(params![delivery.id, now + lease_ms])
+                    .map_err(&map)?;
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn next_due(&self, sink: SinkKey) -> BoxFuture<'_, Result<Option<UnixMillis>, QueueError>> {
+        self.read("next due", move |connection| {
+            connection
+                .query_row(
+                    "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE lease_until END)
+                     FROM deliveries
+                     WHERE webhook = ?1 AND sink = ?2 AND state IN ('pending', 'inflight')",
+                    params![sink.webhook, sink.sink],
+                    |row| row.get(0),
+                )
+                .map_err(sql("next due"))
+        })
+    }
+
+    fn complete(
+        &self,
+        id: String,
+        completion: Completion,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.write("complete", move |connection| {
+            let map = sql("complete");
+            let sink: Option<SinkKey> = connection
+                .query_row(
+                    "SELECT webhook, sink FROM deliveries WHERE id = ?1 AND state = 'inflight'",
+                    params![id],
+                    |row| {
+                        Ok(SinkKey {
+                            webhook: row.get(0)?,
+                            sink: row.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(&map)?;
+            // Not in flight any more: its lease ran out and it was handed to another attempt,
+            // or it was replayed or dead-lettered meanwhile. That attempt's record wins.
+            let Some(sink) = sink else { return Ok(()) };
+            let now = now_millis();
+            match &completion {
+                Completion::Delivered => connection.execute(
+                    "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
+                           delivered_at = ?2, lease_until = NULL WHERE id = ?1",
+                    params![id, now],
+                ),
+                Completion::Retry {
+                    next_attempt_at,
+                    error,
+                } => connection.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,
+                       next_attempt_at = ?2, last_error = ?3, lease_until = NULL WHERE id = ?1",
+                    params![id, next_attempt_at, error],
+                ),
+                Completion::DeadLetter { error } => connection.execute(
+                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1,
+                       last_error = ?2, lease_until = NULL WHERE id = ?1",
+                    params![id, error],
+                ),
+                Completion::Release { next_attempt_at } => connection.execute(
+                    "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2,
+                       lease_until = NULL WHERE id = ?1",
+                    params![id, next_attempt_at],
+                ),
+            }
+            .map_err(&map)?;
+            match &completion {
+                Completion::Delivered => bump_counters(connection, &sink, Counter::Delivered, None),
+                Completion::Retry { error, .. } => {
+                    bump_counters(connection, &sink, Counter::Failed, Some(error))
+                }
+                Completion::DeadLetter { error } => {
+                    bump_counters(connection, &sink, Counter::DeadLettered(1), Some(error))
+                }
+                Completion::Release { .. } => Ok(()),
+            }
+            .map_err(&map)
+        })
+    }
+
+    fn waiting_sinks(&self) -> BoxFuture<'_, Result<Vec<SinkKey>, QueueError>> {
+        self.read("list waiting sinks", |connection| {
+            let map = sql("list waiting sinks");
+            let mut select = connection
+                .prepare_cached(
+                    "SELECT DISTINCT webhook, sink FROM deliveries
+                     WHERE state IN ('pending', 'inflight')",
+                )
+                .map_err(&map)?;
+            select
+                .query_map([], |row| {
+                    Ok(SinkKey {
+                        webhook: row.get(0)?,
+                        sink: row.get(1)?,
+                    })
+                })
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)
+        })
+    }
+
+    fn dead_letter_waiting(
+        &self,
+        sink: SinkKey,
+        reason: String,
+    ) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.write("dead-letter waiting", move |connection| {
+            let map = sql("dead-letter waiting");
+            let count = connection
+                .execute(
+                    "UPDATE deliveries SET state = 'dead', last_error = ?3, lease_until = NULL
+                     WHERE webhook = ?1 AND sink = ?2 AND state IN ('pending', 'inflight')",
+                    params![sink.webhook, sink.sink, reason],
+                )
+                .map_err(&map)?;
+            if count > 0 {
+                let dead = i64::try_from(count).unwrap_or(i64::MAX);
+                bump_counters(
+                    connection,
+                    &sink,
+                    Counter::DeadLettered(dead),
+                    Some(&reason),
+                )
+                .map_err(&map)?;
+            }
+            Ok(count as u64)
+        })
+    }
+
+    fn list(
+        &self,
+        filter: DeliveryFilter,
+    ) -> BoxFuture<'_, Result<Vec<DeliverySummary>, QueueError>> {
+        self.read("list deliveries", move |connection| {
+            let map = sql("list deliveries");
+            let mut select = connection
+                .prepare_cached(&format!(
+                    "{SUMMARY_SELECT}
+                     WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.webhook = ?2)
+                       AND (?3 IS NULL OR d.sink = ?3) AND (?4 IS NULL OR d.event_id = ?4)
+                     ORDER BY d.id DESC LIMIT ?5"
+                ))
+                .map_err(&map)?;
+            select
+                .query_map(
+                    params![
+                        filter.state.map(DeliveryState::as_str),
+                        filter.webhook,
+                        filter.sink,
+                        filter.event,
+                        filter.limit
+                    ],
+                    summary_row,
+                )
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)
+        })
+    }
+
+    fn show(&self, id: String) -> BoxFuture<'_, Result<DeliveryDetail, QueueError>> {
+        self.read("show delivery", move |connection| {
+            let map = sql("show delivery");
+            let found = connection
+                .query_row(
+                    &format!("{SUMMARY_SELECT} WHERE d.id = ?1"),
+                    params![id],
+                    |row| Ok((summary_row(row)?, row.get::<_, Vec<u8>>(13)?)),
+                )
+                .optional()
+                .map_err(&map)?;
+            let (summary, raw) = found.ok_or(QueueError::NotFound(id))?;
+            let payload = serde_json::from_slice(&raw).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&raw).into_owned())
+            });
+            Ok(DeliveryDetail { summary, payload })
+        })
+    }
+
+    fn replay(
+        &self,
+        selector: ReplaySelector,
+    ) -> BoxFuture<'_, Result<Vec<(SinkKey, i64)>, QueueError>> {
+        self.write("replay", move |connection| {
+            let map = sql("replay");
+            let now = now_millis();
+            let (webhook, sink, id) = match &selector {
+                ReplaySelector::Id(id) => {
+                    let state: Option<String> = connection
+                        .query_row(
+                            "SELECT state FROM deliveries WHERE id = ?1",
+                            params![id],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(&map)?;
+                    let state = state.ok_or_else(|| QueueError::NotFound(id.clone()))?;
+                    let state = DeliveryState::parse(&state)
+                        .ok_or_else(|| storage("replay", format!("unknown state {state}")))?;
+                    if matches!(state, DeliveryState::Pending | DeliveryState::Inflight) {
+                        return Err(QueueError::NotReplayable {
+                            id: id.clone(),
+                            state,
+                        });
+                    }
+                    (None, None, Some(id.clone()))
+                }
+                ReplaySelector::DeadLetters { webhook, sink } => {
+                    (webhook.clone(), sink.clone(), None)
+                }
+            };
+            let condition = "(?1 IS NULL OR webhook = ?1) AND (?2 IS NULL OR sink = ?2)
+                 AND ((?3 IS NULL AND state = 'dead') OR id = ?3)";
+            let mut select = connection
+                .prepare_cached(&format!(
+                    "SELECT webhook, sink, COUNT(*) FROM deliveries WHERE {condition}
+                     GROUP BY webhook, sink"
+                ))
+                .map_err(&map)?;
+            let affected = select
+                .query_map(params![webhook, sink, id], |row| {
+                    Ok((
+                        SinkKey {
+                            webhook: row.get(0)?,
+                            sink: row.get(1)?,
+                        },
+                        row.get(2)?,
+                    ))
+                })
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)?;
+            connection
+                .execute(
+                    &format!(
+                        "UPDATE deliveries SET state = 'pending', attempts = 0, enqueued_at = ?4,
+                           next_attempt_at = ?4, lease_until = NULL, delivered_at = NULL
+                         WHERE {condition}"
+                    ),
+                    params![webhook, sink, id, now],
+                )
+                .map_err(&map)?;
+            Ok(affected)
+        })
+    }
+
+    fn counters(&self) -> BoxFuture<'_, Result<Vec<(SinkKey, SinkCounters)>, QueueError>> {
+        self.read("read counters", |connection| {
+            let map = sql("read counters");
+            let mut select = connection
+                .prepare_cached(
+                    "SELECT k.webhook, k.sink, COALESCE(c.delivered, 0), COALESCE(c.failed, 0),
+                            COALESCE(c.dead_lettered, 0),
+                            (SELECT COUNT(*) FROM deliveries d WHERE d.webhook = k.webhook
+                               AND d.sink = k.sink AND d.state IN ('pending', 'inflight')),
+                            c.last_success_at, c.last_error
+                     FROM (SELECT webhook, sink FROM sink_counters
+                           UNION SELECT DISTINCT webhook, sink FROM deliveries
+                                 WHERE state IN ('pending', 'inflight')) k
+                     LEFT JOIN sink_counters c ON c.webhook = k.webhook AND c.sink = k.sink
+                     ORDER BY k.webhook, k.sink",
+                )
+                .map_err(&map)?;
+            select
+                .query_map([], |row| {
+                    Ok((
+                        SinkKey {
+                            webhook: row.get(0)?,
+                            sink: row.get(1)?,
+                        },
+                        SinkCounters {
+                            delivered: row.get(2)?,
+                            failed: row.get(3)?,
+                            dead_lettered: row.get(4)?,
+                            pending: row.get(5)?,
+                            last_success_at: row.get(6)?,
+                            last_error: row.get(7)?,
+                        },
+                    ))
+                })
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)
+        })
+    }
+
+    fn prune(&self, before: UnixMillis) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.write("prune", move |connection| {
+            let map = sql("prune");
+            let deliveries = connection
+                .execute(
+                    "DELETE FROM deliveries WHERE state = 'delivered' AND delivered_at < ?1",
+                    params![before],
+                )
+                .map_err(&map)?;
+            connection
+                .execute(
+                    "DELETE FROM events WHERE received_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                    params![before],
+                )
+                .map_err(&map)?;
+            Ok(deliveries as u64)
+        })
+    }
+}
+
+const SUMMARY_SELECT: &str = "
+    SELECT d.id, d.event_id, e.instance, e.event, d.webhook, d.route, d.sink, d.state, d.attempts,
+           d.enqueued_at, d.next_attempt_at, d.delivered_at, d.last_error, e.raw
+    FROM deliveries d JOIN events e ON e.id = d.event_id";
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliverySummary> {
+    let state: String = row.get(7)?;
+    let state = DeliveryState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            7,
+            rusqlite::types::Type::Text,
+            format!("unknown delivery state {state}").into(),
+        )
+    })?;
+    Ok(DeliverySummary {
+        id: row.get(0)?,
+        event_id: row.get(1)?,
+        instance: row.get(2)?,
+        event: row.get(3)?,
+        webhook: row.get(4)?,
+        route: row.get(5)?,
+        sink: row.get(6)?,
+        state,
+        attempts: row.get(8)?,
+        enqueued_at: row.get(9)?,
+        next_attempt_at: (state == DeliveryState::Pending).then_some(row.get(10)?),
+        delivered_at: row.get(11)?,
+        last_error: row.get(12)?,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Counter {
+    Delivered,
+    Failed,
+    DeadLettered(i64),
+}
+
+fn bump_counters(
+    connection: &Connection,
+    sink: &SinkKey,
+    counter: Counter,
+    error: Option<&String>,
+) -> rusqlite::Result<()> {
+    let (delivered, failed, dead, success_at) = match counter {
+        Counter::Delivered => (1, 0, 0, Some(now_millis())),
+        Counter::Failed => (0, 1, 0, None),
+        Counter::DeadLettered(count) => (0, 0, count, None),
+    };
+    connection
+        .prepare_cached(
+            "INSERT INTO sink_counters
+               (webhook, sink, delivered, failed, dead_lettered, last_success_at, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT DO UPDATE SET delivered = delivered + ?3, failed = failed + ?4,
+               dead_lettered = dead_lettered + ?5,
+               last_success_at = COALESCE(?6, last_success_at),
+               last_error = COALESCE(?7, last_error)",
+        )?
+        .execute(params![
+            sink.webhook,
+            sink.sink,
+            delivered,
+            failed,
+            dead,
+            success_at,
+            error
+        ])
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::NewDelivery;
+
+    fn event(id: &str, dedup_key: Option<&str>, sinks: &[&str]) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            instance: "cms/strapi".into(),
+            event: "entry.delete".into(),
+            received_at: now_millis(),
+            raw: br#"{"event":"entry.delete"}"#.to_vec(),
+            dedup_key: dedup_key.map(str::to_owned),
+            dedup_window_ms: 60_000,
+            deliveries: sinks
+                .iter()
+                .map(|sink| NewDelivery {
+                    id: format!("{id}-{sink}"),
+                    sink: SinkKey {
+                        webhook: "cms/site".into(),
+                        sink: (*sink).into(),
+                    },
+                    route: "all".into(),
+                    dead_on_arrival: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn sink(name: &str) -> SinkKey {
+        SinkKey {
+            webhook: "cms/site".into(),
+            sink: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_within_the_window_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
+        let first = queue
+            .ingest(event("e1", Some("k"), &["next"]))
+            .await
+            .unwrap();
+        let second = queue
+            .ingest(event("e2", Some("k"), &["next"]))
+            .await
+            .unwrap();
+        assert_eq!(first, IngestOutcome::Stored);
+        assert_eq!(
+            second,
+            IngestOutcome::Duplicate {
+                original: "e1".into()
+            }
+        );
+        let claimed = queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_makes_a_delivery_claimable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
+        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        let now = now_millis();
+        assert_eq!(
+            queue
+                .claim(sink("next"), now, 10, 1_000)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            queue
+                .claim(sink("next"), now + 999, 10, 1_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            queue
+                .claim(sink("next"), now + 1_000, 10, 1_000)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_releases_what_a_crashed_process_had_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            queue
+                .ingest(event("e1", None, &["next", "slack"]))
+                .await
+                .unwrap();
+            let claimed = queue
+                .claim(sink("next"), now_millis(), 10, 600_000)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+        }
+        let queue = SqliteQueue::open(&path).unwrap();
+        let claimed = queue
+            .claim(sink("next"), now_millis(), 10, 600_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            claimed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["e1-next"]
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_the_error_and_replay_requeues_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
+        queue.ingest(event("e1", None, &["crm"])).await.unwrap();
+        let claimed = queue
+            .claim(sink("crm"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        let error = "400 Bad Request: missing email".to_string();
+        queue
+            .complete(
+                claimed[0].id.clone(),
+                Completion::DeadLetter {
+                    error: error.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let detail = queue.show("e1-crm".into()).await.unwrap();
+        assert_eq!(detail.summary.state, DeliveryState::Dead);
+        assert_eq!(detail.summary.last_error.as_deref(), Some(error.as_str()));
+        assert_eq!(detail.payload["event"], "entry.delete");
+
+        let replayed = queue
+            .replay(ReplaySelector::DeadLetters {
+                webhook: None,
+                sink: Some("crm".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(replayed, vec![(sink("crm"), 1)]);
+        let again = queue
+            .claim(sink("crm"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(again[0].attempts, 0);
+
+        let counters = queue.counters().await.unwrap();
+        assert_eq!(counters[0].1.dead_lettered, 1);
+        assert_eq!(counters[0].1.pending, 1);
+    }
+
+    #[tokio::test]
+    async fn replaying_a_queued_delivery_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
+        queue.ingest(event("e1", None, &["crm"])).await.unwrap();
+        let error = queue
+            .replay(ReplaySelector::Id("e1-crm".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            QueueError::NotReplayable {
+                state: DeliveryState::Pending,
+                ..
+            }
+        ));
+        let missing = queue
+            .replay(ReplaySelector::Id("nope".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, QueueError::NotFound(_)));
+    }
+}
