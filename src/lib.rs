@@ -11,6 +11,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod event;
 pub mod queue;
+pub mod routing;
+pub mod sinks;
 pub mod telemetry;

@@ -1,0 +1,308 @@
+//! The shared HTTP client and the requests it builds for each kind of sink.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::{RequestBuilder, header};
+use serde::Serialize;
+
+use super::{
+    DeliveryPolicy, HttpSink, NextjsMode, NextjsSink, Payload, SinkConfig, SlackSink,
+    contract::{Answer, Outcome, classify},
+};
+use crate::routing::RevalidatePath;
+
+/// The stable delivery id header (Standard Webhooks name), sent to every sink so it can
+/// deduplicate: delivery is at least once.
+pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
+
+// Only the start of an answer decides the outcome; a sink streaming megabytes must not.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
+
+/// Sends payloads to sinks over one pooled `reqwest::Client`. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SinkClient {
+    http: reqwest::Client,
+}
+
+/// The client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkClientError {
+    /// reqwest refused the configuration (e.g. no TLS backend).
+    #[error("building the sink HTTP client failed: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
+impl SinkClient {
+    /// A client that does not follow redirects (a redirected POST loses its body).
+    pub fn new() -> Result<Self, SinkClientError> {
+        // reqwest is built without a bundled crypto provider; kube already links ring, so use it.
+        // An error only means another part of the process installed a provider first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!(
+                "strapi-webhook-operator/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map(|http| Self { http })
+            .map_err(SinkClientError::Build)
+    }
+
+    /// Makes one attempt to deliver `payloads` to `sink` and says what to do next.
+    ///
+    /// `payloads` holds exactly one payload, except for a sink with a
+    /// [`coalesce_window`](SinkConfig::coalesce_window): there the revalidations are merged into
+    /// one call with the union of their tags and paths. `delivery_id` goes out as `webhook-id`
+    /// (for a merged call, pass the id of the first delivery). A payload that does not fit the
+    /// sink is dead-lettered, never sent.
+    pub async fn send(
+        &self,
+        sink: &SinkConfig,
+        policy: &DeliveryPolicy,
+        delivery_id: &str,
+        payloads: &[Payload],
+    ) -> Outcome {
+        let request = match self.request(sink, delivery_id, payloads) {
+            Ok(request) => request
+                .header(WEBHOOK_ID_HEADER, delivery_id)
+                .timeout(policy.timeout),
+            Err(reason) => return Outcome::DeadLetter { reason },
+        };
+        match request.send().await {
+            Ok(response) => classify(sink.kind(), &read_answer(response).await),
+            Err(error) => transport_failure(&error, policy.timeout),
+        }
+    }
+
+    fn request(
+        &self,
+        sink: &SinkConfig,
+        delivery_id: &str,
+        payloads: &[Payload],
+    ) -> Result<RequestBuilder, String> {
+        match sink {
+            SinkConfig::Nextjs(nextjs) => self.nextjs(nextjs, payloads),
+            SinkConfig::Slack(slack) => self.slack(slack, payloads),
+            SinkConfig::Http(http) => self.http_sink(http, delivery_id, payloads),
+        }
+    }
+
+    fn nextjs(&self, sink: &NextjsSink, payloads: &[Payload]) -> Result<RequestBuilder, String> {
+        let body = match sink.mode {
+            NextjsMode::Forward => match single(payloads)? {
+                Payload::Forward(raw) => raw.clone(),
+                other => return Err(mismatch("a Next.js sink in Forward mode", other)),
+            },
+            NextjsMode::Revalidate => merge_revalidations(payloads)?,
+        };
+        let request = json_post(self.http.post(sink.url.clone()), body);
+        Ok(match &sink.secret {
+            Some((name, value)) => request.header(name, value),
+            None => request,
+        })
+    }
+
+    fn slack(&self, sink: &SlackSink, payloads: &[Payload]) -> Result<RequestBuilder, String> {
+        let Payload::Slack { text, blocks } = single(payloads)? else {
+            return Err(mismatch("a Slack sink", single(payloads)?));
+        };
+        #[derive(Serialize)]
+        struct Message<'a> {
+            text: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            blocks: Option<&'a serde_json::Value>,
+        }
+        let body = serde_json::to_vec(&Message {
+            text,
+            blocks: blocks.as_ref(),
+        })
+        .map_err(|error| format!("encoding the Slack message failed: {error}"))?;
+        Ok(json_post(self.http.post(sink.webhook_url.clone()), body))
+    }
+
+    fn http_sink(
+        &self,
+        sink: &HttpSink,
+        delivery_id: &str,
+        payloads: &[Payload],
+    ) -> Result<RequestBuilder, String> {
+        let Payload::Http { body } = single(payloads)? else {
+            return Err(mismatch("an HTTP sink", single(payloads)?));
+        };
+        let mut request = self.http.request(sink.method.clone(), sink.url.clone());
+        for (name, value) in &sink.headers {
+            request = request.header(name, value);
+        }
+        if !sink.signing.is_empty() {
+            let timestamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs())
+                .try_into()
+                .unwrap_or(i64::MAX);
+            let signatures = sink
+                .signing
+                .iter()
+                .map(|key| key.sign(delivery_id, timestamp, body))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| format!("signing the request failed: {error}"))?;
+            request = request
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signatures.join(" "));
+        }
+        Ok(json_post(request, body.clone()))
+    }
+}
+
+fn json_post(request: RequestBuilder, body: Vec<u8>) -> RequestBuilder {
+    request
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+}
+
+fn single(payloads: &[Payload]) -> Result<&Payload, String> {
+    match payloads {
+        [payload] => Ok(payload),
+        _ => Err(format!(
+            "{} payloads handed to a sink that takes one per call (only Next.js Revalidate sinks coalesce)",
+            payloads.len()
+        )),
+    }
+}
+
+fn mismatch(sink: &str, payload: &Payload) -> String {
+    let kind = match payload {
+        Payload::Forward(_) => "a forwarded Strapi payload",
+        Payload::Revalidate { .. } => "a revalidation",
+        Payload::Slack { .. } => "a Slack message",
+        Payload::Http { .. } => "an HTTP body",
+    };
+    format!("{kind} cannot be sent to {sink}; the route and sink kinds disagree")
+}
+
+/// The body Next.js handlers in `Revalidate` mode receive: the union of every payload's tags
+/// and paths, each once, in first-seen order.
+pub(crate) fn merge_revalidations(payloads: &[Payload]) -> Result<Vec<u8>, String> {
+    #[derive(Serialize, Default)]
+    struct Body<'a> {
+        tags: Vec<&'a str>,
+        paths: Vec<&'a RevalidatePath>,
+    }
+    if payloads.is_empty() {
+        return Err("no revalidation to send".to_owned());
+    }
+    let mut merged = Body::default();
+    for payload in payloads {
+        let Payload::Revalidate { tags, paths, .. } = payload else {
+            return Err(mismatch("a Next.js sink in Revalidate mode", payload));
+        };
+        for tag in tags {
+            if !merged.tags.contains(&tag.as_str()) {
+                merged.tags.push(tag);
+            }
+        }
+        for path in paths {
+            if !merged.paths.contains(&path) {
+                merged.paths.push(path);
+            }
+        }
+    }
+    serde_json::to_vec(&merged)
+        .map_err(|error| format!("encoding the revalidation failed: {error}"))
+}
+
+async fn read_answer(mut response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    // A body that breaks off midway still has a status worth classifying, so read errors end
+    // the read instead of failing the attempt.
+    while body.len() < MAX_ANSWER_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(MAX_ANSWER_BYTES);
+    Answer::from_headers(
+        status,
+        &headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn transport_failure(error: &reqwest::Error, timeout: Duration) -> Outcome {
+    if error.is_builder() {
+        return Outcome::DeadLetter {
+            reason: format!("the request could not be built: {error}"),
+        };
+    }
+    let reason = if error.is_timeout() {
+        format!("no answer within {timeout:?}")
+    } else if error.is_connect() {
+        format!("could not connect: {}", source_chain(error))
+    } else {
+        format!("the request failed: {}", source_chain(error))
+    };
+    Outcome::Retry {
+        reason,
+        retry_after: None,
+    }
+}
+
+// reqwest's own message is just "error sending request"; the cause is further down.
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::PathKind;
+
+    fn revalidate(tags: &[&str], paths: &[&str]) -> Payload {
+        Payload::Revalidate {
+            tags: tags.iter().map(|tag| tag.to_string()).collect(),
+            paths: paths
+                .iter()
+                .map(|path| RevalidatePath {
+                    path: path.to_string(),
+                    kind: PathKind::Page,
+                })
+                .collect(),
+            skipped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merge_is_the_ordered_union() {
+        let body = merge_revalidations(&[
+            revalidate(&["article"], &["/articles/a"]),
+            revalidate(&["article", "home"], &["/articles/b", "/articles/a"]),
+        ])
+        .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({
+                "tags": ["article", "home"],
+                "paths": [{"path": "/articles/a", "type": "page"}, {"path": "/articles/b", "type": "page"}]
+            })
+        );
+    }
+
+    #[test]
+    fn merge_refuses_other_payloads_and_nothing() {
+        assert!(merge_revalidations(&[]).is_err());
+        let error =
+            merge_revalidations(&[revalidate(&["a"], &[]), Payload::Forward(b"{}".to_vec())])
+                .unwrap_err();
+        assert!(error.contains("forwarded Strapi payload"), "{error}");
+    }
+}
