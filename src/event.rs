@@ -8,6 +8,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The header in which Strapi sends the instance's shared secret to the receiver. The controller
+/// registers it in Strapi's webhook headers; the receiver checks it in constant time.
+pub const SECRET_HEADER: &str = "x-strapi-webhook-secret";
+
 /// The event name Strapi sends when a webhook is triggered by hand; the operator's handshake.
 pub const TRIGGER_TEST: &str = "trigger-test";
 
@@ -69,7 +73,8 @@ mod tests {
 
     #[test]
     fn a_null_entry_is_not_an_error() {
-        let body = EventBody::parse(br#"{"event":"entry.publish","model":"article","entry":null}"#).unwrap();
+        let body = EventBody::parse(br#"{"event":"entry.publish","model":"article","entry":null}"#)
+            .unwrap();
         assert_eq!(body.entry, None);
         assert_eq!(body.entry_field("slug"), None);
     }
@@ -77,6 +82,9 @@ mod tests {
     #[test]
     fn rejects_a_body_without_an_event_name() {
         let error = EventBody::parse(br#"{"model":"article"}"#).unwrap_err();
-        assert!(error.to_string().contains("missing field `event`"), "{error}");
+        assert!(
+            error.to_string().contains("missing field `event`"),
+            "{error}"
+        );
     }
 }

@@ -25,7 +25,9 @@ pub struct SecretKeyRef {
 ///
 /// `trigger-test` is not listed: Strapi sends it only when a webhook is triggered by hand, and the
 /// operator uses it to verify the registration end to end.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum StrapiEvent {
     /// An entry was created.
     #[serde(rename = "entry.create")]

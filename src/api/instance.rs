@@ -21,11 +21,11 @@ use super::{DURATION_PATTERN, SecretKeyRef};
     category = "strapi",
     status = "StrapiInstanceStatus",
     doc = "A Strapi CMS whose webhooks the operator manages.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
-    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status"),
-    printcolumn(name = "Events", type_ = "string", json_path = ".status.events", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "URL", "type": "string", "jsonPath": ".spec.url"}"#,
+    printcolumn = r#"{"name": "Verified", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Verified\")].status"}"#,
+    printcolumn = r#"{"name": "Events", "type": "string", "jsonPath": ".status.events", "priority": 1}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StrapiInstanceSpec {

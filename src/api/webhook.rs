@@ -28,11 +28,11 @@ pub(crate) const MAX_FILTER_LENGTH: u32 = 2048;
     category = "strapi",
     status = "StrapiWebhookStatus",
     doc = "Routes Strapi CMS events to Next.js, Slack and HTTP sinks.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instanceRef.name"),
-    printcolumn(name = "Sinks", type_ = "string", json_path = ".spec.sinks[*].name"),
-    printcolumn(name = "Events", type_ = "string", json_path = ".spec.events"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Instance", "type": "string", "jsonPath": ".spec.instanceRef.name"}"#,
+    printcolumn = r#"{"name": "Sinks", "type": "string", "jsonPath": ".spec.sinks[*].name"}"#,
+    printcolumn = r#"{"name": "Events", "type": "string", "jsonPath": ".spec.events"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -229,7 +229,10 @@ pub enum HttpMethod {
 )]
 pub struct HttpHeader {
     /// Header name.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
     pub name: String,
     /// A literal value.
     #[serde(default, skip_serializing_if = "Option::is_none")]

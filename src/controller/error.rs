@@ -1,0 +1,122 @@
+//! The controller's one error type. Each variant names the reconcile step that failed; `reason`
+//! gives the bounded label used for metrics and Kubernetes Event reasons, never a Debug string.
+
+use crate::{config::ValidationErrors, strapi::StrapiError};
+
+/// Why a reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a Kubernetes object failed.
+    #[error("{step}: {source}")]
+    Kubernetes {
+        /// What the controller was doing.
+        step: &'static str,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A Secret or key the spec refers to does not exist, or is not UTF-8.
+    #[error("Secret {namespace}/{name}: {problem}")]
+    SecretMissing {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+        /// What is missing.
+        problem: String,
+    },
+    /// The `StrapiInstance` a webhook refers to does not exist.
+    #[error("StrapiInstance {namespace}/{name} does not exist")]
+    InstanceMissing {
+        /// Namespace of the instance.
+        namespace: String,
+        /// Name of the instance.
+        name: String,
+    },
+    /// The instance does not allow StrapiWebhooks from this namespace.
+    #[error("StrapiInstance {instance} does not allow StrapiWebhooks from namespace {namespace}")]
+    NamespaceNotAllowed {
+        /// `namespace/name` of the instance.
+        instance: String,
+        /// The webhook's namespace.
+        namespace: String,
+    },
+    /// The spec is invalid: routes do not compile or sinks do not resolve.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(ValidationErrors),
+    /// Strapi's admin API failed (unreachable, unauthorized, rejected, ...).
+    #[error("{0}")]
+    Strapi(#[from] StrapiError),
+    /// Strapi was asked to trigger the webhook, but the receiver never saw the call.
+    #[error("verification failed: {0}")]
+    VerificationFailed(String),
+    /// The receiver's admin API could not be asked.
+    #[error("receiver admin API at {url}: {message}")]
+    Receiver {
+        /// The URL called.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The finalizer machinery failed (adding, running cleanup, removing).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object has no namespace or name (never the case for objects from the API server).
+    #[error("object without {0}")]
+    MissingObjectKey(&'static str),
+}
+
+impl Error {
+    /// A bounded label for metrics and Event reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kubernetes { .. } => "KubernetesError",
+            Error::SecretMissing { .. } => "SecretMissing",
+            Error::InstanceMissing { .. } => "InstanceMissing",
+            Error::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Strapi(error) => strapi_reason(error),
+            Error::VerificationFailed(_) => "VerificationFailed",
+            Error::Receiver { .. } => "ReceiverUnreachable",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(error)
+                | kube::runtime::finalizer::Error::CleanupFailed(error) => error.reason(),
+                _ => "FinalizerError",
+            },
+            Error::MissingObjectKey(_) => "MissingObjectKey",
+        }
+    }
+
+    /// True for errors only a change of the spec or of a referenced object can fix; the
+    /// controller then waits for that change instead of retrying with backoff.
+    pub fn needs_user_change(&self) -> bool {
+        match self {
+            Error::SecretMissing { .. }
+            | Error::InstanceMissing { .. }
+            | Error::NamespaceNotAllowed { .. }
+            | Error::InvalidSpec(_) => true,
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(error)
+                | kube::runtime::finalizer::Error::CleanupFailed(error) => {
+                    error.needs_user_change()
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    pub(crate) fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kubernetes { step, source }
+    }
+}
+
+/// The bounded reason for a failed Strapi call, as conditions and Events show it.
+pub fn strapi_reason(error: &StrapiError) -> &'static str {
+    match error {
+        StrapiError::Unreachable { .. } => "StrapiUnreachable",
+        StrapiError::Unauthorized { .. } | StrapiError::Forbidden { .. } => "StrapiUnauthorized",
+        StrapiError::Rejected { .. } => "StrapiRejected",
+        _ => "StrapiError",
+    }
+}

@@ -1,0 +1,706 @@
+//! Reconciling a `StrapiInstance`: dereference (credentials, shared secret, the webhooks that use
+//! the instance) → build (the desired registration, pure) → apply (Strapi admin API: ensure,
+//! collect garbage, verify with Strapi's trigger, roll Strapi if asked) → status.
+//!
+//! `reconcile` makes `finalizer()` its only top-level call: apply and cleanup are idempotent, and
+//! cleanup removes the registration from Strapi before Kubernetes forgets the instance.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Namespace},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{Event as FinalizerEvent, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, FIELD_MANAGER,
+    conditions::{self, Reported},
+    events::Notice,
+    registration::{self, Applied, Change, Desired},
+    secrets,
+};
+use crate::{
+    api::{NamespacesFrom, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    strapi::{Credentials, StrapiClient, StrapiError},
+};
+
+/// Finalizer that removes the registration from Strapi before the instance goes away.
+pub const FINALIZER: &str = "webhooks.strapi-operator.dev/registration";
+/// Annotation set on the Strapi Deployment's pod template to roll it.
+pub const RESTARTED_AT_ANNOTATION: &str = "webhooks.strapi-operator.dev/restartedAt";
+
+/// Entry point for the kube-runtime `Controller`.
+pub async fn reconcile(instance: Arc<StrapiInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = instance
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let api: Api<StrapiInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, instance, |event| async {
+        match event {
+            FinalizerEvent::Apply(instance) => apply(&instance, &ctx).await,
+            FinalizerEvent::Cleanup(instance) => cleanup(&instance, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// `namespace/name`, the key the receiver, the marker header and the status use.
+pub fn instance_key(instance: &StrapiInstance) -> String {
+    format!(
+        "{}/{}",
+        instance.namespace().unwrap_or_default(),
+        instance.name_any()
+    )
+}
+
+/// The receiver endpoint for an instance.
+pub fn endpoint(receiver_base: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "{}/v1/instances/{namespace}/{name}",
+        receiver_base.trim_end_matches('/')
+    )
+}
+
+/// The union of events over the enabled `webhooks` that refer to `instance` (pure).
+pub fn subscribed_events<'a>(
+    instance: &str,
+    webhooks: impl IntoIterator<Item = &'a StrapiWebhook>,
+) -> BTreeSet<String> {
+    webhooks
+        .into_iter()
+        .filter(|webhook| webhook.spec.enabled && referenced_instance(webhook) == instance)
+        .flat_map(|webhook| {
+            webhook
+                .spec
+                .events
+                .iter()
+                .map(|event| event.as_str().to_owned())
+        })
+        .collect()
+}
+
+/// `namespace/name` of the instance a webhook refers to (its own namespace by default).
+pub fn referenced_instance(webhook: &StrapiWebhook) -> String {
+    let namespace = webhook
+        .spec
+        .instance_ref
+        .namespace
+        .clone()
+        .or_else(|| webhook.namespace())
+        .unwrap_or_default();
+    format!("{namespace}/{}", webhook.spec.instance_ref.name)
+}
+
+/// Whether `instance` lets StrapiWebhooks in `namespace` (with `labels`) use it (pure).
+pub fn allows_namespace(
+    instance: &StrapiInstance,
+    namespace: &str,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    let allowed = &instance.spec.allowed_namespaces;
+    match allowed.from {
+        NamespacesFrom::Same => instance.namespace().as_deref() == Some(namespace),
+        NamespacesFrom::All => true,
+        NamespacesFrom::Selector => {
+            let empty = Default::default();
+            allowed
+                .selector
+                .as_ref()
+                .is_some_and(|selector| selector_matches(selector, labels.unwrap_or(&empty)))
+        }
+    }
+}
+
+fn selector_matches(
+    selector: &LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let labels_match = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    let expressions_match = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .all(|expression| {
+            let values = expression.values.as_deref().unwrap_or_default();
+            let value = labels.get(&expression.key);
+            match expression.operator.as_str() {
+                "In" => value.is_some_and(|value| values.contains(value)),
+                "NotIn" => value.is_none_or(|value| !values.contains(value)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        });
+    labels_match && expressions_match
+}
+
+/// The admin credentials of an instance, read from its Secret.
+pub async fn credentials(ctx: &Context, instance: &StrapiInstance) -> Result<Credentials, Error> {
+    let namespace = instance.namespace().unwrap_or_default();
+    match &instance.spec.auth {
+        StrapiAuth {
+            api_token: Some(token),
+            ..
+        } => Ok(Credentials::admin_token(
+            secrets::read_key(&ctx.client, &namespace, &token.name, &token.key).await?,
+        )),
+        StrapiAuth {
+            credentials: Some(login),
+            ..
+        } => {
+            let email = secrets::read_key(
+                &ctx.client,
+                &namespace,
+                &login.secret_name,
+                &login.email_key,
+            )
+            .await?;
+            let password = secrets::read_key(
+                &ctx.client,
+                &namespace,
+                &login.secret_name,
+                &login.password_key,
+            )
+            .await?;
+            Ok(Credentials::password(email, password))
+        }
+        StrapiAuth { .. } => Err(Error::SecretMissing {
+            namespace,
+            name: instance.name_any(),
+            problem: "spec.auth sets neither apiToken nor credentials".into(),
+        }),
+    }
+}
+
+/// The enabled webhooks that refer to `instance` and that it allows.
+async fn allowed_webhooks(
+    ctx: &Context,
+    instance: &StrapiInstance,
+) -> Result<Vec<Arc<StrapiWebhook>>, Error> {
+    let key = instance_key(instance);
+    let mut allowed = Vec::new();
+    for webhook in ctx.webhooks.state() {
+        if referenced_instance(&webhook) != key {
+            continue;
+        }
+        let namespace = webhook.namespace().unwrap_or_default();
+        let labels = if instance.spec.allowed_namespaces.from == NamespacesFrom::Selector {
+            Api::<Namespace>::all(ctx.client.clone())
+                .get_opt(&namespace)
+                .await
+                .map_err(Error::kube("read Namespace"))?
+                .and_then(|namespace| namespace.metadata.labels)
+        } else {
+            None
+        };
+        if allows_namespace(instance, &namespace, labels.as_ref()) {
+            allowed.push(webhook);
+        }
+    }
+    Ok(allowed)
+}
+
+/// What the apply step found, for the status and for Events.
+struct Outcome {
+    reported: Vec<Reported>,
+    registration_id: Option<String>,
+    verified_at: Option<Timestamp>,
+    restarted_at: Option<Timestamp>,
+}
+
+async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
+    let key = instance_key(instance);
+    let namespace = instance.namespace().unwrap_or_default();
+    let receiver_base = instance
+        .spec
+        .receiver_url
+        .clone()
+        .unwrap_or_else(|| ctx.options.receiver_url.clone());
+    let endpoint = endpoint(&receiver_base, &namespace, &instance.name_any());
+
+    // Dereference.
+    let shared =
+        secrets::ensure_shared_secret(&ctx.client, instance, ctx.options.secret_grace).await?;
+    let webhooks = allowed_webhooks(ctx, instance).await?;
+    let events = subscribed_events(&key, webhooks.iter().map(Arc::as_ref));
+    let previous = instance.status.clone().unwrap_or_default();
+
+    let outcome = match credentials(ctx, instance).await {
+        Err(error) => {
+            let reported = vec![Reported::no("Reachable", error.reason(), error.to_string())];
+            Outcome {
+                reported,
+                registration_id: previous.registration_id.clone(),
+                verified_at: None,
+                restarted_at: None,
+            }
+        }
+        Ok(credentials) => {
+            let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
+            // Build (pure) and apply.
+            let desired = Desired {
+                instance: key.clone(),
+                endpoint: endpoint.clone(),
+                secret: (ctx.options.secret_header.clone(), shared.current.clone()),
+                events: events.clone(),
+            };
+            register(ctx, instance, &client, &desired, &previous, shared.changed).await?
+        }
+    };
+
+    // Status.
+    let mut reported = outcome.reported;
+    let ready = conditions::ready(&reported, "registered in Strapi and verified end to end");
+    reported.push(ready);
+    let status = StrapiInstanceStatus {
+        conditions: conditions::merge(
+            &previous.conditions,
+            &reported,
+            instance.meta().generation,
+            Timestamp::now(),
+        ),
+        observed_generation: instance.meta().generation,
+        registration_id: outcome.registration_id,
+        endpoint: Some(endpoint),
+        events: events.into_iter().collect(),
+        webhooks: Some(i32::try_from(webhooks.len()).unwrap_or(i32::MAX)),
+        secret_name: Some(shared.name),
+        last_verified_time: outcome
+            .verified_at
+            .map(Time)
+            .or(previous.last_verified_time),
+        last_restart_time: outcome
+            .restarted_at
+            .map(Time)
+            .or(previous.last_restart_time),
+    };
+    patch_status(ctx, instance, status).await?;
+    Ok(Action::requeue(instance.spec.resync_interval.into()))
+}
+
+/// Registers, repairs, collects garbage, verifies and restarts; reports what it saw.
+async fn register(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    client: &StrapiClient,
+    desired: &Desired,
+    previous: &StrapiInstanceStatus,
+    secret_changed: bool,
+) -> Result<Outcome, Error> {
+    let mut reported = Vec::new();
+    let applied = match ctx
+        .observe_strapi("ensure registration", registration::ensure(client, desired))
+        .await
+    {
+        Ok(applied) => applied,
+        Err(error) => {
+            let (reachable, registered) = match &error {
+                StrapiError::Unreachable { .. }
+                | StrapiError::Unauthorized { .. }
+                | StrapiError::Forbidden { .. } => (
+                    Reported::no(
+                        "Reachable",
+                        super::error::strapi_reason(&error),
+                        error.to_string(),
+                    ),
+                    None,
+                ),
+                _ => (
+                    Reported::yes("Reachable", "Reachable", "the admin API answered"),
+                    Some(Reported::no(
+                        "Registered",
+                        super::error::strapi_reason(&error),
+                        error.to_string(),
+                    )),
+                ),
+            };
+            reported.push(reachable);
+            reported.extend(registered);
+            ctx.events
+                .publish(instance, Notice::RegistrationFailed(error.to_string()))
+                .await;
+            return Ok(Outcome {
+                reported,
+                registration_id: previous.registration_id.clone(),
+                verified_at: None,
+                restarted_at: None,
+            });
+        }
+    };
+    reported.push(Reported::yes(
+        "Reachable",
+        "Reachable",
+        "the admin API answered",
+    ));
+    reported.push(Reported::yes(
+        "Registered",
+        "Registered",
+        format!(
+            "webhook {} sends {} event kinds to the receiver",
+            applied.id,
+            desired.events.len()
+        ),
+    ));
+    announce_change(ctx, instance, &applied, desired, previous, secret_changed).await;
+    collect_garbage(ctx, instance, client, desired).await;
+
+    // Verify whenever the registration changed or was not verified yet.
+    let needs_verification = applied.change != Change::Unchanged
+        || !conditions::is_true(&previous.conditions, "Verified")
+        || secret_changed;
+    let (verified, verified_at) = if needs_verification {
+        verify(ctx, instance, client, &applied.id).await
+    } else {
+        (
+            Reported::yes(
+                "Verified",
+                "Verified",
+                "Strapi reached the receiver with the shared secret",
+            ),
+            None,
+        )
+    };
+    reported.push(verified);
+
+    let restarted_at = match (&instance.spec.restart_on_change, applied.change) {
+        (Some(target), Change::Created | Change::Updated) => {
+            Some(restart(ctx, instance, &target.deployment).await?)
+        }
+        _ => None,
+    };
+    Ok(Outcome {
+        reported,
+        registration_id: Some(applied.id),
+        verified_at,
+        restarted_at,
+    })
+}
+
+async fn announce_change(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    applied: &Applied,
+    desired: &Desired,
+    previous: &StrapiInstanceStatus,
+    secret_changed: bool,
+) {
+    let previous_events: BTreeSet<String> = previous.events.iter().cloned().collect();
+    let inputs_changed = previous_events != desired.events
+        || previous.endpoint.as_deref() != Some(desired.endpoint.as_str())
+        || secret_changed;
+    let notice = match applied.change {
+        Change::Unchanged => return,
+        Change::Created if previous.registration_id.is_none() => {
+            Notice::Registered(applied.id.clone())
+        }
+        // It existed, and nothing we manage changed: someone edited or deleted it in Strapi.
+        Change::Created | Change::Updated if !inputs_changed => {
+            ctx.metrics.drift_repairs.inc();
+            Notice::DriftRepaired(applied.id.clone())
+        }
+        Change::Created | Change::Updated => Notice::RegistrationUpdated(applied.id.clone()),
+    };
+    ctx.events.publish(instance, notice).await;
+}
+
+async fn collect_garbage(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    client: &StrapiClient,
+    desired: &Desired,
+) {
+    let receiver_base = desired
+        .endpoint
+        .split("/v1/instances/")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let exists = |key: &str| {
+        ctx.instances
+            .state()
+            .iter()
+            .any(|known| instance_key(known) == key)
+    };
+    match ctx
+        .observe_strapi(
+            "collect garbage",
+            registration::collect_garbage(client, &receiver_base, exists),
+        )
+        .await
+    {
+        Ok(removed) => {
+            for owner in removed {
+                ctx.events
+                    .publish(instance, Notice::GarbageCollected(owner))
+                    .await;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(instance = %desired.instance, %error, "collecting orphaned registrations failed")
+        }
+    }
+}
+
+/// Asks Strapi to trigger the webhook and waits for the receiver to report the handshake.
+/// The condition's message says which hop failed.
+async fn verify(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    client: &StrapiClient,
+    id: &str,
+) -> (Reported, Option<Timestamp>) {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    let before = match ctx.receiver.handshake(&namespace, &name).await {
+        Ok(handshake) => handshake.count,
+        Err(error) => {
+            return (
+                Reported::no(
+                    "Verified",
+                    error.reason(),
+                    format!("receiver admin API: {error}"),
+                ),
+                None,
+            );
+        }
+    };
+    let outcome = match ctx
+        .observe_strapi("trigger webhook", client.trigger_webhook(id))
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            return (
+                Reported::no(
+                    "Verified",
+                    super::error::strapi_reason(&error),
+                    format!("Strapi could not trigger the webhook: {error}"),
+                ),
+                None,
+            );
+        }
+    };
+    if !(200..300).contains(&outcome.status_code) {
+        let message = format!(
+            "Strapi reached the receiver endpoint but it answered {}: {} (a 401 means the shared secret does not match; 500 often means Strapi cannot reach the receiver URL)",
+            outcome.status_code,
+            outcome.message.unwrap_or_default()
+        );
+        ctx.events
+            .publish(instance, Notice::VerificationFailed(message.clone()))
+            .await;
+        return (Reported::no("Verified", "ReceiverRejected", message), None);
+    }
+    let deadline = tokio::time::Instant::now() + ctx.options.verify_timeout;
+    loop {
+        match ctx.receiver.handshake(&namespace, &name).await {
+            Ok(handshake) if handshake.count > before => {
+                return (
+                    Reported::yes(
+                        "Verified",
+                        "Verified",
+                        "Strapi reached the receiver with the shared secret",
+                    ),
+                    Some(Timestamp::now()),
+                );
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => {
+                let message = "Strapi reported success, but the receiver this controller asks never recorded the trigger: \
+                               is spec.receiverUrl pointing at another receiver?"
+                    .to_owned();
+                ctx.events
+                    .publish(instance, Notice::VerificationFailed(message.clone()))
+                    .await;
+                return (Reported::no("Verified", "HandshakeMissing", message), None);
+            }
+            Err(error) => {
+                return (
+                    Reported::no(
+                        "Verified",
+                        error.reason(),
+                        format!("receiver admin API: {error}"),
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Rolls the Strapi Deployment the way `kubectl rollout restart` does.
+async fn restart(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    deployment: &str,
+) -> Result<Timestamp, Error> {
+    let now = Timestamp::now();
+    let namespace = instance.namespace().unwrap_or_default();
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: now.to_string()}}}}});
+    Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+        .patch(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube("restart Strapi Deployment"))?;
+    ctx.events
+        .publish(instance, Notice::StrapiRestarted(deployment.to_owned()))
+        .await;
+    Ok(now)
+}
+
+async fn patch_status(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    status: StrapiInstanceStatus,
+) -> Result<(), Error> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": StrapiInstance::api_version(&()),
+        "kind": StrapiInstance::kind(&()),
+        "status": status,
+    });
+    Api::<StrapiInstance>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &instance.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write StrapiInstance status"))?;
+    Ok(())
+}
+
+async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
+    let key = instance_key(instance);
+    let credentials = match credentials(ctx, instance).await {
+        Ok(credentials) => credentials,
+        Err(error) if error.needs_user_change() => {
+            // Without credentials the registration can never be removed; do not block deletion
+            // forever, say so instead.
+            ctx.events
+                .publish(instance, Notice::CleanupSkipped(error.to_string()))
+                .await;
+            return Ok(Action::await_change());
+        }
+        Err(error) => return Err(error),
+    };
+    let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
+    let removed = ctx
+        .observe_strapi("remove registration", registration::remove(&client, &key))
+        .await?;
+    ctx.forget_strapi_client(&key);
+    tracing::info!(instance = %key, removed, "removed the registration from Strapi");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AllowedNamespaces, StrapiInstanceSpec};
+    use std::collections::BTreeMap;
+
+    fn instance(from: &str, selector: Option<serde_json::Value>) -> StrapiInstance {
+        let mut allowed = json!({"from": from});
+        if let Some(selector) = selector {
+            allowed["selector"] = selector;
+        }
+        let spec: StrapiInstanceSpec = serde_json::from_value(json!({
+            "url": "http://strapi:1337",
+            "auth": {"apiToken": {"name": "t", "key": "t"}},
+            "allowedNamespaces": allowed,
+        }))
+        .unwrap();
+        let mut instance = StrapiInstance::new("cms", spec);
+        instance.metadata.namespace = Some("web".into());
+        instance
+    }
+
+    fn webhook_yaml(yaml: &str) -> StrapiWebhook {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn namespaces_are_allowed_like_gateway_api_routes() {
+        let labels = BTreeMap::from([("team".to_owned(), "web".to_owned())]);
+        assert!(allows_namespace(&instance("Same", None), "web", None));
+        assert!(!allows_namespace(&instance("Same", None), "shop", None));
+        assert!(allows_namespace(&instance("All", None), "shop", None));
+        let selector = json!({"matchLabels": {"team": "web"}});
+        assert!(allows_namespace(
+            &instance("Selector", Some(selector.clone())),
+            "shop",
+            Some(&labels)
+        ));
+        assert!(!allows_namespace(
+            &instance("Selector", Some(selector)),
+            "shop",
+            None
+        ));
+        let expression = json!({"matchExpressions": [{"key": "team", "operator": "In", "values": ["web", "docs"]}]});
+        assert!(allows_namespace(
+            &instance("Selector", Some(expression)),
+            "shop",
+            Some(&labels)
+        ));
+        let _ = AllowedNamespaces::default();
+    }
+
+    #[test]
+    fn the_union_of_events_covers_enabled_webhooks_of_this_instance_only() {
+        let webhooks = [
+            webhook_yaml(include_str!(
+                "../../tests/fixtures/controller/webhook-articles.yaml"
+            )),
+            webhook_yaml(include_str!(
+                "../../tests/fixtures/controller/webhook-comments.yaml"
+            )),
+            webhook_yaml(include_str!(
+                "../../tests/fixtures/controller/webhook-disabled.yaml"
+            )),
+            webhook_yaml(include_str!(
+                "../../tests/fixtures/controller/webhook-other-instance.yaml"
+            )),
+        ];
+        let events = subscribed_events("web/cms", &webhooks);
+        assert_eq!(
+            events.into_iter().collect::<Vec<_>>(),
+            ["entry.create", "entry.publish", "entry.update"]
+        );
+    }
+
+    #[test]
+    fn a_webhook_refers_to_its_own_namespace_unless_told_otherwise() {
+        let local = webhook_yaml(include_str!(
+            "../../tests/fixtures/controller/webhook-articles.yaml"
+        ));
+        assert_eq!(referenced_instance(&local), "web/cms");
+        let remote = webhook_yaml(include_str!(
+            "../../tests/fixtures/controller/webhook-other-instance.yaml"
+        ));
+        assert_eq!(referenced_instance(&remote), "cms-system/shared");
+    }
+
+    #[test]
+    fn endpoints_join_cleanly() {
+        assert_eq!(
+            endpoint("http://receiver:8080/", "web", "cms"),
+            "http://receiver:8080/v1/instances/web/cms"
+        );
+    }
+}

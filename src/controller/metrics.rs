@@ -1,0 +1,164 @@
+//! Prometheus metrics of the controller. Every label value comes from a fixed set (kinds,
+//! outcomes, `Error::reason`, Strapi call steps), so the series count stays bounded whatever
+//! users apply.
+
+use std::{future::Future, time::Instant};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of a reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `StrapiInstance` or `StrapiWebhook`.
+    pub kind: &'static str,
+    /// `success` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a failed reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `StrapiInstance` or `StrapiWebhook`.
+    pub kind: &'static str,
+    /// `Error::reason`.
+    pub reason: &'static str,
+}
+
+/// Labels of a reconcile's duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `StrapiInstance` or `StrapiWebhook`.
+    pub kind: &'static str,
+}
+
+/// Labels of a call to Strapi's admin API.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StrapiCallLabels {
+    /// What the controller asked Strapi, e.g. `ensure registration`.
+    pub step: &'static str,
+    /// `ok`, or the failure's reason.
+    pub outcome: &'static str,
+}
+
+/// The controller's metrics.
+pub struct Metrics {
+    /// Reconciles by kind and outcome.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Failed reconciles by kind and reason.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Reconcile duration by kind.
+    pub duration: Family<KindLabels, Histogram>,
+    /// Calls to Strapi's admin API by step and outcome.
+    pub strapi_calls: Family<StrapiCallLabels, Counter>,
+    /// Registrations put back after someone changed them in Strapi.
+    pub drift_repairs: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `strapi_operator` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            }),
+            strapi_calls: Family::default(),
+            drift_repairs: Counter::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("strapi_operator");
+        registry.register(
+            "reconciles",
+            "Reconciles by kind and outcome",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles by kind and reason",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration by kind",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "strapi_api_calls",
+            "Calls to Strapi's admin API by step and outcome",
+            metrics.strapi_calls.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Registrations repaired after a change in Strapi",
+            metrics.drift_repairs.clone(),
+        );
+        metrics
+    }
+
+    /// Runs one reconcile and records its outcome and duration.
+    pub async fn measure<T, E>(
+        &self,
+        kind: &'static str,
+        reason: impl Fn(&E) -> &'static str,
+        reconcile: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = reconcile.await;
+        self.duration
+            .get_or_create(&KindLabels { kind })
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { kind, outcome })
+            .inc();
+        if let Err(error) = &result {
+            self.failures
+                .get_or_create(&FailureLabels {
+                    kind,
+                    reason: reason(error),
+                })
+                .inc();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reconciles_are_counted_by_outcome_and_reason() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let _ = metrics
+            .measure("StrapiWebhook", |_: &&str| "InvalidSpec", async {
+                Err::<(), _>("bad")
+            })
+            .await;
+        let _ = metrics
+            .measure("StrapiWebhook", |_: &&str| "InvalidSpec", async {
+                Ok::<(), &str>(())
+            })
+            .await;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"strapi_operator_reconciles_total{kind="StrapiWebhook",outcome="error"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"strapi_operator_reconciles_total{kind="StrapiWebhook",outcome="success"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"strapi_operator_reconcile_failures_total{kind="StrapiWebhook",reason="InvalidSpec"} 1"#), "{text}");
+    }
+}

@@ -1,0 +1,487 @@
+//! The controller: reconciles `StrapiInstance`s into one registration per Strapi (through the
+//! admin REST API) and validates `StrapiWebhook`s, reporting honest status conditions on both.
+//!
+//! Two kube-runtime `Controller`s share one [`Context`]. The instance controller watches the
+//! StrapiWebhooks that use an instance (their events form the registration's union) and the
+//! Secrets it reads; the webhook controller watches its instance and the Secrets its sinks name.
+//! Each reconcile is a pipeline — dereference → validate → build (pure) → apply → status — with
+//! status written only by server-side apply under [`FIELD_MANAGER`]. Leader election through a
+//! Lease lets two replicas run; only the leader reconciles.
+
+mod conditions;
+mod error;
+mod events;
+mod instance;
+mod metrics;
+mod receiver_admin;
+mod registration;
+mod secrets;
+mod webhook;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Secret, jiff::SignedDuration};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use prometheus_client::registry::Registry;
+
+pub use conditions::Reported;
+pub use error::Error;
+pub use events::{Notice, Publisher};
+pub use instance::{allows_namespace, endpoint, referenced_instance, subscribed_events};
+pub use metrics::Metrics;
+pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError};
+pub use registration::{
+    Applied, Change, Desired, MARKER_HEADER, NAME_PREFIX, collect_garbage, ensure, remove,
+};
+pub use secrets::{
+    CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, ROTATE_ANNOTATION, shared_secret_name,
+};
+pub use webhook::{secret_refs, unknown_models, validation_conditions};
+
+use crate::{
+    api::{StrapiAuth, StrapiInstance, StrapiWebhook},
+    strapi::{ContentType, Credentials, StrapiClient, StrapiError},
+};
+
+/// The one field manager for everything the controller writes with server-side apply.
+pub const FIELD_MANAGER: &str = "strapi-webhook-operator";
+
+/// How long content types listed from a Strapi are reused by webhook validation.
+const CONTENT_TYPES_TTL: Duration = Duration::from_secs(60);
+
+/// Content types of one Strapi and when they were listed.
+type ListedContentTypes = (Instant, Arc<Vec<ContentType>>);
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Base URL at which Strapi reaches the receiver (unless an instance overrides it).
+    pub receiver_url: String,
+    /// Base URL of the receiver's admin API, for verification.
+    pub receiver_admin_url: String,
+    /// Header that carries the shared secret to the receiver.
+    pub secret_header: String,
+    /// How long the previous shared secret stays valid after a rotation.
+    pub secret_grace: SignedDuration,
+    /// How long to wait for the receiver to see Strapi's trigger.
+    pub verify_timeout: Duration,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Settings.
+    pub options: Options,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event publisher.
+    pub events: Publisher,
+    /// Every StrapiInstance, from the instance controller's reflector.
+    pub instances: Store<StrapiInstance>,
+    /// Every StrapiWebhook, from the webhook controller's reflector.
+    pub webhooks: Store<StrapiWebhook>,
+    /// The receiver's admin API.
+    pub receiver: ReceiverAdmin,
+    // One client per instance, so its admin session survives between reconciles.
+    strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
+    content_types: Mutex<HashMap<String, ListedContentTypes>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context over the given stores.
+    pub fn new(
+        client: Client,
+        options: Options,
+        metrics: Metrics,
+        instances: Store<StrapiInstance>,
+        webhooks: Store<StrapiWebhook>,
+    ) -> Self {
+        Context {
+            events: Publisher::new(client.clone(), std::env::var("POD_NAME").ok()),
+            receiver: ReceiverAdmin::new(&options.receiver_admin_url),
+            client,
+            options,
+            metrics,
+            instances,
+            webhooks,
+            strapi_clients: Mutex::default(),
+            content_types: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The Strapi client for an instance, reused while its URL and credentials stay the same.
+    pub fn strapi_client(
+        &self,
+        key: &str,
+        url: &str,
+        credentials: Credentials,
+    ) -> Result<StrapiClient, Error> {
+        let fingerprint = fingerprint(url, &credentials);
+        let mut clients = self.strapi_clients.lock().expect("client cache lock");
+        if let Some((known, client)) = clients.get(key)
+            && *known == fingerprint
+        {
+            return Ok(client.clone());
+        }
+        let client = StrapiClient::new(url, credentials)?;
+        clients.insert(key.to_owned(), (fingerprint, client.clone()));
+        Ok(client)
+    }
+
+    fn forget_strapi_client(&self, key: &str) {
+        self.strapi_clients
+            .lock()
+            .expect("client cache lock")
+            .remove(key);
+        self.content_types
+            .lock()
+            .expect("content type cache lock")
+            .remove(key);
+    }
+
+    /// Awaits one Strapi call and counts it by step and outcome.
+    pub async fn observe_strapi<T>(
+        &self,
+        step: &'static str,
+        call: impl Future<Output = Result<T, StrapiError>>,
+    ) -> Result<T, StrapiError> {
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error::strapi_reason(error),
+        };
+        self.metrics
+            .strapi_calls
+            .get_or_create(&metrics::StrapiCallLabels { step, outcome })
+            .inc();
+        result
+    }
+
+    /// The content types of an instance's Strapi, cached briefly: many webhooks share them.
+    pub async fn content_types(
+        &self,
+        instance: &StrapiInstance,
+    ) -> Result<Arc<Vec<ContentType>>, Error> {
+        let key = instance::instance_key(instance);
+        if let Some((fetched, types)) = self
+            .content_types
+            .lock()
+            .expect("content type cache lock")
+            .get(&key)
+            && fetched.elapsed() < CONTENT_TYPES_TTL
+        {
+            return Ok(types.clone());
+        }
+        let credentials = instance::credentials(self, instance).await?;
+        let client = self.strapi_client(&key, &instance.spec.url, credentials)?;
+        let types = Arc::new(
+            self.observe_strapi("list content types", client.list_content_types())
+                .await?,
+        );
+        self.content_types
+            .lock()
+            .expect("content type cache lock")
+            .insert(key, (Instant::now(), types.clone()));
+        Ok(types)
+    }
+
+    /// The delay before retrying an object that failed `failures` times in a row.
+    fn backoff(&self, object: String, error: &Error) -> Action {
+        let mut failures = self.failures.lock().expect("failure count lock");
+        let count = failures.entry(object).or_default();
+        *count += 1;
+        if error.needs_user_change() {
+            return Action::await_change();
+        }
+        Action::requeue(retry_delay(*count))
+    }
+
+    fn succeeded(&self, object: String) {
+        self.failures
+            .lock()
+            .expect("failure count lock")
+            .remove(&object);
+    }
+}
+
+// Identifies a URL and credentials without keeping a second copy of the secrets around.
+fn fingerprint(url: &str, credentials: &Credentials) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    url.trim_end_matches('/').hash(&mut hasher);
+    match credentials {
+        Credentials::Password { email, password } => (email, password.expose()).hash(&mut hasher),
+        Credentials::AdminToken(token) => token.expose().hash(&mut hasher),
+    }
+    hasher.finish()
+}
+
+/// Exponential backoff for transient failures: 2 s, 4 s, 8 s … capped at 5 minutes.
+pub fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(failures.min(9))).min(Duration::from_secs(300))
+}
+
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(object = %ObjectRef::from_obj(object.as_ref()), reason = error.reason(), %error, "reconcile failed");
+    ctx.backoff(ObjectRef::from_obj(object.as_ref()).to_string(), error)
+}
+
+/// Runs both controllers until SIGTERM/SIGINT, serving `/healthz`, `/readyz` and `/metrics`.
+pub async fn run(
+    client: Client,
+    options: Options,
+    metrics_addr: SocketAddr,
+    leader_election: Option<LeaderElection>,
+) -> Result<(), RunError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(RunError::Bind)?;
+    tracing::info!(%metrics_addr, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, health_app(registry)).await {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    });
+
+    let _lease = match leader_election {
+        Some(election) => Some(election.acquire(client.clone()).await?),
+        None => None,
+    };
+
+    let instance_api: Api<StrapiInstance> = Api::all(client.clone());
+    let webhook_api: Api<StrapiWebhook> = Api::all(client.clone());
+    let secret_api: Api<Secret> = Api::all(client.clone());
+    let instances = Controller::new(instance_api.clone(), watcher::Config::default());
+    let webhooks = Controller::new(webhook_api.clone(), watcher::Config::default());
+    let ctx = Arc::new(Context::new(
+        client,
+        options,
+        metrics,
+        instances.store(),
+        webhooks.store(),
+    ));
+
+    let instance_store = ctx.instances.clone();
+    let instance_controller = instances
+        .watches(webhook_api, watcher::Config::default(), |webhook| {
+            let (namespace, name) = split_key(&referenced_instance(&webhook));
+            Some(ObjectRef::new(&name).within(&namespace))
+        })
+        .watches(
+            secret_api.clone(),
+            watcher::Config::default(),
+            move |secret| instances_using_secret(&instance_store, &secret),
+        )
+        .shutdown_on_signal()
+        .run(reconcile_instance, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let webhook_store = ctx.webhooks.clone();
+    let webhooks_of_instance = ctx.webhooks.clone();
+    let webhook_controller = webhooks
+        .watches(instance_api, watcher::Config::default(), move |instance| {
+            let key = instance::instance_key(&instance);
+            webhooks_of_instance
+                .state()
+                .into_iter()
+                .filter(|webhook| referenced_instance(webhook) == key)
+                .map(|webhook| ObjectRef::from_obj(webhook.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(secret_api, watcher::Config::default(), move |secret| {
+            webhooks_using_secret(&webhook_store, &secret)
+        })
+        .shutdown_on_signal()
+        .run(reconcile_webhook, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    tracing::info!("controllers started");
+    futures::join!(instance_controller, webhook_controller);
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+async fn reconcile_instance(
+    object: Arc<StrapiInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(object.as_ref()).to_string();
+    let action = ctx
+        .metrics
+        .measure(
+            "StrapiInstance",
+            Error::reason,
+            instance::reconcile(object, ctx.clone()),
+        )
+        .await?;
+    ctx.succeeded(key);
+    Ok(action)
+}
+
+async fn reconcile_webhook(object: Arc<StrapiWebhook>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(object.as_ref()).to_string();
+    let action = webhook::reconcile(object, ctx.clone()).await?;
+    ctx.succeeded(key);
+    Ok(action)
+}
+
+fn split_key(key: &str) -> (String, String) {
+    let (namespace, name) = key.split_once('/').unwrap_or_default();
+    (namespace.to_owned(), name.to_owned())
+}
+
+/// Instances that read this Secret (admin credentials) or own it (shared secret).
+fn instances_using_secret(
+    store: &Store<StrapiInstance>,
+    secret: &Secret,
+) -> Vec<ObjectRef<StrapiInstance>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    store
+        .state()
+        .into_iter()
+        .filter(|instance| instance.namespace() == namespace)
+        .filter(|instance| {
+            let reads = match &instance.spec.auth {
+                StrapiAuth {
+                    api_token: Some(token),
+                    ..
+                } => token.name == name,
+                StrapiAuth {
+                    credentials: Some(login),
+                    ..
+                } => login.secret_name == name,
+                StrapiAuth { .. } => false,
+            };
+            reads || shared_secret_name(&instance.name_any()) == name
+        })
+        .map(|instance| ObjectRef::from_obj(instance.as_ref()))
+        .collect()
+}
+
+/// Webhooks whose sinks read this Secret.
+fn webhooks_using_secret(
+    store: &Store<StrapiWebhook>,
+    secret: &Secret,
+) -> Vec<ObjectRef<StrapiWebhook>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    store
+        .state()
+        .into_iter()
+        .filter(|webhook| webhook.namespace() == namespace)
+        .filter(|webhook| {
+            secret_refs(&webhook.spec)
+                .iter()
+                .any(|reference| reference.name == name)
+        })
+        .map(|webhook| ObjectRef::from_obj(webhook.as_ref()))
+        .collect()
+}
+
+fn health_app(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(serve_metrics))
+        .with_state(registry)
+}
+
+async fn serve_metrics(State(registry): State<Arc<Registry>>) -> Result<String, StatusCode> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(text)
+}
+
+/// Leader election through a `coordination.k8s.io` Lease.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+}
+
+impl LeaderElection {
+    /// Waits until this replica holds the Lease. The returned guard keeps renewing it; losing
+    /// it ends the process, so a replica that is no longer leader never reconciles.
+    async fn acquire(self, client: Client) -> Result<tokio::task::JoinHandle<()>, RunError> {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &self.lease_name)
+            .with_namespace(&self.namespace)
+            .with_identity(&self.identity)
+            .with_field_manager(FIELD_MANAGER)
+            .build()
+            .await
+            .map_err(RunError::Lease)?;
+        let (mut leader, _task) = manager.watch().await;
+        tracing::info!(lease = %self.lease_name, identity = %self.identity, "waiting to become leader");
+        while !*leader.borrow_and_update() {
+            leader.changed().await.map_err(|_| RunError::LeaseLost)?;
+        }
+        tracing::info!("became leader");
+        Ok(tokio::spawn(async move {
+            while leader.changed().await.is_ok() {
+                if !*leader.borrow_and_update() {
+                    tracing::error!(
+                        "lost the leader lease; exiting so that another replica takes over"
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }))
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The metrics port could not be bound.
+    #[error("binding the metrics address: {0}")]
+    Bind(#[source] std::io::Error),
+    /// The Lease could not be set up.
+    #[error("leader election: {0}")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+    /// The Lease manager stopped before this replica became leader.
+    #[error("leader election stopped before this replica became leader")]
+    LeaseLost,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_back_off_exponentially_up_to_five_minutes() {
+        assert_eq!(retry_delay(1), Duration::from_secs(2));
+        assert_eq!(retry_delay(3), Duration::from_secs(8));
+        assert_eq!(retry_delay(30), Duration::from_secs(300));
+    }
+}

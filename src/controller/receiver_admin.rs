@@ -1,0 +1,91 @@
+//! The controller's view of the receiver: its admin HTTP API, the only channel between the two
+//! besides the custom resources. The controller asks it whether Strapi's `trigger-test` arrived
+//! (verification) and for delivery counters (status).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the receiver's admin API could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// The receiver could not be reached.
+    #[error("{url} is unreachable: {source}")]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The receiver answered something else than expected.
+    #[error("{url} answered {status}")]
+    Unexpected {
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+    },
+}
+
+impl ReceiverError {
+    /// A bounded label for conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReceiverError::Unreachable { .. } => "ReceiverUnreachable",
+            ReceiverError::Unexpected { .. } => "ReceiverError",
+        }
+    }
+}
+
+/// The `trigger-test` calls the receiver has recorded for one instance.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handshake {
+    /// How many arrived with the right secret.
+    pub count: i64,
+}
+
+/// A client for the receiver's admin API.
+#[derive(Clone, Debug)]
+pub struct ReceiverAdmin {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ReceiverAdmin {
+    /// A client for the admin API at `base`, e.g. `http://receiver:9091`.
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client without TLS configuration always builds");
+        ReceiverAdmin {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The handshakes recorded for `namespace/name`.
+    pub async fn handshake(&self, namespace: &str, name: &str) -> Result<Handshake, ReceiverError> {
+        self.get(&format!(
+            "{}/v1/instances/{namespace}/{name}/handshake",
+            self.base
+        ))
+        .await
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, ReceiverError> {
+        let unreachable = |source| ReceiverError::Unreachable {
+            url: url.to_owned(),
+            source,
+        };
+        let response = self.http.get(url).send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(ReceiverError::Unexpected {
+                url: url.to_owned(),
+                status: response.status(),
+            });
+        }
+        response.json().await.map_err(unreachable)
+    }
+}

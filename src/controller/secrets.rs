@@ -1,0 +1,234 @@
+//! Secrets the controller reads (admin credentials, sink secrets) and the one it owns per
+//! instance: the shared secret Strapi sends to the receiver.
+//!
+//! The shared-secret Secret holds `secret` (current) and, for a grace period after a rotation,
+//! `previous` with `previous-expires-at` (RFC 3339). The receiver accepts both until then, so a
+//! rotation loses no event that Strapi sent with the old header before it learned the new one.
+
+use std::collections::{BTreeMap, btree_map::Entry};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+use rand::distr::{Alphanumeric, SampleString};
+
+use super::{Error, FIELD_MANAGER};
+use crate::{
+    api::{SecretKeyRef, StrapiInstance},
+    config::{SecretError, SecretResolver},
+};
+
+/// Key of the current shared secret.
+pub const CURRENT_KEY: &str = "secret";
+/// Key of the secret before the last rotation.
+pub const PREVIOUS_KEY: &str = "previous";
+/// Key of the time until which `previous` is still accepted.
+pub const PREVIOUS_EXPIRES_KEY: &str = "previous-expires-at";
+/// Annotation on a `StrapiInstance`: set it to a new value to rotate the shared secret.
+pub const ROTATE_ANNOTATION: &str = "webhooks.strapi-operator.dev/rotate-secret";
+// Records on the Secret which rotation request it has served.
+const ROTATED_FOR_ANNOTATION: &str = "webhooks.strapi-operator.dev/rotated-for";
+/// Label on the shared-secret Secret naming its instance.
+pub const INSTANCE_LABEL: &str = "webhooks.strapi-operator.dev/instance";
+
+/// The shared-secret Secret's name for an instance.
+pub fn shared_secret_name(instance: &str) -> String {
+    format!("{instance}-strapi-webhook-secret")
+}
+
+/// The current shared secret, and whether this reconcile created or rotated it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedSecret {
+    /// Name of the Secret.
+    pub name: String,
+    /// The value Strapi must send.
+    pub current: String,
+    /// True when the value changed in this reconcile.
+    pub changed: bool,
+}
+
+fn decode(secret: &Secret, key: &str) -> Option<String> {
+    let ByteString(bytes) = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.clone()).ok()
+}
+
+fn generate() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 48)
+}
+
+/// The desired shared-secret Secret data, given what exists (pure, for tests).
+pub fn next_shared_secret(
+    existing: Option<&Secret>,
+    rotation_request: Option<&str>,
+    grace: SignedDuration,
+    now: Timestamp,
+) -> Option<(BTreeMap<String, String>, Option<String>)> {
+    let current = existing.and_then(|secret| decode(secret, CURRENT_KEY));
+    let served =
+        existing.and_then(|secret| secret.annotations().get(ROTATED_FOR_ANNOTATION).cloned());
+    let rotate = rotation_request.is_some() && rotation_request.map(str::to_owned) != served;
+    match (current, rotate) {
+        (Some(_), false) => None,
+        (None, _) => Some((
+            BTreeMap::from([(CURRENT_KEY.to_owned(), generate())]),
+            rotation_request.map(str::to_owned),
+        )),
+        (Some(old), true) => Some((
+            BTreeMap::from([
+                (CURRENT_KEY.to_owned(), generate()),
+                (PREVIOUS_KEY.to_owned(), old),
+                (PREVIOUS_EXPIRES_KEY.to_owned(), (now + grace).to_string()),
+            ]),
+            rotation_request.map(str::to_owned),
+        )),
+    }
+}
+
+/// Reads the instance's shared secret, creating it on first use and rotating it when the
+/// instance's rotation annotation asks for it.
+pub async fn ensure_shared_secret(
+    client: &Client,
+    instance: &StrapiInstance,
+    grace: SignedDuration,
+) -> Result<SharedSecret, Error> {
+    let namespace = instance
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let name = shared_secret_name(&instance.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("read shared secret"))?;
+    let rotation_request = instance
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let Some((data, served)) =
+        next_shared_secret(existing.as_ref(), rotation_request, grace, Timestamp::now())
+    else {
+        let current = existing
+            .as_ref()
+            .and_then(|secret| decode(secret, CURRENT_KEY))
+            .unwrap_or_default();
+        return Ok(SharedSecret {
+            name,
+            current,
+            changed: false,
+        });
+    };
+    let owner: OwnerReference = instance
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("uid"))?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "strapi-webhook-operator".to_owned(),
+                ),
+                (INSTANCE_LABEL.to_owned(), instance.name_any()),
+            ])),
+            annotations: served
+                .map(|request| BTreeMap::from([(ROTATED_FOR_ANNOTATION.to_owned(), request)])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(data.clone()),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .map_err(Error::kube("write shared secret"))?;
+    Ok(SharedSecret {
+        name,
+        current: data[CURRENT_KEY].clone(),
+        changed: true,
+    })
+}
+
+/// Reads one key of a Secret in `namespace`.
+pub async fn read_key(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, Error> {
+    let missing = |problem: String| Error::SecretMissing {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        problem,
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("read Secret"))?
+        .ok_or_else(|| missing("not found".to_owned()))?;
+    decode(&secret, key).ok_or_else(|| missing(format!("no UTF-8 key {key:?}")))
+}
+
+/// Secrets fetched up front for one `StrapiWebhook`, so that compiling it stays pure.
+#[derive(Default)]
+pub struct FetchedSecrets {
+    secrets: BTreeMap<(String, String), Option<Secret>>,
+}
+
+impl FetchedSecrets {
+    /// Fetches every Secret `refs` names in `namespace` (missing ones are remembered as such).
+    pub async fn fetch(
+        client: &Client,
+        namespace: &str,
+        refs: impl IntoIterator<Item = &SecretKeyRef>,
+    ) -> Result<Self, Error> {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let mut fetched = FetchedSecrets::default();
+        for reference in refs {
+            if let Entry::Vacant(slot) = fetched
+                .secrets
+                .entry((namespace.to_owned(), reference.name.clone()))
+            {
+                slot.insert(
+                    api.get_opt(&reference.name)
+                        .await
+                        .map_err(Error::kube("read Secret"))?,
+                );
+            }
+        }
+        Ok(fetched)
+    }
+}
+
+impl SecretResolver for FetchedSecrets {
+    fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<String, SecretError> {
+        match self
+            .secrets
+            .get(&(namespace.to_owned(), reference.name.clone()))
+        {
+            Some(Some(secret)) => {
+                decode(secret, &reference.key).ok_or_else(|| SecretError::KeyMissing {
+                    namespace: namespace.to_owned(),
+                    name: reference.name.clone(),
+                    key: reference.key.clone(),
+                })
+            }
+            _ => Err(SecretError::NotFound {
+                namespace: namespace.to_owned(),
+                name: reference.name.clone(),
+            }),
+        }
+    }
+}

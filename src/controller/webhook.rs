@@ -1,0 +1,453 @@
+//! Reconciling a `StrapiWebhook`: dereference (its instance, the Secrets it names) → validate
+//! (compile routes and sinks with the same code the receiver runs, check the instance allows
+//! this namespace, check models and uids against the real Strapi when reachable) → status.
+//!
+//! There is nothing to clean up when a `StrapiWebhook` goes away: the instance controller watches
+//! them and recomputes the union of events, so no finalizer is needed here.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, FIELD_MANAGER,
+    conditions::{self, Reported},
+    events::Notice,
+    instance::{allows_namespace, instance_key, referenced_instance},
+    secrets::FetchedSecrets,
+};
+use crate::{
+    api::{
+        NamespacesFrom, SecretKeyRef, StrapiInstance, StrapiWebhook, StrapiWebhookSpec,
+        StrapiWebhookStatus,
+    },
+    config::{self, Reason, ValidationError, ValidationErrors},
+    strapi::ContentType,
+};
+
+/// How often status counters are refreshed from the receiver: bounded, never per event.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Entry point for the kube-runtime `Controller`.
+pub async fn reconcile(webhook: Arc<StrapiWebhook>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics
+        .measure(
+            "StrapiWebhook",
+            Error::reason,
+            reconcile_webhook(&webhook, &ctx),
+        )
+        .await
+}
+
+/// Every Secret a spec refers to.
+pub fn secret_refs(spec: &StrapiWebhookSpec) -> Vec<&SecretKeyRef> {
+    let mut refs = Vec::new();
+    for sink in &spec.sinks {
+        if let Some(nextjs) = &sink.nextjs {
+            refs.extend(&nextjs.secret_ref);
+        }
+        if let Some(slack) = &sink.slack {
+            refs.push(&slack.webhook_url_secret_ref);
+        }
+        if let Some(http) = &sink.http {
+            refs.extend(
+                http.headers
+                    .iter()
+                    .filter_map(|header| header.value_from.as_ref())
+                    .map(|source| &source.secret_key_ref),
+            );
+            refs.extend(http.signing.as_ref().map(|signing| &signing.secret_ref));
+        }
+    }
+    refs
+}
+
+/// Models and uids the routes match that the Strapi does not have (pure).
+pub fn unknown_models(spec: &StrapiWebhookSpec, content_types: &[ContentType]) -> Vec<String> {
+    let models: BTreeSet<&str> = content_types
+        .iter()
+        .map(|ct| ct.singular_name.as_str())
+        .collect();
+    let uids: BTreeSet<&str> = content_types.iter().map(|ct| ct.uid.as_str()).collect();
+    let mut unknown = Vec::new();
+    for route in &spec.routes {
+        for model in route
+            .matches
+            .models
+            .iter()
+            .flatten()
+            .filter(|model| !models.contains(model.as_str()))
+        {
+            unknown.push(format!("route {}: model {model:?}", route.name));
+        }
+        for uid in route
+            .matches
+            .uids
+            .iter()
+            .flatten()
+            .filter(|uid| !uids.contains(uid.as_str()))
+        {
+            unknown.push(format!("route {}: uid {uid:?}", route.name));
+        }
+    }
+    unknown
+}
+
+/// The `RoutesValid` and `SinksResolved` conditions for a compile result (pure).
+pub fn validation_conditions(errors: Option<&ValidationErrors>) -> [Reported; 2] {
+    const SINK_REASONS: [Reason; 4] = [
+        Reason::SinkUnresolved,
+        Reason::SecretMissing,
+        Reason::SinkInvalid,
+        Reason::DeliveryInvalid,
+    ];
+    let (sink_problems, route_problems): (Vec<&ValidationError>, Vec<&ValidationError>) = errors
+        .map(|errors| {
+            errors
+                .iter()
+                .partition(|error| SINK_REASONS.contains(&error.reason))
+        })
+        .unwrap_or_default();
+    [
+        problems_condition(
+            "RoutesValid",
+            &route_problems,
+            "every filter and template compiles",
+        ),
+        problems_condition(
+            "SinksResolved",
+            &sink_problems,
+            "every sink and Secret resolves",
+        ),
+    ]
+}
+
+fn problems_condition(kind: &'static str, problems: &[&ValidationError], fine: &str) -> Reported {
+    match problems.first() {
+        None => Reported::yes(kind, kind, fine),
+        Some(first) => Reported::no(
+            kind,
+            first.reason.as_str(),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+/// The `Registered` condition: the instance is registered and subscribes to every event this
+/// webhook needs (pure).
+pub fn registration_condition(webhook: &StrapiWebhook, instance: &StrapiInstance) -> Reported {
+    let status = instance.status.clone().unwrap_or_default();
+    if !conditions::is_true(&status.conditions, "Registered") {
+        return Reported::no(
+            "Registered",
+            "InstanceNotRegistered",
+            format!(
+                "StrapiInstance {} is not registered in Strapi yet",
+                instance_key(instance)
+            ),
+        );
+    }
+    let subscribed: BTreeSet<&str> = status.events.iter().map(String::as_str).collect();
+    let missing: Vec<&str> = webhook
+        .spec
+        .events
+        .iter()
+        .map(|event| event.as_str())
+        .filter(|event| !subscribed.contains(event))
+        .collect();
+    if webhook.spec.enabled && !missing.is_empty() {
+        return Reported::no(
+            "Registered",
+            "EventsPending",
+            format!("Strapi does not send {} yet", missing.join(", ")),
+        );
+    }
+    Reported::yes(
+        "Registered",
+        "Registered",
+        format!(
+            "Strapi sends these events to {}",
+            status.endpoint.unwrap_or_default()
+        ),
+    )
+}
+
+async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Action, Error> {
+    let namespace = webhook
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let name = webhook.name_any();
+    let instance_key = referenced_instance(webhook);
+
+    // Dereference.
+    let instance = ctx
+        .instances
+        .state()
+        .into_iter()
+        .find(|instance| self::instance_key(instance) == instance_key);
+    let fetched =
+        FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec)).await?;
+
+    // Validate.
+    let compiled = config::compile_webhook(
+        &namespace,
+        &name,
+        webhook.meta().generation.unwrap_or_default(),
+        &webhook.spec,
+        &fetched,
+    );
+    let mut reported = Vec::from(validation_conditions(compiled.as_ref().err()));
+    if let Err(errors) = &compiled {
+        ctx.events
+            .publish(webhook, Notice::InvalidSpec(errors.to_string()))
+            .await;
+    }
+    let (ready_parts, endpoint) = match &instance {
+        None => {
+            let error = Error::InstanceMissing {
+                namespace: instance_key.split('/').next().unwrap_or_default().into(),
+                name: webhook.spec.instance_ref.name.clone(),
+            };
+            reported.push(Reported::no(
+                "Registered",
+                error.reason(),
+                error.to_string(),
+            ));
+            (reported.clone(), None)
+        }
+        Some(instance) if !namespace_allowed(ctx, instance, &namespace).await? => {
+            let error = Error::NamespaceNotAllowed {
+                instance: instance_key.clone(),
+                namespace: namespace.clone(),
+            };
+            reported.push(Reported::no(
+                "Registered",
+                error.reason(),
+                error.to_string(),
+            ));
+            (reported.clone(), None)
+        }
+        Some(instance) => {
+            reported.push(registration_condition(webhook, instance));
+            let ready_parts = reported.clone();
+            reported.push(models_condition(ctx, instance, &webhook.spec).await);
+            (
+                ready_parts,
+                instance
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.endpoint.clone()),
+            )
+        }
+    };
+    let ready = conditions::ready(
+        &ready_parts,
+        "routes compile, sinks resolve and Strapi sends the events",
+    );
+    reported.push(ready);
+
+    // Status.
+    let previous = webhook.status.clone().unwrap_or_default();
+    let status = StrapiWebhookStatus {
+        conditions: conditions::merge(
+            &previous.conditions,
+            &reported,
+            webhook.meta().generation,
+            Timestamp::now(),
+        ),
+        observed_generation: webhook.meta().generation,
+        endpoint,
+        sinks: previous.sinks,
+    };
+    let patch = json!({
+        "apiVersion": StrapiWebhook::api_version(&()),
+        "kind": StrapiWebhook::kind(&()),
+        "status": status,
+    });
+    Api::<StrapiWebhook>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write StrapiWebhook status"))?;
+    Ok(Action::requeue(STATUS_REFRESH))
+}
+
+async fn namespace_allowed(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    namespace: &str,
+) -> Result<bool, Error> {
+    let labels = if instance.spec.allowed_namespaces.from == NamespacesFrom::Selector {
+        Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(namespace)
+            .await
+            .map_err(Error::kube("read Namespace"))?
+            .and_then(|namespace| namespace.metadata.labels)
+    } else {
+        None
+    };
+    Ok(allows_namespace(instance, namespace, labels.as_ref()))
+}
+
+/// `ModelsKnown`: a warning, never part of `Ready`, because Strapi may be briefly unreachable or
+/// a content type may be deployed after the webhook.
+async fn models_condition(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    spec: &StrapiWebhookSpec,
+) -> Reported {
+    match ctx.content_types(instance).await {
+        Err(error) => Reported::no(
+            "ModelsKnown",
+            "StrapiUnavailable",
+            format!("could not list Strapi's content types: {error}"),
+        ),
+        Ok(content_types) => match unknown_models(spec, &content_types).as_slice() {
+            [] => Reported::yes(
+                "ModelsKnown",
+                "ModelsKnown",
+                "every model and uid the routes match exists in Strapi",
+            ),
+            unknown => Reported::no(
+                "ModelsKnown",
+                "UnknownModels",
+                format!("Strapi has no {}", unknown.join(", ")),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::InMemorySecrets, strapi::ContentTypeKind};
+
+    fn webhook(yaml: &str) -> StrapiWebhook {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn content_type(uid: &str, singular: &str) -> ContentType {
+        ContentType {
+            uid: uid.into(),
+            kind: ContentTypeKind::Collection,
+            singular_name: singular.into(),
+            plural_name: format!("{singular}s"),
+            display_name: singular.into(),
+            draft_and_publish: true,
+            visible: true,
+        }
+    }
+
+    #[test]
+    fn every_secret_reference_is_fetched() {
+        let crm = webhook(include_str!("../../examples/crm-sync.yaml"));
+        let names: Vec<String> = secret_refs(&crm.spec)
+            .iter()
+            .map(|r| format!("{}/{}", r.name, r.key))
+            .collect();
+        assert_eq!(names, ["crm-api/token", "crm-api/signing-secret"]);
+        let site = webhook(include_str!("../../examples/nextjs-revalidation.yaml"));
+        assert_eq!(secret_refs(&site.spec).len(), 1);
+    }
+
+    #[test]
+    fn models_and_uids_are_checked_against_strapi() {
+        let site = webhook(include_str!("../../examples/nextjs-revalidation.yaml"));
+        let strapi = [
+            content_type("api::article.article", "article"),
+            content_type("api::page.page", "page"),
+        ];
+        let unknown = unknown_models(&site.spec, &strapi);
+        assert!(
+            unknown.contains(&r#"route categories: model "category""#.to_owned()),
+            "{unknown:?}"
+        );
+        assert!(
+            !unknown.iter().any(|problem| problem.contains("article")),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_fails_sinks_resolved_but_not_routes_valid() {
+        let crm = webhook(include_str!("../../examples/crm-sync.yaml"));
+        let errors =
+            config::compile_webhook("web", "crm-sync", 1, &crm.spec, &InMemorySecrets::new())
+                .unwrap_err();
+        let [routes, sinks] = validation_conditions(Some(&errors));
+        assert!(routes.status, "{routes:?}");
+        assert!(!sinks.status);
+        assert_eq!(sinks.reason, "SecretMissing");
+        assert!(sinks.message.contains("crm-api"), "{}", sinks.message);
+    }
+
+    #[test]
+    fn a_filter_that_does_not_compile_fails_routes_valid_with_its_position() {
+        let mut crm = webhook(include_str!("../../examples/crm-sync.yaml"));
+        crm.spec.routes[0].filter = Some("event == ".into());
+        let mut secrets = InMemorySecrets::new();
+        secrets.insert("web", "crm-api", "token", "t").insert(
+            "web",
+            "crm-api",
+            "signing-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let errors =
+            config::compile_webhook("web", "crm-sync", 1, &crm.spec, &secrets).unwrap_err();
+        let [routes, sinks] = validation_conditions(Some(&errors));
+        assert!(!routes.status);
+        assert!(
+            routes.message.contains("spec.routes[0].filter"),
+            "{}",
+            routes.message
+        );
+        assert!(sinks.status);
+    }
+
+    #[test]
+    fn registered_needs_every_event_in_the_instance_registration() {
+        let site = webhook(include_str!(
+            "../../tests/fixtures/controller/webhook-articles.yaml"
+        ));
+        let mut instance: StrapiInstance =
+            serde_saphyr::from_str(include_str!("../../examples/strapi-instance.yaml")).unwrap();
+        assert_eq!(
+            registration_condition(&site, &instance).reason,
+            "InstanceNotRegistered"
+        );
+        let registered = conditions::merge(
+            &[],
+            &[Reported::yes("Registered", "Registered", "")],
+            Some(1),
+            Timestamp::now(),
+        );
+        instance.status = Some(crate::api::StrapiInstanceStatus {
+            conditions: registered,
+            events: vec!["entry.publish".into()],
+            ..Default::default()
+        });
+        let pending = registration_condition(&site, &instance);
+        assert_eq!((pending.status, pending.reason), (false, "EventsPending"));
+        assert!(pending.message.contains("entry.update"));
+        instance
+            .status
+            .as_mut()
+            .unwrap()
+            .events
+            .push("entry.update".into());
+        assert!(registration_condition(&site, &instance).status);
+    }
+}
