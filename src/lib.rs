@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod queue;
+pub mod receiver;
 pub mod routing;
 pub mod sinks;
 pub mod telemetry;

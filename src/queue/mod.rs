@@ -373,3 +373,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Deletes delivered deliveries older than `before`, and events left without deliveries.
     fn prune(&self, before: UnixMillis) -> BoxFuture<'_, Result<u64, QueueError>>;
 }
+
+impl fmt::Debug for dyn Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Queue")
+    }
+}

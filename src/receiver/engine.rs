@@ -1,0 +1,812 @@
+//! The delivery engine: one worker per sink, so a slow or dead sink only ever delays its own
+//! deliveries.
+//!
+//! A worker claims due deliveries from the queue as its concurrency limit frees up, paces them
+//! through a token bucket, renders each with its route from the *current* configuration and sends
+//! it with [`SinkClient::send`]. The answer decides what happens next: done, retry after an
+//! exponential backoff with jitter (or the sink's `Retry-After`), dead letter (after a permanent
+//! error, or once max attempts or max age are reached), or pause the whole sink. A circuit
+//! breaker stops claiming for a sink that keeps failing and lets a single probe through after a
+//! cool-down, so a dead sink is not hammered and its deliveries keep their attempts for when it
+//! is back. A sink with a coalesce window gets all deliveries that became due within the window
+//! in one call.
+//!
+//! Delivery is at least once: a delivery is marked done only after the sink answered, so a crash
+//! between the two sends it again, with the same `webhook-id` for the sink to deduplicate.
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    task::JoinSet,
+};
+use tracing::{Instrument, info_span};
+
+use super::{
+    metrics::{Metrics, sink_labels},
+    source::Snapshot,
+};
+use crate::{
+    config::CompiledWebhook,
+    event::EventBody,
+    queue::{ClaimedDelivery, Completion, Queue, SinkKey, UnixMillis, now_millis},
+    routing::Payload,
+    sinks::{DeliveryPolicy, Outcome, SinkClient, SinkConfig},
+};
+
+// Consecutive failed attempts after which a sink's circuit opens.
+const TRIP_AFTER: u32 = 5;
+// Most deliveries merged into one call of a coalescing sink.
+const MAX_COALESCED: u32 = 1000;
+// How long a worker waits for work before looking again when nothing woke it; covers leases that
+// run out and deliveries replayed through another path.
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+
+/// Engine knobs that are not per sink.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// On shutdown, how long in-flight attempts may take before they are abandoned (and handed
+    /// back to the queue).
+    pub shutdown_grace: Duration,
+    /// How often deliveries of webhooks that left the configuration are dead-lettered.
+    pub sweep_interval: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a sink is held back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkHold {
+    /// Set after the sink said it is gone; cleared when its configuration changes.
+    pub paused: Option<String>,
+    /// True while the circuit breaker keeps the sink closed.
+    pub circuit_open: bool,
+}
+
+/// The engine. Create it with [`Engine::new`], run it with [`Engine::run`].
+pub struct Engine {
+    queue: Arc<dyn Queue>,
+    client: SinkClient,
+    config: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    settings: EngineSettings,
+    workers: Mutex<HashMap<SinkKey, Arc<Worker>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `queue`, configured by the snapshots of `config`.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        client: SinkClient,
+        config: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+        settings: EngineSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            queue,
+            client,
+            config,
+            metrics,
+            settings,
+            workers: Mutex::default(),
+        })
+    }
+
+    /// Tells the sink's worker that deliveries were stored for it.
+    pub fn wake(&self, sink: &SinkKey) {
+        if let Some(worker) = lock(&self.workers).get(sink) {
+            worker.wake.notify_one();
+        }
+    }
+
+    /// Why a sink is held back, if it is.
+    pub fn hold(&self, sink: &SinkKey) -> SinkHold {
+        lock(&self.workers)
+            .get(sink)
+            .map(|worker| worker.hold())
+            .unwrap_or_default()
+    }
+
+    /// Runs until `shutdown` turns true, then lets in-flight attempts finish within the grace
+    /// period and hands the rest back to the queue.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut config = self.config.clone();
+        let mut tasks = JoinSet::new();
+        let mut sweep = tokio::time::interval(self.settings.sweep_interval);
+        loop {
+            let snapshot = Arc::clone(&config.borrow_and_update());
+            self.reconcile(&snapshot, &mut tasks, &shutdown);
+            let sweep_due = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                changed = config.changed() => if changed.is_err() { break } else { false },
+                _ = sweep.tick() => true,
+            };
+            if sweep_due {
+                self.sweep(&snapshot).await;
+            }
+        }
+        for worker in lock(&self.workers).values() {
+            worker.wake.notify_one();
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Starts a worker for every configured sink that has none, and retires workers whose sink
+    /// left the configuration or whose webhook changed (the new generation gets a fresh worker).
+    fn reconcile(
+        self: &Arc<Self>,
+        snapshot: &Snapshot,
+        tasks: &mut JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let mut workers = lock(&self.workers);
+        workers.retain(|key, worker| {
+            let current = snapshot.webhooks.get(&key.webhook);
+            let keep = current.is_some_and(|webhook| {
+                Arc::ptr_eq(webhook, &worker.webhook) && webhook.sinks.contains_key(&key.sink)
+            });
+            if !keep {
+                worker.retire();
+            }
+            keep
+        });
+        for webhook in snapshot.webhooks.values() {
+            for name in webhook.sinks.keys() {
+                let key = SinkKey {
+                    webhook: webhook.key.clone(),
+                    sink: name.clone(),
+                };
+                if workers.contains_key(&key) {
+                    continue;
+                }
+                let worker = Arc::new(Worker::new(key.clone(), Arc::clone(webhook)));
+                workers.insert(key, Arc::clone(&worker));
+                tasks.spawn(Arc::clone(self).work(worker, shutdown.clone()));
+            }
+        }
+    }
+
+    /// Dead-letters waiting deliveries of sinks that are no longer configured.
+    async fn sweep(&self, snapshot: &Snapshot) {
+        if !snapshot.synced {
+            return;
+        }
+        let waiting = match self.queue.waiting_sinks().await {
+            Ok(waiting) => waiting,
+            Err(error) => {
+                tracing::error!(%error, "listing sinks with waiting deliveries failed");
+                return;
+            }
+        };
+        for sink in waiting {
+            let configured = snapshot
+                .webhooks
+                .get(&sink.webhook)
+                .is_some_and(|webhook| webhook.sinks.contains_key(&sink.sink));
+            if configured {
+                continue;
+            }
+            let reason = format!("sink {sink} is no longer configured");
+            match self.queue.dead_letter_waiting(sink.clone(), reason).await {
+                Ok(count) => {
+                    tracing::warn!(%sink, count, "dead-lettered deliveries of a removed sink");
+                    self.metrics
+                        .dead_lettered
+                        .get_or_create(&sink_labels(&sink))
+                        .inc_by(count);
+                }
+                Err(error) => {
+                    tracing::error!(%sink, %error, "dead-lettering a removed sink failed")
+                }
+            }
+        }
+    }
+
+    async fn work(self: Arc<Self>, worker: Arc<Worker>, mut shutdown: watch::Receiver<bool>) {
+        let Some((_, policy)) = worker.webhook.sink(&worker.key.sink).cloned() else {
+            return;
+        };
+        let concurrency = usize::try_from(policy.concurrency.max(1)).unwrap_or(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let limiter = Arc::new(rate_limiter(&policy));
+        let coalesce = worker.sink_config().and_then(|sink| sink.coalesce_window());
+        let mut sends = JoinSet::new();
+        let span = info_span!("sink", webhook = %worker.key.webhook, sink = %worker.key.sink);
+        async {
+            loop {
+                while sends.try_join_next().is_some() {}
+                if *shutdown.borrow() || worker.is_retired() {
+                    break;
+                }
+                let wait = worker.hold_for(Instant::now());
+                if wait > Duration::ZERO {
+                    self.idle(&worker, &mut shutdown, wait).await;
+                    continue;
+                }
+                let first = tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => permit,
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    () = worker.wake.notified() => continue,
+                };
+                let Ok(first) = first else { break };
+                let mut held = vec![first];
+                if worker.probing() {
+                    // Half-open circuit: one probe decides whether the sink is back.
+                } else {
+                    held.extend(std::iter::from_fn(|| {
+                        Arc::clone(&permits).try_acquire_owned().ok()
+                    }));
+                }
+                if let Some(window) = coalesce {
+                    tokio::time::sleep(window).await;
+                }
+                let limit = match coalesce {
+                    Some(_) => MAX_COALESCED,
+                    None => u32::try_from(held.len()).unwrap_or(1),
+                };
+                let lease = lease_ms(&policy, limit);
+                let claimed = match self
+                    .queue
+                    .claim(worker.key.clone(), now_millis(), limit, lease)
+                    .await
+                {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::error!(%error, "claiming deliveries failed");
+                        drop(held);
+                        self.idle(&worker, &mut shutdown, policy.backoff_initial)
+                            .await;
+                        continue;
+                    }
+                };
+                if claimed.is_empty() {
+                    drop(held);
+                    let wait = self.until_next_due(&worker).await;
+                    self.idle(&worker, &mut shutdown, wait).await;
+                    continue;
+                }
+                worker.track(claimed.iter().map(|delivery| delivery.id.clone()));
+                if coalesce.is_some() {
+                    let permit = held.swap_remove(0);
+                    sends.spawn(Arc::clone(&self).send_batch(
+                        Arc::clone(&worker),
+                        Arc::clone(&limiter),
+                        claimed,
+                        permit,
+                    ));
+                } else {
+                    for (delivery, permit) in claimed.into_iter().zip(held) {
+                        sends.spawn(Arc::clone(&self).send_batch(
+                            Arc::clone(&worker),
+                            Arc::clone(&limiter),
+                            vec![delivery],
+                            permit,
+                        ));
+                    }
+                }
+            }
+            self.drain(&worker, sends).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn idle(&self, worker: &Worker, shutdown: &mut watch::Receiver<bool>, wait: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(wait.min(IDLE_RECHECK)) => {}
+            () = worker.wake.notified() => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+
+    async fn until_next_due(&self, worker: &Worker) -> Duration {
+        match self.queue.next_due(worker.key.clone()).await {
+            Ok(Some(due)) => {
+                Duration::from_millis(u64::try_from(due - now_millis()).unwrap_or(0).max(1))
+            }
+            Ok(None) => IDLE_RECHECK,
+            Err(error) => {
+                tracing::error!(%error, "reading the next due delivery failed");
+                IDLE_RECHECK
+            }
+        }
+    }
+
+    /// Waits for in-flight attempts up to the grace period; what is still running is abandoned
+    /// and handed back so the next start (or another replica) sends it.
+    async fn drain(&self, worker: &Worker, mut sends: JoinSet<()>) {
+        let finished = tokio::time::timeout(self.settings.shutdown_grace, async {
+            while sends.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_ok() {
+            return;
+        }
+        sends.abort_all();
+        let abandoned = worker.take_inflight();
+        tracing::warn!(
+            count = abandoned.len(),
+            "handing back attempts still running at shutdown"
+        );
+        for id in abandoned {
+            let release = Completion::Release {
+                next_attempt_at: now_millis(),
+            };
+            if let Err(error) = self.queue.complete(id.clone(), release).await {
+                tracing::error!(delivery_id = %id, %error, "handing back a delivery failed");
+            }
+        }
+    }
+
+    /// Renders and sends one delivery, or for a coalescing sink several as one call, and records
+    /// the outcome for each.
+    async fn send_batch(
+        self: Arc<Self>,
+        worker: Arc<Worker>,
+        limiter: Arc<DefaultDirectRateLimiter>,
+        deliveries: Vec<ClaimedDelivery>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let snapshot = self.config.borrow().clone();
+        let Some(webhook) = snapshot.webhooks.get(&worker.key.webhook) else {
+            let reason = format!("webhook {} is no longer configured", worker.key.webhook);
+            for delivery in deliveries {
+                self.finish(
+                    &worker,
+                    &delivery,
+                    Completion::DeadLetter {
+                        error: reason.clone(),
+                    },
+                )
+                .await;
+            }
+            return;
+        };
+        let Some((sink, policy)) = webhook.sink(&worker.key.sink) else {
+            let reason = format!("sink {} is no longer configured", worker.key);
+            for delivery in deliveries {
+                self.finish(
+                    &worker,
+                    &delivery,
+                    Completion::DeadLetter {
+                        error: reason.clone(),
+                    },
+                )
+                .await;
+            }
+            return;
+        };
+        let mut ready = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let span = delivery_span(&delivery);
+            match render(webhook, &delivery) {
+                Ok(payload) => ready.push((delivery, payload, span)),
+                Err(error) => {
+                    span.in_scope(|| tracing::warn!(%error, "dead-lettered: cannot render"));
+                    self.finish(&worker, &delivery, Completion::DeadLetter { error })
+                        .await;
+                }
+            }
+        }
+        let Some((first, _, first_span)) = ready.first() else {
+            return;
+        };
+        let payloads: Vec<Payload> = ready
+            .iter()
+            .map(|(_, payload, _)| payload.clone())
+            .collect();
+        limiter.until_ready().await;
+        let labels = sink_labels(&worker.key);
+        let started = Instant::now();
+        let outcome = self
+            .client
+            .send(sink, policy, &first.id, &payloads)
+            .instrument(first_span.clone())
+            .await;
+        self.metrics
+            .delivery_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        worker.record(&outcome, policy);
+        for (delivery, _, span) in &ready {
+            let completion = decide(&outcome, delivery, policy, now_millis());
+            span.in_scope(|| log_completion(&completion, delivery));
+            if let Outcome::PauseSink { reason } = &outcome {
+                worker.pause(reason.clone());
+            }
+            self.finish(&worker, delivery, completion).await;
+        }
+    }
+
+    async fn finish(&self, worker: &Worker, delivery: &ClaimedDelivery, completion: Completion) {
+        let labels = sink_labels(&worker.key);
+        match &completion {
+            Completion::Delivered => self.metrics.delivered.get_or_create(&labels).inc(),
+            Completion::Retry { .. } => self.metrics.retried.get_or_create(&labels).inc(),
+            Completion::DeadLetter { .. } => {
+                self.metrics.dead_lettered.get_or_create(&labels).inc()
+            }
+            Completion::Release { .. } => 0,
+        };
+        if let Err(error) = self.queue.complete(delivery.id.clone(), completion).await {
+            // The lease runs out and the delivery is sent again: at least once still holds.
+            tracing::error!(delivery_id = %delivery.id, %error, "recording a delivery outcome failed");
+        }
+        worker.untrack(&delivery.id);
+    }
+}
+
+fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
+    info_span!(
+        "delivery",
+        delivery_id = %delivery.id,
+        event_id = %delivery.event_id,
+        route = %delivery.route,
+        attempt = delivery.attempts + 1,
+    )
+}
+
+fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {
+    match completion {
+        Completion::Delivered => tracing::debug!("delivered"),
+        Completion::Retry {
+            next_attempt_at,
+            error,
+        } => tracing::info!(
+            %error,
+            retry_in_ms = next_attempt_at - now_millis(),
+            "attempt failed; will retry"
+        ),
+        Completion::DeadLetter { error } => {
+            tracing::warn!(%error, attempts = delivery.attempts + 1, "dead-lettered")
+        }
+        Completion::Release { .. } => tracing::info!("held back: the sink is paused"),
+    }
+}
+
+fn render(webhook: &CompiledWebhook, delivery: &ClaimedDelivery) -> Result<Payload, String> {
+    let route = webhook.route(&delivery.route).ok_or_else(|| {
+        format!(
+            "route {} is no longer in webhook {}",
+            delivery.route, webhook.key
+        )
+    })?;
+    let event = EventBody::parse(&delivery.raw)
+        .map_err(|error| format!("the stored event does not parse: {error}"))?;
+    route
+        .render(&event, &delivery.raw)
+        .map_err(|error| error.to_string())
+}
+
+/// What to record after an attempt that ended in `outcome`.
+fn decide(
+    outcome: &Outcome,
+    delivery: &ClaimedDelivery,
+    policy: &DeliveryPolicy,
+    now: UnixMillis,
+) -> Completion {
+    let attempts = delivery.attempts + 1;
+    match outcome {
+        Outcome::Delivered => Completion::Delivered,
+        Outcome::DeadLetter { reason } => Completion::DeadLetter {
+            error: reason.clone(),
+        },
+        // The pause holds the sink; the delivery waits with it and keeps its attempts.
+        Outcome::PauseSink { .. } => Completion::Release {
+            next_attempt_at: now,
+        },
+        Outcome::Retry {
+            reason,
+            retry_after,
+        } => {
+            let age = Duration::from_millis(u64::try_from(now - delivery.enqueued_at).unwrap_or(0));
+            if attempts >= policy.max_attempts {
+                return Completion::DeadLetter {
+                    error: format!("gave up after {attempts} attempts: {reason}"),
+                };
+            }
+            let delay = retry_after.unwrap_or_else(|| backoff(policy, delivery.attempts));
+            if age + delay > policy.max_age {
+                return Completion::DeadLetter {
+                    error: format!(
+                        "gave up after {attempts} attempts, older than {:?}: {reason}",
+                        policy.max_age
+                    ),
+                };
+            }
+            Completion::Retry {
+                next_attempt_at: now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                error: reason.clone(),
+            }
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the delay is fixed, half random, so retries of
+/// a burst spread out without ever retrying sooner than half the nominal delay.
+fn backoff(policy: &DeliveryPolicy, previous_attempts: u32) -> Duration {
+    let nominal = policy
+        .backoff_initial
+        .saturating_mul(2u32.saturating_pow(previous_attempts.min(20)))
+        .min(policy.backoff_max);
+    let half = nominal / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+fn lease_ms(policy: &DeliveryPolicy, claimed: u32) -> i64 {
+    // Long enough for every claimed delivery to wait its turn in the token bucket and time out
+    // once; a lease that runs out only means a second attempt, never a lost delivery.
+    let pacing =
+        Duration::from_secs_f64(f64::from(claimed) / f64::from(policy.rate_per_second.max(1)));
+    let lease = policy.timeout * 2 + pacing + Duration::from_secs(30);
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn rate_limiter(policy: &DeliveryPolicy) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(policy.rate_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(policy.burst).unwrap_or(rate);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded data stays consistent at every await-free step, so a panic elsewhere does not
+    // make it unusable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One sink's worker state, shared with its in-flight attempts.
+struct Worker {
+    key: SinkKey,
+    webhook: Arc<CompiledWebhook>,
+    wake: Notify,
+    state: Mutex<WorkerState>,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    retired: bool,
+    paused: Option<String>,
+    consecutive_failures: u32,
+    trips: u32,
+    open_until: Option<Instant>,
+    inflight: HashSet<String>,
+}
+
+impl Worker {
+    fn new(key: SinkKey, webhook: Arc<CompiledWebhook>) -> Self {
+        Self {
+            key,
+            webhook,
+            wake: Notify::new(),
+            state: Mutex::default(),
+        }
+    }
+
+    fn sink_config(&self) -> Option<&SinkConfig> {
+        self.webhook.sink(&self.key.sink).map(|(sink, _)| sink)
+    }
+
+    fn retire(&self) {
+        lock(&self.state).retired = true;
+        self.wake.notify_one();
+    }
+
+    fn is_retired(&self) -> bool {
+        lock(&self.state).retired
+    }
+
+    fn pause(&self, reason: String) {
+        lock(&self.state).paused = Some(reason);
+    }
+
+    fn hold(&self) -> SinkHold {
+        let state = lock(&self.state);
+        SinkHold {
+            paused: state.paused.clone(),
+            circuit_open: state.open_until.is_some_and(|until| until > Instant::now()),
+        }
+    }
+
+    /// How long to hold off claiming: for ever while paused (until the configuration changes
+    /// and retires this worker), until the cool-down ends while the circuit is open.
+    fn hold_for(&self, now: Instant) -> Duration {
+        let state = lock(&self.state);
+        if state.paused.is_some() {
+            return IDLE_RECHECK;
+        }
+        state
+            .open_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    /// True when the circuit has tripped and the next attempt is the probe.
+    fn probing(&self) -> bool {
+        lock(&self.state).consecutive_failures >= TRIP_AFTER
+    }
+
+    fn record(&self, outcome: &Outcome, policy: &DeliveryPolicy) {
+        let mut state = lock(&self.state);
+        match outcome {
+            Outcome::Retry { .. } => {
+                state.consecutive_failures += 1;
+                if state.consecutive_failures >= TRIP_AFTER {
+                    state.trips += 1;
+                    let cooldown = policy
+                        .backoff_initial
+                        .saturating_mul(2u32.saturating_pow(state.trips.min(20)))
+                        .clamp(
+                            Duration::from_secs(1),
+                            policy.backoff_max.max(Duration::from_secs(1)),
+                        );
+                    state.open_until = Some(Instant::now() + cooldown);
+                    tracing::warn!(cooldown_ms = cooldown.as_millis(), "circuit opened");
+                }
+            }
+            Outcome::Delivered | Outcome::DeadLetter { .. } => {
+                // A permanent error is the request's fault, not the sink's: the sink answered.
+                if state.consecutive_failures >= TRIP_AFTER {
+                    tracing::info!("circuit closed");
+                }
+                state.consecutive_failures = 0;
+                state.trips = 0;
+                state.open_until = None;
+            }
+            Outcome::PauseSink { .. } => {}
+        }
+    }
+
+    fn track(&self, ids: impl Iterator<Item = String>) {
+        lock(&self.state).inflight.extend(ids);
+    }
+
+    fn untrack(&self, id: &str) {
+        lock(&self.state).inflight.remove(id);
+    }
+
+    fn take_inflight(&self) -> Vec<String> {
+        lock(&self.state).inflight.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> DeliveryPolicy {
+        DeliveryPolicy {
+            timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            max_age: Duration::from_secs(3600),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            rate_per_second: 10,
+            burst: 10,
+            concurrency: 4,
+        }
+    }
+
+    fn delivery(attempts: u32, enqueued_at: UnixMillis) -> ClaimedDelivery {
+        ClaimedDelivery {
+            id: "d".into(),
+            event_id: "e".into(),
+            sink: SinkKey {
+                webhook: "ns/w".into(),
+                sink: "s".into(),
+            },
+            route: "r".into(),
+            attempts,
+            enqueued_at,
+            raw: Vec::new(),
+        }
+    }
+
+    fn retry(after: Option<Duration>) -> Outcome {
+        Outcome::Retry {
+            reason: "503 Service Unavailable".into(),
+            retry_after: after,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_stops_at_the_maximum() {
+        for attempts in 0..8 {
+            let nominal = Duration::from_secs(1 << attempts).min(Duration::from_secs(60));
+            let delay = backoff(&policy(), attempts);
+            assert!(
+                delay >= nominal / 2 && delay <= nominal,
+                "{attempts}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_over_the_backoff() {
+        let now = 1_000_000;
+        let completion = decide(
+            &retry(Some(Duration::from_secs(7))),
+            &delivery(0, now),
+            &policy(),
+            now,
+        );
+        let Completion::Retry {
+            next_attempt_at, ..
+        } = completion
+        else {
+            panic!("{completion:?}")
+        };
+        assert_eq!(next_attempt_at, now + 7_000);
+    }
+
+    #[test]
+    fn the_last_attempt_dead_letters_with_the_sinks_answer() {
+        let now = 1_000_000;
+        let completion = decide(&retry(None), &delivery(2, now), &policy(), now);
+        let Completion::DeadLetter { error } = completion else {
+            panic!("{completion:?}")
+        };
+        assert_eq!(error, "gave up after 3 attempts: 503 Service Unavailable");
+    }
+
+    #[test]
+    fn a_delivery_past_its_max_age_dead_letters() {
+        let now = 10_000_000;
+        let old = now - 3_600_000;
+        let completion = decide(&retry(None), &delivery(0, old), &policy(), now);
+        assert!(
+            matches!(completion, Completion::DeadLetter { .. }),
+            "{completion:?}"
+        );
+    }
+
+    #[test]
+    fn the_circuit_opens_after_repeated_failures_and_closes_on_success() {
+        let webhook = crate::config::CompiledWebhook {
+            key: "ns/w".into(),
+            generation: 1,
+            instance: "ns/i".into(),
+            enabled: true,
+            events: Vec::new(),
+            routes: Vec::new(),
+            sinks: Default::default(),
+        };
+        let worker = Worker::new(
+            SinkKey {
+                webhook: "ns/w".into(),
+                sink: "s".into(),
+            },
+            Arc::new(webhook),
+        );
+        for _ in 0..TRIP_AFTER - 1 {
+            worker.record(&retry(None), &policy());
+        }
+        assert_eq!(worker.hold_for(Instant::now()), Duration::ZERO);
+        worker.record(&retry(None), &policy());
+        assert!(worker.hold().circuit_open);
+        assert!(worker.probing());
+        worker.record(&Outcome::Delivered, &policy());
+        assert_eq!(worker.hold(), SinkHold::default());
+        assert!(!worker.probing());
+    }
+}

@@ -1,0 +1,289 @@
+//! The ingest endpoint Strapi calls: `POST /v1/instances/{namespace}/{name}`.
+//!
+//! A call is answered 2xx only after the event and its fan-out are durable in the queue, because
+//! Strapi never sends an event twice. In order: the instance must be known (404), the shared
+//! secret in [`SECRET_HEADER`] must match one accepted for it, compared in constant time (401,
+//! without detail), the body must be JSON (415) within the size limit (413) and a Strapi event
+//! (400, saying what is wrong). A `trigger-test` is recorded as a handshake and not routed. If
+//! the store fails the answer is 503 and the failure is logged and counted.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use super::{
+    ReceiverState,
+    metrics::{InstanceLabels, RejectLabels, RejectReason, UNKNOWN_INSTANCE},
+    source::Snapshot,
+};
+use crate::{
+    event::EventBody,
+    queue::{IngestOutcome, NewDelivery, NewEvent, SinkKey, now_millis},
+};
+
+/// The header carrying an instance's shared secret. The controller registers it in the headers
+/// of the webhook it creates in Strapi.
+pub const SECRET_HEADER: &str = "x-strapi-webhook-secret";
+
+/// Strapi events whose meaning is fully given by (event, uid, documentId, locale), so a second
+/// copy within the dedup window carries nothing new: Strapi 5 fires `entry.delete` for the draft
+/// and the published row. Creates and updates carry content and are never collapsed.
+const DEDUPLICATED_EVENTS: [&str; 3] = ["entry.delete", "entry.publish", "entry.unpublish"];
+
+/// The ingest router.
+pub fn app(state: Arc<ReceiverState>) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/v1/instances/{namespace}/{name}", post(ingest))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn ingest(
+    State(state): State<Arc<ReceiverState>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let instance = format!("{namespace}/{name}");
+    let snapshot = state.config.borrow().clone();
+    let reject = |reason: RejectReason, status: StatusCode, message: Option<String>| {
+        let label = match reason {
+            RejectReason::UnknownInstance | RejectReason::NotReady => UNKNOWN_INSTANCE.to_owned(),
+            _ => instance.clone(),
+        };
+        state
+            .metrics
+            .rejected
+            .get_or_create(&RejectLabels {
+                instance: label,
+                reason,
+            })
+            .inc();
+        match message {
+            Some(message) => (status, Json(json!({ "error": message }))).into_response(),
+            None => status.into_response(),
+        }
+    };
+    if !snapshot.synced {
+        let message = "the receiver is still loading its configuration".to_owned();
+        return reject(
+            RejectReason::NotReady,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(message),
+        );
+    }
+    let Some(secrets) = snapshot.instances.get(&instance) else {
+        let message = format!("no StrapiInstance {instance} is served here");
+        return reject(
+            RejectReason::UnknownInstance,
+            StatusCode::NOT_FOUND,
+            Some(message),
+        );
+    };
+    let labels = InstanceLabels {
+        instance: instance.clone(),
+    };
+    state.metrics.received.get_or_create(&labels).inc();
+    if !authenticated(&headers, secrets) {
+        return reject(RejectReason::Unauthorized, StatusCode::UNAUTHORIZED, None);
+    }
+    if !is_json(&headers) {
+        let message = "the body must be JSON (Content-Type: application/json)".to_owned();
+        return reject(
+            RejectReason::NotJson,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some(message),
+        );
+    }
+    let raw = match body {
+        Ok(raw) => raw,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!(
+                "the body exceeds the limit of {} bytes (--max-body-bytes)",
+                state.settings.max_body_bytes
+            );
+            return reject(
+                RejectReason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(message),
+            );
+        }
+        Err(rejection) => {
+            let message = format!("reading the body failed: {}", rejection.body_text());
+            return reject(
+                RejectReason::Malformed,
+                StatusCode::BAD_REQUEST,
+                Some(message),
+            );
+        }
+    };
+    let event = match EventBody::parse(&raw) {
+        Ok(event) => event,
+        Err(error) => {
+            let message = format!("the body is not a Strapi webhook event: {error}");
+            return reject(
+                RejectReason::Malformed,
+                StatusCode::BAD_REQUEST,
+                Some(message),
+            );
+        }
+    };
+    let received_at = now_millis();
+    if event.is_trigger_test() {
+        return match state
+            .queue
+            .record_handshake(instance.clone(), received_at)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(%instance, "handshake from Strapi recorded");
+                (StatusCode::OK, Json(json!({ "handshake": true }))).into_response()
+            }
+            Err(error) => {
+                tracing::error!(%instance, %error, "recording a handshake failed");
+                let message = "storing the handshake failed".to_owned();
+                reject(
+                    RejectReason::StoreFailed,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(message),
+                )
+            }
+        };
+    }
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let span = tracing::info_span!("event", event_id = %id, %instance, event = %event.event);
+    let deliveries = fan_out(&snapshot, &instance, &event);
+    let sinks: Vec<SinkKey> = deliveries
+        .iter()
+        .map(|delivery| delivery.sink.clone())
+        .collect();
+    let count = deliveries.len();
+    let new = NewEvent {
+        id: id.clone(),
+        instance: instance.clone(),
+        event: event.event.clone(),
+        received_at,
+        raw: raw.to_vec(),
+        dedup_key: dedup_key(&instance, &event),
+        dedup_window_ms: i64::try_from(state.settings.dedup_window.as_millis()).unwrap_or(0),
+        deliveries,
+    };
+    let stored = state.queue.ingest(new).instrument(span.clone()).await;
+    let _entered = span.enter();
+    match stored {
+        Ok(IngestOutcome::Stored) => {
+            state.metrics.stored.get_or_create(&labels).inc();
+            state
+                .metrics
+                .ingest_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            if count == 0 {
+                tracing::info!("stored; no route takes this event");
+            } else {
+                tracing::debug!(deliveries = count, "stored");
+            }
+            for sink in &sinks {
+                state.engine.wake(sink);
+            }
+            (
+                StatusCode::OK,
+                Json(json!({ "id": id, "deliveries": count })),
+            )
+                .into_response()
+        }
+        Ok(IngestOutcome::Duplicate { original }) => {
+            state.metrics.duplicates.get_or_create(&labels).inc();
+            tracing::info!(%original, "duplicate of a stored event; not stored again");
+            (StatusCode::OK, Json(json!({ "duplicateOf": original }))).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "storing an event failed; Strapi was answered 503");
+            let message = "storing the event failed".to_owned();
+            reject(
+                RejectReason::StoreFailed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(message),
+            )
+        }
+    }
+}
+
+fn authenticated(headers: &HeaderMap, accepted: &[String]) -> bool {
+    let Some(given) = headers.get(SECRET_HEADER) else {
+        return false;
+    };
+    // Every accepted secret is compared, so the time taken does not say which one came close.
+    accepted.iter().fold(false, |found, secret| {
+        found | bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| {
+            let media = media.trim();
+            media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
+        })
+}
+
+/// One delivery per (enabled webhook subscribed to the event, matching route). A route whose
+/// filter fails on this event gets a delivery stored dead with the reason, so the failure is
+/// visible and replayable rather than a silent drop.
+fn fan_out(snapshot: &Snapshot, instance: &str, event: &EventBody) -> Vec<NewDelivery> {
+    let mut deliveries = Vec::new();
+    for webhook in snapshot.webhooks_of(instance) {
+        if !webhook.enabled || !webhook.events.iter().any(|name| *name == event.event) {
+            continue;
+        }
+        for route in &webhook.routes {
+            let dead_on_arrival = match route.matches(event) {
+                Ok(true) => None,
+                Ok(false) => continue,
+                Err(error) => Some(format!("filter of route {} failed: {error}", route.name())),
+            };
+            deliveries.push(NewDelivery {
+                id: uuid::Uuid::now_v7().to_string(),
+                sink: SinkKey {
+                    webhook: webhook.key.clone(),
+                    sink: route.sink().to_owned(),
+                },
+                route: route.name().to_owned(),
+                dead_on_arrival,
+            });
+        }
+    }
+    deliveries
+}
+
+fn dedup_key(instance: &str, event: &EventBody) -> Option<String> {
+    if !DEDUPLICATED_EVENTS.contains(&event.event.as_str()) {
+        return None;
+    }
+    let document = event.entry_field("documentId")?.as_str()?;
+    let locale = event
+        .entry_field("locale")
+        .and_then(|locale| locale.as_str())
+        .unwrap_or("");
+    let uid = event.uid.as_deref().unwrap_or("");
+    Some(format!(
+        "{instance}\u{1f}{}\u{1f}{uid}\u{1f}{document}\u{1f}{locale}",
+        event.event
+    ))
+}

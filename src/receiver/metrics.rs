@@ -1,0 +1,191 @@
+//! The receiver's Prometheus metrics. Label values come only from the configuration (instances,
+//! webhooks, sinks the receiver knows) or from fixed sets (rejection reasons), never from request
+//! data, so a caller cannot blow up the series count: an unknown instance is counted as
+//! `unknown`.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Label value used for an instance the receiver does not know.
+pub const UNKNOWN_INSTANCE: &str = "unknown";
+
+/// Labels of ingest series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// `namespace/name` of a known instance, or `unknown`.
+    pub instance: String,
+}
+
+/// Why an ingest was refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RejectReason {
+    /// No such instance.
+    UnknownInstance,
+    /// Missing or wrong shared secret.
+    Unauthorized,
+    /// Body over the limit.
+    TooLarge,
+    /// Content type is not JSON.
+    NotJson,
+    /// Body is not a Strapi event.
+    Malformed,
+    /// The store failed; the caller got a 5xx.
+    StoreFailed,
+    /// The receiver has not loaded its configuration yet.
+    NotReady,
+}
+
+/// Labels of rejection series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// As in [`InstanceLabels`].
+    pub instance: String,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// Labels of delivery series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// `namespace/name` of the webhook.
+    pub webhook: String,
+    /// The sink's name.
+    pub sink: String,
+}
+
+/// Every metric the receiver exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Events that reached a known instance's endpoint.
+    pub received: Family<InstanceLabels, Counter>,
+    /// Events stored durably (acknowledged to Strapi).
+    pub stored: Family<InstanceLabels, Counter>,
+    /// Events recognised as Strapi's duplicates and not stored again.
+    pub duplicates: Family<InstanceLabels, Counter>,
+    /// Requests refused, by reason.
+    pub rejected: Family<RejectLabels, Counter>,
+    /// Seconds from request to acknowledgement of stored events.
+    pub ingest_seconds: Family<InstanceLabels, Histogram>,
+    /// Deliveries the sink accepted.
+    pub delivered: Family<SinkLabels, Counter>,
+    /// Attempts that failed and will be retried.
+    pub retried: Family<SinkLabels, Counter>,
+    /// Deliveries given up on.
+    pub dead_lettered: Family<SinkLabels, Counter>,
+    /// Seconds per delivery attempt.
+    pub delivery_seconds: Family<SinkLabels, Histogram>,
+    /// Deliveries waiting, as of the last scrape.
+    pub queue_depth: Family<SinkLabels, Gauge>,
+    /// 1 while a sink is paused (its webhook is gone) or its circuit breaker is open.
+    pub sink_held: Family<SinkLabels, Gauge>,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let latency = || {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ])
+        };
+        let metrics = Self {
+            received: Family::default(),
+            stored: Family::default(),
+            duplicates: Family::default(),
+            rejected: Family::default(),
+            ingest_seconds: Family::new_with_constructor(latency),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            delivery_seconds: Family::new_with_constructor(latency),
+            queue_depth: Family::default(),
+            sink_held: Family::default(),
+            registry: Registry::with_prefix("strapi_webhook_receiver"),
+        };
+        let mut registry = metrics.registry;
+        registry.register(
+            "events_received",
+            "Events that reached a known instance",
+            metrics.received.clone(),
+        );
+        registry.register(
+            "events_stored",
+            "Events stored durably and acknowledged",
+            metrics.stored.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Duplicate Strapi events collapsed at ingest",
+            metrics.duplicates.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Ingest requests refused, by reason",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "ingest_duration_seconds",
+            "Time from request to acknowledgement",
+            metrics.ingest_seconds.clone(),
+        );
+        registry.register(
+            "deliveries_delivered",
+            "Deliveries the sink accepted",
+            metrics.delivered.clone(),
+        );
+        registry.register(
+            "deliveries_retried",
+            "Failed attempts that will be retried",
+            metrics.retried.clone(),
+        );
+        registry.register(
+            "deliveries_dead_lettered",
+            "Deliveries given up on",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "delivery_duration_seconds",
+            "Time per delivery attempt",
+            metrics.delivery_seconds.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Deliveries waiting per sink",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "sink_held",
+            "1 while a sink is paused or its circuit is open",
+            metrics.sink_held.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The exposition text for `/metrics`.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Labels for a sink.
+pub fn sink_labels(sink: &crate::queue::SinkKey) -> SinkLabels {
+    SinkLabels {
+        webhook: sink.webhook.clone(),
+        sink: sink.sink.clone(),
+    }
+}

@@ -1,0 +1,261 @@
+//! The receiver: where Strapi's fire-and-forget webhooks become durable, at-least-once
+//! deliveries.
+//!
+//! Two HTTP servers share one [`ReceiverState`]: the ingest port ([`ingest::app`]), which Strapi
+//! calls and which answers only after the event is stored, and the admin port ([`admin::app`])
+//! for probes, metrics and the delivery API. The [`engine::Engine`] sends what was stored, one
+//! worker per sink. Configuration arrives as [`source::Snapshot`]s from a
+//! [`source::ConfigSource`]; the queue is any [`crate::queue::Queue`]. [`serve`] runs it all
+//! until a shutdown signal and then stops in order: stop accepting, finish storing what arrived,
+//! let in-flight deliveries finish within a grace period, hand back the rest.
+
+pub mod admin;
+pub mod engine;
+pub mod ingest;
+pub mod metrics;
+pub mod source;
+
+use std::{future::Future, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    queue::{Queue, QueueError, sqlite::SqliteQueue},
+    sinks::{SinkClient, SinkClientError},
+};
+use engine::{Engine, EngineSettings};
+use metrics::Metrics;
+use source::{ConfigSource, Snapshot};
+
+/// Why the receiver could not start or stopped with an error. Each variant names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// `--queue` is not a queue this build supports.
+    #[error("--queue {0:?}: expected sqlite:<path>")]
+    QueueSpec(String),
+    /// `--config-source` is not a source this build supports.
+    #[error("--config-source {0:?}: expected file:<path> (the kubernetes source is not built yet)")]
+    ConfigSourceSpec(String),
+    /// The queue could not be opened.
+    #[error("opening the queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The configuration could not be loaded.
+    #[error("loading the configuration: {0}")]
+    Config(#[from] source::ManifestError),
+    /// The sink HTTP client could not be built.
+    #[error("setting up the sink client: {0}")]
+    SinkClient(#[from] SinkClientError),
+    /// A port could not be bound.
+    #[error("binding {what} on {address}: {source}")]
+    Bind {
+        /// `ingest` or `admin`.
+        what: &'static str,
+        /// The address.
+        address: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A server failed while running.
+    #[error("serving {what}: {source}")]
+    Serve {
+        /// `ingest` or `admin`.
+        what: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the queue lives: `sqlite:<path>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueSpec {
+    /// The embedded SQLite queue in this file.
+    Sqlite(PathBuf),
+}
+
+impl FromStr for QueueSpec {
+    type Err = ReceiverError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        match spec.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
+            _ => Err(ReceiverError::QueueSpec(spec.to_owned())),
+        }
+    }
+}
+
+impl QueueSpec {
+    /// Opens the queue.
+    pub fn open(&self) -> Result<Arc<dyn Queue>, ReceiverError> {
+        match self {
+            QueueSpec::Sqlite(path) => Ok(Arc::new(SqliteQueue::open(path)?)),
+        }
+    }
+}
+
+/// Where the configuration comes from: `file:<path>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSourceSpec {
+    /// A manifest file of instances, webhooks and Secrets, see [`source::ManifestFile`].
+    File(PathBuf),
+}
+
+impl FromStr for ConfigSourceSpec {
+    type Err = ReceiverError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        match spec.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            _ => Err(ReceiverError::ConfigSourceSpec(spec.to_owned())),
+        }
+    }
+}
+
+impl ConfigSourceSpec {
+    /// Loads the source.
+    pub fn load(&self) -> Result<Box<dyn ConfigSource>, ReceiverError> {
+        match self {
+            ConfigSourceSpec::File(path) => Ok(Box::new(source::ManifestFile::load(path)?)),
+        }
+    }
+}
+
+/// Receiver knobs.
+#[derive(Clone, Debug)]
+pub struct ReceiverSettings {
+    /// Largest body accepted from Strapi.
+    pub max_body_bytes: usize,
+    /// Window within which Strapi's duplicate events are collapsed.
+    pub dedup_window: Duration,
+    /// Delivery engine knobs.
+    pub engine: EngineSettings,
+}
+
+impl Default for ReceiverSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            dedup_window: Duration::from_secs(2),
+            engine: EngineSettings::default(),
+        }
+    }
+}
+
+/// What the ingest and admin handlers share.
+#[derive(Debug)]
+pub struct ReceiverState {
+    /// The durable queue.
+    pub queue: Arc<dyn Queue>,
+    /// The latest configuration.
+    pub config: watch::Receiver<Arc<Snapshot>>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The delivery engine (not yet running until [`serve`]).
+    pub engine: Arc<Engine>,
+    /// Knobs.
+    pub settings: ReceiverSettings,
+}
+
+impl ReceiverState {
+    /// Wires a queue and a configuration source together.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        source: &dyn ConfigSource,
+        settings: ReceiverSettings,
+    ) -> Result<Arc<Self>, ReceiverError> {
+        let config = source.snapshots();
+        let metrics = Arc::new(Metrics::new());
+        let engine = Engine::new(
+            Arc::clone(&queue),
+            SinkClient::new()?,
+            config.clone(),
+            Arc::clone(&metrics),
+            settings.engine.clone(),
+        );
+        Ok(Arc::new(Self {
+            queue,
+            config,
+            metrics,
+            engine,
+            settings,
+        }))
+    }
+}
+
+/// Runs the ingest server, the admin server and the engine until `shutdown` completes, then
+/// stops them in order.
+pub async fn serve(
+    state: Arc<ReceiverState>,
+    ingest: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiverError> {
+    let (stop, stopping) = watch::channel(false);
+    let engine = tokio::spawn(Arc::clone(&state.engine).run(stopping.clone()));
+    let admin_server = {
+        let mut stopping = stopping.clone();
+        let app = admin::app(Arc::clone(&state));
+        tokio::spawn(async move {
+            axum::serve(admin, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let mut ingest_stopping = stopping.clone();
+    let ingest_server = axum::serve(ingest, ingest::app(Arc::clone(&state)))
+        .with_graceful_shutdown(async move {
+            let _ = ingest_stopping.wait_for(|stop| *stop).await;
+        });
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new events; finishing in-flight work");
+        stop.send_replace(true);
+    });
+    let served = ingest_server.await;
+    // The engine's workers bound their own drain by the grace period.
+    let _ = engine.await;
+    let admin_served = admin_server.await;
+    served.map_err(|source| ReceiverError::Serve {
+        what: "ingest",
+        source,
+    })?;
+    if let Ok(admin_served) = admin_served {
+        admin_served.map_err(|source| ReceiverError::Serve {
+            what: "admin",
+            source,
+        })?;
+    }
+    tracing::info!("receiver stopped");
+    Ok(())
+}
+
+/// Binds a listener, naming what for in the error.
+pub async fn bind(what: &'static str, address: &str) -> Result<TcpListener, ReceiverError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ReceiverError::Bind {
+            what,
+            address: address.to_owned(),
+            source,
+        })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the receiver");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,264 @@
+//! Where the receiver's configuration comes from: a [`ConfigSource`] publishes [`Snapshot`]s —
+//! which instances exist with which shared secrets, and their compiled webhooks — and the
+//! receiver always works on the latest one. In a cluster a Kubernetes reflector is the source;
+//! [`ManifestFile`] reads the same manifests from a file; tests publish snapshots by hand through
+//! [`StaticSource`].
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::{
+    api::{SecretKeyRef, StrapiInstance, StrapiWebhook},
+    config::{CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook},
+};
+
+/// The key in an instance's receiver Secret that holds the shared secret Strapi sends.
+pub const SHARED_SECRET_KEY: &str = "shared-secret";
+/// The key holding the previous shared secret, still accepted while Strapi rolls over to the new
+/// one.
+pub const PREVIOUS_SHARED_SECRET_KEY: &str = "previous-shared-secret";
+
+/// The Secret, in the instance's namespace, that holds an instance's shared secret(s).
+pub fn receiver_secret_name(instance_name: &str) -> String {
+    format!("{instance_name}-receiver")
+}
+
+/// Everything the receiver needs to authenticate, route and deliver, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// False until the source has loaded everything once; until then the receiver is not ready
+    /// and does not dead-letter deliveries of webhooks it has not seen yet.
+    pub synced: bool,
+    /// Instances by `namespace/name`, with the shared secrets accepted from them.
+    pub instances: BTreeMap<String, Vec<String>>,
+    /// Compiled webhooks by `namespace/name`.
+    pub webhooks: BTreeMap<String, Arc<CompiledWebhook>>,
+}
+
+impl Snapshot {
+    /// A synced snapshot of these instances and webhooks.
+    pub fn new(
+        instances: BTreeMap<String, Vec<String>>,
+        webhooks: impl IntoIterator<Item = CompiledWebhook>,
+    ) -> Self {
+        let webhooks = webhooks
+            .into_iter()
+            .map(|webhook| (webhook.key.clone(), Arc::new(webhook)))
+            .collect();
+        Self {
+            synced: true,
+            instances,
+            webhooks,
+        }
+    }
+
+    /// The webhooks that route events of `instance`.
+    pub fn webhooks_of<'a>(
+        &'a self,
+        instance: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<CompiledWebhook>> + 'a {
+        self.webhooks
+            .values()
+            .filter(move |webhook| webhook.instance == instance)
+    }
+}
+
+/// Publishes configuration snapshots to the receiver.
+pub trait ConfigSource: Send + Sync {
+    /// A receiver of every new snapshot; the current one is available at once.
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>>;
+}
+
+/// A source whose snapshots are set by its owner: tests, and sources built on top of it.
+#[derive(Debug)]
+pub struct StaticSource {
+    sender: watch::Sender<Arc<Snapshot>>,
+}
+
+impl StaticSource {
+    /// A source publishing `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            sender: watch::Sender::new(Arc::new(snapshot)),
+        }
+    }
+
+    /// Publishes a new snapshot.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.sender.send_replace(Arc::new(snapshot));
+    }
+}
+
+impl ConfigSource for StaticSource {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.sender.subscribe()
+    }
+}
+
+/// Why a manifest file could not become a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML or not a known kind.
+    #[error("parsing {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the position.
+        message: String,
+    },
+    /// An instance lacks its receiver Secret.
+    #[error("{path}: StrapiInstance {instance}: {message}")]
+    SharedSecret {
+        /// The file.
+        path: PathBuf,
+        /// The instance.
+        instance: String,
+        /// What is missing.
+        message: String,
+    },
+    /// A webhook does not compile.
+    #[error("{path}: StrapiWebhook {webhook}: {errors}")]
+    Webhook {
+        /// The file.
+        path: PathBuf,
+        /// The webhook.
+        webhook: String,
+        /// Every problem, by field.
+        errors: ValidationErrors,
+    },
+}
+
+/// A Kubernetes Secret with `stringData`, as written by hand.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretManifest {
+    metadata: kube::api::ObjectMeta,
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
+}
+
+/// A multi-document YAML file of `StrapiInstance`s, `StrapiWebhook`s and `Secret`s (with
+/// `stringData`), read once at start. Each instance's shared secrets come from the Secret
+/// [`receiver_secret_name`] in its namespace, keys [`SHARED_SECRET_KEY`] and optionally
+/// [`PREVIOUS_SHARED_SECRET_KEY`]. Objects without a namespace are in `default`.
+#[derive(Debug)]
+pub struct ManifestFile {
+    source: StaticSource,
+}
+
+impl ManifestFile {
+    /// Reads and compiles the file; every problem is an error, nothing is half-loaded.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parse_error = |message: String| ManifestError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let documents: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).map_err(|error| parse_error(error.to_string()))?;
+        let namespace_of = |meta: &kube::api::ObjectMeta| {
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned())
+        };
+        let mut secrets = InMemorySecrets::new();
+        let mut instances = Vec::new();
+        let mut webhooks = Vec::new();
+        for (index, document) in documents.into_iter().enumerate() {
+            let kind = document
+                .get("kind")
+                .and_then(|kind| kind.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let invalid = |error: serde_json::Error| {
+                parse_error(format!("document {} ({kind}): {error}", index + 1))
+            };
+            match kind.as_str() {
+                "Secret" => {
+                    let secret: SecretManifest =
+                        serde_json::from_value(document).map_err(invalid)?;
+                    let namespace = namespace_of(&secret.metadata);
+                    let name = secret.metadata.name.clone().unwrap_or_default();
+                    for (key, value) in secret.string_data {
+                        secrets.insert(&namespace, &name, &key, value);
+                    }
+                }
+                "StrapiInstance" => instances
+                    .push(serde_json::from_value::<StrapiInstance>(document).map_err(invalid)?),
+                "StrapiWebhook" => webhooks
+                    .push(serde_json::from_value::<StrapiWebhook>(document).map_err(invalid)?),
+                other => {
+                    return Err(parse_error(format!(
+                        "document {} has kind {other:?}; expected StrapiInstance, StrapiWebhook \
+                         or Secret",
+                        index + 1
+                    )));
+                }
+            }
+        }
+        let mut accepted = BTreeMap::new();
+        for instance in instances {
+            let namespace = namespace_of(&instance.metadata);
+            let name = instance.metadata.name.clone().unwrap_or_default();
+            let secret_name = receiver_secret_name(&name);
+            let read = |key: &str| {
+                secrets.resolve(
+                    &namespace,
+                    &SecretKeyRef {
+                        name: secret_name.clone(),
+                        key: key.into(),
+                    },
+                )
+            };
+            let current = read(SHARED_SECRET_KEY).map_err(|error| ManifestError::SharedSecret {
+                path: path.to_owned(),
+                instance: format!("{namespace}/{name}"),
+                message: error.to_string(),
+            })?;
+            let mut shared = vec![current];
+            shared.extend(read(PREVIOUS_SHARED_SECRET_KEY).ok());
+            accepted.insert(format!("{namespace}/{name}"), shared);
+        }
+        let mut compiled = Vec::new();
+        for webhook in webhooks {
+            let namespace = namespace_of(&webhook.metadata);
+            let name = webhook.metadata.name.clone().unwrap_or_default();
+            let generation = webhook.metadata.generation.unwrap_or_default();
+            compiled.push(
+                compile_webhook(&namespace, &name, generation, &webhook.spec, &secrets).map_err(
+                    |errors| ManifestError::Webhook {
+                        path: path.to_owned(),
+                        webhook: format!("{namespace}/{name}"),
+                        errors,
+                    },
+                )?,
+            );
+        }
+        Ok(Self {
+            source: StaticSource::new(Snapshot::new(accepted, compiled)),
+        })
+    }
+}
+
+impl ConfigSource for ManifestFile {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.source.snapshots()
+    }
+}
