@@ -33,6 +33,10 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+    /// Run the receiver: take Strapi's webhook calls, store them durably, deliver them to sinks.
+    Receiver(ReceiverArgs),
+    /// List, inspect and replay deliveries through the receiver's admin port.
+    Deliveries(DeliveriesArgs),
 }
 
 impl Cli {
@@ -42,6 +46,8 @@ impl Cli {
         let outcome = match self.command {
             Command::Controller(args) => run_controller(args).await,
             Command::Crd { output_dir } => print_crds(output_dir.as_deref()),
+            Command::Receiver(args) => run_receiver(args).await,
+            Command::Deliveries(args) => run_deliveries(args).await,
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +108,183 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
         identity: args.identity,
     });
     controller::run(client, options, args.metrics_addr, election).await?;
+    Ok(())
+}
+
+/// Flags of `receiver`.
+#[derive(Args, Debug)]
+struct ReceiverArgs {
+    /// Address of the ingest port that Strapi calls.
+    #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080")]
+    ingest_addr: String,
+    /// Address of the admin port (probes, metrics, delivery API).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9091")]
+    admin_addr: String,
+    /// Where the durable queue lives: `sqlite:<path>`.
+    #[arg(
+        long,
+        env = "QUEUE",
+        default_value = "sqlite:/var/lib/strapi-webhook-operator/queue.db"
+    )]
+    queue: crate::receiver::QueueSpec,
+    /// Where routing configuration comes from: `kubernetes` or `file:<manifests.yaml>`.
+    #[arg(long, env = "CONFIG_SOURCE", default_value = "kubernetes")]
+    config_source: String,
+    /// Largest request body accepted from Strapi, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    max_body_bytes: usize,
+    /// Strapi's duplicate `entry.delete`/`publish`/`unpublish` events within this window are
+    /// stored once.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "2s")]
+    dedup_window: kube::core::Duration,
+    /// On SIGTERM, how long in-flight deliveries may take before they are handed back.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
+    shutdown_grace: kube::core::Duration,
+}
+
+async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
+    use crate::receiver::{self, ReceiverSettings, RunOptions, engine::EngineSettings};
+    let options = RunOptions {
+        ingest_addr: args.ingest_addr,
+        admin_addr: args.admin_addr,
+        queue: args.queue,
+        config_source: args.config_source.parse()?,
+        settings: ReceiverSettings {
+            max_body_bytes: args.max_body_bytes,
+            dedup_window: args.dedup_window.into(),
+            engine: EngineSettings {
+                shutdown_grace: args.shutdown_grace.into(),
+                ..EngineSettings::default()
+            },
+        },
+    };
+    receiver::run(options).await?;
+    Ok(())
+}
+
+/// Flags of `deliveries`.
+#[derive(Args, Debug)]
+struct DeliveriesArgs {
+    /// Base URL of the receiver's admin port.
+    #[arg(
+        long,
+        global = true,
+        env = "RECEIVER_ADMIN_URL",
+        default_value = "http://127.0.0.1:9091"
+    )]
+    admin_url: String,
+    #[command(subcommand)]
+    command: DeliveriesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        /// Only dead letters (same as `--state dead`).
+        #[arg(long, conflicts_with = "state")]
+        dead: bool,
+        /// Only deliveries in this state: pending, inflight, delivered or dead.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<crate::queue::DeliveryState>,
+        /// Only this webhook, as `namespace/name`.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Only sinks of this name.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only deliveries of this event id.
+        #[arg(long)]
+        event: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery and the event it carries, as JSON.
+    Show {
+        /// The delivery id (the `webhook-id` the sink saw).
+        id: String,
+    },
+    /// Re-queue one dead or delivered delivery, or every dead letter with `--dead`.
+    Replay {
+        /// The delivery id.
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        id: Option<String>,
+        /// Replay every dead letter (optionally only of `--webhook` and/or `--sink`).
+        #[arg(long)]
+        dead: bool,
+        /// With `--dead`: only this webhook, as `namespace/name`.
+        #[arg(long, requires = "dead")]
+        webhook: Option<String>,
+        /// With `--dead`: only sinks of this name.
+        #[arg(long, requires = "dead")]
+        sink: Option<String>,
+    },
+}
+
+fn parse_state(name: &str) -> Result<crate::queue::DeliveryState, String> {
+    crate::queue::DeliveryState::parse(name)
+        .ok_or_else(|| format!("{name:?} is not one of pending, inflight, delivered, dead"))
+}
+
+async fn run_deliveries(args: DeliveriesArgs) -> Result<(), Box<dyn Error>> {
+    use crate::receiver::deliveries::{AdminClient, ListQuery, table};
+    let client = AdminClient::new(&args.admin_url)?;
+    match args.command {
+        DeliveriesCommand::List {
+            dead,
+            state,
+            webhook,
+            sink,
+            event,
+            limit,
+            json,
+        } => {
+            let state = if dead {
+                Some(crate::queue::DeliveryState::Dead)
+            } else {
+                state
+            };
+            let query = ListQuery {
+                state,
+                webhook,
+                sink,
+                event,
+                limit,
+            };
+            let deliveries = client.list(&query).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&deliveries)?);
+            } else {
+                print!("{}", table(&deliveries));
+            }
+        }
+        DeliveriesCommand::Show { id } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&client.show(&id).await?)?
+            );
+        }
+        DeliveriesCommand::Replay {
+            id,
+            dead,
+            webhook,
+            sink,
+        } => {
+            let replayed = match id {
+                Some(id) if !dead => client.replay(&id).await?,
+                _ => {
+                    client
+                        .replay_dead(webhook.as_deref(), sink.as_deref())
+                        .await?
+                }
+            };
+            println!("replayed {}", replayed.replayed);
+        }
+    }
     Ok(())
 }
 

@@ -31,9 +31,7 @@ use crate::{
     queue::{IngestOutcome, NewDelivery, NewEvent, SinkKey, now_millis},
 };
 
-/// The header carrying an instance's shared secret. The controller registers it in the headers
-/// of the webhook it creates in Strapi.
-pub const SECRET_HEADER: &str = "x-strapi-webhook-secret";
+pub use crate::event::SECRET_HEADER;
 
 /// Strapi events whose meaning is fully given by (event, uid, documentId, locale), so a second
 /// copy within the dedup window carries nothing new: Strapi 5 fires `entry.delete` for the draft

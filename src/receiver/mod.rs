@@ -10,6 +10,7 @@
 //! let in-flight deliveries finish within a grace period, hand back the rest.
 
 pub mod admin;
+pub mod deliveries;
 pub mod engine;
 pub mod ingest;
 pub mod metrics;
@@ -228,6 +229,37 @@ pub async fn serve(
     }
     tracing::info!("receiver stopped");
     Ok(())
+}
+
+/// What `strapi-webhook-operator receiver` was asked to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Address of the ingest port Strapi calls.
+    pub ingest_addr: String,
+    /// Address of the admin port.
+    pub admin_addr: String,
+    /// Where the queue lives.
+    pub queue: QueueSpec,
+    /// Where the configuration comes from.
+    pub config_source: ConfigSourceSpec,
+    /// Knobs.
+    pub settings: ReceiverSettings,
+}
+
+/// Opens the queue, loads the configuration, binds both ports and serves until SIGTERM.
+pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
+    let queue = options.queue.open()?;
+    let source = options.config_source.load()?;
+    let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;
+    let ingest = bind("ingest", &options.ingest_addr).await?;
+    let admin = bind("admin", &options.admin_addr).await?;
+    tracing::info!(
+        ingest = %options.ingest_addr,
+        admin = %options.admin_addr,
+        queue = ?options.queue,
+        "receiver listening"
+    );
+    serve(state, ingest, admin, shutdown_signal()).await
 }
 
 /// Binds a listener, naming what for in the error.

@@ -16,18 +16,8 @@ use tokio::sync::watch;
 use crate::{
     api::{SecretKeyRef, StrapiInstance, StrapiWebhook},
     config::{CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook},
+    controller::{CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, shared_secret_name},
 };
-
-/// The key in an instance's receiver Secret that holds the shared secret Strapi sends.
-pub const SHARED_SECRET_KEY: &str = "shared-secret";
-/// The key holding the previous shared secret, still accepted while Strapi rolls over to the new
-/// one.
-pub const PREVIOUS_SHARED_SECRET_KEY: &str = "previous-shared-secret";
-
-/// The Secret, in the instance's namespace, that holds an instance's shared secret(s).
-pub fn receiver_secret_name(instance_name: &str) -> String {
-    format!("{instance_name}-receiver")
-}
 
 /// Everything the receiver needs to authenticate, route and deliver, at one moment.
 #[derive(Clone, Debug, Default)]
@@ -152,9 +142,10 @@ struct SecretManifest {
 }
 
 /// A multi-document YAML file of `StrapiInstance`s, `StrapiWebhook`s and `Secret`s (with
-/// `stringData`), read once at start. Each instance's shared secrets come from the Secret
-/// [`receiver_secret_name`] in its namespace, keys [`SHARED_SECRET_KEY`] and optionally
-/// [`PREVIOUS_SHARED_SECRET_KEY`]. Objects without a namespace are in `default`.
+/// `stringData`), read once at start. Each instance's shared secrets come from the Secret the
+/// controller would create for it ([`shared_secret_name`]): key [`CURRENT_KEY`], and
+/// [`PREVIOUS_KEY`] until [`PREVIOUS_EXPIRES_KEY`] (RFC 3339) if set. Objects without a
+/// namespace are in `default`.
 #[derive(Debug)]
 pub struct ManifestFile {
     source: StaticSource,
@@ -217,7 +208,7 @@ impl ManifestFile {
         for instance in instances {
             let namespace = namespace_of(&instance.metadata);
             let name = instance.metadata.name.clone().unwrap_or_default();
-            let secret_name = receiver_secret_name(&name);
+            let secret_name = shared_secret_name(&name);
             let read = |key: &str| {
                 secrets.resolve(
                     &namespace,
@@ -227,13 +218,20 @@ impl ManifestFile {
                     },
                 )
             };
-            let current = read(SHARED_SECRET_KEY).map_err(|error| ManifestError::SharedSecret {
+            let current = read(CURRENT_KEY).map_err(|error| ManifestError::SharedSecret {
                 path: path.to_owned(),
                 instance: format!("{namespace}/{name}"),
                 message: error.to_string(),
             })?;
             let mut shared = vec![current];
-            shared.extend(read(PREVIOUS_SHARED_SECRET_KEY).ok());
+            let previous_valid = read(PREVIOUS_EXPIRES_KEY).map_or(true, |until| {
+                until
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .is_ok_and(|until| until > k8s_openapi::jiff::Timestamp::now())
+            });
+            if previous_valid {
+                shared.extend(read(PREVIOUS_KEY).ok());
+            }
             accepted.insert(format!("{namespace}/{name}"), shared);
         }
         let mut compiled = Vec::new();
