@@ -12,9 +12,12 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod event;
 pub mod queue;
 pub mod receiver;
+pub mod registration;
 pub mod routing;
 pub mod sinks;
+pub mod strapi;
 pub mod telemetry;

@@ -9,6 +9,7 @@
 
 mod common;
 mod instance;
+pub mod shared_secret;
 mod webhook;
 
 pub use common::*;

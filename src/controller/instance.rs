@@ -26,16 +26,18 @@ use super::{
     Context, Error, FIELD_MANAGER,
     conditions::{self, Reported},
     events::Notice,
-    registration::{self, Applied, Change, Desired},
     secrets,
 };
 use crate::{
     api::{NamespacesFrom, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    registration::{self, Applied, Change, Desired},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
 
 /// Finalizer that removes the registration from Strapi before the instance goes away.
 pub const FINALIZER: &str = "webhooks.strapi-operator.dev/registration";
+/// How soon an instance that is not ready is reconciled again.
+const NOT_READY_RETRY: Duration = Duration::from_secs(30);
 /// Annotation set on the Strapi Deployment's pod template to roll it.
 pub const RESTARTED_AT_ANNOTATION: &str = "webhooks.strapi-operator.dev/restartedAt";
 
@@ -289,8 +291,15 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
             .map(Time)
             .or(previous.last_restart_time),
     };
+    let ready = conditions::is_true(&status.conditions, "Ready");
     patch_status(ctx, instance, status).await?;
-    Ok(Action::requeue(instance.spec.resync_interval.into()))
+    // Not ready (Strapi down, receiver not verified): look again soon rather than at the next resync.
+    let resync: Duration = instance.spec.resync_interval.into();
+    Ok(Action::requeue(if ready {
+        resync
+    } else {
+        resync.min(NOT_READY_RETRY)
+    }))
 }
 
 /// Registers, repairs, collects garbage, verifies and restarts; reports what it saw.

@@ -14,7 +14,6 @@ mod events;
 mod instance;
 mod metrics;
 mod receiver_admin;
-mod registration;
 mod secrets;
 mod webhook;
 
@@ -44,17 +43,11 @@ pub use error::Error;
 pub use events::{Notice, Publisher};
 pub use instance::{allows_namespace, endpoint, referenced_instance, subscribed_events};
 pub use metrics::Metrics;
-pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError};
-pub use registration::{
-    Applied, Change, Desired, MARKER_HEADER, NAME_PREFIX, collect_garbage, ensure, remove,
-};
-pub use secrets::{
-    CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, ROTATE_ANNOTATION, shared_secret_name,
-};
+pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Stats};
 pub use webhook::{secret_refs, unknown_models, validation_conditions};
 
 use crate::{
-    api::{StrapiAuth, StrapiInstance, StrapiWebhook},
+    api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     strapi::{ContentType, Credentials, StrapiClient, StrapiError},
 };
 
@@ -63,6 +56,8 @@ pub const FIELD_MANAGER: &str = "strapi-webhook-operator";
 
 /// How long content types listed from a Strapi are reused by webhook validation.
 const CONTENT_TYPES_TTL: Duration = Duration::from_secs(60);
+/// How long the receiver's delivery counters are reused: one request serves every webhook.
+const STATS_TTL: Duration = Duration::from_secs(10);
 
 /// Content types of one Strapi and when they were listed.
 type ListedContentTypes = (Instant, Arc<Vec<ContentType>>);
@@ -102,6 +97,7 @@ pub struct Context {
     strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
     content_types: Mutex<HashMap<String, ListedContentTypes>>,
     failures: Mutex<HashMap<String, u32>>,
+    stats: Mutex<Option<(Instant, Arc<Stats>)>>,
 }
 
 impl Context {
@@ -124,6 +120,7 @@ impl Context {
             strapi_clients: Mutex::default(),
             content_types: Mutex::default(),
             failures: Mutex::default(),
+            stats: Mutex::default(),
         }
     }
 
@@ -201,6 +198,18 @@ impl Context {
             .expect("content type cache lock")
             .insert(key, (Instant::now(), types.clone()));
         Ok(types)
+    }
+
+    /// The receiver's delivery counters, fetched at most once per [`STATS_TTL`].
+    pub async fn receiver_stats(&self) -> Result<Arc<Stats>, ReceiverError> {
+        if let Some((fetched, stats)) = self.stats.lock().expect("stats cache lock").as_ref()
+            && fetched.elapsed() < STATS_TTL
+        {
+            return Ok(stats.clone());
+        }
+        let stats = Arc::new(self.receiver.stats().await?);
+        *self.stats.lock().expect("stats cache lock") = Some((Instant::now(), stats.clone()));
+        Ok(stats)
     }
 
     /// The delay before retrying an object that failed `failures` times in a row.
@@ -343,7 +352,11 @@ async fn reconcile_instance(
     Ok(action)
 }
 
-async fn reconcile_webhook(object: Arc<StrapiWebhook>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one `StrapiWebhook` (the controller's entry point; public for tests and embedders).
+pub async fn reconcile_webhook(
+    object: Arc<StrapiWebhook>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(object.as_ref()).to_string();
     let action = webhook::reconcile(object, ctx.clone()).await?;
     ctx.succeeded(key);
@@ -378,7 +391,7 @@ fn instances_using_secret(
                 } => login.secret_name == name,
                 StrapiAuth { .. } => false,
             };
-            reads || shared_secret_name(&instance.name_any()) == name
+            reads || shared_secret::name(&instance.name_any()) == name
         })
         .map(|instance| ObjectRef::from_obj(instance.as_ref()))
         .collect()

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+
+use crate::api::SinkStatus;
 
 /// Why the receiver's admin API could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,13 @@ pub struct Handshake {
     pub count: i64,
 }
 
+/// Delivery counters as the receiver reports them, in the shape of `StrapiWebhook.status.sinks`.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Sink counters by webhook `namespace/name`.
+    pub webhooks: BTreeMap<String, Vec<SinkStatus>>,
+}
+
 /// A client for the receiver's admin API.
 #[derive(Clone, Debug)]
 pub struct ReceiverAdmin {
@@ -72,6 +83,11 @@ impl ReceiverAdmin {
             self.base
         ))
         .await
+    }
+
+    /// Delivery counters of every webhook's sinks, by webhook `namespace/name`.
+    pub async fn stats(&self) -> Result<Stats, ReceiverError> {
+        self.get(&format!("{}/v1/stats", self.base)).await
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, ReceiverError> {

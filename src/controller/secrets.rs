@@ -1,9 +1,7 @@
 //! Secrets the controller reads (admin credentials, sink secrets) and the one it owns per
 //! instance: the shared secret Strapi sends to the receiver.
 //!
-//! The shared-secret Secret holds `secret` (current) and, for a grace period after a rotation,
-//! `previous` with `previous-expires-at` (RFC 3339). The receiver accepts both until then, so a
-//! rotation loses no event that Strapi sent with the old header before it learned the new one.
+//! The shared-secret Secret's layout is a contract with the receiver: [`crate::api::shared_secret`].
 
 use std::collections::{BTreeMap, btree_map::Entry};
 
@@ -21,27 +19,18 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use super::{Error, FIELD_MANAGER};
 use crate::{
-    api::{SecretKeyRef, StrapiInstance},
+    api::{
+        SecretKeyRef, StrapiInstance,
+        shared_secret::{
+            self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY,
+            ROTATE_ANNOTATION,
+        },
+    },
     config::{SecretError, SecretResolver},
 };
 
-/// Key of the current shared secret.
-pub const CURRENT_KEY: &str = "secret";
-/// Key of the secret before the last rotation.
-pub const PREVIOUS_KEY: &str = "previous";
-/// Key of the time until which `previous` is still accepted.
-pub const PREVIOUS_EXPIRES_KEY: &str = "previous-expires-at";
-/// Annotation on a `StrapiInstance`: set it to a new value to rotate the shared secret.
-pub const ROTATE_ANNOTATION: &str = "webhooks.strapi-operator.dev/rotate-secret";
 // Records on the Secret which rotation request it has served.
 const ROTATED_FOR_ANNOTATION: &str = "webhooks.strapi-operator.dev/rotated-for";
-/// Label on the shared-secret Secret naming its instance.
-pub const INSTANCE_LABEL: &str = "webhooks.strapi-operator.dev/instance";
-
-/// The shared-secret Secret's name for an instance.
-pub fn shared_secret_name(instance: &str) -> String {
-    format!("{instance}-strapi-webhook-secret")
-}
 
 /// The current shared secret, and whether this reconcile created or rotated it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +90,7 @@ pub async fn ensure_shared_secret(
     let namespace = instance
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
-    let name = shared_secret_name(&instance.name_any());
+    let name = shared_secret::name(&instance.name_any());
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let existing = api
         .get_opt(&name)

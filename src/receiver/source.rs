@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::{
     api::{SecretKeyRef, StrapiInstance, StrapiWebhook},
     config::{CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook},
-    controller::{CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, shared_secret_name},
+    api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
 };
 
 /// Everything the receiver needs to authenticate, route and deliver, at one moment.
@@ -143,7 +143,7 @@ struct SecretManifest {
 
 /// A multi-document YAML file of `StrapiInstance`s, `StrapiWebhook`s and `Secret`s (with
 /// `stringData`), read once at start. Each instance's shared secrets come from the Secret the
-/// controller would create for it ([`shared_secret_name`]): key [`CURRENT_KEY`], and
+/// controller would create for it ([`shared_secret::name`]): key [`CURRENT_KEY`], and
 /// [`PREVIOUS_KEY`] until [`PREVIOUS_EXPIRES_KEY`] (RFC 3339) if set. Objects without a
 /// namespace are in `default`.
 #[derive(Debug)]
@@ -208,7 +208,7 @@ impl ManifestFile {
         for instance in instances {
             let namespace = namespace_of(&instance.metadata);
             let name = instance.metadata.name.clone().unwrap_or_default();
-            let secret_name = shared_secret_name(&name);
+            let secret_name = shared_secret::name(&name);
             let read = |key: &str| {
                 secrets.resolve(
                     &namespace,

@@ -1,5 +1,6 @@
 //! The one webhook the operator keeps in each Strapi: what it should look like (pure), and
-//! making Strapi agree (create, repair, remove, collect garbage) through the admin API.
+//! making Strapi agree (create, repair, remove, collect garbage) through the admin API. The
+//! controller and local mode both register through this module; it knows nothing of Kubernetes.
 //!
 //! Strapi webhooks have no labels, so ownership is marked twice: the name starts with
 //! [`NAME_PREFIX`] and the [`MARKER_HEADER`] header carries the instance's `namespace/name`.
