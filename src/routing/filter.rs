@@ -5,6 +5,8 @@
 //! that set, with the line and column, so a typo surfaces in the resource's status instead of as
 //! a route that silently never matches.
 
+use std::{collections::HashMap, sync::Arc};
+
 use cel::{Context, ExecutionError, Program, Value};
 use serde_json::Value as Json;
 
@@ -29,14 +31,6 @@ pub enum FilterError {
     /// The expression produced something other than `true` or `false`.
     #[error("filter must evaluate to a bool, got {0}")]
     NotBoolean(String),
-    /// An event field could not be handed to CEL.
-    #[error("filter input {variable} could not be converted: {message}")]
-    Input {
-        /// The variable that failed.
-        variable: &'static str,
-        /// Why.
-        message: String,
-    },
 }
 
 impl Filter {
@@ -81,17 +75,37 @@ impl Filter {
     pub(crate) fn evaluate(&self, vars: &EventVars) -> Result<bool, FilterError> {
         let mut context = Context::default();
         for (variable, value) in vars.iter() {
-            let value = cel::to_value(value).map_err(|error| FilterError::Input {
-                variable,
-                message: error.to_string(),
-            })?;
-            context.add_variable_from_value(variable, value);
+            context.add_variable_from_value(variable, to_cel(value));
         }
         match self.program.execute(&context) {
             Ok(Value::Bool(matched)) => Ok(matched),
             Ok(other) => Err(FilterError::NotBoolean(describe(&other))),
             Err(error) => Err(FilterError::Evaluation(explain(error))),
         }
+    }
+}
+
+// Not `cel::to_value`: serde hands positive JSON integers over as `uint`, and CEL does not mix
+// `uint` with the `int` literals users write (`entry.views + 1` would fail). Integers that fit
+// become `int`, like CEL's own literals.
+fn to_cel(value: &Json) -> Value {
+    match value {
+        Json::Null => Value::Null,
+        Json::Bool(flag) => Value::Bool(*flag),
+        Json::Number(number) => match (number.as_i64(), number.as_u64()) {
+            (Some(int), _) => Value::Int(int),
+            (None, Some(uint)) => Value::UInt(uint),
+            (None, None) => Value::Float(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(text) => Value::String(Arc::new(text.clone())),
+        Json::Array(items) => Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Json::Object(fields) => Value::Map(
+            fields
+                .iter()
+                .map(|(key, value)| (key.clone(), to_cel(value)))
+                .collect::<HashMap<String, Value>>()
+                .into(),
+        ),
     }
 }
 

@@ -2,10 +2,10 @@
 //!
 //! Strict undefined turns `{{ entry.slgu }}` into an error instead of an empty string, so a typo
 //! or a missing field is reported (and the delivery dead-lettered with the reason) rather than
-//! producing `/articles/` or an empty Slack message. Besides minijinja's built-ins (`tojson`,
-//! `default`, `lower`, ...) templates get `truncate`.
+//! producing `/articles/` or an empty Slack message. Besides minijinja's built-ins (`default`,
+//! `lower`, `replace`, ...) templates get `truncate` and a `tojson` that rejects missing fields.
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value, value::Kwargs};
 
 use super::{CompileError, Position};
 
@@ -20,6 +20,7 @@ impl Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("truncate", truncate);
+        env.add_filter("tojson", strict_tojson);
         Self { env }
     }
 
@@ -56,6 +57,19 @@ fn position(source: &str, error: &minijinja::Error) -> Option<Position> {
         Some(range) => Some(Position::of_offset(source, range.start)),
         None => error.line().map(|line| Position { line, column: 1 }),
     }
+}
+
+/// minijinja's `tojson`, except that a missing field is an error rather than `null`: strict
+/// undefined lets filters see undefined values, and a CRM receiving `"email": null` because of a
+/// misspelt field is exactly the silent failure strict mode is for.
+fn strict_tojson(value: &Value, indent: Option<Value>, args: Kwargs) -> Result<Value, Error> {
+    if value.is_undefined() {
+        return Err(Error::new(
+            ErrorKind::UndefinedError,
+            "tojson got a missing field; write `| default(none) | tojson` to send null",
+        ));
+    }
+    minijinja::filters::tojson(value, indent, args)
 }
 
 /// `truncate(length=255, end="...")`: the first `length` characters, plus `end` when something

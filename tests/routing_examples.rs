@@ -1,0 +1,293 @@
+//! The three example integrations in `examples/` compiled with their example Secrets, and the
+//! payloads they render for Strapi 5 events: Next.js revalidation, Slack comments, CRM sync.
+
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    api::StrapiWebhook,
+    config::{CompiledWebhook, InMemorySecrets, Reason, compile_webhook},
+    event::EventBody,
+    routing::{PathKind, Payload, RevalidatePath},
+    sinks::{NextjsMode, SinkConfig},
+};
+
+fn example(file: &str) -> StrapiWebhook {
+    let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+fn example_secrets() -> InMemorySecrets {
+    let path = format!("{}/examples/secrets.yaml", env!("CARGO_MANIFEST_DIR"));
+    let secrets: Vec<k8s_openapi::api::core::v1::Secret> =
+        serde_saphyr::from_multiple(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut store = InMemorySecrets::new();
+    for secret in secrets {
+        let namespace = secret.metadata.namespace.unwrap();
+        let name = secret.metadata.name.unwrap();
+        for (key, value) in secret.string_data.unwrap_or_default() {
+            store.insert(&namespace, &name, &key, value);
+        }
+    }
+    store
+}
+
+fn compile(file: &str) -> CompiledWebhook {
+    let webhook = example(file);
+    let namespace = webhook.metadata.namespace.as_deref().unwrap();
+    let name = webhook.metadata.name.as_deref().unwrap();
+    compile_webhook(namespace, name, 1, &webhook.spec, &example_secrets())
+        .unwrap_or_else(|errors| panic!("{file}: {errors}"))
+}
+
+/// What each matching route of `webhook` renders for `raw`, by route name.
+fn route(webhook: &CompiledWebhook, raw: &Value) -> Vec<(String, Payload)> {
+    let bytes = serde_json::to_vec(raw).unwrap();
+    let event = EventBody::parse(&bytes).unwrap();
+    webhook
+        .routes
+        .iter()
+        .filter(|route| route.matches(&event).unwrap())
+        .map(|route| {
+            (
+                route.name().to_owned(),
+                route.render(&event, &bytes).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn content_event(event: &str, model: &str, entry: Value) -> Value {
+    json!({
+        "event": event,
+        "createdAt": "2026-11-27T01:00:00.000Z",
+        "model": model,
+        "uid": format!("api::{model}.{model}"),
+        "entry": entry,
+    })
+}
+
+fn page(path: &str) -> RevalidatePath {
+    RevalidatePath {
+        path: path.to_owned(),
+        kind: PathKind::Page,
+    }
+}
+
+#[test]
+fn examples_compile_with_their_secrets() {
+    let nextjs = compile("nextjs-revalidation.yaml");
+    assert_eq!(nextjs.key, "web/nextjs-revalidation");
+    assert_eq!(nextjs.instance, "web/cms");
+    let (sink, _) = nextjs.sink("website").unwrap();
+    assert!(matches!(sink, SinkConfig::Nextjs(site) if site.mode == NextjsMode::Revalidate));
+    assert!(sink.coalesce_window().is_some());
+
+    let crm = compile("crm-sync.yaml");
+    let (SinkConfig::Http(http), policy) = crm.sink("crm").unwrap() else {
+        panic!("crm is an HTTP sink")
+    };
+    assert_eq!(http.signing.len(), 1);
+    assert_eq!(http.headers[0].1, "Bearer change-me");
+    assert!(http.headers[0].1.is_sensitive());
+    assert_eq!(
+        (policy.max_attempts, policy.rate_per_second, policy.burst),
+        (10, 5, 10)
+    );
+
+    let slack = compile("slack-comments.yaml");
+    let (_, policy) = slack.sink("team-chat").unwrap();
+    assert_eq!(
+        policy.rate_per_second, 1,
+        "Slack defaults to one message a second"
+    );
+}
+
+#[test]
+fn a_published_article_revalidates_its_tag_list_and_page() {
+    let webhook = compile("nextjs-revalidation.yaml");
+    let routed = route(
+        &webhook,
+        &content_event(
+            "entry.publish",
+            "article",
+            json!({"id": 3, "documentId": "a1", "slug": "hello-world", "title": "Hello", "locale": "en"}),
+        ),
+    );
+    assert_eq!(
+        routed,
+        vec![(
+            "articles".to_owned(),
+            Payload::Revalidate {
+                tags: vec!["article".to_owned()],
+                paths: vec![page("/articles"), page("/articles/hello-world")],
+                skipped: Vec::new(),
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_publish_with_a_null_entry_keeps_tags_and_skips_entry_paths_with_the_reason() {
+    let webhook = compile("nextjs-revalidation.yaml");
+    let routed = route(
+        &webhook,
+        &content_event("entry.publish", "article", Value::Null),
+    );
+    let [
+        (
+            name,
+            Payload::Revalidate {
+                tags,
+                paths,
+                skipped,
+            },
+        ),
+    ] = &routed[..]
+    else {
+        panic!("one revalidation expected, got {routed:?}")
+    };
+    assert_eq!(name, "articles");
+    assert_eq!(tags, &["article"]);
+    assert_eq!(paths, &[page("/articles")]);
+    let [reason] = &skipped[..] else {
+        panic!("{skipped:?}")
+    };
+    assert!(
+        reason.starts_with("nextjs.paths[1].path") && reason.contains("strapi/strapi#25387"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn site_wide_single_types_revalidate_the_root_layout() {
+    let webhook = compile("nextjs-revalidation.yaml");
+    for model in ["global", "homepage", "settings"] {
+        let routed = route(
+            &webhook,
+            &content_event("entry.update", model, json!({"id": 1, "documentId": "g"})),
+        );
+        assert_eq!(
+            routed,
+            vec![(
+                "site-wide".to_owned(),
+                Payload::Revalidate {
+                    tags: vec![model.to_owned()],
+                    paths: vec![RevalidatePath {
+                        path: "/".to_owned(),
+                        kind: PathKind::Layout,
+                    }],
+                    skipped: Vec::new(),
+                }
+            )],
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn pages_and_categories_get_their_own_paths_and_media_goes_nowhere() {
+    let webhook = compile("nextjs-revalidation.yaml");
+    let routed = route(
+        &webhook,
+        &content_event("entry.delete", "category", json!({"id": 2, "slug": "news"})),
+    );
+    assert!(
+        matches!(&routed[..], [(name, Payload::Revalidate { paths, .. })] if name == "categories" && paths == &[page("/categories/news")]),
+        "{routed:?}"
+    );
+    let routed = route(
+        &webhook,
+        &content_event("entry.update", "page", json!({"id": 5, "slug": "about"})),
+    );
+    assert!(
+        matches!(&routed[..], [(_, Payload::Revalidate { paths, .. })] if paths == &[page("/about")]),
+        "{routed:?}"
+    );
+    let media = json!({"event": "media.create", "createdAt": "2026-11-27T01:00:00.000Z", "media": {"id": 9, "name": "cat.png"}});
+    assert!(route(&webhook, &media).is_empty());
+}
+
+#[test]
+fn a_new_comment_posts_author_and_the_first_100_characters() {
+    let webhook = compile("slack-comments.yaml");
+    let text: String = "Lovely article! ".repeat(12);
+    let routed = route(
+        &webhook,
+        &json!({
+            "event": "entry.create",
+            "createdAt": "2026-11-27T01:00:00.000Z",
+            "model": "comment",
+            "uid": "api::comment.comment",
+            "entry": {"id": 4, "documentId": "c4", "author": "Ada", "text": text},
+        }),
+    );
+    let expected = format!("New comment from Ada: \"{}\"", &text[..100]);
+    assert_eq!(
+        routed,
+        vec![(
+            "new-comment".to_owned(),
+            Payload::Slack {
+                text: expected,
+                blocks: None
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_lead_becomes_the_crm_body() {
+    let webhook = compile("crm-sync.yaml");
+    let routed = route(
+        &webhook,
+        &json!({
+            "event": "entry.create",
+            "createdAt": "2026-11-27T01:00:00.000Z",
+            "model": "lead",
+            "uid": "api::lead.lead",
+            "entry": {"id": 1, "documentId": "l1", "name": "Grace \"Amazing\" Hopper", "email": "grace@example.com", "company": null},
+        }),
+    );
+    let [(name, Payload::Http { body })] = &routed[..] else {
+        panic!("{routed:?}")
+    };
+    assert_eq!(name, "leads");
+    assert_eq!(
+        serde_json::from_slice::<Value>(body).unwrap(),
+        json!({
+            "externalId": "l1",
+            "name": "Grace \"Amazing\" Hopper",
+            "email": "grace@example.com",
+            "company": null,
+            "source": "strapi",
+            "event": "entry.create",
+        })
+    );
+}
+
+#[test]
+fn missing_secrets_are_reported_per_field() {
+    let webhook = example("crm-sync.yaml");
+    let errors =
+        compile_webhook("web", "crm-sync", 1, &webhook.spec, &InMemorySecrets::new()).unwrap_err();
+    let fields: Vec<_> = errors
+        .iter()
+        .map(|error| (error.field.as_str(), error.reason))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (
+                "spec.sinks[0].http.headers[0].valueFrom.secretKeyRef",
+                Reason::SecretMissing
+            ),
+            (
+                "spec.sinks[0].http.signing.secretRef",
+                Reason::SecretMissing
+            )
+        ]
+    );
+    assert!(
+        errors.to_string().contains("Secret web/crm-api not found"),
+        "{errors}"
+    );
+}
