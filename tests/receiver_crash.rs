@@ -1,0 +1,219 @@
+//! The real binary, killed with SIGKILL in the middle of a burst: every event it acknowledged
+//! is delivered after a restart on the same queue file, and SIGTERM stops it cleanly.
+
+#[path = "support/receiver.rs"]
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream};
+use support::{CaptureSink, SECRET, article_event, client};
+
+const EVENTS: usize = 1_000;
+const KILL_AFTER: usize = 400;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn manifests(sink_url: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: strapi-strapi-webhook-secret, namespace: cms }}
+stringData: {{ secret: {SECRET} }}
+---
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata: {{ name: strapi, namespace: cms }}
+spec:
+  url: http://127.0.0.1:1337
+  auth: {{ apiToken: {{ name: strapi-admin, key: token }} }}
+---
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata: {{ name: site, namespace: cms, generation: 1 }}
+spec:
+  instanceRef: {{ name: strapi }}
+  events: [entry.create]
+  sinks:
+    - name: crm
+      http: {{ url: "{sink_url}" }}
+      delivery:
+        backoff: {{ initial: 50ms, max: 500ms }}
+        rateLimit: {{ perSecond: 10000, burst: 1000 }}
+        concurrency: 16
+  routes:
+    - {{ name: all, sink: crm }}
+"#
+    )
+}
+
+struct Receiver {
+    child: Child,
+    ingest: String,
+    admin: String,
+}
+
+impl Receiver {
+    async fn start(dir: &Path) -> Self {
+        let (ingest, admin) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+            .args(["receiver", "--ingest-addr", &ingest, "--admin-addr", &admin])
+            .arg(format!("--queue=sqlite:{}", dir.join("queue.db").display()))
+            .arg(format!(
+                "--config-source=file:{}",
+                dir.join("manifests.yaml").display()
+            ))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the receiver binary");
+        let receiver = Self {
+            child,
+            ingest,
+            admin,
+        };
+        let http = client();
+        let ready = format!("http://{}/readyz", receiver.admin);
+        for _ in 0..600 {
+            if http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+            {
+                return receiver;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the receiver did not become ready");
+    }
+}
+
+/// Posts the events with some concurrency; returns the entry numbers that were acknowledged.
+async fn post_all(
+    http: &reqwest::Client,
+    ingest: &str,
+    numbers: Vec<usize>,
+    on_ack: impl Fn(usize) + Sync,
+) -> BTreeSet<usize> {
+    let url = format!("http://{ingest}/v1/instances/cms/strapi");
+    stream::iter(numbers)
+        .map(|n| {
+            let request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-strapi-webhook-secret", SECRET)
+                .body(article_event(n).to_string())
+                .send();
+            async move {
+                request
+                    .await
+                    .is_ok_and(|response| response.status().is_success())
+                    .then_some(n)
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|acked| async move { acked })
+        .inspect(|n| on_ack(*n))
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CaptureSink::start().await;
+    std::fs::write(dir.path().join("manifests.yaml"), manifests(&sink.url())).unwrap();
+    let http = client();
+
+    let Receiver {
+        child: first,
+        ingest: first_ingest,
+        ..
+    } = Receiver::start(dir.path()).await;
+    let first = std::sync::Mutex::new(Some(first));
+    let acks = std::sync::atomic::AtomicUsize::new(0);
+    let acked = post_all(&http, &first_ingest, (0..EVENTS).collect(), |_| {
+        if acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == KILL_AFTER {
+            if let Some(mut process) = first.lock().unwrap().take() {
+                process.kill().expect("SIGKILL");
+                process.wait().unwrap();
+                eprintln!(
+                    "killed after {KILL_AFTER} acks; the sink had {} deliveries",
+                    sink.received().len()
+                );
+            }
+        }
+    })
+    .await;
+    assert!(
+        acked.len() >= KILL_AFTER,
+        "only {} events acknowledged",
+        acked.len()
+    );
+    assert!(
+        acked.len() < EVENTS,
+        "the kill came too late to interrupt the burst"
+    );
+
+    let mut second = Receiver::start(dir.path()).await;
+    let rest: Vec<usize> = (0..EVENTS).filter(|n| !acked.contains(n)).collect();
+    let resent = post_all(&http, &second.ingest, rest.clone(), |_| {}).await;
+    assert_eq!(
+        resent.len(),
+        rest.len(),
+        "the restarted receiver acknowledges the rest"
+    );
+
+    sink.wait_for(Duration::from_secs(120), |received| {
+        let ids: BTreeSet<u64> = received
+            .iter()
+            .map(|captured| captured.body["entry"]["id"].as_u64().unwrap())
+            .collect();
+        ids.len() == EVENTS
+    })
+    .await;
+
+    // SIGTERM: the receiver stops accepting and exits by itself, successfully.
+    let pid = second.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receiver ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let admin = format!("http://{}/healthz", second.admin);
+    assert!(
+        http.get(&admin).send().await.is_err(),
+        "the admin port is closed after shutdown"
+    );
+}

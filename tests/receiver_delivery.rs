@@ -1,0 +1,223 @@
+//! The delivery engine against real loopback sinks: retries until a sink is back, dead letters
+//! and replay, independence of sinks, and the admin counters.
+
+#[path = "support/receiver.rs"]
+mod support;
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use axum::http::StatusCode;
+use strapi_webhook_operator::{
+    queue::{DeliveryFilter, DeliveryState},
+    receiver::admin::Stats,
+};
+use support::{Answer, CaptureSink, TestReceiver, article_event, client, snapshot, webhook_spec};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn entry_ids(received: &[support::Captured]) -> BTreeSet<u64> {
+    received
+        .iter()
+        .map(|captured| captured.body["entry"]["id"].as_u64().unwrap())
+        .collect()
+}
+
+async fn deliveries(receiver: &TestReceiver, state: DeliveryState) -> usize {
+    let filter = DeliveryFilter {
+        state: Some(state),
+        limit: 10_000,
+        ..DeliveryFilter::default()
+    };
+    receiver.state.queue.list(filter).await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_for_a_while_receives_everything_once_back() {
+    let sink = CaptureSink::start().await;
+    let receiver = TestReceiver::start(snapshot(&webhook_spec(&[("crm", sink.url())]))).await;
+    sink.stop();
+    let http = client();
+    for n in 0..30 {
+        assert_eq!(
+            receiver.post(&http, &article_event(n)).await,
+            StatusCode::OK
+        );
+    }
+    // Failed attempts are recorded while the sink refuses connections.
+    let admin = format!("{}/v1/stats", receiver.admin_url());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats: Stats = http.get(&admin).send().await.unwrap().json().await.unwrap();
+        let crm = &stats.webhooks["cms/site"][0];
+        if crm.failed > 0 {
+            assert_eq!(crm.delivered, 0);
+            assert!(crm.last_error.is_some(), "{crm:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempt recorded: {crm:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let sink = sink.restart().await;
+    sink.wait_for(PATIENCE, |received| entry_ids(received).len() == 30)
+        .await;
+    assert_eq!(entry_ids(&sink.received()), (0..30).collect());
+    let ids: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .map(|captured| captured.webhook_id.clone())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        30,
+        "each delivery carries its own stable webhook-id"
+    );
+    assert_eq!(deliveries(&receiver, DeliveryState::Dead).await, 0);
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
+    let sink = CaptureSink::start().await;
+    sink.answer(Answer::Status(400));
+    let receiver = TestReceiver::start(snapshot(&webhook_spec(&[("crm", sink.url())]))).await;
+    let http = client();
+    for n in 0..3 {
+        assert_eq!(
+            receiver.post(&http, &article_event(n)).await,
+            StatusCode::OK
+        );
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while deliveries(&receiver, DeliveryState::Dead).await < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 400s were not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let filter = DeliveryFilter {
+        limit: 10,
+        ..DeliveryFilter::default()
+    };
+    let dead = receiver.state.queue.list(filter).await.unwrap();
+    assert!(
+        dead.iter().all(|delivery| delivery.attempts == 1),
+        "no retry after a 400: {dead:?}"
+    );
+    let error = dead[0].last_error.as_deref().unwrap();
+    assert!(error.contains("400"), "the last error is kept: {error}");
+    assert!(sink.received().is_empty());
+
+    sink.answer(Answer::Status(200));
+    let cli = env!("CARGO_BIN_EXE_strapi-webhook-operator");
+    let listed = Command::new(cli)
+        .args([
+            "deliveries",
+            "--admin-url",
+            &receiver.admin_url(),
+            "list",
+            "--dead",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let table = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "a header and three dead letters:\n{table}"
+    );
+    assert!(table.contains(&dead[0].id), "{table}");
+
+    let replayed = Command::new(cli)
+        .args([
+            "deliveries",
+            "--admin-url",
+            &receiver.admin_url(),
+            "replay",
+            "--dead",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(replayed.stdout).unwrap().trim(),
+        "replayed 3"
+    );
+
+    sink.wait_for(PATIENCE, |received| received.len() == 3)
+        .await;
+    assert_eq!(entry_ids(&sink.received()), (0..3).collect());
+    let delivered: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .map(|captured| captured.webhook_id.clone())
+        .collect();
+    let dead_ids: BTreeSet<String> = dead.iter().map(|delivery| delivery.id.clone()).collect();
+    assert_eq!(
+        delivered, dead_ids,
+        "a replay keeps the delivery's webhook-id"
+    );
+
+    let refused = Command::new(cli)
+        .args([
+            "deliveries",
+            "--admin-url",
+            &receiver.admin_url(),
+            "replay",
+            "no-such-id",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no delivery with id no-such-id"));
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_sink_does_not_slow_another() {
+    let dead = CaptureSink::start().await;
+    dead.answer(Answer::Hang);
+    let healthy = CaptureSink::start().await;
+    let spec = webhook_spec(&[("dead", dead.url()), ("healthy", healthy.url())]);
+    let receiver = TestReceiver::start(snapshot(&spec)).await;
+    let http = client();
+    for n in 0..50 {
+        assert_eq!(
+            receiver.post(&http, &article_event(n)).await,
+            StatusCode::OK
+        );
+    }
+    healthy
+        .wait_for(PATIENCE, |received| received.len() == 50)
+        .await;
+    // The hanging sink has every one of its attempts stuck (its concurrency is used up), yet
+    // the healthy sink got all fifty.
+    let filter = DeliveryFilter {
+        sink: Some("dead".into()),
+        limit: 1_000,
+        ..DeliveryFilter::default()
+    };
+    let stuck = receiver.state.queue.list(filter).await.unwrap();
+    assert_eq!(stuck.len(), 50);
+    assert!(
+        stuck
+            .iter()
+            .all(|delivery| delivery.state != DeliveryState::Delivered)
+    );
+    assert!(dead.received().is_empty());
+    assert_eq!(entry_ids(&healthy.received()), (0..50).collect());
+    receiver.shutdown().await;
+}

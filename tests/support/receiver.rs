@@ -1,0 +1,294 @@
+//! Shared parts of the receiver tests: loopback capture sinks, a receiver running in-process
+//! on loopback ports with a SQLite queue in a temporary folder, and Strapi-shaped events.
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    api::StrapiWebhookSpec,
+    config::{InMemorySecrets, compile_webhook},
+    queue::sqlite::SqliteQueue,
+    receiver::{
+        ReceiverSettings, ReceiverState,
+        engine::EngineSettings,
+        serve,
+        source::{Snapshot, StaticSource},
+    },
+};
+use tokio::{net::TcpListener, sync::oneshot};
+
+/// The instance every test routes through, and its shared secret.
+pub const INSTANCE: &str = "cms/strapi";
+pub const SECRET: &str = "s3cret-shared-with-strapi";
+
+/// A request a capture sink received.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// The `webhook-id` header.
+    pub webhook_id: String,
+    /// The body as JSON.
+    pub body: Value,
+}
+
+/// A loopback HTTP sink that records what it receives and answers with a status that the test
+/// can change while it runs; `hang` makes it never answer.
+#[derive(Clone)]
+pub struct CaptureSink {
+    pub address: SocketAddr,
+    received: Arc<Mutex<Vec<Captured>>>,
+    answer: Arc<Mutex<Answer>>,
+    stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    Status(u16),
+    Hang,
+}
+
+impl CaptureSink {
+    /// Starts a sink on a free loopback port, answering 200.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), Arc::default()).await
+    }
+
+    async fn start_on(address: SocketAddr, received: Arc<Mutex<Vec<Captured>>>) -> Self {
+        let listener = TcpListener::bind(address)
+            .await
+            .expect("binding the capture sink");
+        let address = listener.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(Answer::Status(200)));
+        let (stop, stopped) = oneshot::channel();
+        let sink = Self {
+            address,
+            received,
+            answer,
+            stop: Arc::new(Mutex::new(Some(stop))),
+        };
+        let app = {
+            let sink = sink.clone();
+            Router::new().route(
+                "/hook",
+                post(move |headers: HeaderMap, body: Bytes| {
+                    let sink = sink.clone();
+                    async move { sink.take(&headers, &body).await }
+                }),
+            )
+        };
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        sink
+    }
+
+    async fn take(&self, headers: &HeaderMap, body: &Bytes) -> StatusCode {
+        let answer = *self.answer.lock().unwrap();
+        match answer {
+            Answer::Hang => std::future::pending().await,
+            Answer::Status(code) => {
+                let status = StatusCode::from_u16(code).unwrap();
+                if status.is_success() {
+                    let webhook_id = headers
+                        .get("webhook-id")
+                        .map(|value| value.to_str().unwrap().to_owned())
+                        .unwrap_or_default();
+                    let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+                    self.received
+                        .lock()
+                        .unwrap()
+                        .push(Captured { webhook_id, body });
+                }
+                status
+            }
+        }
+    }
+
+    /// The URL deliveries go to.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.address)
+    }
+
+    /// Changes the answer to every following request.
+    pub fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    /// Stops listening; connections are refused until [`CaptureSink::restart`].
+    pub fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap().take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Listens again on the same port, keeping what was received.
+    pub async fn restart(&self) -> Self {
+        Self::start_on(self.address, Arc::clone(&self.received)).await
+    }
+
+    /// Everything accepted so far.
+    pub fn received(&self) -> Vec<Captured> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for what was received, or panics after `limit`.
+    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&[Captured]) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(&self.received()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sink at {} received {} requests; the condition did not hold within {limit:?}",
+                self.address,
+                self.received().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A `StrapiWebhook` spec with one HTTP sink per `(name, url)`, each with a route that takes
+/// every event, and quick retries so the tests do not wait long.
+pub fn webhook_spec(sinks: &[(&str, String)]) -> StrapiWebhookSpec {
+    let sink_specs: Vec<Value> = sinks
+        .iter()
+        .map(|(name, url)| {
+            json!({
+                "name": name,
+                "http": { "url": url },
+                "delivery": {
+                    "timeout": "2s",
+                    "maxAttempts": 100,
+                    "backoff": { "initial": "50ms", "max": "400ms" },
+                    "rateLimit": { "perSecond": 1000, "burst": 1000 },
+                    "concurrency": 8
+                }
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = sinks
+        .iter()
+        .map(|(name, _)| json!({ "name": format!("to-{name}"), "sink": name }))
+        .collect();
+    serde_json::from_value(json!({
+        "instanceRef": { "name": "strapi" },
+        "events": ["entry.create", "entry.update", "entry.delete", "entry.publish"],
+        "sinks": sink_specs,
+        "routes": routes,
+    }))
+    .expect("a valid StrapiWebhook spec")
+}
+
+/// A snapshot with the test instance and one webhook `cms/site` built from `spec`.
+pub fn snapshot(spec: &StrapiWebhookSpec) -> Snapshot {
+    let webhook = compile_webhook("cms", "site", 1, spec, &InMemorySecrets::new())
+        .expect("the webhook compiles");
+    Snapshot::new(
+        BTreeMap::from([(INSTANCE.to_owned(), vec![SECRET.to_owned()])]),
+        [webhook],
+    )
+}
+
+/// A Strapi 5 `entry.create` event for article number `n`.
+pub fn article_event(n: usize) -> Value {
+    json!({
+        "event": "entry.create",
+        "createdAt": "2026-11-27T01:00:00.000Z",
+        "model": "article",
+        "uid": "api::article.article",
+        "entry": { "id": n, "documentId": format!("doc{n}"), "title": format!("Article {n}") }
+    })
+}
+
+/// A receiver serving on loopback ports, with its queue in a temporary folder.
+pub struct TestReceiver {
+    pub ingest: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<ReceiverState>,
+    pub source: Arc<StaticSource>,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestReceiver {
+    /// Starts a receiver routing with `snapshot`.
+    pub async fn start(snapshot: Snapshot) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(SqliteQueue::open(&dir.path().join("queue.db")).unwrap());
+        let source = Arc::new(StaticSource::new(snapshot));
+        let settings = ReceiverSettings {
+            engine: EngineSettings {
+                shutdown_grace: Duration::from_secs(1),
+                sweep_interval: Duration::from_secs(1),
+            },
+            ..ReceiverSettings::default()
+        };
+        let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
+        let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(Arc::clone(&state), ingest, admin, async move {
+            let _ = stopped.await;
+        }));
+        let served = tokio::spawn(async move { served.await.unwrap().unwrap() });
+        Self {
+            ingest: ingest_addr,
+            admin: admin_addr,
+            state,
+            source,
+            stop: Some(stop),
+            served,
+            _dir: dir,
+        }
+    }
+
+    /// The admin port's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Posts an event the way Strapi does; returns the status.
+    pub async fn post(&self, client: &reqwest::Client, event: &Value) -> StatusCode {
+        let url = format!("http://{}/v1/instances/{INSTANCE}", self.ingest);
+        let response = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-strapi-webhook-secret", SECRET)
+            .body(event.to_string())
+            .send()
+            .await
+            .expect("the receiver answers");
+        StatusCode::from_u16(response.status().as_u16()).unwrap()
+    }
+
+    /// Stops the receiver the way SIGTERM does and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.served).await.unwrap();
+    }
+}
+
+/// A plain HTTP client for the tests.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
