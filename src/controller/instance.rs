@@ -26,6 +26,7 @@ use super::{
     Context, Error, FIELD_MANAGER,
     conditions::{self, Reported},
     events::Notice,
+    receiver_admin::ReceiverError,
     secrets,
 };
 use crate::{
@@ -473,85 +474,84 @@ async fn verify(
     client: &StrapiClient,
     id: &str,
 ) -> (Reported, Option<Timestamp>) {
-    let namespace = instance.namespace().unwrap_or_default();
-    let name = instance.name_any();
-    let before = match ctx.receiver.handshake(&namespace, &name).await {
-        Ok(handshake) => handshake.count,
-        Err(error) => {
-            return (
-                Reported::no(
-                    "Verified",
-                    error.reason(),
-                    format!("receiver admin API: {error}"),
-                ),
-                None,
-            );
-        }
-    };
-    let outcome = match ctx
-        .observe_strapi("trigger webhook", client.trigger_webhook(id))
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            return (
-                Reported::no(
-                    "Verified",
-                    super::error::strapi_reason(&error),
-                    format!("Strapi could not trigger the webhook: {error}"),
-                ),
-                None,
-            );
-        }
-    };
-    if !(200..300).contains(&outcome.status_code) {
-        let message = format!(
-            "Strapi reached the receiver endpoint but it answered {}: {} (a 401 means the shared secret does not match; 500 often means Strapi cannot reach the receiver URL)",
-            outcome.status_code,
-            outcome.message.unwrap_or_default()
-        );
-        ctx.events
-            .publish(instance, Notice::VerificationFailed(message.clone()))
-            .await;
-        return (Reported::no("Verified", "ReceiverRejected", message), None);
-    }
-    let deadline = tokio::time::Instant::now() + ctx.options.verify_timeout;
-    loop {
-        match ctx.receiver.handshake(&namespace, &name).await {
-            Ok(handshake) if handshake.count > before => {
-                return (
-                    Reported::yes(
-                        "Verified",
-                        "Verified",
-                        "Strapi reached the receiver with the shared secret",
-                    ),
-                    Some(Timestamp::now()),
-                );
-            }
-            Ok(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Ok(_) => {
-                let message = "Strapi reported success, but the receiver this controller asks never recorded the trigger: \
-                               is spec.receiverUrl pointing at another receiver?"
-                    .to_owned();
+    match trigger_and_wait(ctx, instance, client, id).await {
+        Ok(()) => (
+            Reported::yes(
+                "Verified",
+                "Verified",
+                "Strapi reached the receiver with the shared secret",
+            ),
+            Some(Timestamp::now()),
+        ),
+        Err((reason, message)) => {
+            if matches!(reason, "ReceiverRejected" | "HandshakeMissing") {
                 ctx.events
                     .publish(instance, Notice::VerificationFailed(message.clone()))
                     .await;
-                return (Reported::no("Verified", "HandshakeMissing", message), None);
             }
-            Err(error) => {
-                return (
-                    Reported::no(
-                        "Verified",
-                        error.reason(),
-                        format!("receiver admin API: {error}"),
-                    ),
-                    None,
-                );
-            }
+            (Reported::no("Verified", reason, message), None)
         }
     }
+}
+
+/// The hops of a verification: receiver admin API → Strapi trigger → Strapi's call to the
+/// receiver → the receiver's handshake record. A failure names its hop.
+async fn trigger_and_wait(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    client: &StrapiClient,
+    id: &str,
+) -> Result<(), (&'static str, String)> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    let receiver_failed =
+        |error: ReceiverError| (error.reason(), format!("receiver admin API: {error}"));
+    let before = ctx
+        .receiver
+        .handshake(&namespace, &name)
+        .await
+        .map_err(receiver_failed)?
+        .count;
+    let outcome = ctx
+        .observe_strapi("trigger webhook", client.trigger_webhook(id))
+        .await
+        .map_err(|error| {
+            (
+                super::error::strapi_reason(&error),
+                format!("Strapi could not trigger the webhook: {error}"),
+            )
+        })?;
+    if !(200..300).contains(&outcome.status_code) {
+        return Err((
+            "ReceiverRejected",
+            format!(
+                "Strapi called the receiver endpoint and got {}: {} (401: the shared secret does not match; \
+                 500: Strapi cannot reach the receiver URL)",
+                outcome.status_code,
+                outcome.message.unwrap_or_default()
+            ),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + ctx.options.verify_timeout;
+    while ctx
+        .receiver
+        .handshake(&namespace, &name)
+        .await
+        .map_err(receiver_failed)?
+        .count
+        <= before
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return Err((
+                "HandshakeMissing",
+                "Strapi reported success, but the receiver this controller asks never recorded the trigger: \
+                 does spec.receiverUrl point at another receiver?"
+                    .to_owned(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// Rolls the Strapi Deployment the way `kubectl rollout restart` does.

@@ -256,8 +256,20 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     );
     reported.push(ready);
 
-    // Status.
+    // Status. Counters come from the receiver at a bounded rate; when it cannot be asked, the
+    // last known counters stay.
     let previous = webhook.status.clone().unwrap_or_default();
+    let sinks = match ctx.receiver_stats().await {
+        Ok(stats) => stats
+            .webhooks
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .unwrap_or_default(),
+        Err(error) => {
+            tracing::debug!(%error, "delivery counters unavailable");
+            previous.sinks.clone()
+        }
+    };
     let status = StrapiWebhookStatus {
         conditions: conditions::merge(
             &previous.conditions,
@@ -267,7 +279,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         ),
         observed_generation: webhook.meta().generation,
         endpoint,
-        sinks: previous.sinks,
+        sinks,
     };
     let patch = json!({
         "apiVersion": StrapiWebhook::api_version(&()),
