@@ -127,6 +127,10 @@ struct ReceiverArgs {
         default_value = "sqlite:/var/lib/strapi-webhook-operator/queue.db"
     )]
     queue: crate::receiver::QueueSpec,
+    /// `full` (the default) makes every stored event survive power loss; `normal` only a crash
+    /// of the process, for more throughput on slow disks.
+    #[arg(long, env = "QUEUE_DURABILITY", default_value = "full")]
+    queue_durability: crate::queue::sqlite::Durability,
     /// Where routing configuration comes from: `kubernetes` or `file:<manifests.yaml>`.
     #[arg(long, env = "CONFIG_SOURCE", default_value = "kubernetes")]
     config_source: String,
@@ -148,6 +152,7 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
         ingest_addr: args.ingest_addr,
         admin_addr: args.admin_addr,
         queue: args.queue,
+        durability: args.queue_durability,
         config_source: args.config_source.parse()?,
         settings: ReceiverSettings {
             max_body_bytes: args.max_body_bytes,

@@ -6,7 +6,8 @@
 //! to keep that affordable all writes go through one writer thread that folds every request
 //! waiting at the moment into one transaction (group commit): under load, one fsync covers many
 //! ingests. Each request runs in its own savepoint, so one failing request does not undo the
-//! others in its batch. Reads (lists, counters, next due time) use a second connection and never
+//! others in its batch. [`Durability::Normal`] relaxes this to `NORMAL` for benchmarks and for
+//! operators who accept that trade. Reads (lists, counters, next due time) use a second connection and never
 //! wait for the writer.
 
 use std::{
@@ -72,6 +73,40 @@ CREATE TABLE IF NOT EXISTS handshakes (
 );
 ";
 
+/// How hard each commit is pushed to disk: SQLite's `synchronous` setting in WAL mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = FULL`: a commit Strapi was answered for survives power loss.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: survives a crash of the process but not of the machine; the last
+    /// commits before a power loss may be gone although Strapi was told they are safe.
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!(
+                "{other:?} is not a durability; expected full or normal"
+            )),
+        }
+    }
+}
+
 /// The SQLite queue. Cheap to share behind an `Arc`; dropping the last handle stops the writer
 /// thread after it finishes the requests already sent.
 pub struct SqliteQueue {
@@ -81,9 +116,15 @@ pub struct SqliteQueue {
 }
 
 impl SqliteQueue {
-    /// Opens (or creates) the queue file. Deliveries left in flight by a previous process are
-    /// made pending again: this process owns the file, so nobody else is sending them.
+    /// Opens (or creates) the queue file with [`Durability::Full`]. Deliveries left in flight by
+    /// a previous process are made pending again: this process owns the file, so nobody else is
+    /// sending them.
     pub fn open(path: &Path) -> Result<Self, QueueError> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    /// Like [`SqliteQueue::open`], with the given durability.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, QueueError> {
         let open_error = |error: rusqlite::Error| QueueError::Open {
             location: path.display().to_string(),
             message: error.to_string(),
@@ -99,10 +140,11 @@ impl SqliteQueue {
         }
         let mut writer = Connection::open(path).map_err(open_error)?;
         writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;
                  PRAGMA busy_timeout = 5000;",
-            )
+                durability.pragma()
+            ))
             .map_err(open_error)?;
         writer.execute_batch(SCHEMA).map_err(open_error)?;
         writer

@@ -21,7 +21,10 @@ use std::{future::Future, path::PathBuf, str::FromStr, sync::Arc, time::Duration
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    queue::{Queue, QueueError, sqlite::SqliteQueue},
+    queue::{
+        Queue, QueueError,
+        sqlite::{Durability, SqliteQueue},
+    },
     sinks::{SinkClient, SinkClientError},
 };
 use engine::{Engine, EngineSettings};
@@ -85,10 +88,10 @@ impl FromStr for QueueSpec {
 }
 
 impl QueueSpec {
-    /// Opens the queue.
-    pub fn open(&self) -> Result<Arc<dyn Queue>, ReceiverError> {
+    /// Opens the queue; `durability` applies to backends that store on local disk.
+    pub fn open(&self, durability: Durability) -> Result<Arc<dyn Queue>, ReceiverError> {
         match self {
-            QueueSpec::Sqlite(path) => Ok(Arc::new(SqliteQueue::open(path)?)),
+            QueueSpec::Sqlite(path) => Ok(Arc::new(SqliteQueue::open_with(path, durability)?)),
         }
     }
 }
@@ -240,6 +243,8 @@ pub struct RunOptions {
     pub admin_addr: String,
     /// Where the queue lives.
     pub queue: QueueSpec,
+    /// How hard the queue pushes each commit to disk.
+    pub durability: Durability,
     /// Where the configuration comes from.
     pub config_source: ConfigSourceSpec,
     /// Knobs.
@@ -248,7 +253,7 @@ pub struct RunOptions {
 
 /// Opens the queue, loads the configuration, binds both ports and serves until SIGTERM.
 pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
-    let queue = options.queue.open()?;
+    let queue = options.queue.open(options.durability)?;
     let source = options.config_source.load()?;
     let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;
     let ingest = bind("ingest", &options.ingest_addr).await?;
