@@ -150,15 +150,16 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
     let first = std::sync::Mutex::new(Some(first));
     let acks = std::sync::atomic::AtomicUsize::new(0);
     let acked = post_all(&http, &first_ingest, (0..EVENTS).collect(), |_| {
-        if acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == KILL_AFTER {
-            if let Some(mut process) = first.lock().unwrap().take() {
-                process.kill().expect("SIGKILL");
-                process.wait().unwrap();
-                eprintln!(
-                    "killed after {KILL_AFTER} acks; the sink had {} deliveries",
-                    sink.received().len()
-                );
-            }
+        let count = acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if count == KILL_AFTER
+            && let Some(mut process) = first.lock().unwrap().take()
+        {
+            process.kill().expect("SIGKILL");
+            process.wait().unwrap();
+            eprintln!(
+                "killed after {KILL_AFTER} acks; the sink had {} deliveries",
+                sink.received().len()
+            );
         }
     })
     .await;

@@ -247,7 +247,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn fan_out(snapshot: &Snapshot, instance: &str, event: &EventBody) -> Vec<NewDelivery> {
     let mut deliveries = Vec::new();
     for webhook in snapshot.webhooks_of(instance) {
-        if !webhook.enabled || !webhook.events.iter().any(|name| *name == event.event) {
+        if !webhook.enabled || !webhook.events.contains(&event.event) {
             continue;
         }
         for route in &webhook.routes {
