@@ -1,0 +1,273 @@
+//! The example integrations' sinks driven through the real receiver and delivery engine, with
+//! loopback servers that behave like Next.js and Slack: coalescing a burst of 1,000 updates,
+//! honouring Slack's `Retry-After`, and pausing a Slack webhook that is gone.
+
+#[path = "support/receiver.rs"]
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    api::StrapiWebhook,
+    config::{InMemorySecrets, compile_webhook},
+    receiver::{admin::Stats, source::Snapshot},
+};
+use support::{INSTANCE, SECRET, TestReceiver, client};
+use tokio::time::Instant;
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A loopback server that records when each request arrived and what it carried, and answers
+/// the n-th request with `answers[n]` (the last answer repeats).
+#[derive(Clone)]
+struct Recorder {
+    url: String,
+    seen: Arc<Mutex<Vec<(Instant, Value)>>>,
+}
+
+impl Recorder {
+    async fn start(answers: Vec<fn() -> Response>) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let app = Router::new().route(
+            "/hook",
+            post(move |body: Bytes| {
+                let record = Arc::clone(&record);
+                let answers = answers.clone();
+                async move {
+                    let mut seen = record.lock().unwrap();
+                    let answer = answers[seen.len().min(answers.len() - 1)];
+                    seen.push((
+                        Instant::now(),
+                        serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    ));
+                    answer()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, seen }
+    }
+
+    fn seen(&self) -> Vec<(Instant, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, done: impl Fn(&[(Instant, Value)]) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(&self.seen()) {
+            assert!(
+                Instant::now() < deadline,
+                "condition not met; received {:?}",
+                self.seen()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// An example `StrapiWebhook` from `examples/`, pointed at the test receiver's instance, with
+/// its first sink's URL (or its Slack Secret) pointing at `url`.
+fn example_snapshot(file: &str, url: &str) -> Snapshot {
+    let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let mut webhook: StrapiWebhook =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (namespace, instance) = INSTANCE.split_once('/').unwrap();
+    webhook.spec.instance_ref.name = instance.to_owned();
+    webhook.spec.instance_ref.namespace = None;
+    let mut secrets = InMemorySecrets::new();
+    let sink = &mut webhook.spec.sinks[0];
+    if let Some(nextjs) = &mut sink.nextjs {
+        nextjs.url = url.to_owned();
+        let secret = nextjs.secret_ref.as_ref().unwrap();
+        secrets.insert(namespace, &secret.name, &secret.key, "change-me");
+    }
+    if let Some(slack) = &sink.slack {
+        let secret = &slack.webhook_url_secret_ref;
+        secrets.insert(namespace, &secret.name, &secret.key, url);
+    }
+    let compiled = compile_webhook(namespace, "example", 1, &webhook.spec, &secrets)
+        .unwrap_or_else(|errors| panic!("{file}: {errors}"));
+    Snapshot::new(
+        BTreeMap::from([(INSTANCE.to_owned(), vec![SECRET.to_owned()])]),
+        [compiled],
+    )
+}
+
+fn article_update(slug: &str) -> Value {
+    json!({
+        "event": "entry.update",
+        "createdAt": "2026-11-27T01:00:00.000Z",
+        "model": "article",
+        "uid": "api::article.article",
+        "entry": {"id": 1, "documentId": slug, "slug": slug, "title": slug, "locale": "en"}
+    })
+}
+
+fn comment(author: &str, text: &str) -> Value {
+    json!({
+        "event": "entry.create",
+        "createdAt": "2026-11-27T01:00:00.000Z",
+        "model": "comment",
+        "uid": "api::comment.comment",
+        "entry": {"id": 1, "documentId": "c1", "author": author, "text": text}
+    })
+}
+
+fn paths(body: &Value) -> impl Iterator<Item = String> + '_ {
+    body["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|path| path["path"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_updates_become_a_handful_of_revalidations_covering_every_path() {
+    const UPDATES: usize = 1000;
+    let site = Recorder::start(vec![|| {
+        axum::Json(json!({"revalidated": true})).into_response()
+    }])
+    .await;
+    let receiver =
+        TestReceiver::start(example_snapshot("nextjs-revalidation.yaml", &site.url)).await;
+    let http = client();
+
+    // Strapi fires webhooks concurrently during a bulk import; so do we.
+    let acked: BTreeMap<String, Instant> = futures::stream::iter(0..UPDATES)
+        .map(|n| {
+            let (receiver, http) = (&receiver, &http);
+            async move {
+                let slug = format!("article-{n}");
+                let status = receiver.post(http, &article_update(&slug)).await;
+                assert!(status.is_success(), "{status}");
+                (format!("/articles/{slug}"), Instant::now())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+
+    site.wait_for(|seen| {
+        let covered: BTreeSet<String> = seen.iter().flat_map(|(_, body)| paths(body)).collect();
+        acked.keys().all(|path| covered.contains(path))
+    })
+    .await;
+    let seen = site.seen();
+    let mut first_arrival: BTreeMap<String, Instant> = BTreeMap::new();
+    for (arrived, body) in &seen {
+        assert_eq!(body["tags"], json!(["article"]), "{body}");
+        for path in paths(body) {
+            first_arrival.entry(path).or_insert(*arrived);
+        }
+    }
+    let worst_delay = acked
+        .iter()
+        .map(|(path, acked)| first_arrival[path].saturating_duration_since(*acked))
+        .max()
+        .unwrap();
+    eprintln!(
+        "coalescing: {UPDATES} updates reached the Next.js sink in {} calls; worst delay from ack to revalidation {worst_delay:?}",
+        seen.len()
+    );
+    // Every call also carries the list page; the bound is loose on purpose (timing varies), the
+    // point is that a burst does not become one call per update.
+    assert!(seen.len() <= UPDATES / 10, "{} calls", seen.len());
+    receiver.shutdown().await;
+}
+
+#[tokio::test]
+async fn slack_429_waits_for_retry_after_then_posts_the_comment() {
+    let hook = Recorder::start(vec![
+        || {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "2")],
+                "rate_limited",
+            )
+                .into_response()
+        },
+        || "ok".into_response(),
+    ])
+    .await;
+    let receiver = TestReceiver::start(example_snapshot("slack-comments.yaml", &hook.url)).await;
+    let status = receiver
+        .post(&client(), &comment("Ada", "Great post"))
+        .await;
+    assert!(status.is_success(), "{status}");
+
+    hook.wait_for(|seen| seen.len() >= 2).await;
+    let seen = hook.seen();
+    let waited = seen[1].0.duration_since(seen[0].0);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    for (_, body) in &seen {
+        assert_eq!(
+            body,
+            &json!({"text": "New comment from Ada: \"Great post\""})
+        );
+    }
+    receiver.shutdown().await;
+}
+
+#[tokio::test]
+async fn slack_no_service_pauses_the_sink_and_sends_nothing_more() {
+    let hook = Recorder::start(vec![|| {
+        (axum::http::StatusCode::NOT_FOUND, "no_service").into_response()
+    }])
+    .await;
+    let receiver = TestReceiver::start(example_snapshot("slack-comments.yaml", &hook.url)).await;
+    let http = client();
+    for n in 0..3 {
+        let status = receiver
+            .post(&http, &comment("Ada", &format!("comment {n}")))
+            .await;
+        assert!(status.is_success(), "{status}");
+    }
+
+    let stats_url = format!("{}/v1/stats", receiver.admin_url());
+    let deadline = Instant::now() + PATIENCE;
+    let sink = loop {
+        let stats: Stats = http
+            .get(&stats_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sink = stats
+            .webhooks
+            .get("cms/example")
+            .and_then(|sinks| sinks.first().cloned());
+        match sink {
+            Some(sink) if sink.paused => break sink,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("the sink was not paused: {other:?}"),
+        }
+    };
+    assert_eq!(sink.pending, 3, "{sink:?}");
+    assert!(
+        sink.last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("no_service")),
+        "{sink:?}"
+    );
+    // Give the engine time to misbehave: with the sink paused, nothing more may go out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hook.seen().len(), 1);
+    receiver.shutdown().await;
+}
