@@ -144,6 +144,10 @@ struct ReceiverArgs {
     /// On SIGTERM, how long in-flight deliveries may take before they are handed back.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     shutdown_grace: kube::core::Duration,
+    /// How long delivered deliveries stay listable before they are pruned (dead letters stay
+    /// until replayed).
+    #[arg(long, env = "RETENTION", default_value = "24h")]
+    retention: kube::core::Duration,
 }
 
 async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
@@ -159,6 +163,7 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
             dedup_window: args.dedup_window.into(),
             engine: EngineSettings {
                 shutdown_grace: args.shutdown_grace.into(),
+                retention: args.retention.into(),
                 ..EngineSettings::default()
             },
         },

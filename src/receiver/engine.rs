@@ -55,8 +55,12 @@ pub struct EngineSettings {
     /// On shutdown, how long in-flight attempts may take before they are abandoned (and handed
     /// back to the queue).
     pub shutdown_grace: Duration,
-    /// How often deliveries of webhooks that left the configuration are dead-lettered.
+    /// How often deliveries of webhooks that left the configuration are dead-lettered and old
+    /// delivered deliveries pruned.
     pub sweep_interval: Duration,
+    /// How long delivered deliveries (and their events) stay listable before they are pruned.
+    /// Dead letters are kept until replayed.
+    pub retention: Duration,
 }
 
 impl Default for EngineSettings {
@@ -64,6 +68,7 @@ impl Default for EngineSettings {
         Self {
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -188,8 +193,19 @@ impl Engine {
         }
     }
 
-    /// Dead-letters waiting deliveries of sinks that are no longer configured.
+    /// Prunes delivered deliveries past the retention, and dead-letters waiting deliveries of
+    /// sinks that are no longer configured.
     async fn sweep(&self, snapshot: &Snapshot) {
+        let retention = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .queue
+            .prune(now_millis().saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "pruned delivered deliveries"),
+            Err(error) => tracing::error!(%error, "pruning delivered deliveries failed"),
+        }
         if !snapshot.synced {
             return;
         }

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::{
+    api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
     api::{SecretKeyRef, StrapiInstance, StrapiWebhook},
     config::{CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook},
-    api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
 };
 
 /// Everything the receiver needs to authenticate, route and deliver, at one moment.

@@ -236,6 +236,7 @@ impl TestReceiver {
             engine: EngineSettings {
                 shutdown_grace: Duration::from_secs(1),
                 sweep_interval: Duration::from_secs(1),
+                ..EngineSettings::default()
             },
             ..ReceiverSettings::default()
         };
