@@ -335,7 +335,9 @@ impl Problems<'_> {
             api::HttpMethod::Put => Method::PUT,
             api::HttpMethod::Patch => Method::PATCH,
         };
-        (headers_ok).then_some(())?;
+        if !headers_ok {
+            return None;
+        }
         Some(SinkConfig::Http(HttpSink {
             url: url?,
             method,

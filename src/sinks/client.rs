@@ -63,6 +63,15 @@ impl SinkClient {
         delivery_id: &str,
         payloads: &[Payload],
     ) -> Outcome {
+        for payload in payloads {
+            // The delivery still goes out; the log (inside the engine's delivery span) is where
+            // an operator finds why a page was not revalidated, e.g. strapi/strapi#25387.
+            if let Payload::Revalidate { skipped, .. } = payload
+                && !skipped.is_empty()
+            {
+                tracing::info!(?skipped, "revalidating without some tags or paths");
+            }
+        }
         let request = match self.request(sink, delivery_id, payloads) {
             Ok(request) => request
                 .header(WEBHOOK_ID_HEADER, delivery_id)
