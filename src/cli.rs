@@ -37,6 +37,8 @@ enum Command {
     Receiver(ReceiverArgs),
     /// List, inspect and replay deliveries through the receiver's admin port.
     Deliveries(DeliveriesArgs),
+    /// Run without a cluster: read the YAML from files, register in Strapi, receive and deliver.
+    Local(LocalArgs),
 }
 
 impl Cli {
@@ -48,6 +50,7 @@ impl Cli {
             Command::Crd { output_dir } => print_crds(output_dir.as_deref()),
             Command::Receiver(args) => run_receiver(args).await,
             Command::Deliveries(args) => run_deliveries(args).await,
+            Command::Local(args) => run_local(args).await,
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
@@ -295,6 +298,48 @@ async fn run_deliveries(args: DeliveriesArgs) -> Result<(), Box<dyn Error>> {
             println!("replayed {}", replayed.replayed);
         }
     }
+    Ok(())
+}
+
+/// Flags of `local`.
+#[derive(Args, Debug)]
+struct LocalArgs {
+    /// YAML files or folders of StrapiInstances, StrapiWebhooks and Secrets (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    paths: Vec<PathBuf>,
+    /// Folder for the queue and the generated shared secrets.
+    #[arg(long, env = "SWO_DATA_DIR", default_value = ".swo-data")]
+    data_dir: PathBuf,
+    /// Address of the ingest port that Strapi calls.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingest_addr: String,
+    /// Address of the admin port (probes, metrics, delivery API).
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    admin_addr: String,
+    /// Base URL at which Strapi reaches the ingest port [default: http://<ingest address>].
+    #[arg(long)]
+    receiver_url: Option<String>,
+    /// Remove the registrations from Strapi on exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// How long to wait for the receiver to record Strapi's test call.
+    #[arg(long, default_value = "10s")]
+    verify_timeout: kube::core::Duration,
+}
+
+async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
+    let options = crate::local::Options {
+        paths: args.paths,
+        data_dir: args.data_dir,
+        ingest_addr: args.ingest_addr,
+        admin_addr: args.admin_addr,
+        receiver_url: args.receiver_url,
+        cleanup: args.cleanup,
+        verify_timeout: args.verify_timeout.into(),
+        settings: crate::receiver::ReceiverSettings::default(),
+    };
+    let env = std::env::vars().collect();
+    crate::local::run(options, env, crate::receiver::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod event;
+pub mod local;
 pub mod queue;
 pub mod receiver;
 pub mod registration;

@@ -1,0 +1,401 @@
+//! Reading local mode's YAML: the same `StrapiInstance`, `StrapiWebhook` and `Secret` manifests
+//! that go to a cluster, from files and folders, with every problem tied to a file and a line.
+//!
+//! Each file is cut into its `---`-separated documents and each document is deserialized straight
+//! into its Rust type from text padded to its position in the file, so the YAML parser's own line
+//! and column point into the file the user edits. Problems are collected across all files rather
+//! than stopping at the first, so one save shows everything that is wrong.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    api::{StrapiInstance, StrapiWebhook},
+    config::InMemorySecrets,
+};
+
+/// The API group of the operator's kinds; a document in it with another kind is a typo.
+const API_GROUP: &str = "webhooks.strapi-operator.dev/";
+
+/// One thing wrong with the configuration, where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when the problem has a position.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+/// Every problem found in one load, one per line. Never empty.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct Problems(pub Vec<Problem>);
+
+/// An object and the place it was read from.
+#[derive(Clone, Debug)]
+pub struct Located<T> {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line where the object's document starts.
+    pub line: usize,
+    /// The object.
+    pub object: T,
+}
+
+impl<T> Located<T> {
+    /// A problem with this object.
+    pub fn problem(&self, reason: impl Into<String>) -> Problem {
+        Problem {
+            file: self.file.clone(),
+            line: Some(self.line),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything read from the files, before compiling.
+#[derive(Clone, Debug, Default)]
+pub struct Manifests {
+    /// The instances.
+    pub instances: Vec<Located<StrapiInstance>>,
+    /// The webhooks.
+    pub webhooks: Vec<Located<StrapiWebhook>>,
+    /// Values of every `Secret` found, `stringData` and (base64) `data` alike.
+    pub secrets: InMemorySecrets,
+}
+
+/// The files `paths` stand for: a file as given, a folder as its `*.yaml` and `*.yml` files
+/// (not recursive), sorted so that loads are reproducible.
+pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Problems> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|file| is_yaml(file) && file.is_file())
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(error) => problems.push(Problem {
+                file: path.clone(),
+                line: None,
+                reason: format!("cannot list the folder: {error}"),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// Whether a file name ends in `.yaml` or `.yml`.
+pub fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension == "yaml" || extension == "yml")
+}
+
+impl Manifests {
+    /// Reads every file of `paths` (see [`expand`]). Any problem in any file fails the whole
+    /// load, so a half-edited folder never becomes a half-applied configuration.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, Problems> {
+        let mut manifests = Manifests::default();
+        let mut problems = Vec::new();
+        for file in expand(paths)? {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => manifests.add_file(&file, &text, &mut problems),
+                Err(error) => problems.push(Problem {
+                    file,
+                    line: None,
+                    reason: format!("cannot read the file: {error}"),
+                }),
+            }
+        }
+        problems.extend(manifests.duplicates());
+        if problems.is_empty() {
+            Ok(manifests)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    fn add_file(&mut self, file: &Path, text: &str, problems: &mut Vec<Problem>) {
+        for (line, document) in documents(text) {
+            let problem = |reason: String| Problem {
+                file: file.to_owned(),
+                line: Some(line),
+                reason,
+            };
+            let header: serde_json::Value = match serde_saphyr::from_str(&document) {
+                Ok(header) => header,
+                Err(error) => {
+                    problems.push(yaml_problem(file, line, &error));
+                    continue;
+                }
+            };
+            if header.is_null() {
+                continue;
+            }
+            let text_of = |key: &str| header.get(key).and_then(|value| value.as_str());
+            let kind = text_of("kind").unwrap_or_default();
+            let api_version = text_of("apiVersion").unwrap_or_default();
+            match kind {
+                "StrapiInstance" => {
+                    if let Some(object) = typed(file, line, &document, problems) {
+                        self.instances.push(Located {
+                            file: file.to_owned(),
+                            line,
+                            object,
+                        });
+                    }
+                }
+                "StrapiWebhook" => {
+                    if let Some(object) = typed(file, line, &document, problems) {
+                        self.webhooks.push(Located {
+                            file: file.to_owned(),
+                            line,
+                            object,
+                        });
+                    }
+                }
+                "Secret" => {
+                    if let Some(secret) = typed::<Secret>(file, line, &document, problems) {
+                        self.add_secret(&secret);
+                    }
+                }
+                "" => problems.push(problem("the document has no kind".to_owned())),
+                other if other.starts_with("Strapi") || api_version.starts_with(API_GROUP) => {
+                    problems.push(problem(format!(
+                        "unknown kind {other:?}: expected StrapiInstance or StrapiWebhook"
+                    )))
+                }
+                // Other Kubernetes objects (a Namespace, a Deployment) may share the folder.
+                other => tracing::debug!(file = %file.display(), line, kind = other, "skipped"),
+            }
+        }
+    }
+
+    fn add_secret(&mut self, secret: &Secret) {
+        let namespace = namespace_of(&secret.metadata);
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        for (key, value) in secret.data.iter().flatten() {
+            if let Ok(value) = String::from_utf8(value.0.clone()) {
+                self.secrets.insert(&namespace, &name, key, value);
+            }
+        }
+        // Kubernetes merges `stringData` over `data` the same way.
+        for (key, value) in secret.string_data.iter().flatten() {
+            self.secrets.insert(&namespace, &name, key, value.clone());
+        }
+    }
+
+    /// Objects of the same kind and `namespace/name` defined twice.
+    fn duplicates(&self) -> Vec<Problem> {
+        fn twice<T>(
+            kind: &str,
+            objects: &[Located<T>],
+            meta: impl Fn(&T) -> &ObjectMeta,
+        ) -> Vec<Problem> {
+            let mut seen = BTreeMap::new();
+            let mut problems = Vec::new();
+            for located in objects {
+                let key = key_of(meta(&located.object));
+                if let Some(first) = seen.insert(key.clone(), located) {
+                    problems.push(located.problem(format!(
+                        "{kind} {key} is also defined at {}:{}",
+                        first.file.display(),
+                        first.line
+                    )));
+                }
+            }
+            problems
+        }
+        let mut problems = twice("StrapiInstance", &self.instances, |object| &object.metadata);
+        problems.extend(twice("StrapiWebhook", &self.webhooks, |object| {
+            &object.metadata
+        }));
+        problems
+    }
+}
+
+/// The namespace of an object; objects without one are in `default`, as `kubectl apply` does.
+pub fn namespace_of(meta: &ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// `namespace/name` of an object.
+pub fn key_of(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The documents of a multi-document YAML text with the 1-based line each starts on. Each
+/// document's text is padded with the lines before it, so parser positions are file positions.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut documents = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (index, line) in text.lines().enumerate() {
+        let separator = line == "---" || line.starts_with("--- ") || line == "...";
+        if separator {
+            documents.push((start, std::mem::take(&mut current)));
+            start = index + 2;
+            current = "\n".repeat(index + 1);
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    documents.push((start, current));
+    // The first line with content is where a reader looks for the document.
+    documents
+        .into_iter()
+        .map(|(start, document)| {
+            let first = document
+                .lines()
+                .enumerate()
+                .skip(start - 1)
+                .find(|(_, line)| {
+                    let line = line.trim();
+                    !line.is_empty() && !line.starts_with('#')
+                })
+                .map_or(start, |(index, _)| index + 1);
+            (first, document)
+        })
+        .collect()
+}
+
+fn typed<T: DeserializeOwned>(
+    file: &Path,
+    line: usize,
+    document: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    serde_saphyr::from_str(document)
+        .map_err(|error| problems.push(yaml_problem(file, line, &error)))
+        .ok()
+}
+
+fn yaml_problem(file: &Path, document_line: usize, error: &serde_saphyr::Error) -> Problem {
+    Problem {
+        file: file.to_owned(),
+        line: Some(
+            error
+                .location()
+                .map_or(document_line, |location| location.line() as usize),
+        ),
+        reason: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::SecretKeyRef, config::SecretResolver};
+
+    fn read(text: &str) -> Result<Manifests, Problems> {
+        let mut manifests = Manifests::default();
+        let mut problems = Vec::new();
+        manifests.add_file(Path::new("web.yaml"), text, &mut problems);
+        if problems.is_empty() {
+            Ok(manifests)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    const INSTANCE: &str = "apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata: {name: cms, namespace: web}
+spec:
+  url: http://127.0.0.1:1337
+  auth: {credentials: {secretName: strapi-admin}}
+";
+
+    #[test]
+    fn documents_keep_their_file_lines() {
+        let text = format!("# comment\n{INSTANCE}---\n\n{INSTANCE}");
+        let manifests = read(&text).unwrap();
+        let lines: Vec<usize> = manifests.instances.iter().map(|i| i.line).collect();
+        assert_eq!(lines, [2, 10]);
+    }
+
+    #[test]
+    fn a_type_error_points_at_its_line_in_the_file() {
+        let broken = INSTANCE.replace("url: http://127.0.0.1:1337", "url: [not, a, string]");
+        let text = format!("{INSTANCE}---\n{broken}");
+        let problems = read(&text).unwrap_err().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // The broken document starts on line 8; `url` is its fifth line.
+        assert_eq!(problems[0].line, Some(12), "{}", problems[0]);
+    }
+
+    #[test]
+    fn unknown_kinds_of_the_operator_are_errors_and_others_are_skipped() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n---\n\
+                    apiVersion: webhooks.strapi-operator.dev/v1alpha1\nkind: StrapiHook\n";
+        let problems = read(text).unwrap_err().0;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(5));
+        assert!(problems[0].reason.contains("StrapiHook"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn secrets_merge_string_data_over_data() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: crm, namespace: web}\n\
+                    data: {token: b2xk, other: YQ==}\nstringData: {token: new}\n";
+        let manifests = read(text).unwrap();
+        let get = |key: &str| {
+            manifests.secrets.resolve(
+                "web",
+                &SecretKeyRef {
+                    name: "crm".into(),
+                    key: key.into(),
+                },
+            )
+        };
+        assert_eq!(get("token").unwrap(), "new");
+        assert_eq!(get("other").unwrap(), "a");
+    }
+
+    #[test]
+    fn an_object_defined_twice_is_reported_at_the_second_place() {
+        let text = format!("{INSTANCE}---\n{INSTANCE}");
+        let manifests = read(&text).unwrap();
+        let problems = manifests.duplicates();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(8));
+        assert!(problems[0].reason.contains("web.yaml:1"), "{}", problems[0]);
+    }
+}

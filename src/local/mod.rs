@@ -1,0 +1,415 @@
+//! Local mode: the whole product without a cluster. `strapi-webhook-operator local -f <paths>`
+//! reads the same `StrapiInstance`, `StrapiWebhook` and `Secret` YAML that goes to a cluster
+//! ([`manifests`]), compiles it with the same [`compile_webhook`] into a receiver [`Snapshot`],
+//! runs the same receiver ([`ReceiverState`] and [`receiver::serve`]) on an SQLite queue in a
+//! data folder, and registers each instance's catch-all webhook with the same
+//! [`crate::registration`] code the controller uses ([`register`]).
+//!
+//! The files are watched. Every change reloads all of them; only a configuration in which
+//! everything reads and compiles is published, so a typo is reported (file, line, reason) while
+//! the last good configuration keeps serving. Registrations stay in Strapi on exit, so Strapi
+//! keeps calling the receiver after either restarts, unless `--cleanup` asks to remove them.
+
+pub mod manifests;
+pub mod register;
+pub mod secrets;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    api::{SecretKeyRef, StrapiInstance},
+    config::{SecretResolver, compile_webhook},
+    controller::{allows_namespace, referenced_instance, subscribed_events},
+    queue::{QueueError, sqlite::SqliteQueue},
+    receiver::{
+        self, ReceiverError, ReceiverSettings, ReceiverState,
+        source::{Snapshot, StaticSource},
+    },
+    strapi::Credentials,
+};
+use manifests::{Located, Manifests, Problems, key_of, namespace_of};
+use register::{LocalInstance, Registrar};
+use secrets::{LocalSecrets, SharedSecrets, SharedSecretsError};
+
+/// After a failed registration, how long until the next attempt.
+const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// Editors write a file in several steps; changes this close together are one reload.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// What `strapi-webhook-operator local` was asked to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Files and folders of YAML manifests (folders: their `*.yaml`/`*.yml` files).
+    pub paths: Vec<PathBuf>,
+    /// Where the queue and the generated shared secrets live.
+    pub data_dir: PathBuf,
+    /// Address of the ingest port Strapi calls.
+    pub ingest_addr: String,
+    /// Address of the admin port (probes, metrics, delivery API).
+    pub admin_addr: String,
+    /// Base URL at which Strapi reaches the ingest port; `http://<ingest address>` if unset.
+    pub receiver_url: Option<String>,
+    /// Remove the registrations from Strapi on exit.
+    pub cleanup: bool,
+    /// How long to wait for the receiver to record Strapi's test call.
+    pub verify_timeout: Duration,
+    /// Receiver knobs.
+    pub settings: ReceiverSettings,
+}
+
+/// Why local mode could not start or stopped with an error. Each variant names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The data folder could not be created.
+    #[error("creating the data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The generated shared secrets could not be read or saved.
+    #[error("keeping the shared secrets: {0}")]
+    SharedSecrets(#[from] SharedSecretsError),
+    /// The queue could not be opened.
+    #[error("opening the queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The configuration did not load at start, so there is no last good one to run.
+    #[error("loading the configuration:\n{0}")]
+    Config(Problems),
+    /// The receiver could not start or failed.
+    #[error("running the receiver: {0}")]
+    Receiver(#[from] ReceiverError),
+    /// The files could not be watched.
+    #[error("watching {path} for changes: {source}")]
+    Watch {
+        /// The file or folder.
+        path: PathBuf,
+        /// The watcher's error.
+        source: notify::Error,
+    },
+}
+
+/// A configuration in which everything compiled: what the receiver serves and what each Strapi
+/// should hold.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The receiver's snapshot.
+    pub snapshot: Snapshot,
+    /// The instances to register.
+    pub instances: Vec<LocalInstance>,
+}
+
+/// Reads and compiles the files. `env` supplies `SWO_SECRET_*` overrides; shared secrets come
+/// from (and new ones go to) `shared`. Fails with every problem found.
+pub fn load(
+    paths: &[PathBuf],
+    env: &[(String, String)],
+    shared: &mut SharedSecrets,
+) -> Result<Config, Problems> {
+    let manifests = Manifests::read(paths)?;
+    let secrets = LocalSecrets::new(manifests.secrets.clone(), env.iter().cloned());
+    let mut problems = Vec::new();
+    let mut accepted = Vec::new();
+    let mut compiled = Vec::new();
+    for webhook in &manifests.webhooks {
+        let meta = &webhook.object.metadata;
+        let (namespace, key) = (namespace_of(meta), key_of(meta));
+        let target = referenced_instance(&webhook.object);
+        let Some(instance) = find_instance(&manifests, &target) else {
+            problems.push(webhook.problem(format!(
+                "StrapiWebhook {key}: spec.instanceRef: StrapiInstance {target} is not defined in \
+                 the files"
+            )));
+            continue;
+        };
+        if !allows_namespace(&instance.object, &namespace, None) {
+            problems.push(webhook.problem(format!(
+                "StrapiWebhook {key}: StrapiInstance {target} does not allow webhooks from \
+                 namespace {namespace} (spec.allowedNamespaces; label selectors never match in \
+                 local mode, there are no namespace labels)"
+            )));
+            continue;
+        }
+        let name = meta.name.as_deref().unwrap_or_default();
+        let generation = meta.generation.unwrap_or_default();
+        match compile_webhook(&namespace, name, generation, &webhook.object.spec, &secrets) {
+            Ok(webhook_config) => {
+                compiled.push(webhook_config);
+                accepted.push(&webhook.object);
+            }
+            Err(errors) => problems.extend(
+                errors
+                    .0
+                    .iter()
+                    .map(|error| webhook.problem(format!("StrapiWebhook {key}: {error}"))),
+            ),
+        }
+    }
+    let mut instances = Vec::new();
+    let mut accepted_secrets = BTreeMap::new();
+    for instance in &manifests.instances {
+        let key = key_of(&instance.object.metadata);
+        let (credentials, credentials_values) = match credentials(&instance.object, &secrets) {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                problems
+                    .push(instance.problem(format!("StrapiInstance {key}: spec.auth: {error}")));
+                continue;
+            }
+        };
+        let shared_secret = match shared.get_or_create(&key) {
+            Ok(secret) => secret,
+            Err(error) => {
+                problems.push(instance.problem(format!("StrapiInstance {key}: {error}")));
+                continue;
+            }
+        };
+        accepted_secrets.insert(key.clone(), vec![shared_secret.clone()]);
+        instances.push(LocalInstance {
+            events: subscribed_events(&key, accepted.iter().copied()),
+            url: instance.object.spec.url.clone(),
+            credentials,
+            credentials_values,
+            shared_secret,
+            resync_interval: instance.object.spec.resync_interval.into(),
+            key,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    Ok(Config {
+        snapshot: Snapshot::new(accepted_secrets, compiled),
+        instances,
+    })
+}
+
+fn find_instance<'a>(manifests: &'a Manifests, key: &str) -> Option<&'a Located<StrapiInstance>> {
+    manifests
+        .instances
+        .iter()
+        .find(|instance| key_of(&instance.object.metadata) == key)
+}
+
+/// The admin API credentials of an instance, and their raw values.
+fn credentials(
+    instance: &StrapiInstance,
+    secrets: &dyn SecretResolver,
+) -> Result<(Credentials, Vec<String>), String> {
+    let namespace = namespace_of(&instance.metadata);
+    let auth = &instance.spec.auth;
+    let user = match (&auth.api_token, &auth.credentials) {
+        (Some(token), None) => {
+            let token = secrets
+                .resolve(&namespace, token)
+                .map_err(|error| error.to_string())?;
+            return Ok((Credentials::admin_token(token.as_str()), vec![token]));
+        }
+        (None, Some(user)) => user,
+        // In a cluster the CRD's rule refuses this; local files pass no admission, so say it here.
+        _ => return Err("set exactly one of apiToken and credentials".to_owned()),
+    };
+    let read = |key: &str| {
+        secrets.resolve(
+            &namespace,
+            &SecretKeyRef {
+                name: user.secret_name.clone(),
+                key: key.to_owned(),
+            },
+        )
+    };
+    let email = read(&user.email_key).map_err(|error| error.to_string())?;
+    let password = read(&user.password_key).map_err(|error| error.to_string())?;
+    Ok((
+        Credentials::password(email.clone(), password.as_str()),
+        vec![email, password],
+    ))
+}
+
+/// Watches `paths` and sends `()` whenever a YAML file among them may have changed.
+fn watch(
+    paths: &[PathBuf],
+) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), LocalError> {
+    let (changed, changes) = mpsc::channel(1);
+    let files: Vec<PathBuf> = paths
+        .iter()
+        .filter(|path| !path.is_dir())
+        .filter_map(|path| std::path::absolute(path).ok())
+        .collect();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match event {
+            Ok(event) => {
+                !event.kind.is_access()
+                    && event
+                        .paths
+                        .iter()
+                        .any(|path| manifests::is_yaml(path) || files.contains(path))
+            }
+            // A lost event may have been a change; reloading is harmless.
+            Err(_) => true,
+        };
+        if relevant {
+            // A full channel already holds a pending reload, which will read this change too.
+            let _ = changed.try_send(());
+        }
+    })
+    .map_err(|source| LocalError::Watch {
+        path: PathBuf::new(),
+        source,
+    })?;
+    for path in paths {
+        // A file is watched through its folder: editors replace files by renaming, which would
+        // end a watch on the file itself.
+        let target = if path.is_dir() {
+            path.clone()
+        } else {
+            std::path::absolute(path)
+                .ok()
+                .and_then(|path| path.parent().map(Path::to_owned))
+                .unwrap_or_else(|| PathBuf::from("."))
+        };
+        watcher
+            .watch(&target, RecursiveMode::NonRecursive)
+            .map_err(|source| LocalError::Watch {
+                path: target.clone(),
+                source,
+            })?;
+    }
+    Ok((watcher, changes))
+}
+
+/// Runs local mode until `shutdown` completes. `env` is the process environment (for
+/// `SWO_SECRET_*`), passed in so that tests control it.
+pub async fn run(
+    options: Options,
+    env: Vec<(String, String)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LocalError> {
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| LocalError::DataDir {
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    let mut shared = SharedSecrets::open(&options.data_dir)?;
+    let mut config = load(&options.paths, &env, &mut shared).map_err(LocalError::Config)?;
+    let queue: Arc<dyn crate::queue::Queue> =
+        Arc::new(SqliteQueue::open(&options.data_dir.join("queue.db"))?);
+    let source = StaticSource::new(config.snapshot.clone());
+    let state = ReceiverState::new(Arc::clone(&queue), &source, options.settings.clone())?;
+    let ingest = receiver::bind("ingest", &options.ingest_addr).await?;
+    let admin = receiver::bind("admin", &options.admin_addr).await?;
+    let ingest_address = ingest.local_addr().map_err(|source| ReceiverError::Bind {
+        what: "ingest",
+        address: options.ingest_addr.clone(),
+        source,
+    })?;
+    let admin_address = admin.local_addr().map_err(|source| ReceiverError::Bind {
+        what: "admin",
+        address: options.admin_addr.clone(),
+        source,
+    })?;
+    let receiver_base = options
+        .receiver_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{ingest_address}"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(receiver::serve(state, ingest, admin, async move {
+        let _ = stopped.await;
+    }));
+    tracing::info!(
+        ingest = %ingest_address,
+        admin = %admin_address,
+        receiver_url = %receiver_base,
+        data = %options.data_dir.display(),
+        instances = config.instances.len(),
+        webhooks = config.snapshot.webhooks.len(),
+        "local mode running"
+    );
+    let (_watcher, mut changes) = watch(&options.paths)?;
+    let mut registrar = Registrar::new(receiver_base, queue, options.verify_timeout);
+    let mut next_sync = sync_all(&mut registrar, &config.instances).await;
+    tokio::pin!(shutdown);
+    let served = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            served = &mut server => break Some(served),
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                match load(&options.paths, &env, &mut shared) {
+                    Ok(loaded) => {
+                        config = loaded;
+                        source.publish(config.snapshot.clone());
+                        tracing::info!(
+                            instances = config.instances.len(),
+                            webhooks = config.snapshot.webhooks.len(),
+                            "configuration reloaded and applied"
+                        );
+                        next_sync = sync_all(&mut registrar, &config.instances).await;
+                    }
+                    Err(problems) => tracing::error!(
+                        "configuration rejected; the last good configuration keeps running:\n{problems}"
+                    ),
+                }
+            }
+            () = tokio::time::sleep(next_sync) => {
+                next_sync = sync_all(&mut registrar, &config.instances).await;
+            }
+        }
+    };
+    let served = match served {
+        Some(served) => served,
+        None => {
+            let _ = stop.send(());
+            server.await
+        }
+    };
+    if options.cleanup {
+        for instance in &config.instances {
+            match registrar.remove(instance).await {
+                Ok(removed) => {
+                    tracing::info!(instance = %instance.key, removed, "registration removed")
+                }
+                Err(error) => {
+                    tracing::error!(instance = %instance.key, %error, "cleanup failed")
+                }
+            }
+        }
+    }
+    // A panicked server task is a bug, not an operational error; surface it as one.
+    served.expect("the receiver task does not panic")?;
+    Ok(())
+}
+
+/// Registers every instance; returns when the next pass is due (sooner after a failure).
+async fn sync_all(registrar: &mut Registrar, instances: &[LocalInstance]) -> Duration {
+    let mut next = instances
+        .iter()
+        .map(|instance| instance.resync_interval)
+        .min()
+        .unwrap_or(Duration::from_secs(300));
+    for instance in instances {
+        match registrar.sync(instance).await {
+            Ok(change) => tracing::info!(
+                instance = %instance.key,
+                ?change,
+                events = ?instance.events,
+                "registration in Strapi verified"
+            ),
+            Err(error) => {
+                tracing::error!(instance = %instance.key, %error, "registration failed; retrying in {RETRY_INTERVAL:?}");
+                next = next.min(RETRY_INTERVAL);
+            }
+        }
+    }
+    next
+}

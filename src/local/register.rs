@@ -1,0 +1,207 @@
+//! Keeping each local instance's catch-all webhook registered in its Strapi, through the same
+//! [`registration::ensure`] the controller uses, and proving it works: after every change Strapi
+//! is asked to trigger the webhook and the receiver must record the handshake.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use crate::{
+    controller::endpoint,
+    event::SECRET_HEADER,
+    queue::{Queue, QueueError},
+    registration::{self, Change, Desired},
+    strapi::{Credentials, StrapiClient, StrapiError},
+};
+
+/// One `StrapiInstance` as local mode runs it: resolved credentials and the events to ask for.
+#[derive(Clone, Debug)]
+pub struct LocalInstance {
+    /// `namespace/name`.
+    pub key: String,
+    /// Strapi's base URL.
+    pub url: String,
+    /// Admin API credentials.
+    pub credentials: Credentials,
+    /// The raw credential values, compared to notice a change: [`Credentials`] hides them.
+    pub credentials_values: Vec<String>,
+    /// The shared secret Strapi must send.
+    pub shared_secret: String,
+    /// Union of the events of the webhooks that use this instance.
+    pub events: std::collections::BTreeSet<String>,
+    /// How often the registration is compared with the desired one (`spec.resyncInterval`).
+    pub resync_interval: Duration,
+}
+
+/// Why one instance could not be registered or verified. Each variant names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The instance's URL or credentials do not make a client.
+    #[error("setting up the Strapi client: {0}")]
+    Client(#[source] StrapiError),
+    /// Strapi refused or failed the create/update/delete of the webhook.
+    #[error("registering the webhook in Strapi: {0}")]
+    Ensure(#[source] StrapiError),
+    /// Strapi could not trigger the webhook.
+    #[error("asking Strapi to trigger the webhook: {0}")]
+    Trigger(#[source] StrapiError),
+    /// Strapi called the receiver, which did not answer 2xx.
+    #[error(
+        "Strapi's test call to {endpoint} got {status}: {message} (500 often means Strapi cannot \
+         reach that URL; set --receiver-url to an address Strapi can reach)"
+    )]
+    Rejected {
+        /// The receiver endpoint.
+        endpoint: String,
+        /// The status Strapi reported.
+        status: u16,
+        /// Strapi's message.
+        message: String,
+    },
+    /// Strapi reported success but this receiver never saw the call.
+    #[error(
+        "Strapi reported its test call to {endpoint} as answered, but this receiver never got it: \
+         does --receiver-url point at another process?"
+    )]
+    HandshakeMissing {
+        /// The receiver endpoint.
+        endpoint: String,
+    },
+    /// The handshake counter could not be read.
+    #[error("reading the receiver's handshakes: {0}")]
+    Handshake(#[source] QueueError),
+    /// Removing the registration on `--cleanup` failed.
+    #[error("removing the webhook from Strapi: {0}")]
+    Remove(#[source] StrapiError),
+}
+
+/// What a registration pass achieved for one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Registered {
+    desired: Desired,
+    url: String,
+    credentials_values: Vec<String>,
+}
+
+/// Registers instances and remembers what it last registered and verified, so a pass with
+/// nothing new costs one `list webhooks` call per instance.
+pub struct Registrar {
+    receiver_base: String,
+    queue: Arc<dyn Queue>,
+    verify_timeout: Duration,
+    clients: HashMap<String, (String, Vec<String>, StrapiClient)>,
+    verified: HashMap<String, Registered>,
+}
+
+impl Registrar {
+    /// A registrar that points Strapi at `receiver_base` and checks handshakes in `queue`.
+    pub fn new(receiver_base: String, queue: Arc<dyn Queue>, verify_timeout: Duration) -> Self {
+        Self {
+            receiver_base,
+            queue,
+            verify_timeout,
+            clients: HashMap::new(),
+            verified: HashMap::new(),
+        }
+    }
+
+    /// The registration `instance` should have.
+    pub fn desired(&self, instance: &LocalInstance) -> Desired {
+        let (namespace, name) = instance.key.split_once('/').unwrap_or(("", &instance.key));
+        Desired {
+            instance: instance.key.clone(),
+            endpoint: endpoint(&self.receiver_base, namespace, name),
+            secret: (SECRET_HEADER.to_owned(), instance.shared_secret.clone()),
+            events: instance.events.clone(),
+        }
+    }
+
+    fn client(&mut self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
+        if let Some((url, values, client)) = self.clients.get(&instance.key)
+            && *url == instance.url
+            && *values == instance.credentials_values
+        {
+            return Ok(client.clone());
+        }
+        let client = StrapiClient::new(&instance.url, instance.credentials.clone())
+            .map_err(RegisterError::Client)?;
+        self.clients.insert(
+            instance.key.clone(),
+            (
+                instance.url.clone(),
+                instance.credentials_values.clone(),
+                client.clone(),
+            ),
+        );
+        Ok(client)
+    }
+
+    /// Makes Strapi hold the desired webhook and verifies it when anything changed since the
+    /// last verified pass. Returns what `ensure` had to do.
+    pub async fn sync(&mut self, instance: &LocalInstance) -> Result<Change, RegisterError> {
+        let client = self.client(instance)?;
+        let desired = self.desired(instance);
+        let applied = registration::ensure(&client, &desired)
+            .await
+            .map_err(RegisterError::Ensure)?;
+        let registered = Registered {
+            desired: desired.clone(),
+            url: instance.url.clone(),
+            credentials_values: instance.credentials_values.clone(),
+        };
+        let already_verified = self.verified.get(&instance.key) == Some(&registered);
+        if applied.change != Change::Unchanged || !already_verified {
+            self.verified.remove(&instance.key);
+            // A disabled webhook (no events) still answers a trigger, so it is verified too.
+            self.verify(&client, &desired, &applied.id).await?;
+            self.verified.insert(instance.key.clone(), registered);
+        }
+        Ok(applied.change)
+    }
+
+    async fn verify(
+        &self,
+        client: &StrapiClient,
+        desired: &Desired,
+        id: &str,
+    ) -> Result<(), RegisterError> {
+        let count = || async {
+            self.queue
+                .handshake(desired.instance.clone())
+                .await
+                .map(|handshake| handshake.count)
+                .map_err(RegisterError::Handshake)
+        };
+        let before = count().await?;
+        let outcome = client
+            .trigger_webhook(id)
+            .await
+            .map_err(RegisterError::Trigger)?;
+        if !(200..300).contains(&outcome.status_code) {
+            return Err(RegisterError::Rejected {
+                endpoint: desired.endpoint.clone(),
+                status: outcome.status_code,
+                message: outcome.message.unwrap_or_default(),
+            });
+        }
+        // Strapi answers the trigger after the receiver answered it, and the receiver answers
+        // after storing; the wait only covers a read that raced the write's commit.
+        let deadline = tokio::time::Instant::now() + self.verify_timeout;
+        while count().await? <= before {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RegisterError::HandshakeMissing {
+                    endpoint: desired.endpoint.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes the registration of `instance` from its Strapi (`--cleanup`).
+    pub async fn remove(&mut self, instance: &LocalInstance) -> Result<usize, RegisterError> {
+        let client = self.client(instance)?;
+        self.verified.remove(&instance.key);
+        registration::remove(&client, &instance.key)
+            .await
+            .map_err(RegisterError::Remove)
+    }
+}
