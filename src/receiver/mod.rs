@@ -13,6 +13,7 @@ pub mod admin;
 pub mod deliveries;
 pub mod engine;
 pub mod ingest;
+pub mod kubernetes;
 pub mod metrics;
 pub mod source;
 
@@ -38,7 +39,7 @@ pub enum ReceiverError {
     #[error("--queue {0:?}: expected sqlite:<path>")]
     QueueSpec(String),
     /// `--config-source` is not a source this build supports.
-    #[error("--config-source {0:?}: expected file:<path> (the kubernetes source is not built yet)")]
+    #[error("--config-source {0:?}: expected kubernetes or file:<path>")]
     ConfigSourceSpec(String),
     /// The queue could not be opened.
     #[error("opening the queue: {0}")]
@@ -46,6 +47,9 @@ pub enum ReceiverError {
     /// The configuration could not be loaded.
     #[error("loading the configuration: {0}")]
     Config(#[from] source::ManifestError),
+    /// The cluster could not be reached to watch the configuration.
+    #[error("watching the configuration in the cluster: {0}")]
+    Kubernetes(#[from] kubernetes::KubernetesSourceError),
     /// The sink HTTP client could not be built.
     #[error("setting up the sink client: {0}")]
     SinkClient(#[from] SinkClientError),
@@ -96,9 +100,12 @@ impl QueueSpec {
     }
 }
 
-/// Where the configuration comes from: `file:<path>`.
+/// Where the configuration comes from: `kubernetes` or `file:<path>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigSourceSpec {
+    /// `StrapiInstance`s, `StrapiWebhook`s and Secrets in the cluster, see
+    /// [`kubernetes::KubernetesSource`].
+    Kubernetes,
     /// A manifest file of instances, webhooks and Secrets, see [`source::ManifestFile`].
     File(PathBuf),
 }
@@ -107,6 +114,9 @@ impl FromStr for ConfigSourceSpec {
     type Err = ReceiverError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        if spec == "kubernetes" {
+            return Ok(Self::Kubernetes);
+        }
         match spec.strip_prefix("file:") {
             Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
             _ => Err(ReceiverError::ConfigSourceSpec(spec.to_owned())),
@@ -116,8 +126,11 @@ impl FromStr for ConfigSourceSpec {
 
 impl ConfigSourceSpec {
     /// Loads the source.
-    pub fn load(&self) -> Result<Box<dyn ConfigSource>, ReceiverError> {
+    pub async fn load(&self) -> Result<Box<dyn ConfigSource>, ReceiverError> {
         match self {
+            ConfigSourceSpec::Kubernetes => {
+                Ok(Box::new(kubernetes::KubernetesSource::start().await?))
+            }
             ConfigSourceSpec::File(path) => Ok(Box::new(source::ManifestFile::load(path)?)),
         }
     }
@@ -254,7 +267,7 @@ pub struct RunOptions {
 /// Opens the queue, loads the configuration, binds both ports and serves until SIGTERM.
 pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
     let queue = options.queue.open(options.durability)?;
-    let source = options.config_source.load()?;
+    let source = options.config_source.load().await?;
     let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;
     let ingest = bind("ingest", &options.ingest_addr).await?;
     let admin = bind("admin", &options.admin_addr).await?;

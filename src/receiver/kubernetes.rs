@@ -1,0 +1,320 @@
+//! The configuration source in a cluster: reflectors over `StrapiInstance`s, `StrapiWebhook`s
+//! and the instances' shared-secret Secrets, turned into a [`Snapshot`] after every change.
+//!
+//! Least privilege in what is read: only Secrets carrying the controller's instance label are
+//! watched, and the Secrets a webhook's sinks reference are fetched by name when it is compiled
+//! (and again at every resync, so a rotated credential is picked up without a restart). A
+//! webhook that stops compiling — a Secret deleted, the API server unreachable — keeps its last
+//! good version rather than vanishing, because a vanished webhook has its waiting deliveries
+//! dead-lettered; the controller reports the problem in the webhook's status. A webhook whose
+//! namespace its instance does not allow is left out. `allowedNamespaces.from: Selector` needs
+//! namespace labels, which this source does not read: such instances accept webhooks of their own
+//! namespace only (failing closed).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use tokio::sync::{Notify, watch};
+
+use super::source::{ConfigSource, Snapshot};
+use crate::{
+    api::{
+        NamespacesFrom, StrapiInstance, StrapiWebhook,
+        shared_secret::{self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
+    },
+    config::{CompiledWebhook, InMemorySecrets, compile_webhook},
+    controller::{allows_namespace, referenced_instance, secret_refs},
+};
+
+// Rebuild at least this often, to pick up rotated sink Secrets (which are read, not watched).
+const RESYNC: Duration = Duration::from_secs(60);
+// Changes arriving together (a rollout of several resources) make one rebuild.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Why the Kubernetes source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesSourceError {
+    /// No cluster configuration (in-cluster service account or kubeconfig) was found.
+    #[error("connecting to the cluster: {0}")]
+    Connect(#[source] kube::Error),
+}
+
+/// Watches the cluster and publishes snapshots. Dropping it stops the watches.
+#[derive(Debug)]
+pub struct KubernetesSource {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KubernetesSource {
+    /// Connects with the default client configuration and starts watching. The first snapshot
+    /// is unsynced; the synced one follows once every watch has listed its objects.
+    pub async fn start() -> Result<Self, KubernetesSourceError> {
+        let client = Client::try_default()
+            .await
+            .map_err(KubernetesSourceError::Connect)?;
+        Ok(Self::with_client(client))
+    }
+
+    /// Starts watching through `client`.
+    pub fn with_client(client: Client) -> Self {
+        let (sender, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let task = tokio::spawn(watch_cluster(client, sender));
+        Self { snapshots, task }
+    }
+}
+
+impl Drop for KubernetesSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConfigSource for KubernetesSource {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+}
+
+async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
+    let changed = Arc::new(Notify::new());
+    let (instances, instance_writer) = reflector::store::<StrapiInstance>();
+    let (webhooks, webhook_writer) = reflector::store::<StrapiWebhook>();
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let streams = stream::select_all([
+        reflector::reflector(
+            instance_writer,
+            watcher(
+                Api::<StrapiInstance>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|event| event.map(drop).map_err(|error| error.to_string()))
+        .boxed(),
+        reflector::reflector(
+            webhook_writer,
+            watcher(
+                Api::<StrapiWebhook>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|event| event.map(drop).map_err(|error| error.to_string()))
+        .boxed(),
+        reflector::reflector(
+            secret_writer,
+            watcher(
+                Api::<Secret>::all(client.clone()),
+                watcher::Config::default().labels(INSTANCE_LABEL),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|event| event.map(drop).map_err(|error| error.to_string()))
+        .boxed(),
+    ]);
+    let notify = Arc::clone(&changed);
+    tokio::spawn(streams.for_each(move |event| {
+        if let Err(error) = event {
+            tracing::warn!(%error, "watching the configuration failed; retrying");
+        }
+        notify.notify_one();
+        std::future::ready(())
+    }));
+
+    for ready in [
+        instances.wait_until_ready().await.is_ok(),
+        webhooks.wait_until_ready().await.is_ok(),
+        secrets.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            return;
+        }
+    }
+    let mut compiled = Compiled::new();
+    loop {
+        let by_key: HashMap<String, Arc<StrapiInstance>> = instances
+            .state()
+            .into_iter()
+            .map(|instance| {
+                let key = format!(
+                    "{}/{}",
+                    instance.namespace().unwrap_or_default(),
+                    instance.name_any()
+                );
+                (key, instance)
+            })
+            .collect();
+        compiled = compile_all(&client, &by_key, &webhooks, &compiled).await;
+        let snapshot = Snapshot {
+            synced: true,
+            instances: accepted(&by_key, &secrets),
+            webhooks: compiled
+                .iter()
+                .map(|(key, (_, webhook))| (key.clone(), Arc::clone(webhook)))
+                .collect(),
+        };
+        tracing::debug!(
+            instances = snapshot.instances.len(),
+            webhooks = snapshot.webhooks.len(),
+            "configuration updated"
+        );
+        if sender.send(Arc::new(snapshot)).is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
+        tokio::time::sleep(DEBOUNCE).await;
+    }
+}
+
+async fn compile_all(
+    client: &Client,
+    instances: &HashMap<String, Arc<StrapiInstance>>,
+    webhooks: &Store<StrapiWebhook>,
+    previous: &Compiled,
+) -> Compiled {
+    let mut compiled = BTreeMap::new();
+    for webhook in webhooks.state() {
+        let namespace = webhook.namespace().unwrap_or_default();
+        let key = format!("{namespace}/{}", webhook.name_any());
+        let Some(instance) = instances.get(&referenced_instance(&webhook)) else {
+            continue;
+        };
+        let allowed = match instance.spec.allowed_namespaces.from {
+            // Namespace labels are not read here: fail closed to the instance's own namespace.
+            NamespacesFrom::Selector => instance.namespace().as_deref() == Some(namespace.as_str()),
+            NamespacesFrom::Same | NamespacesFrom::All => {
+                allows_namespace(instance, &namespace, None)
+            }
+        };
+        if !allowed {
+            continue;
+        }
+        let values = read_sink_secrets(client, &namespace, &webhook).await;
+        let generation = webhook.metadata.generation.unwrap_or_default();
+        let inputs = Inputs {
+            generation,
+            secrets: values.clone(),
+        };
+        if let Some((old_inputs, old)) = previous.get(&key)
+            && *old_inputs == inputs
+        {
+            // Nothing changed: keep the running version, so the sink's worker (with its circuit
+            // breaker and pause state) carries on.
+            compiled.insert(key, (inputs, Arc::clone(old)));
+            continue;
+        }
+        let mut secrets = InMemorySecrets::new();
+        for ((name, item), value) in values {
+            secrets.insert(&namespace, &name, &item, value);
+        }
+        match compile_webhook(
+            &namespace,
+            &webhook.name_any(),
+            generation,
+            &webhook.spec,
+            &secrets,
+        ) {
+            Ok(webhook) => {
+                compiled.insert(key, (inputs, Arc::new(webhook)));
+            }
+            Err(errors) => {
+                tracing::warn!(webhook = %key, %errors, "webhook does not compile; keeping its last good version");
+                if let Some(old) = previous.get(&key) {
+                    compiled.insert(key, old.clone());
+                }
+            }
+        }
+    }
+    compiled
+}
+
+/// What a compiled webhook was built from; the same inputs give the same webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Inputs {
+    generation: i64,
+    secrets: BTreeMap<(String, String), String>,
+}
+
+type Compiled = BTreeMap<String, (Inputs, Arc<CompiledWebhook>)>;
+
+fn accepted(
+    instances: &HashMap<String, Arc<StrapiInstance>>,
+    shared: &Store<Secret>,
+) -> BTreeMap<String, Vec<String>> {
+    instances
+        .iter()
+        .map(|(key, instance)| (key.clone(), accepted_secrets(instance, shared)))
+        .collect()
+}
+
+fn accepted_secrets(instance: &StrapiInstance, shared: &Store<Secret>) -> Vec<String> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = shared_secret::name(&instance.name_any());
+    let Some(secret) = shared.state().into_iter().find(|secret| {
+        secret.namespace().as_deref() == Some(&namespace) && secret.name_any() == name
+    }) else {
+        return Vec::new();
+    };
+    let text = |key: &str| {
+        let ByteString(bytes) = secret.data.as_ref()?.get(key)?;
+        String::from_utf8(bytes.clone()).ok()
+    };
+    let mut accepted: Vec<String> = text(CURRENT_KEY).into_iter().collect();
+    let previous_valid = text(PREVIOUS_EXPIRES_KEY).is_none_or(|until| {
+        until
+            .parse::<Timestamp>()
+            .is_ok_and(|until| until > Timestamp::now())
+    });
+    if previous_valid {
+        accepted.extend(text(PREVIOUS_KEY));
+    }
+    accepted
+}
+
+/// Reads the Secrets a webhook's sinks reference, as `(name, key) → value`. A Secret that cannot
+/// be read is simply absent, so compiling names it as missing.
+async fn read_sink_secrets(
+    client: &Client,
+    namespace: &str,
+    webhook: &StrapiWebhook,
+) -> BTreeMap<(String, String), String> {
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let mut values = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for reference in secret_refs(&webhook.spec) {
+        if !seen.insert(reference.name.clone()) {
+            continue;
+        }
+        match api.get_opt(&reference.name).await {
+            Ok(Some(secret)) => {
+                for (key, ByteString(bytes)) in secret.data.unwrap_or_default() {
+                    if let Ok(value) = String::from_utf8(bytes) {
+                        values.insert((reference.name.clone(), key), value);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(namespace, secret = %reference.name, %error, "reading a sink Secret failed");
+            }
+        }
+    }
+    values
+}
