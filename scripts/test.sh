@@ -14,4 +14,5 @@ echo "==> Helm chart and deploy/"
 scripts/check-chart.sh
 
 echo "==> tests"
-cargo nextest run --no-fail-fast
+# One real Strapi serves every test that needs one (tests/support/strapi.rs).
+scripts/with-strapi.sh cargo nextest run --no-fail-fast
