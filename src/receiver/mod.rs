@@ -17,7 +17,13 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod source;
 
-use std::{future::Future, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    future::{Future, IntoFuture},
+    path::PathBuf,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::watch};
 
@@ -229,7 +235,20 @@ pub async fn serve(
         tracing::info!("shutting down: no new events; finishing in-flight work");
         stop.send_replace(true);
     });
-    let served = ingest_server.await;
+    // Requests in flight are answered after they are stored; a client that keeps a request
+    // open longer than the grace period (a trickling body) does not hold the shutdown up.
+    let grace = state.settings.engine.shutdown_grace;
+    let mut bound = stopping.clone();
+    let served = tokio::select! {
+        served = ingest_server.into_future() => served,
+        () = async move {
+            let _ = bound.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("ingest requests still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     // The engine's workers bound their own drain by the grace period.
     let _ = engine.await;
     let admin_served = admin_server.await;
