@@ -4,7 +4,7 @@
 //! `entry.*` webhook events. Tests, the demo and the benchmarks drive Strapi through these.
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde::{Deserialize, de::IgnoredAny};
 use serde_json::{Map, Value};
 
 use super::{Call, StrapiClient, StrapiError};
@@ -138,12 +138,9 @@ impl StrapiClient {
         .await
     }
 
-    /// Creates a draft entry of a collection type (Strapi emits `entry.create`).
-    pub async fn create_entry(
-        &self,
-        uid: &str,
-        data: &(impl Serialize + ?Sized),
-    ) -> Result<Entry, StrapiError> {
+    /// Creates a draft entry of a collection type from a JSON object of its fields (Strapi emits
+    /// `entry.create`).
+    pub async fn create_entry(&self, uid: &str, data: &Value) -> Result<Entry, StrapiError> {
         let call = Call::new(
             "create entry",
             Method::POST,
@@ -153,12 +150,12 @@ impl StrapiClient {
         self.call(call).await
     }
 
-    /// Updates a document's draft with the given fields (`entry.update`); for a single type this
+    /// Updates a document's draft with a JSON object of fields (`entry.update`); for a single type this
     /// also creates the entry the first time (`entry.create`).
     pub async fn update_document(
         &self,
         document: Document<'_>,
-        data: &(impl Serialize + ?Sized),
+        data: &Value,
     ) -> Result<Entry, StrapiError> {
         self.call(Call::new("update entry", Method::PUT, &document.segments()).json(data))
             .await

@@ -102,7 +102,8 @@ impl Call {
     }
 
     fn json(mut self, body: &(impl Serialize + ?Sized)) -> Self {
-        // Serialising plain data structures to JSON cannot fail.
+        // Bodies are this module's own structs with string keys, or JSON values, which always
+        // serialise.
         self.body = Some(serde_json::to_vec(body).expect("request bodies serialise to JSON"));
         self
     }
