@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help generate lint test test-unit e2e deploy-manifests check-chart
+.PHONY: help generate lint test test-unit e2e deploy-manifests check-chart bench demo
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,8 +23,15 @@ lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+demo: ## Run the whole product locally against a fresh Strapi and show every sink receiving its calls.
+	scripts/demo.sh
+
 test: ## Install what the tests need (idempotent), then run lint and the whole test suite.
 	scripts/test.sh
 
 test-unit: ## Run the Rust tests only, assuming the test tools are installed.
 	$(CARGO) nextest run --no-fail-fast
+
+# Benchmarks stay out of `make test`: they take minutes and their numbers are for reading.
+bench: ## Run the benchmarks against same-run baselines; summary in target/bench/summary.md.
+	scripts/bench.sh

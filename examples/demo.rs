@@ -1,0 +1,326 @@
+//! The helpers `make demo` (scripts/demo.sh) runs around local mode:
+//!
+//! - `demo sink nextjs|slack|crm --port N` — a loopback stand-in for a Next.js revalidation
+//!   handler, a Slack incoming webhook or a CRM's contacts API. Each checks what the real one
+//!   checks (the secret header; the Bearer token and Standard Webhooks signature), answers what
+//!   the real one answers (`{"revalidated": true}`, Slack's `ok`), and prints each call readably.
+//! - `demo drive` — acts as an editor in Strapi through its admin API: creates, updates,
+//!   publishes and deletes articles, adds a comment, creates leads.
+//! - `demo summary` — the end-of-demo table from the receiver's admin API and metrics.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    receiver::admin::Stats,
+    strapi::{Credentials, Document, StrapiClient},
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one demo sink on 127.0.0.1 until killed.
+    Sink {
+        /// Which service to stand in for.
+        kind: SinkKind,
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+        /// Next.js: the expected `x-webhook-secret`; CRM: the expected Bearer token.
+        #[arg(long)]
+        secret: Option<String>,
+        /// CRM: the Standard Webhooks signing secret (`whsec_...`).
+        #[arg(long)]
+        signing_secret: Option<String>,
+    },
+    /// Make editor changes in Strapi: each one fires Strapi webhooks.
+    Drive {
+        /// Strapi's base URL.
+        #[arg(long, env = "STRAPI_TEST_URL")]
+        strapi_url: String,
+        /// Admin email.
+        #[arg(long, env = "STRAPI_TEST_EMAIL")]
+        email: String,
+        /// Admin password.
+        #[arg(long, env = "STRAPI_TEST_PASSWORD")]
+        password: String,
+        /// What to do.
+        #[arg(value_enum)]
+        scene: Scene,
+    },
+    /// Print the summary table from the receiver's admin port.
+    Summary {
+        /// The receiver's admin URL.
+        #[arg(long)]
+        admin_url: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SinkKind {
+    Nextjs,
+    Slack,
+    Crm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scene {
+    /// Articles (create, update, publish, delete), a comment and a lead.
+    Content,
+    /// One more lead, for the CRM outage.
+    Lead,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Cli::parse().command {
+        Command::Sink {
+            kind,
+            port,
+            secret,
+            signing_secret,
+        } => serve_sink(kind, port, secret, signing_secret).await,
+        Command::Drive {
+            strapi_url,
+            email,
+            password,
+            scene,
+        } => {
+            let client = StrapiClient::new(&strapi_url, Credentials::password(email, password))?;
+            drive(&client, scene).await
+        }
+        Command::Summary { admin_url } => summary(&admin_url).await,
+    }
+}
+
+#[derive(Clone)]
+struct Sink {
+    kind: SinkKind,
+    secret: Option<String>,
+    signer: Option<std::sync::Arc<standardwebhooks::Webhook>>,
+}
+
+async fn serve_sink(
+    kind: SinkKind,
+    port: u16,
+    secret: Option<String>,
+    signing_secret: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let signer = signing_secret
+        .map(|secret| standardwebhooks::Webhook::new(&secret).map(std::sync::Arc::new))
+        .transpose()?;
+    let sink = Sink {
+        kind,
+        secret,
+        signer,
+    };
+    let app = Router::new()
+        .route("/{*path}", post(receive))
+        .with_state(sink);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let id = header("webhook-id");
+    let short_id = id.get(id.len().saturating_sub(8)..).unwrap_or(&id);
+    let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let refuse = |status: StatusCode, why: &str| {
+        println!("  [{}] refused ({status}): {why}", name(sink.kind));
+        (status, why.to_owned()).into_response()
+    };
+    match sink.kind {
+        SinkKind::Nextjs => {
+            if sink.secret.as_deref() != Some(header("x-webhook-secret").as_str()) {
+                return refuse(StatusCode::UNAUTHORIZED, "invalid secret");
+            }
+            let paths: Vec<&str> = payload["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|path| path["path"].as_str())
+                .collect();
+            println!(
+                "  [next.js] revalidate tags={} paths={paths:?} (webhook-id …{short_id})",
+                payload["tags"]
+            );
+            Json(json!({ "revalidated": true })).into_response()
+        }
+        SinkKind::Slack => {
+            println!("  [slack] #team-chat: {}", payload["text"]);
+            "ok".into_response()
+        }
+        SinkKind::Crm => {
+            let expected = format!("Bearer {}", sink.secret.as_deref().unwrap_or_default());
+            if header("authorization") != expected {
+                return refuse(StatusCode::UNAUTHORIZED, "invalid bearer token");
+            }
+            if let Some(signer) = &sink.signer
+                && let Err(error) = signer.verify(&body, &headers)
+            {
+                return refuse(StatusCode::UNAUTHORIZED, &format!("bad signature: {error}"));
+            }
+            println!(
+                "  [crm] {} contact {} <{}> from {} (signature ok, webhook-id …{short_id})",
+                if payload["event"] == "entry.create" {
+                    "create"
+                } else {
+                    "update"
+                },
+                payload["name"],
+                payload["email"].as_str().unwrap_or("-"),
+                payload["company"].as_str().unwrap_or("-"),
+            );
+            Json(json!({ "ok": true })).into_response()
+        }
+    }
+}
+
+fn name(kind: SinkKind) -> &'static str {
+    match kind {
+        SinkKind::Nextjs => "next.js",
+        SinkKind::Slack => "slack",
+        SinkKind::Crm => "crm",
+    }
+}
+
+const ARTICLE: &str = "api::article.article";
+
+async fn drive(client: &StrapiClient, scene: Scene) -> Result<(), Box<dyn std::error::Error>> {
+    let step = |what: &str| println!("strapi> {what}");
+    match scene {
+        Scene::Content => {
+            step("create article \"Hello Strapi\" (draft)");
+            let hello = client
+                .create_entry(
+                    ARTICLE,
+                    &json!({"title": "Hello Strapi", "slug": "hello-strapi", "body": "First!"}),
+                )
+                .await?;
+            let hello_doc = Document::Entry {
+                uid: ARTICLE,
+                document_id: &hello.document_id,
+            };
+            step("update its body");
+            client
+                .update_document(hello_doc, &json!({"body": "First, edited."}))
+                .await?;
+            step("publish it");
+            client.publish(hello_doc).await?;
+            step("create and publish article \"Webhooks done right\"");
+            let second = client
+                .create_entry(
+                    ARTICLE,
+                    &json!({"title": "Webhooks done right", "slug": "webhooks-done-right"}),
+                )
+                .await?;
+            let second_doc = Document::Entry {
+                uid: ARTICLE,
+                document_id: &second.document_id,
+            };
+            client.publish(second_doc).await?;
+            step("delete \"Webhooks done right\"");
+            client.delete_document(second_doc).await?;
+            step("add a comment");
+            client
+                .create_entry(
+                    "api::comment.comment",
+                    &json!({"author": "Ada", "text": "Great article, the retries are lovely."}),
+                )
+                .await?;
+            step("create a lead");
+            client
+                .create_entry(
+                    "api::lead.lead",
+                    &json!({"name": "Grace Hopper", "email": "grace@example.com", "company": "Navy"}),
+                )
+                .await?;
+        }
+        Scene::Lead => {
+            step("create a lead while the CRM is down");
+            client
+                .create_entry(
+                    "api::lead.lead",
+                    &json!({"name": "Linus", "email": "linus@example.com", "company": "Kernel"}),
+                )
+                .await?;
+        }
+    }
+    // Strapi sends webhooks after answering; give the last ones time to leave before the
+    // script moves on (they are durable once the receiver has them).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+async fn summary(admin_url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let base = admin_url.trim_end_matches('/');
+    // reqwest is built without a TLS provider (see Cargo.toml); plain http needs none, but the
+    // client refuses to build until one is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let stats: Stats = http
+        .get(format!("{base}/v1/stats"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    // Counters are whole numbers; summed over their labels (instance, reason).
+    let total = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum()
+    };
+    println!(
+        "events received from Strapi: {}   stored: {}   rejected: {}",
+        total("strapi_webhook_receiver_events_received_total"),
+        total("strapi_webhook_receiver_events_stored_total"),
+        total("strapi_webhook_receiver_events_rejected_total"),
+    );
+    println!();
+    println!(
+        "{:<28} {:<10} {:>9} {:>15} {:>12} {:>8}",
+        "WEBHOOK", "SINK", "DELIVERED", "FAILED ATTEMPTS", "DEAD LETTERS", "PENDING"
+    );
+    for (webhook, sinks) in &stats.webhooks {
+        for sink in sinks {
+            println!(
+                "{:<28} {:<10} {:>9} {:>15} {:>12} {:>8}",
+                webhook, sink.name, sink.delivered, sink.failed, sink.dead_lettered, sink.pending
+            );
+        }
+    }
+    Ok(())
+}
