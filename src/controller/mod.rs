@@ -335,7 +335,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn reconcile_instance(
+/// Reconciles one `StrapiInstance` (the controller's entry point; public for tests and embedders).
+pub async fn reconcile_instance(
     object: Arc<StrapiInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {

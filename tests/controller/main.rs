@@ -1,0 +1,406 @@
+//! Controller scenarios: the real reconcile functions against an in-memory Kubernetes API
+//! ([`fake_api`]), the real test Strapi, and a real receiver running in-process. They prove
+//! the finalizer, the registration (create, repair, union of events, hand-made webhooks left
+//! alone, removal), end-to-end verification, status and Events.
+
+mod fake_api;
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use fake_api::{FakeApi, path_of};
+use kube::runtime::{reflector, watcher};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    api::{StrapiInstance, StrapiWebhook},
+    controller::{self, Context, Metrics, Options},
+    queue::sqlite::SqliteQueue,
+    receiver::{
+        self, ReceiverSettings,
+        source::{Snapshot, StaticSource},
+    },
+    registration::MARKER_HEADER,
+    strapi::{StrapiClient, WebhookSpec},
+};
+use support::StrapiServer;
+
+const NAMESPACE: &str = "web";
+
+/// A receiver serving on loopback, its configuration published by the test.
+struct Receiver {
+    source: Arc<StaticSource>,
+    ingest_url: String,
+    admin_url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let queue = Arc::new(SqliteQueue::open(&data.path().join("queue.db")).unwrap());
+        let source = Arc::new(StaticSource::new(Snapshot::new(BTreeMap::new(), [])));
+        let state =
+            receiver::ReceiverState::new(queue, source.as_ref(), ReceiverSettings::default())
+                .unwrap();
+        let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingest_url = format!("http://{}", ingest.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        tokio::spawn(receiver::serve(
+            state,
+            ingest,
+            admin,
+            std::future::pending(),
+        ));
+        Receiver {
+            source,
+            ingest_url,
+            admin_url,
+            _data: data,
+        }
+    }
+
+    /// Lets the receiver accept `secret` from `namespace/name`, as the cluster source would once
+    /// it sees the controller's Secret.
+    fn accept(&self, instance: &str, secret: &str) {
+        let instances = BTreeMap::from([(instance.to_owned(), vec![secret.to_owned()])]);
+        self.source.publish(Snapshot::new(instances, []));
+    }
+}
+
+/// One test's world: a fake API server, stores, a context, and a unique instance name so that
+/// tests sharing one Strapi never see each other's registrations.
+struct World {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    instances: reflector::store::Writer<StrapiInstance>,
+    webhooks: reflector::store::Writer<StrapiWebhook>,
+    name: String,
+    strapi: StrapiClient,
+    receiver: Receiver,
+}
+
+impl World {
+    async fn new(strapi: &StrapiServer) -> Self {
+        let receiver = Receiver::start().await;
+        let api = FakeApi::default();
+        let name = format!("cms-{}", uuid::Uuid::now_v7().simple());
+        api.put_secret(
+            NAMESPACE,
+            "strapi-admin",
+            &[("email", strapi.email()), ("password", strapi.password())],
+        );
+        let (instance_store, instances) = reflector::store();
+        let (webhook_store, webhooks) = reflector::store();
+        let options = Options {
+            receiver_url: receiver.ingest_url.clone(),
+            receiver_admin_url: receiver.admin_url.clone(),
+            secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
+            secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
+            verify_timeout: Duration::from_secs(10),
+        };
+        let metrics = Metrics::register(&mut Registry::default());
+        let ctx = Arc::new(Context::new(
+            api.client(),
+            options,
+            metrics,
+            instance_store,
+            webhook_store,
+        ));
+        World {
+            api,
+            ctx,
+            instances,
+            webhooks,
+            name,
+            strapi: strapi.client().clone(),
+            receiver,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{NAMESPACE}/{}", self.name)
+    }
+
+    fn instance_path(&self) -> String {
+        path_of(
+            "webhooks.strapi-operator.dev/v1alpha1",
+            "strapiinstances",
+            NAMESPACE,
+            &self.name,
+        )
+    }
+
+    /// Applies an instance pointing at `url`, as `kubectl apply` would.
+    fn apply_instance(&mut self, url: &str) {
+        let object = json!({
+            "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
+            "kind": "StrapiInstance",
+            "metadata": {"name": self.name, "namespace": NAMESPACE, "uid": uuid::Uuid::now_v7().to_string(), "generation": 1},
+            "spec": {"url": url, "auth": {"credentials": {"secretName": "strapi-admin"}}},
+        });
+        self.api.put(&self.instance_path(), object);
+        self.sync_instance();
+    }
+
+    fn sync_instance(&mut self) {
+        let object: StrapiInstance =
+            serde_json::from_value(self.api.get(&self.instance_path()).unwrap()).unwrap();
+        self.instances
+            .apply_watcher_event(&watcher::Event::Apply(object));
+    }
+
+    /// Adds a StrapiWebhook from a fixture to the store, pointed at this world's instance.
+    fn add_webhook(&mut self, fixture: &str, name: &str) {
+        let mut webhook: StrapiWebhook = serde_saphyr::from_str(fixture).unwrap();
+        webhook.metadata.name = Some(name.into());
+        webhook.metadata.namespace = Some(NAMESPACE.into());
+        webhook.metadata.uid = Some(uuid::Uuid::now_v7().to_string());
+        webhook.spec.instance_ref.name = self.name.clone();
+        webhook.spec.instance_ref.namespace = None;
+        self.webhooks
+            .apply_watcher_event(&watcher::Event::Apply(webhook));
+    }
+
+    /// Runs one reconcile on the instance as the API server holds it now.
+    async fn reconcile(&mut self) -> Result<(), controller::Error> {
+        self.sync_instance();
+        let object: StrapiInstance =
+            serde_json::from_value(self.api.get(&self.instance_path()).unwrap()).unwrap();
+        controller::reconcile_instance(Arc::new(object), self.ctx.clone())
+            .await
+            .map(|_| ())
+    }
+
+    fn status(&self) -> Value {
+        self.api.get(&self.instance_path()).unwrap()["status"].clone()
+    }
+
+    fn condition(&self, kind: &str) -> (String, String, String) {
+        let status = self.status();
+        let condition = status["conditions"]
+            .as_array()
+            .and_then(|conditions| {
+                conditions
+                    .iter()
+                    .find(|condition| condition["type"] == kind)
+            })
+            .unwrap_or_else(|| panic!("no {kind} condition in {status:#}"));
+        let text = |field: &str| condition[field].as_str().unwrap_or_default().to_owned();
+        (text("status"), text("reason"), text("message"))
+    }
+
+    /// The managed registrations of this world's instance in Strapi.
+    async fn registrations(&self) -> Vec<strapi_webhook_operator::strapi::Webhook> {
+        let key = self.key();
+        self.strapi
+            .list_webhooks()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|webhook| webhook.headers.get(MARKER_HEADER) == Some(&key))
+            .collect()
+    }
+
+    fn shared_secret(&self) -> String {
+        let path = path_of(
+            "v1",
+            "secrets",
+            NAMESPACE,
+            &strapi_webhook_operator::api::shared_secret::name(&self.name),
+        );
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(self.api.get(&path).unwrap()).unwrap();
+        String::from_utf8(
+            secret.data.unwrap()[strapi_webhook_operator::api::shared_secret::CURRENT_KEY]
+                .0
+                .clone(),
+        )
+        .unwrap()
+    }
+}
+
+const ARTICLES: &str = include_str!("../fixtures/controller/webhook-articles.yaml");
+const COMMENTS: &str = include_str!("../fixtures/controller/webhook-comments.yaml");
+
+#[tokio::test]
+async fn an_instance_is_registered_once_with_the_union_of_events_and_verified() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.add_webhook(ARTICLES, "articles");
+    world.add_webhook(COMMENTS, "comments");
+    world.apply_instance(strapi.base_url());
+
+    // First pass: only the finalizer.
+    world.reconcile().await.unwrap();
+    let finalizers =
+        world.api.get(&world.instance_path()).unwrap()["metadata"]["finalizers"].clone();
+    assert_eq!(
+        finalizers,
+        json!(["webhooks.strapi-operator.dev/registration"])
+    );
+    assert!(
+        world.registrations().await.is_empty(),
+        "nothing is registered before the finalizer is in place"
+    );
+
+    // Second pass: registration. The receiver does not know the new secret yet, so Strapi's
+    // trigger is refused and Verified says which hop failed.
+    world.reconcile().await.unwrap();
+    let registrations = world.registrations().await;
+    assert_eq!(registrations.len(), 1, "{registrations:#?}");
+    let registration = &registrations[0];
+    assert_eq!(
+        registration.events,
+        ["entry.create", "entry.publish", "entry.update"]
+    );
+    assert_eq!(
+        registration.url,
+        format!("{}/v1/instances/{}", world.receiver.ingest_url, world.key())
+    );
+    assert!(registration.enabled);
+    let secret = world.shared_secret();
+    assert_eq!(
+        registration.headers.get("x-strapi-webhook-secret"),
+        Some(&secret)
+    );
+    assert_eq!(world.condition("Reachable").0, "True");
+    assert_eq!(world.condition("Registered").0, "True");
+    let (verified, reason, message) = world.condition("Verified");
+    assert_eq!(
+        (verified.as_str(), reason.as_str()),
+        ("False", "ReceiverRejected"),
+        "{message}"
+    );
+    assert!(message.contains("401"), "{message}");
+    assert_eq!(world.condition("Ready").0, "False");
+    assert_eq!(world.status()["registrationId"], json!(registration.id));
+    assert_eq!(world.status()["webhooks"], json!(2));
+
+    // The receiver learns the secret; the next reconcile verifies end to end.
+    world.receiver.accept(&world.key(), &secret);
+    world.reconcile().await.unwrap();
+    assert_eq!(
+        world.condition("Verified").0,
+        "True",
+        "{:?}",
+        world.condition("Verified")
+    );
+    assert_eq!(world.condition("Ready").0, "True");
+    assert!(world.status()["lastVerifiedTime"].is_string());
+    assert_eq!(
+        world.registrations().await.len(),
+        1,
+        "reconciling again creates nothing"
+    );
+    assert!(
+        world.api.event_reasons().contains(&"Registered".to_owned()),
+        "{:?}",
+        world.api.event_reasons()
+    );
+}
+
+#[tokio::test]
+async fn drift_in_strapi_is_repaired_and_reported() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.add_webhook(ARTICLES, "articles");
+    world.apply_instance(strapi.base_url());
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    let original = world.registrations().await.remove(0);
+
+    // Someone edits the webhook in the admin UI.
+    let mut edited = WebhookSpec::of(&original);
+    edited.events = vec!["entry.delete".into()];
+    edited.enabled = false;
+    world
+        .strapi
+        .update_webhook(&original.id, &edited)
+        .await
+        .unwrap();
+    world.reconcile().await.unwrap();
+    let repaired = world.registrations().await.remove(0);
+    assert_eq!(repaired, original);
+
+    // Someone deletes it.
+    world.strapi.delete_webhook(&original.id).await.unwrap();
+    world.reconcile().await.unwrap();
+    let recreated = world.registrations().await;
+    assert_eq!(recreated.len(), 1);
+    assert_eq!(recreated[0].events, original.events);
+    let repairs = world
+        .api
+        .event_reasons()
+        .iter()
+        .filter(|reason| *reason == "DriftRepaired")
+        .count();
+    assert_eq!(repairs, 2, "{:?}", world.api.event_reasons());
+}
+
+#[tokio::test]
+async fn hand_made_webhooks_are_never_touched_and_deletion_removes_only_ours() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    let by_hand = world
+        .strapi
+        .create_webhook(&WebhookSpec {
+            name: format!("strapi-webhook-operator {} (made by hand)", world.key()),
+            url: "https://example.com/by-hand".into(),
+            headers: BTreeMap::new(),
+            events: vec!["entry.create".into()],
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    world.add_webhook(ARTICLES, "articles");
+    world.apply_instance(strapi.base_url());
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.registrations().await.len(), 1);
+
+    // `kubectl delete`: the API server sets deletionTimestamp and keeps the object.
+    let mut object = world.api.get(&world.instance_path()).unwrap();
+    object["metadata"]["deletionTimestamp"] = json!("2026-11-27T00:00:00Z");
+    world.api.put(&world.instance_path(), object);
+    world.reconcile().await.unwrap();
+    assert!(
+        world.registrations().await.is_empty(),
+        "the registration is removed on deletion"
+    );
+    let finalizers =
+        world.api.get(&world.instance_path()).unwrap()["metadata"]["finalizers"].clone();
+    assert!(
+        finalizers.as_array().is_none_or(Vec::is_empty),
+        "finalizer released: {finalizers}"
+    );
+    let still_there = world.strapi.get_webhook(&by_hand.id).await.unwrap();
+    assert_eq!(
+        still_there, by_hand,
+        "a webhook made by hand is never touched"
+    );
+    world.strapi.delete_webhook(&by_hand.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_strapi_is_reported_not_hidden() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance("http://127.0.0.1:9");
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    let (reachable, reason, message) = world.condition("Reachable");
+    assert_eq!(
+        (reachable.as_str(), reason.as_str()),
+        ("False", "StrapiUnreachable")
+    );
+    assert!(message.contains("127.0.0.1:9"), "{message}");
+    let (ready, ready_reason, _) = world.condition("Ready");
+    assert_eq!(
+        (ready.as_str(), ready_reason.as_str()),
+        ("False", "StrapiUnreachable")
+    );
+    assert_eq!(world.status()["observedGeneration"], json!(1));
+}
