@@ -267,6 +267,11 @@ impl Engine {
                     () = worker.wake.notified() => continue,
                 };
                 let Ok(first) = first else { break };
+                // The send that held the permit may just have paused the sink or opened the
+                // circuit; look again before claiming, or one more request goes out.
+                if worker.hold_for(Instant::now()) > Duration::ZERO {
+                    continue;
+                }
                 let mut held = vec![first];
                 if worker.probing() {
                     // Half-open circuit: one probe decides whether the sink is back.
