@@ -404,3 +404,161 @@ async fn an_unreachable_strapi_is_reported_not_hidden() {
     );
     assert_eq!(world.status()["observedGeneration"], json!(1));
 }
+
+impl World {
+    fn webhook_path(&self, name: &str) -> String {
+        path_of(
+            "webhooks.strapi-operator.dev/v1alpha1",
+            "strapiwebhooks",
+            NAMESPACE,
+            name,
+        )
+    }
+
+    /// Applies a StrapiWebhook from a fixture in `namespace`, pointed at this world's instance.
+    fn apply_webhook(&mut self, fixture: &str, name: &str, namespace: &str) -> StrapiWebhook {
+        let mut webhook: StrapiWebhook = serde_saphyr::from_str(fixture).unwrap();
+        webhook.metadata.name = Some(name.into());
+        webhook.metadata.namespace = Some(namespace.into());
+        webhook.metadata.generation = Some(3);
+        webhook.spec.instance_ref.name = self.name.clone();
+        webhook.spec.instance_ref.namespace = Some(NAMESPACE.into());
+        let path = path_of(
+            "webhooks.strapi-operator.dev/v1alpha1",
+            "strapiwebhooks",
+            namespace,
+            name,
+        );
+        self.api.put(&path, serde_json::to_value(&webhook).unwrap());
+        self.webhooks
+            .apply_watcher_event(&watcher::Event::Apply(webhook.clone()));
+        webhook
+    }
+
+    async fn reconcile_webhook(&self, webhook: StrapiWebhook) -> Value {
+        let path = path_of(
+            "webhooks.strapi-operator.dev/v1alpha1",
+            "strapiwebhooks",
+            webhook.metadata.namespace.as_deref().unwrap(),
+            webhook.metadata.name.as_deref().unwrap(),
+        );
+        controller::reconcile_webhook(Arc::new(webhook), self.ctx.clone())
+            .await
+            .unwrap();
+        self.api.get(&path).unwrap()["status"].clone()
+    }
+}
+
+fn condition_of(status: &Value, kind: &str) -> (String, String, String) {
+    let condition = status["conditions"]
+        .as_array()
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|condition| condition["type"] == kind)
+        })
+        .unwrap_or_else(|| panic!("no {kind} condition in {status:#}"));
+    let text = |field: &str| condition[field].as_str().unwrap_or_default().to_owned();
+    (text("status"), text("reason"), text("message"))
+}
+
+#[tokio::test]
+async fn a_valid_webhook_becomes_ready_once_its_events_are_registered() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance(strapi.base_url());
+    let webhook = world.apply_webhook(ARTICLES, "articles", NAMESPACE);
+
+    // Before the instance registered anything, the webhook waits and says why.
+    let status = world.reconcile_webhook(webhook.clone()).await;
+    assert_eq!(condition_of(&status, "RoutesValid").0, "True");
+    assert_eq!(condition_of(&status, "SinksResolved").0, "True");
+    assert_eq!(
+        condition_of(&status, "Registered").1,
+        "InstanceNotRegistered"
+    );
+    assert_eq!(condition_of(&status, "Ready").0, "False");
+    assert_eq!(status["observedGeneration"], json!(3));
+
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    world.sync_instance();
+    let status = world.reconcile_webhook(webhook).await;
+    assert_eq!(condition_of(&status, "Registered").0, "True", "{status:#}");
+    assert_eq!(condition_of(&status, "Ready").0, "True", "{status:#}");
+    // `article` exists in the test Strapi.
+    assert_eq!(condition_of(&status, "ModelsKnown").0, "True", "{status:#}");
+    assert_eq!(
+        status["endpoint"],
+        json!(format!(
+            "{}/v1/instances/{}",
+            world.receiver.ingest_url,
+            world.key()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_webhook_reports_each_problem_with_its_field() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance(strapi.base_url());
+    let mut webhook = world.apply_webhook(COMMENTS, "comments", NAMESPACE);
+    webhook.spec.routes[0].filter = Some("entry.author ==".into());
+    webhook.spec.routes[0].matches.models = Some(vec!["no-such-model".into()]);
+    world.api.put(
+        &world.webhook_path("comments"),
+        serde_json::to_value(&webhook).unwrap(),
+    );
+
+    let status = world.reconcile_webhook(webhook).await;
+    let (routes, _, message) = condition_of(&status, "RoutesValid");
+    assert_eq!(routes, "False");
+    assert!(message.contains("spec.routes[0].filter"), "{message}");
+    let (sinks, reason, message) = condition_of(&status, "SinksResolved");
+    assert_eq!(
+        (sinks.as_str(), reason.as_str()),
+        ("False", "SecretMissing")
+    );
+    assert!(message.contains("slack-webhook"), "{message}");
+    let (known, reason, message) = condition_of(&status, "ModelsKnown");
+    assert_eq!(
+        (known.as_str(), reason.as_str()),
+        ("False", "UnknownModels")
+    );
+    assert!(message.contains("no-such-model"), "{message}");
+    let (ready, reason, _) = condition_of(&status, "Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "RouteInvalid"));
+    assert!(
+        world
+            .api
+            .event_reasons()
+            .contains(&"InvalidSpec".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_from_a_namespace_the_instance_does_not_allow_is_refused() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance(strapi.base_url());
+    let webhook = world.apply_webhook(ARTICLES, "articles", "shop");
+    let status = world.reconcile_webhook(webhook).await;
+    let (registered, reason, message) = condition_of(&status, "Registered");
+    assert_eq!(
+        (registered.as_str(), reason.as_str()),
+        ("False", "NamespaceNotAllowed")
+    );
+    assert!(message.contains("shop"), "{message}");
+    assert_eq!(condition_of(&status, "Ready").1, "NamespaceNotAllowed");
+
+    // The instance leaves it out of the registration.
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.status()["webhooks"], json!(0));
+    let registration = world.registrations().await.remove(0);
+    assert!(
+        !registration.enabled,
+        "no allowed webhook: the registration stays but sends nothing"
+    );
+}
