@@ -204,15 +204,16 @@ async fn admin_tokens_authenticate_and_their_permissions_are_enforced() {
 
 #[tokio::test]
 async fn an_expired_or_revoked_session_is_renewed_transparently() {
-    // Access tokens that live 2 seconds instead of 30 minutes, so expiry really happens.
-    let strapi = StrapiServer::private_with_env(&[("ADMIN_ACCESS_TOKEN_LIFESPAN", "2")]).await;
+    // Access tokens that live 5 seconds instead of 30 minutes, so expiry really happens; long
+    // enough that a loaded machine still uses each fresh token before it expires.
+    let strapi = StrapiServer::private_with_env(&[("ADMIN_ACCESS_TOKEN_LIFESPAN", "5")]).await;
     let client = strapi.client();
     client.list_webhooks().await.unwrap();
     assert_eq!(strapi.logged_statuses("POST /admin/login"), [200]);
 
     // Expired: Strapi answers 401 and the client trades its refresh cookie for a new token
     // instead of logging in again (Strapi rate-limits logins).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     client.list_webhooks().await.unwrap();
     assert_eq!(
         strapi.logged_statuses("GET /admin/webhooks"),
