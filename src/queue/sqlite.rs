@@ -309,6 +309,14 @@ fn run_writer(
     }
 }
 
+fn execute_cached(
+    connection: &Connection,
+    statement: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    connection.prepare_cached(statement)?.execute(params)
+}
+
 fn sql(step: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
     move |error| storage(step, error)
 }
@@ -319,8 +327,11 @@ impl Queue for SqliteQueue {
             let map = sql("ingest");
             if let Some(key) = &event.dedup_key {
                 let original: Option<String> = connection
-                    .query_row(
+                    .prepare_cached(
                         "SELECT id FROM events WHERE dedup_key = ?1 AND received_at >= ?2 LIMIT 1",
+                    )
+                    .map_err(&map)?
+                    .query_row(
                         params![key, event.received_at - event.dedup_window_ms],
                         |row| row.get(0),
                     )
@@ -331,18 +342,19 @@ impl Queue for SqliteQueue {
                 }
             }
             connection
-                .execute(
+                .prepare_cached(
                     "INSERT INTO events (id, instance, event, received_at, dedup_key, raw)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        event.id,
-                        event.instance,
-                        event.event,
-                        event.received_at,
-                        event.dedup_key,
-                        event.raw
-                    ],
                 )
+                .map_err(&map)?
+                .execute(params![
+                    event.id,
+                    event.instance,
+                    event.event,
+                    event.received_at,
+                    event.dedup_key,
+                    event.raw
+                ])
                 .map_err(&map)?;
             let mut insert = connection
                 .prepare_cached(
@@ -489,16 +501,16 @@ impl Queue for SqliteQueue {
         self.write("complete", move |connection| {
             let map = sql("complete");
             let sink: Option<SinkKey> = connection
-                .query_row(
+                .prepare_cached(
                     "SELECT webhook, sink FROM deliveries WHERE id = ?1 AND state = 'inflight'",
-                    params![id],
-                    |row| {
-                        Ok(SinkKey {
-                            webhook: row.get(0)?,
-                            sink: row.get(1)?,
-                        })
-                    },
                 )
+                .map_err(&map)?
+                .query_row(params![id], |row| {
+                    Ok(SinkKey {
+                        webhook: row.get(0)?,
+                        sink: row.get(1)?,
+                    })
+                })
                 .optional()
                 .map_err(&map)?;
             // Not in flight any more: its lease ran out and it was handed to another attempt,
@@ -506,7 +518,8 @@ impl Queue for SqliteQueue {
             let Some(sink) = sink else { return Ok(()) };
             let now = now_millis();
             match &completion {
-                Completion::Delivered => connection.execute(
+                Completion::Delivered => execute_cached(
+                    connection,
                     "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
                            delivered_at = ?2, lease_until = NULL WHERE id = ?1",
                     params![id, now],
@@ -514,17 +527,20 @@ impl Queue for SqliteQueue {
                 Completion::Retry {
                     next_attempt_at,
                     error,
-                } => connection.execute(
+                } => execute_cached(
+                    connection,
                     "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,
                        next_attempt_at = ?2, last_error = ?3, lease_until = NULL WHERE id = ?1",
                     params![id, next_attempt_at, error],
                 ),
-                Completion::DeadLetter { error } => connection.execute(
+                Completion::DeadLetter { error } => execute_cached(
+                    connection,
                     "UPDATE deliveries SET state = 'dead', attempts = attempts + 1,
                        last_error = ?2, lease_until = NULL WHERE id = ?1",
                     params![id, error],
                 ),
-                Completion::Release { next_attempt_at } => connection.execute(
+                Completion::Release { next_attempt_at } => execute_cached(
+                    connection,
                     "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2,
                        lease_until = NULL WHERE id = ?1",
                     params![id, next_attempt_at],

@@ -484,6 +484,8 @@ fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
         "delivery",
         delivery_id = %delivery.id,
         event_id = %delivery.event_id,
+        webhook = %delivery.sink.webhook,
+        sink = %delivery.sink.sink,
         route = %delivery.route,
         attempt = delivery.attempts + 1,
     )
