@@ -9,7 +9,9 @@
 #   scripts/strapi.sh status   say whether it runs
 #
 # STRAPI_RUN_DIR (default tests/strapi/.tmp/run) holds the pid, log, database and env file, so
-# several Strapis can run side by side. STRAPI_PORT picks the port. Every other variable in the
+# several Strapis can run side by side. STRAPI_PORT picks the port. With STRAPI_OWNER_PID set,
+# Strapi is also stopped once that process is gone, even if it was killed before it could stop
+# Strapi itself (a test process killed on timeout leaves no node behind). Every other variable in the
 # environment reaches Strapi, e.g. ADMIN_ACCESS_TOKEN_LIFESPAN=2 or ADMIN_RATE_LIMIT=true
 # (see tests/strapi/config/admin.js). Installs nothing: run scripts/ensure-strapi-app.sh first.
 set -euo pipefail
@@ -34,6 +36,9 @@ free_port() {
 }
 
 start() {
+  for tool in node curl setsid; do
+    command -v "$tool" >/dev/null || fail "$tool is needed to run the test Strapi"
+  done
   [[ -x "$app/node_modules/.bin/strapi" ]] \
     || fail "the test Strapi app is not installed ($app/node_modules is missing); run scripts/ensure-strapi-app.sh"
   if pid="$(running_pid)"; then
@@ -51,7 +56,15 @@ start() {
   PORT="$port" HOST=127.0.0.1 DATABASE_FILENAME="$run_dir/data.db" \
     STRAPI_TELEMETRY_DISABLED=true NODE_ENV="${NODE_ENV:-development}" BROWSER=none \
     setsid node_modules/.bin/strapi start >"$log_file" 2>&1 </dev/null &
-  echo $! >"$pid_file"
+  local pid=$!
+  echo "$pid" >"$pid_file"
+  if [[ -n "${STRAPI_OWNER_PID:-}" ]]; then
+    # The watchdog's output goes nowhere, so it never holds a caller's pipe open.
+    (
+      while kill -0 "$STRAPI_OWNER_PID" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
+      kill -TERM -- "-$pid" 2>/dev/null || true
+    ) >/dev/null 2>&1 </dev/null &
+  fi
   until curl -fsS -o /dev/null "$url/_health" 2>/dev/null; do
     if ! running_pid >/dev/null; then
       tail -n 30 "$log_file" >&2 || true

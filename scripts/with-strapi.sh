@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 (( $# > 0 )) || { echo "usage: $0 <command> [args...]" >&2; exit 2; }
 
 STRAPI_RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/strapi-test.XXXXXX")"
-export STRAPI_RUN_DIR
+STRAPI_OWNER_PID=$$
+export STRAPI_RUN_DIR STRAPI_OWNER_PID
 cleanup() { scripts/strapi.sh stop; rm -rf "$STRAPI_RUN_DIR"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

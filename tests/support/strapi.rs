@@ -59,6 +59,8 @@ impl StrapiServer {
         let output = tokio::process::Command::new(SCRIPT)
             .arg("start")
             .env("STRAPI_RUN_DIR", run_dir.path())
+            // Strapi is stopped on drop; this also stops it if the test process is killed.
+            .env("STRAPI_OWNER_PID", std::process::id().to_string())
             .envs(env.iter().copied())
             .output()
             .await
