@@ -291,3 +291,102 @@ fn missing_secrets_are_reported_per_field() {
         "{errors}"
     );
 }
+
+/// A payload captured from the real Strapi test app by `tests/strapi_client.rs`.
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/strapi-events/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+#[test]
+fn captured_events_with_a_null_slug_skip_the_page_and_keep_the_tag() {
+    let webhook = compile("nextjs-revalidation.yaml");
+    for name in ["entry.publish-article", "entry.delete-article"] {
+        // Strapi sends unset fields as null; an article saved without a slug looks like this.
+        let mut event = fixture(name);
+        event["entry"]["slug"] = Value::Null;
+        let routed = route(&webhook, &event);
+        let [
+            (
+                route_name,
+                Payload::Revalidate {
+                    tags,
+                    paths,
+                    skipped,
+                },
+            ),
+        ] = &routed[..]
+        else {
+            panic!("{name}: {routed:?}")
+        };
+        assert_eq!(route_name, "articles");
+        assert_eq!(tags, &["article"]);
+        assert_eq!(paths, &[page("/articles")], "never /articles/none");
+        assert!(
+            skipped.len() == 1 && skipped[0].contains("null field"),
+            "{name}: {skipped:?}"
+        );
+    }
+    let routed = route(&webhook, &fixture("entry.publish-settings"));
+    assert!(
+        matches!(&routed[..], [(name, Payload::Revalidate { tags, .. })] if name == "site-wide" && tags == &["settings"]),
+        "{routed:?}"
+    );
+}
+
+#[test]
+fn captured_comment_and_lead_events_render_the_slack_text_and_crm_body() {
+    let comment = fixture("entry.create-comment");
+    let routed = route(&compile("slack-comments.yaml"), &comment);
+    let expected = format!(
+        "New comment from {}: \"{}\"",
+        comment["entry"]["author"].as_str().unwrap(),
+        comment["entry"]["text"].as_str().unwrap()
+    );
+    assert_eq!(
+        routed,
+        [(
+            "new-comment".to_owned(),
+            Payload::Slack {
+                text: expected,
+                blocks: None
+            }
+        )]
+    );
+    assert!(
+        route(
+            &compile("slack-comments.yaml"),
+            &fixture("entry.update-comment")
+        )
+        .is_empty()
+    );
+
+    let crm = compile("crm-sync.yaml");
+    for name in ["entry.create-lead", "entry.update-lead"] {
+        let lead = fixture(name);
+        let routed = route(&crm, &lead);
+        let [(_, Payload::Http { body })] = &routed[..] else {
+            panic!("{name}: {routed:?}")
+        };
+        let entry = &lead["entry"];
+        assert_eq!(
+            serde_json::from_slice::<Value>(body).unwrap(),
+            json!({
+                "externalId": entry["documentId"],
+                "name": entry["name"],
+                "email": entry["email"],
+                "company": entry["company"],
+                "source": "strapi",
+                "event": lead["event"],
+            }),
+            "{name}"
+        );
+    }
+    // The CRM webhook subscribes to create and update only; the instance's registration also
+    // carries other webhooks' deletes, which must not reach the CRM.
+    assert!(route(&crm, &fixture("entry.delete-lead")).is_empty());
+}

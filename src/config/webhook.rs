@@ -510,12 +510,18 @@ impl Problems<'_> {
             matches: RouteMatch {
                 models: route.matches.models.clone(),
                 uids: route.matches.uids.clone(),
-                events: route.matches.events.as_ref().map(|events| {
-                    events
+                // The instance's one registration subscribes to every webhook's events, so a
+                // route without its own list must still take only its webhook's `spec.events`.
+                events: Some(
+                    route
+                        .matches
+                        .events
+                        .as_ref()
+                        .unwrap_or(&spec.events)
                         .iter()
                         .map(|event| event.as_str().to_owned())
-                        .collect()
-                }),
+                        .collect(),
+                ),
             },
             filter: route.filter.clone(),
             payload,

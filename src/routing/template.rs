@@ -1,11 +1,14 @@
 //! Payload templates: minijinja with strict undefined, compiled once per route.
 //!
-//! Strict undefined turns `{{ entry.slgu }}` into an error instead of an empty string, so a typo
-//! or a missing field is reported (and the delivery dead-lettered with the reason) rather than
-//! producing `/articles/` or an empty Slack message. Besides minijinja's built-ins (`default`,
-//! `lower`, `replace`, ...) templates get `truncate` and a `tojson` that rejects missing fields.
+//! Strict undefined turns `{{ entry.slgu }}` into an error instead of an empty string, and
+//! printing a `null` field is an error too, so a typo or a missing value is reported (a path is
+//! skipped with the reason, any other template dead-letters its delivery) rather than producing
+//! `/articles/none` or an empty Slack message. Besides minijinja's built-ins (`default`, `lower`,
+//! `replace`, ...) templates get `truncate` and a `tojson` that rejects missing fields.
 
-use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value, value::Kwargs};
+use minijinja::{
+    Environment, Error, ErrorKind, Output, State, UndefinedBehavior, Value, value::Kwargs,
+};
 
 use super::{CompileError, Position};
 
@@ -21,6 +24,7 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("truncate", truncate);
         env.add_filter("tojson", strict_tojson);
+        env.set_formatter(refuse_null);
         Self { env }
     }
 
@@ -57,6 +61,18 @@ fn position(source: &str, error: &minijinja::Error) -> Option<Position> {
         Some(range) => Some(Position::of_offset(source, range.start)),
         None => error.line().map(|line| Position { line, column: 1 }),
     }
+}
+
+/// Prints values as minijinja does, except `null`: Strapi sends unset fields as `null`, and
+/// `/articles/none` or "New comment from none" is never what a template meant.
+fn refuse_null(out: &mut Output, state: &State, value: &Value) -> Result<(), Error> {
+    if value.is_none() {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "a null field was printed; write `{{ field or '' }}` where null is expected",
+        ));
+    }
+    minijinja::escape_formatter(out, state, value)
 }
 
 /// minijinja's `tojson`, except that a missing field is an error rather than `null`: strict
