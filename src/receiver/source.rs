@@ -260,3 +260,72 @@ impl ConfigSource for ManifestFile {
         self.source.snapshots()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSTANCE: &str = "
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata: { name: strapi, namespace: cms }
+spec:
+  url: http://127.0.0.1:1337
+  auth: { apiToken: { name: admin, key: token } }
+";
+
+    fn load(text: &str) -> Result<ManifestFile, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifests.yaml");
+        std::fs::write(&path, text).unwrap();
+        ManifestFile::load(&path)
+    }
+
+    #[test]
+    fn an_instance_accepts_its_current_and_unexpired_previous_secret() {
+        let file = load(&format!(
+            "{INSTANCE}---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: strapi-strapi-webhook-secret, namespace: cms }}
+stringData: {{ secret: new, previous: old, previous-expires-at: '2999-01-01T00:00:00Z' }}
+"
+        ))
+        .unwrap();
+        let snapshot = file.snapshots().borrow().clone();
+        assert!(snapshot.synced);
+        assert_eq!(snapshot.instances["cms/strapi"], ["new", "old"]);
+    }
+
+    #[test]
+    fn an_expired_previous_secret_is_no_longer_accepted() {
+        let file = load(&format!(
+            "{INSTANCE}---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: strapi-strapi-webhook-secret, namespace: cms }}
+stringData: {{ secret: new, previous: old, previous-expires-at: '2000-01-01T00:00:00Z' }}
+"
+        ))
+        .unwrap();
+        assert_eq!(file.snapshots().borrow().instances["cms/strapi"], ["new"]);
+    }
+
+    #[test]
+    fn a_missing_shared_secret_names_the_instance_and_the_secret() {
+        let error = load(INSTANCE).unwrap_err().to_string();
+        assert!(error.contains("StrapiInstance cms/strapi"), "{error}");
+        assert!(error.contains("strapi-strapi-webhook-secret"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_kind_is_refused_naming_the_document() {
+        let error = load("kind: ConfigMap\nmetadata: { name: x }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("document 1 has kind \"ConfigMap\""),
+            "{error}"
+        );
+    }
+}
