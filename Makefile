@@ -33,9 +33,12 @@ test-unit: ## Run the Rust tests only, assuming the test tools are installed.
 	$(CARGO) nextest run --no-fail-fast
 
 e2e: ## Run the end-to-end suite against the cluster in KUBECONFIG (controller and receiver run locally).
-	@if [ -z "$$KUBECONFIG" ]; then echo "e2e: SKIPPED — set KUBECONFIG to a cluster (kind, k3d, or a bare kube-apiserver) to run it"; exit 0; fi
-	scripts/ensure-strapi-app.sh
-	scripts/with-strapi.sh $(CARGO) nextest run --test e2e --run-ignored only --no-capture
+	@if [ -z "$$KUBECONFIG" ]; then \
+	  echo "e2e: SKIPPED — set KUBECONFIG to a cluster (kind, k3d, or a bare kube-apiserver) to run it"; \
+	else \
+	  scripts/ensure-strapi-app.sh && \
+	  scripts/with-strapi.sh $(CARGO) nextest run --test e2e --run-ignored only --no-capture; \
+	fi
 
 # Benchmarks stay out of `make test`: they take minutes and their numbers are for reading.
 bench: ## Run the benchmarks against same-run baselines; summary in target/bench/summary.md.
