@@ -89,6 +89,9 @@ pub enum LocalError {
     /// The receiver could not start or failed.
     #[error("running the receiver: {0}")]
     Receiver(#[from] ReceiverError),
+    /// The file watcher could not be created.
+    #[error("setting up the file watcher: {0}")]
+    Watcher(#[source] notify::Error),
     /// The files could not be watched.
     #[error("watching {path} for changes: {source}")]
     Watch {
@@ -263,10 +266,7 @@ fn watch(
             let _ = changed.try_send(());
         }
     })
-    .map_err(|source| LocalError::Watch {
-        path: PathBuf::new(),
-        source,
-    })?;
+    .map_err(LocalError::Watcher)?;
     for path in paths {
         // A file is watched through its folder: editors replace files by renaming, which would
         // end a watch on the file itself.

@@ -1,0 +1,356 @@
+//! Local mode end to end: the real binary (`strapi-webhook-operator local`) against the real test
+//! Strapi, with a real loopback HTTP sink. It must register its webhook in Strapi, deliver an
+//! article publish to the sink, apply an edit of the YAML without a restart, reject an invalid
+//! file with its file and line while the last good configuration keeps serving, and remove the
+//! registration on exit with `--cleanup`.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::json;
+use strapi_webhook_operator::{
+    registration::MARKER_HEADER,
+    strapi::{Document, StrapiClient, Webhook},
+};
+use support::{CaptureServer, CapturedRequest, StrapiServer};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::watch,
+};
+
+/// Upper bound for anything that involves Strapi sending a webhook or the binary reacting to a
+/// file change; a healthy run takes a fraction of it.
+const PATIENCE: Duration = Duration::from_secs(60);
+const ARTICLE: &str = "api::article.article";
+
+/// The running binary and every line it logged.
+struct Local {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    count: watch::Receiver<usize>,
+}
+
+impl Local {
+    fn start(files: &Path, data: &Path, strapi: &StrapiServer) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+            .args(["--log-format", "json", "local", "--cleanup"])
+            .arg("-f")
+            .arg(files)
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--ingest-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            // The admin credentials come from the environment, the sink token from a file.
+            .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_EMAIL", strapi.email())
+            .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_PASSWORD", strapi.password())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start strapi-webhook-operator local");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (counter, count) = watch::channel(0);
+        let collected = Arc::clone(&lines);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let total = {
+                    let mut lines = collected.lock().unwrap();
+                    lines.push(line);
+                    lines.len()
+                };
+                counter.send_replace(total);
+            }
+        });
+        Local {
+            child,
+            lines,
+            count,
+        }
+    }
+
+    /// How many lines are logged so far; pass it to [`Local::wait_for_line`] to skip them.
+    fn logged(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// The first line after the first `skip` that contains `text`.
+    async fn wait_for_line(&mut self, skip: usize, text: &str) -> String {
+        let found = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let hit = self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .skip(skip)
+                    .find(|line| line.contains(text))
+                    .cloned();
+                if let Some(line) = hit {
+                    return line;
+                }
+                if self.count.changed().await.is_err() {
+                    // The process ended; nothing more will come.
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "no log line with {text:?} within {PATIENCE:?}; the log:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            )
+        })
+    }
+
+    /// Stops the binary the way Ctrl-C or a service manager does.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success());
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("local mode exits after SIGTERM")
+            .expect("wait for local mode")
+    }
+}
+
+fn instance_yaml(name: &str, strapi_url: &str) -> String {
+    format!(
+        "apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata:
+  name: {name}
+  namespace: local
+spec:
+  url: {strapi_url}
+  auth:
+    credentials:
+      secretName: strapi-admin
+"
+    )
+}
+
+fn secret_yaml() -> &'static str {
+    "apiVersion: v1
+kind: Secret
+metadata:
+  name: sink-auth
+  namespace: local
+stringData:
+  token: sink-token
+"
+}
+
+/// A webhook that sends each article publish to `sink` as `{"version", "documentId"}`.
+fn webhook_yaml(instance: &str, sink: &str, version: &str, events: &str) -> String {
+    format!(
+        "apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata:
+  name: articles
+  namespace: local
+spec:
+  instanceRef:
+    name: {instance}
+  events: {events}
+  sinks:
+    - name: site
+      http:
+        url: {sink}/hook
+        headers:
+          - name: Authorization
+            valueFrom:
+              secretKeyRef:
+                name: sink-auth
+                key: token
+              prefix: \"Bearer \"
+  routes:
+    - name: articles
+      sink: site
+      match:
+        uids: [\"{ARTICLE}\"]
+        events: [entry.publish]
+      http:
+        body: '{{\"version\": \"{version}\", \"documentId\": {{{{ entry.documentId | tojson }}}}}}'
+"
+    )
+}
+
+fn managed(webhooks: &[Webhook], instance: &str) -> Vec<Webhook> {
+    webhooks
+        .iter()
+        .filter(|webhook| webhook.headers.get(MARKER_HEADER).map(String::as_str) == Some(instance))
+        .cloned()
+        .collect()
+}
+
+/// Creates and publishes an article and waits for the sink to get it as `version`. Each call
+/// uses a new article: the receiver stores repeated publishes of one document within its dedup
+/// window once, as Strapi's duplicates.
+async fn publish_and_expect(
+    client: &StrapiClient,
+    sink: &CaptureServer,
+    version: &str,
+) -> CapturedRequest {
+    let title = format!("Local mode {}", uuid::Uuid::now_v7().simple());
+    let article = client
+        .create_entry(ARTICLE, &json!({ "title": title }))
+        .await
+        .expect("create an article");
+    let document = Document::Entry {
+        uid: ARTICLE,
+        document_id: &article.document_id,
+    };
+    client.publish(document).await.expect("publish the article");
+    sink.wait_for(PATIENCE, |request| {
+        let body = request.json();
+        body["documentId"] == article.document_id.as_str() && body["version"] == version
+    })
+    .await
+}
+
+fn write(path: &PathBuf, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+}
+
+#[tokio::test]
+async fn local_mode_registers_delivers_reloads_and_keeps_the_last_good_config() {
+    let strapi = StrapiServer::shared().await;
+    let client = strapi.client();
+    let sink = CaptureServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("manifests");
+    std::fs::create_dir(&files).unwrap();
+    // A unique instance, so the suite's other tests on the shared Strapi are never touched.
+    let name = format!("cms-{}", uuid::Uuid::now_v7().simple());
+    let key = format!("local/{name}");
+    write(
+        &files.join("instance.yaml"),
+        &instance_yaml(&name, strapi.base_url()),
+    );
+    write(&files.join("secrets.yaml"), secret_yaml());
+    let webhook_file = files.join("webhook.yaml");
+    write(
+        &webhook_file,
+        &webhook_yaml(&name, sink.url(), "v1", "[entry.publish]"),
+    );
+
+    let mut local = Local::start(&files, &dir.path().join("data"), &strapi);
+    local
+        .wait_for_line(0, "registration in Strapi verified")
+        .await;
+
+    // The catch-all registration: one webhook, marked, with the shared secret, for the events.
+    let registered = managed(&client.list_webhooks().await.unwrap(), &key);
+    assert_eq!(registered.len(), 1, "{registered:#?}");
+    assert!(
+        registered[0].url.ends_with(&format!("/v1/instances/{key}")),
+        "{}",
+        registered[0].url
+    );
+    assert_eq!(registered[0].events, ["entry.publish"]);
+    let shared_secrets: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("data/shared-secrets.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        registered[0]
+            .headers
+            .get("x-strapi-webhook-secret")
+            .map(String::as_str),
+        shared_secrets[&key].as_str()
+    );
+
+    // An article publish reaches the sink, with the token from the secrets file.
+    let delivered = publish_and_expect(&client, &sink, "v1").await;
+    assert_eq!(delivered.header("authorization"), Some("Bearer sink-token"));
+
+    // An edit takes effect without a restart: the payload changes, and so does the
+    // registration's union of events.
+    let logged = local.logged();
+    write(
+        &webhook_file,
+        &webhook_yaml(&name, sink.url(), "v2", "[entry.publish, entry.unpublish]"),
+    );
+    local
+        .wait_for_line(logged, "configuration reloaded and applied")
+        .await;
+    local
+        .wait_for_line(logged, "registration in Strapi verified")
+        .await;
+    let registered = managed(&client.list_webhooks().await.unwrap(), &key);
+    assert_eq!(registered[0].events, ["entry.publish", "entry.unpublish"]);
+    publish_and_expect(&client, &sink, "v2").await;
+
+    // An invalid file is reported with its file and line; the last good configuration serves on.
+    let invalid = webhook_yaml(&name, sink.url(), "v3", "entry.publish");
+    let events_line = invalid
+        .lines()
+        .position(|line| line.starts_with("  events:"))
+        .unwrap()
+        + 1;
+    let logged = local.logged();
+    write(&webhook_file, &invalid);
+    let rejected = local.wait_for_line(logged, "configuration rejected").await;
+    assert!(
+        rejected.contains(&format!("webhook.yaml:{events_line}:")),
+        "the rejection names the file and line {events_line}: {rejected}"
+    );
+    publish_and_expect(&client, &sink, "v2").await;
+
+    // On exit, --cleanup removes the registration.
+    let status = local.terminate().await;
+    assert!(status.success(), "local mode exited with {status}");
+    assert!(managed(&client.list_webhooks().await.unwrap(), &key).is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_at_start_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("webhook.yaml");
+    write(
+        &file,
+        &webhook_yaml("nowhere", "http://127.0.0.1:9", "v1", "[entry.publish]"),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        .args(["local", "-f"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:1: StrapiWebhook local/articles: spec.instanceRef: StrapiInstance local/nowhere \
+             is not defined in the files",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
