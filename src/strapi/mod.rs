@@ -274,11 +274,15 @@ impl StrapiClient {
             return Ok(());
         }
         let refreshed = match session.refresh_cookie.take() {
-            Some(cookie) => match self.refresh(cookie).await {
+            Some(cookie) => match self.refresh(cookie.clone()).await {
                 Ok(renewed) => Some(renewed),
                 // The refresh token expired or its session was revoked: log in afresh.
                 Err(StrapiError::Unauthorized { .. }) => None,
-                Err(other) => return Err(other),
+                Err(other) => {
+                    // Strapi did not answer; the cookie may still be good for the next call.
+                    session.refresh_cookie = Some(cookie);
+                    return Err(other);
+                }
             },
             None => None,
         };
