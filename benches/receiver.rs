@@ -1,0 +1,732 @@
+//! Receiver benchmarks (issue 9, items 1–4), each against a baseline from the same run:
+//!
+//! 1. ingest ceiling: `wrk` against the real receiver binary (auth, parse, durable store, answer)
+//!    and against a bare axum server answering 200 to the same request, same connections; once
+//!    with `--queue-durability full` (the default) and once with `normal`;
+//! 2. added latency: Strapi-shaped POSTs at a steady 500/s through the receiver to a loopback
+//!    Next.js sink in `Forward` mode, against the same POSTs sent straight to that sink;
+//! 3. coalescing: 10,000 `entry.update` events for one model into a `Revalidate` sink: calls
+//!    that reach the sink, tags and paths covered, worst freshness delay against the window;
+//! 4. memory: the receiver's RSS idle, at its peak during the ingest run, and with 100,000
+//!    events queued for a sink that is down.
+//!
+//! The receiver runs as its own process (the release binary Cargo built for this bench) so its
+//! memory is its own; the load generators and sinks run in this process.
+
+mod common;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, http::StatusCode, routing::post};
+use common::{BenchError, Row, publish, rss_mib};
+use futures::{StreamExt, stream};
+use serde_json::{Value, json};
+use strapi_webhook_operator::{api::shared_secret, event::SECRET_HEADER};
+use tokio::net::TcpListener;
+
+const NAMESPACE: &str = "bench";
+const INSTANCE: &str = "cms";
+const SECRET: &str = "bench-shared-secret";
+/// Connections `wrk` keeps open, for the receiver and the bare server alike.
+const CONNECTIONS: usize = 32;
+const WRK_SECONDS: u64 = 8;
+const STEADY_RATE: u64 = 500;
+const STEADY_EVENTS: u64 = 3_000;
+const COALESCE_EVENTS: usize = 10_000;
+const COALESCE_WINDOW_MS: f64 = 250.0;
+const QUEUED_EVENTS: usize = 100_000;
+
+fn main() -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(BenchError::setup("the runtime"))?;
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<(), BenchError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    // 1 and 4 (idle, peak): the ingest ceiling.
+    let bare = BareServer::start().await?;
+    let baseline = wrk(&bare.url(), &article_update(1))?;
+    rows.push(Row::plain(
+        "ingest: bare axum 200",
+        "events/s (baseline)",
+        baseline.per_second,
+    ));
+    let down = format!("http://127.0.0.1:{}/down", free_port()?);
+    let mut idle_mib = 0.0;
+    let mut peak_mib = 0.0;
+    let mut full_rate = 0.0;
+    for durability in ["full", "normal"] {
+        let receiver = Receiver::start(&[http_webhook(&down)], durability).await?;
+        let (idle, _) = rss_mib(receiver.pid())?;
+        let result = wrk(&receiver.ingest_url(), &article_update(1))?;
+        let (_, peak) = rss_mib(receiver.pid())?;
+        let scenario = format!("ingest: receiver, durability {durability}");
+        rows.push(Row::against(
+            &scenario,
+            "events/s",
+            result.per_second,
+            baseline.per_second,
+            "bare",
+        ));
+        rows.push(Row::against(
+            &scenario,
+            "ack p50 ms",
+            result.p50_ms,
+            baseline.p50_ms,
+            "bare",
+        ));
+        rows.push(Row::against(
+            &scenario,
+            "ack p99 ms",
+            result.p99_ms,
+            baseline.p99_ms,
+            "bare",
+        ));
+        if durability == "full" {
+            (idle_mib, peak_mib, full_rate) = (idle, peak, result.per_second);
+        } else {
+            rows.push(Row::against(
+                "what durability costs",
+                "events/s full ÷ normal",
+                full_rate,
+                result.per_second,
+                "normal",
+            ));
+        }
+    }
+    notes.push(format!(
+        "Ingest: `wrk -t2 -c{CONNECTIONS} -d{WRK_SECONDS}s`, one Strapi-shaped `entry.update` \
+         (~350 bytes) per request; the receiver stores each event and one delivery (its sink is \
+         down, so delivery work stays out of the way). Bare: axum, same route, answers 200."
+    ));
+
+    // 2: added latency at a steady rate.
+    let sink = RecordingSink::start().await?;
+    let direct = steady(&client, &sink.url()).await?;
+    let direct_latency = latencies(&direct, &sink).await?;
+    let receiver = Receiver::start(&[forward_webhook(&sink.url())], "full").await?;
+    let forwarded = steady(&client, &receiver.ingest_url()).await?;
+    let forwarded_latency = latencies(&forwarded, &sink).await?;
+    drop(receiver);
+    for (label, fraction) in [("p50", 0.5), ("p99", 0.99)] {
+        rows.push(Row::against(
+            format!("added latency @ {STEADY_RATE}/s, Forward"),
+            format!("POST → sink {label} ms"),
+            ms(percentile(&forwarded_latency, fraction)),
+            ms(percentile(&direct_latency, fraction)),
+            "direct to sink",
+        ));
+    }
+
+    // 3: coalescing.
+    rows.extend(coalescing(&client).await?);
+    notes.push(format!(
+        "Coalescing: {COALESCE_EVENTS} `entry.update` of distinct articles, {CONNECTIONS} at a \
+         time, into a `Revalidate` sink with the default delivery policy (10/s, burst 20, 4 at \
+         once) and coalesceWindow {COALESCE_WINDOW_MS} ms; tags `{{{{ model }}}}`, paths \
+         `/articles` and `/articles/{{{{ entry.slug }}}}`. Freshness delay: from the ack of an \
+         event to the arrival of the first call that revalidates its path."
+    ));
+
+    // 4: memory.
+    rows.push(Row::plain("receiver memory", "RSS idle MiB", idle_mib));
+    rows.push(Row::against(
+        "receiver memory",
+        "peak RSS during ingest MiB",
+        peak_mib,
+        idle_mib,
+        "idle",
+    ));
+    let queued_mib = queued_memory(&client, &down).await?;
+    rows.push(Row::against(
+        "receiver memory",
+        format!("RSS with {QUEUED_EVENTS} queued, sink down, MiB"),
+        queued_mib,
+        idle_mib,
+        "idle",
+    ));
+    publish("receiver", &rows, &notes)
+}
+
+/// A Strapi 5 `entry.update` of article `n`, as Strapi sends it.
+fn article_update(n: usize) -> Value {
+    json!({
+        "event": "entry.update",
+        "createdAt": "2026-11-27T01:00:00.000Z",
+        "model": "article",
+        "uid": "api::article.article",
+        "entry": {
+            "id": n,
+            "documentId": format!("doc{n:08}"),
+            "title": format!("Article {n}"),
+            "slug": format!("article-{n}"),
+            "locale": "en",
+            "updatedAt": "2026-11-27T01:00:00.000Z",
+            "publishedAt": null
+        }
+    })
+}
+
+fn webhook(name: &str, sink: Value, route: Value) -> Value {
+    json!({
+        "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
+        "kind": "StrapiWebhook",
+        "metadata": {"name": name, "namespace": NAMESPACE, "generation": 1},
+        "spec": {
+            "instanceRef": {"name": INSTANCE},
+            "events": ["entry.update"],
+            "sinks": [sink],
+            "routes": [route],
+        }
+    })
+}
+
+/// Every event to an HTTP sink at `url`.
+fn http_webhook(url: &str) -> Value {
+    webhook(
+        "to-http",
+        json!({"name": "http", "http": {"url": url}}),
+        json!({"name": "all", "sink": "http"}),
+    )
+}
+
+/// Articles to a Next.js sink in `Forward` mode, with room for the steady rate.
+fn forward_webhook(url: &str) -> Value {
+    webhook(
+        "forward",
+        json!({
+            "name": "site",
+            "nextjs": {"url": url, "mode": "Forward"},
+            "delivery": {"rateLimit": {"perSecond": 5000, "burst": 5000}, "concurrency": 32}
+        }),
+        json!({"name": "articles", "sink": "site", "match": {"models": ["article"]}}),
+    )
+}
+
+/// Articles to a Next.js sink in `Revalidate` mode with the default delivery policy.
+fn revalidate_webhook(url: &str) -> Value {
+    webhook(
+        "revalidate",
+        json!({
+            "name": "site",
+            "nextjs": {
+                "url": url,
+                "mode": "Revalidate",
+                "coalesceWindow": format!("{COALESCE_WINDOW_MS}ms")
+            }
+        }),
+        json!({
+            "name": "articles",
+            "sink": "site",
+            "match": {"models": ["article"]},
+            "nextjs": {
+                "tags": ["{{ model }}"],
+                "paths": [{"path": "/articles"}, {"path": "/articles/{{ entry.slug }}"}]
+            }
+        }),
+    )
+}
+
+/// The receiver binary of this build, serving one instance with `webhooks` from a manifest
+/// file, its queue in a temporary folder. Killed when dropped.
+struct Receiver {
+    child: Child,
+    ingest: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    async fn start(webhooks: &[Value], durability: &str) -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir().map_err(BenchError::setup("the receiver's folder"))?;
+        let documents = [
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": shared_secret::name(INSTANCE), "namespace": NAMESPACE},
+                "stringData": {shared_secret::CURRENT_KEY: SECRET}
+            }),
+            json!({
+                "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
+                "kind": "StrapiInstance",
+                "metadata": {"name": INSTANCE, "namespace": NAMESPACE},
+                "spec": {
+                    "url": "http://127.0.0.1:1337",
+                    "auth": {"credentials": {"secretName": "strapi-admin"}}
+                }
+            }),
+        ];
+        // YAML is a superset of JSON, so each document is written as JSON.
+        let manifest: Vec<String> = documents
+            .iter()
+            .chain(webhooks)
+            .map(Value::to_string)
+            .collect();
+        let manifest_path = dir.path().join("manifest.yaml");
+        std::fs::write(&manifest_path, manifest.join("\n---\n"))
+            .map_err(BenchError::setup("the receiver's manifest"))?;
+        let (ingest, admin) = (free_port()?, free_port()?);
+        let log = std::fs::File::create(dir.path().join("receiver.log"))
+            .map_err(BenchError::setup("the receiver's log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+            .args(["receiver", "--queue-durability", durability])
+            .arg(format!("--ingest-addr=127.0.0.1:{ingest}"))
+            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            .arg(format!(
+                "--queue=sqlite:{}",
+                dir.path().join("queue.db").display()
+            ))
+            .arg(format!("--config-source=file:{}", manifest_path.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(BenchError::setup("the receiver process"))?;
+        let receiver = Self {
+            child,
+            ingest,
+            _dir: dir,
+        };
+        receiver.wait_ready(admin).await?;
+        Ok(receiver)
+    }
+
+    async fn wait_ready(&self, admin: u16) -> Result<(), BenchError> {
+        let url = format!("http://127.0.0.1:{admin}/readyz");
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log =
+            std::fs::read_to_string(self._dir.path().join("receiver.log")).unwrap_or_default();
+        Err(BenchError::step(
+            "starting the receiver",
+            format!("not ready after 30 s; its log:\n{log}"),
+        ))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ingest_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/v1/instances/{NAMESPACE}/{INSTANCE}",
+            self.ingest
+        )
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The baseline: an axum server that reads the body and answers 200, nothing else.
+struct BareServer {
+    address: std::net::SocketAddr,
+}
+
+impl BareServer {
+    async fn start() -> Result<Self, BenchError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(BenchError::setup("the bare server"))?;
+        let address = listener
+            .local_addr()
+            .map_err(BenchError::setup("the bare server"))?;
+        let app = Router::new().route(
+            "/v1/instances/{namespace}/{name}",
+            post(|_body: Bytes| async { StatusCode::OK }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { address })
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "http://{}/v1/instances/{NAMESPACE}/{INSTANCE}",
+            self.address
+        )
+    }
+}
+
+/// What `wrk` measured.
+struct WrkResult {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `wrk` with the Strapi-shaped POST; every answer must be 2xx, since a receiver that
+/// sheds load by failing would look fast.
+fn wrk(url: &str, body: &Value) -> Result<WrkResult, BenchError> {
+    let dir = tempfile::tempdir().map_err(BenchError::setup("the wrk script"))?;
+    let script = dir.path().join("post.lua");
+    let lua = format!(
+        "wrk.method = \"POST\"\nwrk.body = {body:?}\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.headers[\"{SECRET_HEADER}\"] = \"{SECRET}\"\n",
+        body = body.to_string()
+    );
+    std::fs::write(&script, lua).map_err(BenchError::setup("the wrk script"))?;
+    run_wrk(url, &script)
+}
+
+fn run_wrk(url: &str, script: &Path) -> Result<WrkResult, BenchError> {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{WRK_SECONDS}s"),
+        ])
+        .args(["--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .map_err(BenchError::setup("wrk (scripts/bench.sh installs it)"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(BenchError::step("running wrk", text));
+    }
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(BenchError::step(
+            "running wrk",
+            format!("some requests failed:\n{text}"),
+        ));
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .ok_or_else(|| {
+                BenchError::step("reading wrk's output", format!("no {prefix:?} in:\n{text}"))
+            })
+    };
+    let per_second = field("Requests/sec:")?
+        .parse()
+        .map_err(|error| BenchError::step("reading wrk's output", error))?;
+    Ok(WrkResult {
+        per_second,
+        p50_ms: wrk_ms(field("50%")?)?,
+        p99_ms: wrk_ms(field("99%")?)?,
+    })
+}
+
+/// `wrk` prints latencies as `812.00us`, `1.23ms` or `1.01s`.
+fn wrk_ms(text: &str) -> Result<f64, BenchError> {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .ok_or_else(|| BenchError::step("reading wrk's output", format!("no unit in {text:?}")))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|error| BenchError::step("reading wrk's output", format!("{text:?}: {error}")))?;
+    match unit {
+        "us" => Ok(number / 1000.0),
+        "ms" => Ok(number),
+        "s" => Ok(number * 1000.0),
+        other => Err(BenchError::step(
+            "reading wrk's output",
+            format!("unknown unit {other:?}"),
+        )),
+    }
+}
+
+/// Posts `event` the way Strapi does and fails on anything but 2xx.
+async fn send(client: &reqwest::Client, url: &str, event: &Value) -> Result<(), BenchError> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header(SECRET_HEADER, SECRET)
+        .body(event.to_string())
+        .send()
+        .await
+        .map_err(|error| BenchError::step("posting an event", error))?;
+    if !response.status().is_success() {
+        return Err(BenchError::step(
+            "posting an event",
+            format!("{url} answered {}", response.status()),
+        ));
+    }
+    Ok(())
+}
+
+/// Sends article updates 1..=STEADY_EVENTS at a steady rate, each on its own task so a slow
+/// answer does not hold back the next send; returns when each was sent, by article id.
+async fn steady(client: &reqwest::Client, url: &str) -> Result<HashMap<u64, Instant>, BenchError> {
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / STEADY_RATE));
+    let mut sends = tokio::task::JoinSet::new();
+    let mut sent = HashMap::new();
+    for n in 1..=STEADY_EVENTS {
+        ticker.tick().await;
+        let (client, url) = (client.clone(), url.to_owned());
+        sent.insert(n, Instant::now());
+        sends.spawn(async move { send(&client, &url, &article_update(n as usize)).await });
+    }
+    while let Some(done) = sends.join_next().await {
+        done.map_err(|error| BenchError::step("posting at a steady rate", error))??;
+    }
+    Ok(sent)
+}
+
+/// Waits until the sink has every event of `sent` and returns the sorted send→arrival times.
+async fn latencies(
+    sent: &HashMap<u64, Instant>,
+    sink: &RecordingSink,
+) -> Result<Vec<Duration>, BenchError> {
+    if !common::wait_until(Duration::from_secs(30), || sink.count() >= sent.len()).await {
+        return Err(BenchError::step(
+            "waiting for the sink",
+            format!("{} of {} calls arrived", sink.count(), sent.len()),
+        ));
+    }
+    let mut latencies = Vec::with_capacity(sent.len());
+    for arrival in sink.take() {
+        let body: Value = serde_json::from_slice(&arrival.body)
+            .map_err(|error| BenchError::step("reading a forwarded call", error))?;
+        let id = body["entry"]["id"].as_u64().unwrap_or_default();
+        let at = sent.get(&id).ok_or_else(|| {
+            BenchError::step("reading a forwarded call", format!("unknown article {id}"))
+        })?;
+        latencies.push(arrival.at.duration_since(*at));
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// Item 3: a burst of updates into a coalescing sink.
+async fn coalescing(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
+    let sink = RecordingSink::start().await?;
+    let receiver = Receiver::start(&[revalidate_webhook(&sink.url())], "full").await?;
+    let url = receiver.ingest_url();
+    let started = Instant::now();
+    let acked: Vec<(String, Instant)> = stream::iter(1..=COALESCE_EVENTS)
+        .map(|n| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                send(&client, &url, &article_update(n)).await?;
+                Ok::<_, BenchError>((format!("/articles/article-{n}"), Instant::now()))
+            }
+        })
+        .buffer_unordered(CONNECTIONS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let burst = started.elapsed();
+    let expected: BTreeSet<String> = acked
+        .iter()
+        .map(|(path, _)| path.clone())
+        .chain(["/articles".to_owned()])
+        .collect();
+
+    // Arrivals in order, each with the paths it revalidates.
+    let mut calls: Vec<(Instant, BTreeSet<String>, BTreeSet<String>)> = Vec::new();
+    let mut covered = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while covered.len() < expected.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for arrival in sink.take() {
+            let body: Value = serde_json::from_slice(&arrival.body)
+                .map_err(|error| BenchError::step("reading a revalidation", error))?;
+            let field = |name: &str, key: Option<&str>| -> BTreeSet<String> {
+                body[name]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| match key {
+                        Some(key) => item[key].as_str(),
+                        None => item.as_str(),
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let paths = field("paths", Some("path"));
+            covered.extend(paths.iter().cloned());
+            calls.push((arrival.at, field("tags", None), paths));
+        }
+    }
+    if covered != expected {
+        let missing = expected.difference(&covered).count();
+        return Err(BenchError::step(
+            "waiting for the revalidations",
+            format!("{missing} of {} paths never arrived", expected.len()),
+        ));
+    }
+    let tags: BTreeSet<&String> = calls.iter().flat_map(|(_, tags, _)| tags).collect();
+    let mut worst = Duration::ZERO;
+    for (path, acked_at) in &acked {
+        let first = calls
+            .iter()
+            .find(|(at, _, paths)| at >= acked_at && paths.contains(path))
+            .map(|(at, _, _)| at.duration_since(*acked_at))
+            .ok_or_else(|| {
+                BenchError::step(
+                    "measuring freshness",
+                    format!("{path} was only revalidated before its event was acknowledged"),
+                )
+            })?;
+        worst = worst.max(first);
+    }
+    let events = COALESCE_EVENTS as f64;
+    Ok(vec![
+        Row::plain(
+            "coalescing",
+            format!("burst of {COALESCE_EVENTS} updates sent in s"),
+            burst.as_secs_f64(),
+        ),
+        Row::against(
+            "coalescing",
+            "revalidation calls reaching the sink",
+            calls.len() as f64,
+            events,
+            "events",
+        ),
+        Row::against(
+            "coalescing",
+            "paths covered",
+            covered.len() as f64,
+            expected.len() as f64,
+            "expected",
+        ),
+        Row::against(
+            "coalescing",
+            "tags covered",
+            tags.len() as f64,
+            1.0,
+            "expected",
+        ),
+        Row::against(
+            "coalescing",
+            "worst freshness delay ms",
+            ms(worst),
+            COALESCE_WINDOW_MS,
+            "coalesce window",
+        ),
+    ])
+}
+
+/// Item 4: RSS of a receiver holding `QUEUED_EVENTS` events for a sink that is down.
+async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<f64, BenchError> {
+    let receiver = Receiver::start(&[http_webhook(down)], "full").await?;
+    let url = Arc::new(receiver.ingest_url());
+    let posted: Vec<Result<(), BenchError>> = stream::iter(1..=QUEUED_EVENTS)
+        .map(|n| {
+            let (client, url) = (client.clone(), Arc::clone(&url));
+            async move { send(&client, &url, &article_update(n)).await }
+        })
+        .buffer_unordered(CONNECTIONS)
+        .collect()
+        .await;
+    posted.into_iter().collect::<Result<Vec<()>, _>>()?;
+    // Let the engine look at its backlog once more before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(rss_mib(receiver.pid())?.0)
+}
+
+/// The value below which `fraction` of the sorted `samples` lie (nearest rank).
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds as a float, for the table.
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// A loopback port that was free a moment ago, for a child process that takes its address
+/// as a flag.
+pub fn free_port() -> Result<u16, BenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(BenchError::setup("a free loopback port"))?;
+    listener
+        .local_addr()
+        .map(|address| address.port())
+        .map_err(BenchError::setup("a free loopback port"))
+}
+
+/// One call a [`RecordingSink`] received.
+pub struct Arrival {
+    /// When it arrived.
+    pub at: Instant,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// A loopback HTTP server that answers every POST with 200 and records when each arrived.
+/// Parsing is left to the benchmark so the sink answers as fast as a trivial handler can.
+#[derive(Clone)]
+pub struct RecordingSink {
+    /// Where it listens.
+    pub address: SocketAddr,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+}
+
+impl RecordingSink {
+    /// Starts a sink on a free loopback port.
+    pub async fn start() -> Result<Self, BenchError> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(BenchError::setup("the recording sink"))?;
+        let address = listener
+            .local_addr()
+            .map_err(BenchError::setup("the recording sink"))?;
+        let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
+        let recorded = Arc::clone(&arrivals);
+        let app = Router::new().fallback(post(move |body: Bytes| {
+            let at = Instant::now();
+            recorded
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(Arrival { at, body });
+            async { StatusCode::OK }
+        }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { address, arrivals })
+    }
+
+    /// The URL to send to.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/revalidate", self.address)
+    }
+
+    /// Takes every arrival recorded so far.
+    pub fn take(&self) -> Vec<Arrival> {
+        std::mem::take(
+            &mut *self
+                .arrivals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// How many calls arrived so far.
+    pub fn count(&self) -> usize {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+}

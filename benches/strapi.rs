@@ -1,0 +1,585 @@
+//! Benchmarks that need the real test Strapi (issue 9, items 4–6); run them with one up:
+//! `scripts/with-strapi.sh cargo bench --bench strapi` (what `scripts/bench.sh` does).
+//!
+//! 5. Controller scale: the real reconcile functions against an in-process fake Kubernetes API,
+//!    the real Strapi behind a counting loopback proxy and a real receiver in this process:
+//!    1,000 StrapiWebhooks in 10 namespaces on one StrapiInstance against 10 webhooks as the
+//!    baseline — time until all are Ready, Strapi admin API calls (they must not grow with
+//!    webhooks) and Kubernetes API calls.
+//! 4. Controller memory: this process's RSS after the 1,000-webhook run against after the 10
+//!    webhook run. It holds the fake API and the receiver too, so it is an upper bound.
+//! 6. Real Strapi throughput: content-manager updates as fast as Strapi takes them, without a
+//!    webhook (baseline) and with the receiver registered; events/s that reach the receiver.
+
+mod common;
+mod fake_api;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{StatusCode, header},
+    response::Response,
+};
+use common::{BenchError, Row, publish, rss_mib};
+use fake_api::{FakeApi, path_of};
+use futures::{StreamExt, stream};
+use kube::runtime::{reflector, watcher};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    api::{StrapiInstance, StrapiWebhook, shared_secret},
+    controller::{self, Context, Metrics, Options},
+    event::SECRET_HEADER,
+    queue::sqlite::SqliteQueue,
+    receiver::{
+        self, ReceiverSettings, ReceiverState,
+        metrics::InstanceLabels,
+        source::{Snapshot, StaticSource},
+    },
+    strapi::{Credentials, Document, StrapiClient, WebhookSpec},
+};
+
+const GROUP: &str = "webhooks.strapi-operator.dev/v1alpha1";
+const INSTANCE_NAMESPACE: &str = "cms";
+const NAMESPACES: usize = 10;
+const BASELINE_WEBHOOKS: usize = 10;
+const WEBHOOKS: usize = 1_000;
+/// Webhook reconciles in flight at once, like a controller worker pool.
+const RECONCILE_CONCURRENCY: usize = 16;
+const ARTICLES: usize = 8;
+const UPDATE_SECONDS: u64 = 8;
+
+fn main() -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(BenchError::setup("the runtime"))?;
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<(), BenchError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let strapi = TestStrapi::from_env()?;
+    let receiver = InProcessReceiver::start().await?;
+    let proxy = CountingProxy::start(&strapi.url).await?;
+    let mut rows = Vec::new();
+
+    let baseline = scale(&strapi, &proxy, &receiver, BASELINE_WEBHOOKS).await?;
+    let baseline_rss = rss_mib(std::process::id())?.0;
+    let full = scale(&strapi, &proxy, &receiver, WEBHOOKS).await?;
+    let full_rss = rss_mib(std::process::id())?.0;
+    let scenario = format!("controller: {WEBHOOKS} webhooks, {NAMESPACES} namespaces, 1 instance");
+    let base = format!("{BASELINE_WEBHOOKS} webhooks");
+    rows.push(Row::against(
+        &scenario,
+        "s until all Ready",
+        full.seconds,
+        baseline.seconds,
+        &base,
+    ));
+    rows.push(Row::against(
+        &scenario,
+        "Strapi admin API calls",
+        full.strapi_calls as f64,
+        baseline.strapi_calls as f64,
+        &base,
+    ));
+    rows.push(Row::against(
+        &scenario,
+        "Kubernetes API calls",
+        full.kube_calls as f64,
+        baseline.kube_calls as f64,
+        &base,
+    ));
+    rows.push(Row::against(
+        "controller memory (with fake API and receiver in process)",
+        format!("RSS after {WEBHOOKS} webhooks MiB"),
+        full_rss,
+        baseline_rss,
+        &base,
+    ));
+
+    rows.extend(throughput(&strapi, &receiver).await?);
+    let notes = [format!(
+        "Controller: real `reconcile_instance`/`reconcile_webhook` against an in-process fake \
+         Kubernetes API (not a real API server), the real test Strapi behind a counting proxy, \
+         {RECONCILE_CONCURRENCY} webhook reconciles at a time after the instance is Ready. \
+         Strapi throughput: {ARTICLES} articles updated in parallel for {UPDATE_SECONDS} s \
+         through the content-manager API."
+    )];
+    publish("strapi", &rows, &notes)
+}
+
+/// The test Strapi `scripts/with-strapi.sh` started.
+struct TestStrapi {
+    url: String,
+    email: String,
+    password: String,
+}
+
+impl TestStrapi {
+    fn from_env() -> Result<Self, BenchError> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                BenchError::step(
+                    "finding the test Strapi",
+                    format!("{name} is not set; run under scripts/with-strapi.sh"),
+                )
+            })
+        };
+        Ok(Self {
+            url: var("STRAPI_TEST_URL")?,
+            email: var("STRAPI_TEST_EMAIL")?,
+            password: var("STRAPI_TEST_PASSWORD")?,
+        })
+    }
+
+    fn client(&self) -> Result<StrapiClient, BenchError> {
+        let credentials = Credentials::Password {
+            email: self.email.clone(),
+            password: self.password.clone().into(),
+        };
+        StrapiClient::new(&self.url, credentials)
+            .map_err(|error| BenchError::step("building the Strapi client", error))
+    }
+}
+
+/// A loopback reverse proxy in front of Strapi that counts the calls it forwards.
+struct CountingProxy {
+    url: String,
+    calls: Arc<AtomicU64>,
+}
+
+struct Upstream {
+    base: String,
+    client: reqwest::Client,
+    calls: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    async fn start(upstream: &str) -> Result<Self, BenchError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(BenchError::setup("the counting proxy"))?;
+        let address = listener
+            .local_addr()
+            .map_err(BenchError::setup("the counting proxy"))?;
+        let calls = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(Upstream {
+            base: upstream.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            calls: Arc::clone(&calls),
+        });
+        let app = Router::new().fallback(forward).with_state(state);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            url: format!("http://{address}"),
+            calls,
+        })
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+async fn forward(State(upstream): State<Arc<Upstream>>, request: Request) -> Response {
+    upstream.calls.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    let bad_gateway = |message: String| {
+        Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Body::from(message))
+            .unwrap_or_default()
+    };
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return bad_gateway("reading the request body failed".into());
+    };
+    let mut headers = parts.headers;
+    headers.remove(header::HOST);
+    let answer = upstream
+        .client
+        .request(parts.method, format!("{}{path}", upstream.base))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => return bad_gateway(error.to_string()),
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+            response = response.header(name, value);
+        }
+    }
+    match answer.bytes().await {
+        Ok(bytes) => response.body(Body::from(bytes)).unwrap_or_default(),
+        Err(error) => bad_gateway(error.to_string()),
+    }
+}
+
+/// A receiver serving on loopback in this process; the benchmark publishes the shared
+/// secrets it accepts, as the cluster source would once it sees the controller's Secret.
+struct InProcessReceiver {
+    state: Arc<ReceiverState>,
+    source: StaticSource,
+    ingest_url: String,
+    admin_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcessReceiver {
+    async fn start() -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir().map_err(BenchError::setup("the receiver's folder"))?;
+        let queue = SqliteQueue::open(&dir.path().join("queue.db"))
+            .map_err(|error| BenchError::step("opening the receiver's queue", error))?;
+        let source = StaticSource::new(Snapshot::new(BTreeMap::new(), []));
+        let state = ReceiverState::new(Arc::new(queue), &source, ReceiverSettings::default())
+            .map_err(|error| BenchError::step("starting the receiver", error))?;
+        let bind = || async {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(BenchError::setup("the receiver's ports"))
+        };
+        let (ingest, admin) = (bind().await?, bind().await?);
+        let url = |listener: &tokio::net::TcpListener| {
+            listener
+                .local_addr()
+                .map(|address| format!("http://{address}"))
+                .map_err(BenchError::setup("the receiver's ports"))
+        };
+        let (ingest_url, admin_url) = (url(&ingest)?, url(&admin)?);
+        tokio::spawn(receiver::serve(
+            Arc::clone(&state),
+            ingest,
+            admin,
+            std::future::pending(),
+        ));
+        Ok(Self {
+            state,
+            source,
+            ingest_url,
+            admin_url,
+            _dir: dir,
+        })
+    }
+
+    /// Accepts `secret` from the instance `key` (and no other), routing nothing.
+    fn accept(&self, key: &str, secret: &str) {
+        let instances = BTreeMap::from([(key.to_owned(), vec![secret.to_owned()])]);
+        self.source.publish(Snapshot::new(instances, []));
+    }
+
+    /// Events of instance `key` stored so far.
+    fn stored(&self, key: &str) -> u64 {
+        self.state
+            .metrics
+            .stored
+            .get_or_create(&InstanceLabels {
+                instance: key.to_owned(),
+            })
+            .get()
+    }
+}
+
+struct ScaleResult {
+    seconds: f64,
+    strapi_calls: u64,
+    kube_calls: u64,
+}
+
+/// Item 5: `webhooks` StrapiWebhooks on one new instance, from nothing to all Ready.
+async fn scale(
+    strapi: &TestStrapi,
+    proxy: &CountingProxy,
+    receiver: &InProcessReceiver,
+    webhooks: usize,
+) -> Result<ScaleResult, BenchError> {
+    let api = FakeApi::default();
+    api.put_secret(
+        INSTANCE_NAMESPACE,
+        "strapi-admin",
+        &[("email", &strapi.email), ("password", &strapi.password)],
+    );
+    let name = format!("scale-{webhooks}-{}", uuid::Uuid::now_v7().simple());
+    let key = format!("{INSTANCE_NAMESPACE}/{name}");
+    let instance_path = path_of(GROUP, "strapiinstances", INSTANCE_NAMESPACE, &name);
+    api.put(
+        &instance_path,
+        json!({
+            "apiVersion": GROUP,
+            "kind": "StrapiInstance",
+            "metadata": {
+                "name": name, "namespace": INSTANCE_NAMESPACE, "generation": 1,
+                "uid": uuid::Uuid::now_v7().to_string()
+            },
+            "spec": {
+                "url": proxy.url,
+                "auth": {"credentials": {"secretName": "strapi-admin"}},
+                "allowedNamespaces": {"from": "All"}
+            }
+        }),
+    );
+    let (instance_store, mut instances) = reflector::store();
+    let (webhook_store, mut webhook_writer) = reflector::store();
+    let mut paths = Vec::with_capacity(webhooks);
+    for n in 0..webhooks {
+        let namespace = format!("team-{}", n % NAMESPACES);
+        let webhook_name = format!("site-{n}");
+        let path = path_of(GROUP, "strapiwebhooks", &namespace, &webhook_name);
+        let object = json!({
+            "apiVersion": GROUP,
+            "kind": "StrapiWebhook",
+            "metadata": {
+                "name": webhook_name, "namespace": namespace, "generation": 1,
+                "uid": uuid::Uuid::now_v7().to_string()
+            },
+            "spec": {
+                "instanceRef": {"name": name, "namespace": INSTANCE_NAMESPACE},
+                "events": ["entry.update", "entry.publish"],
+                "sinks": [{"name": "site", "nextjs": {"url": "http://127.0.0.1:3000/api/revalidate"}}],
+                "routes": [{"name": "articles", "sink": "site", "match": {"models": ["article"]}}]
+            }
+        });
+        let webhook: StrapiWebhook = serde_json::from_value(object.clone())
+            .map_err(|error| BenchError::step("building a StrapiWebhook", error))?;
+        webhook_writer.apply_watcher_event(&watcher::Event::Apply(webhook));
+        api.put(&path, object);
+        paths.push(path);
+    }
+    let options = Options {
+        receiver_url: receiver.ingest_url.clone(),
+        receiver_admin_url: receiver.admin_url.clone(),
+        secret_header: SECRET_HEADER.into(),
+        secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
+        verify_timeout: Duration::from_secs(10),
+    };
+    let metrics = Metrics::register(&mut Registry::default());
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        options,
+        metrics,
+        instance_store,
+        webhook_store,
+    ));
+    let read_instance = |api: &FakeApi| -> Result<StrapiInstance, BenchError> {
+        let object = api.get(&instance_path).unwrap_or_default();
+        serde_json::from_value(object)
+            .map_err(|error| BenchError::step("reading the StrapiInstance", error))
+    };
+    let secret_path = path_of(
+        "v1",
+        "secrets",
+        INSTANCE_NAMESPACE,
+        &shared_secret::name(&name),
+    );
+
+    let (strapi_before, kube_before) = (proxy.calls(), api.requests());
+    let started = Instant::now();
+    // Finalizer, registration, verification: each reconcile moves the instance one step, as
+    // the controller's requeues would; the receiver learns the shared secret once it exists.
+    let mut ready = false;
+    for _ in 0..6 {
+        let instance = read_instance(&api)?;
+        instances.apply_watcher_event(&watcher::Event::Apply(instance.clone()));
+        controller::reconcile_instance(Arc::new(instance), Arc::clone(&ctx))
+            .await
+            .map_err(|error| BenchError::step("reconciling the StrapiInstance", error))?;
+        if let Some(secret) = api.get(&secret_path).as_ref().and_then(current_secret) {
+            receiver.accept(&key, &secret);
+        }
+        if is_ready(&api.get(&instance_path).unwrap_or_default()) {
+            ready = true;
+            break;
+        }
+    }
+    let instance = read_instance(&api)?;
+    if !ready {
+        return Err(BenchError::step(
+            "waiting for the StrapiInstance",
+            format!("not Ready after 6 reconciles: {:#}", json!(instance.status)),
+        ));
+    }
+    instances.apply_watcher_event(&watcher::Event::Apply(instance));
+    let reconciled: Vec<Result<(), BenchError>> = stream::iter(&paths)
+        .map(|path| {
+            let (api, ctx) = (api.clone(), Arc::clone(&ctx));
+            async move {
+                let webhook: StrapiWebhook =
+                    serde_json::from_value(api.get(path).unwrap_or_default())
+                        .map_err(|error| BenchError::step("reading a StrapiWebhook", error))?;
+                controller::reconcile_webhook(Arc::new(webhook), ctx)
+                    .await
+                    .map(drop)
+                    .map_err(|error| BenchError::step("reconciling a StrapiWebhook", error))
+            }
+        })
+        .buffer_unordered(RECONCILE_CONCURRENCY)
+        .collect()
+        .await;
+    reconciled.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (strapi_calls, kube_calls) = (proxy.calls() - strapi_before, api.requests() - kube_before);
+    if let Some(path) = paths
+        .iter()
+        .find(|path| !is_ready(&api.get(path).unwrap_or_default()))
+    {
+        return Err(BenchError::step(
+            "checking the StrapiWebhooks",
+            format!(
+                "{path} is not Ready: {:#}",
+                api.get(path).unwrap_or_default()["status"]
+            ),
+        ));
+    }
+
+    // `kubectl delete`: the finalizer removes the registration, leaving Strapi as it was.
+    let mut object = api.get(&instance_path).unwrap_or_default();
+    object["metadata"]["deletionTimestamp"] = json!("2026-11-27T00:00:00Z");
+    api.put(&instance_path, object);
+    controller::reconcile_instance(Arc::new(read_instance(&api)?), ctx)
+        .await
+        .map_err(|error| BenchError::step("deleting the StrapiInstance", error))?;
+    Ok(ScaleResult {
+        seconds,
+        strapi_calls,
+        kube_calls,
+    })
+}
+
+fn is_ready(object: &Value) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|condition| condition["type"] == "Ready" && condition["status"] == "True")
+}
+
+/// The current shared secret in the controller's Secret (base64 `data`, as the API server
+/// stores it).
+fn current_secret(secret: &Value) -> Option<String> {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret.clone()).ok()?;
+    let value = secret.data?.remove(shared_secret::CURRENT_KEY)?;
+    String::from_utf8(value.0).ok()
+}
+
+/// Item 6: content-manager updates as fast as Strapi takes them, without and with the receiver
+/// registered.
+async fn throughput(
+    strapi: &TestStrapi,
+    receiver: &InProcessReceiver,
+) -> Result<Vec<Row>, BenchError> {
+    let client = strapi.client()?;
+    let mut documents = Vec::with_capacity(ARTICLES);
+    for n in 0..ARTICLES {
+        let title = format!("throughput {n} {}", uuid::Uuid::now_v7().simple());
+        let entry = client
+            .create_entry("api::article.article", &json!({"title": title}))
+            .await
+            .map_err(|error| BenchError::step("creating an article", error))?;
+        documents.push(entry.document_id);
+    }
+    let (without, _) = update_for(&client, &documents).await?;
+
+    let key = format!("{INSTANCE_NAMESPACE}/throughput");
+    let secret = uuid::Uuid::now_v7().simple().to_string();
+    receiver.accept(&key, &secret);
+    let registration = client
+        .create_webhook(&WebhookSpec {
+            name: "strapi-webhook-operator benchmark".into(),
+            url: format!("{}/v1/instances/{key}", receiver.ingest_url),
+            headers: BTreeMap::from([(SECRET_HEADER.to_owned(), secret)]),
+            events: vec!["entry.update".into()],
+            enabled: true,
+        })
+        .await
+        .map_err(|error| BenchError::step("registering the receiver in Strapi", error))?;
+    let started = Instant::now();
+    let (with, updates) = update_for(&client, &documents).await?;
+    // Strapi sends webhooks after answering the update, so the last ones trail the updates.
+    let arrived =
+        common::wait_until(Duration::from_secs(60), || receiver.stored(&key) >= updates).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = receiver.stored(&key);
+
+    client
+        .delete_webhook(&registration.id)
+        .await
+        .map_err(|error| BenchError::step("removing the registration", error))?;
+    for document_id in &documents {
+        client
+            .delete_document(Document::Entry {
+                uid: "api::article.article",
+                document_id,
+            })
+            .await
+            .map_err(|error| BenchError::step("deleting an article", error))?;
+    }
+    if !arrived {
+        return Err(BenchError::step(
+            "waiting for Strapi's webhooks",
+            format!("{stored} of {updates} events reached the receiver within 60 s"),
+        ));
+    }
+    Ok(vec![
+        Row::plain(
+            "real Strapi: updates without a webhook",
+            "updates/s (baseline)",
+            without,
+        ),
+        Row::against(
+            "real Strapi: receiver registered",
+            "updates/s",
+            with,
+            without,
+            "no webhook",
+        ),
+        Row::against(
+            "real Strapi: receiver registered",
+            "events/s reaching the receiver",
+            stored as f64 / elapsed,
+            without,
+            "updates/s, no webhook",
+        ),
+    ])
+}
+
+/// Updates every document in a loop, one task per document, for `UPDATE_SECONDS`; returns
+/// updates/s and the number of updates.
+async fn update_for(client: &StrapiClient, documents: &[String]) -> Result<(f64, u64), BenchError> {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(UPDATE_SECONDS);
+    let counts: Vec<Result<u64, BenchError>> = stream::iter(documents)
+        .map(|document_id| async move {
+            let mut count = 0;
+            while Instant::now() < until {
+                count += 1;
+                client
+                    .update_document(
+                        Document::Entry {
+                            uid: "api::article.article",
+                            document_id,
+                        },
+                        &json!({"body": format!("revision {count}")}),
+                    )
+                    .await
+                    .map_err(|error| BenchError::step("updating an article", error))?;
+            }
+            Ok(count)
+        })
+        .buffer_unordered(documents.len())
+        .collect()
+        .await;
+    let total: u64 = counts.into_iter().sum::<Result<u64, _>>()?;
+    Ok((total as f64 / started.elapsed().as_secs_f64(), total))
+}
