@@ -1,42 +1,20 @@
 //! The three example integrations in `examples/` compiled with their example Secrets, and the
 //! payloads they render for Strapi 5 events: Next.js revalidation, Slack comments, CRM sync.
 
+#[path = "support/examples.rs"]
+mod examples;
+
+use examples::{compile_example, example};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
-    api::StrapiWebhook,
     config::{CompiledWebhook, InMemorySecrets, Reason, compile_webhook},
     event::EventBody,
     routing::{PathKind, Payload, RevalidatePath},
     sinks::{NextjsMode, SinkConfig},
 };
 
-fn example(file: &str) -> StrapiWebhook {
-    let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    serde_saphyr::from_str(&text).unwrap_or_else(|error| panic!("{path}: {error}"))
-}
-
-fn example_secrets() -> InMemorySecrets {
-    let path = format!("{}/examples/secrets.yaml", env!("CARGO_MANIFEST_DIR"));
-    let secrets: Vec<k8s_openapi::api::core::v1::Secret> =
-        serde_saphyr::from_multiple(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let mut store = InMemorySecrets::new();
-    for secret in secrets {
-        let namespace = secret.metadata.namespace.unwrap();
-        let name = secret.metadata.name.unwrap();
-        for (key, value) in secret.string_data.unwrap_or_default() {
-            store.insert(&namespace, &name, &key, value);
-        }
-    }
-    store
-}
-
 fn compile(file: &str) -> CompiledWebhook {
-    let webhook = example(file);
-    let namespace = webhook.metadata.namespace.as_deref().unwrap();
-    let name = webhook.metadata.name.as_deref().unwrap();
-    compile_webhook(namespace, name, 1, &webhook.spec, &example_secrets())
-        .unwrap_or_else(|errors| panic!("{file}: {errors}"))
+    compile_example(file)
 }
 
 /// What each matching route of `webhook` renders for `raw`, by route name.

@@ -2,6 +2,8 @@
 //! loopback servers that behave like Next.js and Slack: coalescing a burst of 1,000 updates,
 //! honouring Slack's `Retry-After`, and pausing a Slack webhook that is gone.
 
+#[path = "support/examples.rs"]
+mod examples;
 #[path = "support/receiver.rs"]
 mod support;
 
@@ -17,13 +19,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use examples::example_at;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use strapi_webhook_operator::{
-    api::StrapiWebhook,
-    config::{InMemorySecrets, compile_webhook},
-    receiver::{admin::Stats, source::Snapshot},
-};
+use strapi_webhook_operator::receiver::{admin::Stats, source::Snapshot};
 use support::{INSTANCE, SECRET, TestReceiver, client};
 use tokio::time::Instant;
 
@@ -80,31 +79,12 @@ impl Recorder {
     }
 }
 
-/// An example `StrapiWebhook` from `examples/`, pointed at the test receiver's instance, with
-/// its first sink's URL (or its Slack Secret) pointing at `url`.
+/// An example from `examples/` routing the test receiver's instance to `url`.
 fn example_snapshot(file: &str, url: &str) -> Snapshot {
-    let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut webhook: StrapiWebhook =
-        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let (namespace, instance) = INSTANCE.split_once('/').unwrap();
-    webhook.spec.instance_ref.name = instance.to_owned();
-    webhook.spec.instance_ref.namespace = None;
-    let mut secrets = InMemorySecrets::new();
-    let sink = &mut webhook.spec.sinks[0];
-    if let Some(nextjs) = &mut sink.nextjs {
-        nextjs.url = url.to_owned();
-        let secret = nextjs.secret_ref.as_ref().unwrap();
-        secrets.insert(namespace, &secret.name, &secret.key, "change-me");
-    }
-    if let Some(slack) = &sink.slack {
-        let secret = &slack.webhook_url_secret_ref;
-        secrets.insert(namespace, &secret.name, &secret.key, url);
-    }
-    let compiled = compile_webhook(namespace, "example", 1, &webhook.spec, &secrets)
-        .unwrap_or_else(|errors| panic!("{file}: {errors}"));
     Snapshot::new(
         BTreeMap::from([(INSTANCE.to_owned(), vec![SECRET.to_owned()])]),
-        [compiled],
+        [example_at(file, namespace, instance, url)],
     )
 }
 
@@ -251,7 +231,7 @@ async fn slack_no_service_pauses_the_sink_and_sends_nothing_more() {
             .unwrap();
         let sink = stats
             .webhooks
-            .get("cms/example")
+            .get("cms/slack-comments")
             .and_then(|sinks| sinks.first().cloned());
         match sink {
             Some(sink) if sink.paused => break sink,
