@@ -156,6 +156,38 @@ async fn strapi_validation_errors_come_back_as_rejected_with_strapis_message() {
 }
 
 #[tokio::test]
+async fn a_production_strapi_rejects_webhook_urls_on_private_addresses() {
+    // With NODE_ENV=production, Strapi refuses URLs whose host is, or resolves to, a loopback or
+    // private address: in a cluster that includes the receiver's Service address.
+    let strapi = StrapiServer::private_with_env(&[("NODE_ENV", "production")]).await;
+    let client = strapi.client();
+    for url in [
+        "http://10.96.0.10:8080/v1/instances/web/cms",
+        "http://localhost:8080/hooks",
+    ] {
+        let error = client
+            .create_webhook(&spec(url, &["entry.publish"]))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "Rejected", "{url}: {error}");
+        assert!(
+            error
+                .to_string()
+                .contains("isn't reachable over the public internet"),
+            "{url}: {error}"
+        );
+    }
+    let public = client
+        .create_webhook(&spec(
+            "https://hooks.example.com/strapi",
+            &["entry.publish"],
+        ))
+        .await
+        .unwrap();
+    assert!(public.enabled);
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_unauthorized() {
     let strapi = StrapiServer::shared().await;
     let client = StrapiClient::new(
