@@ -335,14 +335,17 @@ async fn register(
                     Some(Reported::no(
                         "Registered",
                         super::error::strapi_reason(&error),
-                        error.to_string(),
+                        explain_rejection(&error),
                     )),
                 ),
             };
             reported.push(reachable);
             reported.extend(registered);
             ctx.events
-                .publish(instance, Notice::RegistrationFailed(error.to_string()))
+                .publish(
+                    instance,
+                    Notice::RegistrationFailed(explain_rejection(&error)),
+                )
                 .await;
             return Ok(Outcome {
                 reported,
@@ -399,6 +402,23 @@ async fn register(
         verified_at,
         restarted_at,
     })
+}
+
+// Strapi's message for its production-only URL check, and what to do about it.
+const PRIVATE_URL_REJECTION: &str = "isn't reachable over the public internet";
+
+/// Strapi's answer, with a hint where Strapi's own message does not say what to change.
+fn explain_rejection(error: &StrapiError) -> String {
+    match error {
+        StrapiError::Rejected { message, .. } if message.contains(PRIVATE_URL_REJECTION) => {
+            format!(
+                "{error}. With NODE_ENV=production Strapi refuses webhook URLs that resolve to private \
+             addresses, such as in-cluster Services: set spec.receiverUrl (or the operator's \
+             --receiver-url) to a public address of the receiver's ingest, e.g. an Ingress"
+            )
+        }
+        _ => error.to_string(),
+    }
 }
 
 async fn announce_change(
@@ -703,6 +723,23 @@ mod tests {
             "../../tests/fixtures/controller/webhook-other-instance.yaml"
         ));
         assert_eq!(referenced_instance(&remote), "cms-system/shared");
+    }
+
+    #[test]
+    fn a_private_url_rejection_says_what_to_change() {
+        let rejected = StrapiError::Rejected {
+            step: "create webhook",
+            message: "Url is not supported because it isn't reachable over the public internet"
+                .into(),
+            details: serde_json::Value::Null,
+        };
+        assert!(explain_rejection(&rejected).contains("set spec.receiverUrl"));
+        let other = StrapiError::Rejected {
+            step: "create webhook",
+            message: "url must be a valid URL".into(),
+            details: serde_json::Value::Null,
+        };
+        assert_eq!(explain_rejection(&other), other.to_string());
     }
 
     #[test]
