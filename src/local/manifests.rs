@@ -308,14 +308,18 @@ fn typed<T: DeserializeOwned>(
 }
 
 fn yaml_problem(file: &Path, document_line: usize, error: &serde_saphyr::Error) -> Problem {
+    use serde_saphyr::MessageFormatter;
+    // The message alone: the parser's own rendering adds a snippet of the padded document and
+    // names the source `<input>`, while the problem already says file and line.
+    let message = serde_saphyr::DefaultMessageFormatter.format_message(error);
+    let location = error.location();
     Problem {
         file: file.to_owned(),
-        line: Some(
-            error
-                .location()
-                .map_or(document_line, |location| location.line() as usize),
-        ),
-        reason: error.to_string(),
+        line: Some(location.map_or(document_line, |location| location.line() as usize)),
+        reason: match location {
+            Some(location) => format!("column {}: {message}", location.column()),
+            None => message.into_owned(),
+        },
     }
 }
 
