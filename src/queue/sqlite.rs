@@ -440,31 +440,44 @@ impl Queue for SqliteQueue {
     ) -> BoxFuture<'_, Result<Vec<ClaimedDelivery>, QueueError>> {
         self.write("claim", move |connection| {
             let map = sql("claim");
-            let mut select = connection
-                .prepare_cached(
-                    "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw
-                     FROM deliveries d JOIN events e ON e.id = d.event_id
-                     WHERE d.webhook = ?1 AND d.sink = ?2 AND (
-                         (d.state = 'pending' AND d.next_attempt_at <= ?3)
-                         OR (d.state = 'inflight' AND d.lease_until <= ?3))
-                     ORDER BY d.next_attempt_at, d.id LIMIT ?4",
-                )
-                .map_err(&map)?;
-            let claimed = select
-                .query_map(params![sink.webhook, sink.sink, now, limit], |row| {
-                    Ok(ClaimedDelivery {
-                        id: row.get(0)?,
-                        event_id: row.get(1)?,
-                        sink: sink.clone(),
-                        route: row.get(2)?,
-                        attempts: row.get(3)?,
-                        enqueued_at: row.get(4)?,
-                        raw: row.get(5)?,
+            // Two queries, each answered from the (webhook, sink, state, next_attempt_at) index
+            // without scanning the backlog: leases that ran out first (they are the oldest
+            // work), then pending deliveries in due order.
+            let mut claimed = Vec::new();
+            for statement in [
+                "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.webhook = ?1 AND d.sink = ?2 AND d.state = 'inflight'
+                   AND d.lease_until <= ?3
+                 LIMIT ?4",
+                "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.webhook = ?1 AND d.sink = ?2 AND d.state = 'pending'
+                   AND d.next_attempt_at <= ?3
+                 ORDER BY d.next_attempt_at LIMIT ?4",
+            ] {
+                let room = limit.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+                if room == 0 {
+                    break;
+                }
+                let mut select = connection.prepare_cached(statement).map_err(&map)?;
+                let found = select
+                    .query_map(params![sink.webhook, sink.sink, now, room], |row| {
+                        Ok(ClaimedDelivery {
+                            id: row.get(0)?,
+                            event_id: row.get(1)?,
+                            sink: sink.clone(),
+                            route: row.get(2)?,
+                            attempts: row.get(3)?,
+                            enqueued_at: row.get(4)?,
+                            raw: row.get(5)?,
+                        })
                     })
-                })
-                .map_err(&map)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&map)?;
+                    .map_err(&map)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(&map)?;
+                claimed.extend(found);
+            }
             let mut lease = connection
                 .prepare_cached(
                     "UPDATE deliveries SET state = 'inflight', lease_until = ?2 WHERE id = ?1",
@@ -481,15 +494,25 @@ impl Queue for SqliteQueue {
 
     fn next_due(&self, sink: SinkKey) -> BoxFuture<'_, Result<Option<UnixMillis>, QueueError>> {
         self.read("next due", move |connection| {
-            connection
-                .query_row(
-                    "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE lease_until END)
-                     FROM deliveries
-                     WHERE webhook = ?1 AND sink = ?2 AND state IN ('pending', 'inflight')",
-                    params![sink.webhook, sink.sink],
-                    |row| row.get(0),
-                )
-                .map_err(sql("next due"))
+            // Each MIN is one index lookup; one MIN over both states would scan the backlog.
+            let earliest = |statement: &str| {
+                connection
+                    .prepare_cached(statement)?
+                    .query_row(params![sink.webhook, sink.sink], |row| {
+                        row.get::<_, Option<i64>>(0)
+                    })
+            };
+            let pending = earliest(
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE webhook = ?1 AND sink = ?2 AND state = 'pending'",
+            )
+            .map_err(sql("next due"))?;
+            let leased = earliest(
+                "SELECT MIN(lease_until) FROM deliveries
+                 WHERE webhook = ?1 AND sink = ?2 AND state = 'inflight'",
+            )
+            .map_err(sql("next due"))?;
+            Ok(pending.into_iter().chain(leased).min())
         })
     }
 
