@@ -399,11 +399,16 @@ async fn sync_all(registrar: &mut Registrar, instances: &[LocalInstance]) -> Dur
         .unwrap_or(Duration::from_secs(300));
     for instance in instances {
         match registrar.sync(instance).await {
-            Ok(change) => tracing::info!(
+            Ok(synced) if synced.verified => tracing::info!(
                 instance = %instance.key,
-                ?change,
+                change = ?synced.change,
                 events = ?instance.events,
                 "registration in Strapi verified"
+            ),
+            Ok(synced) => tracing::debug!(
+                instance = %instance.key,
+                change = ?synced.change,
+                "registration in Strapi unchanged"
             ),
             Err(error) => {
                 tracing::error!(instance = %instance.key, %error, "registration failed; retrying in {RETRY_INTERVAL:?}");

@@ -73,7 +73,17 @@ pub enum RegisterError {
     Remove(#[source] StrapiError),
 }
 
-/// What a registration pass achieved for one instance.
+/// What [`Registrar::sync`] did for one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Synced {
+    /// What `registration::ensure` had to change in Strapi.
+    pub change: Change,
+    /// Whether Strapi's trigger was sent and its handshake seen in this pass (skipped when
+    /// nothing changed since the last verified one).
+    pub verified: bool,
+}
+
+/// What was last registered and verified for one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Registered {
     desired: Desired,
@@ -135,8 +145,8 @@ impl Registrar {
     }
 
     /// Makes Strapi hold the desired webhook and verifies it when anything changed since the
-    /// last verified pass. Returns what `ensure` had to do.
-    pub async fn sync(&mut self, instance: &LocalInstance) -> Result<Change, RegisterError> {
+    /// last verified pass.
+    pub async fn sync(&mut self, instance: &LocalInstance) -> Result<Synced, RegisterError> {
         let client = self.client(instance)?;
         let desired = self.desired(instance);
         let applied = registration::ensure(&client, &desired)
@@ -148,13 +158,16 @@ impl Registrar {
             credentials_values: instance.credentials_values.clone(),
         };
         let already_verified = self.verified.get(&instance.key) == Some(&registered);
-        if applied.change != Change::Unchanged || !already_verified {
+        let verify = applied.change != Change::Unchanged || !already_verified;
+        if verify {
             self.verified.remove(&instance.key);
-            // A disabled webhook (no events) still answers a trigger, so it is verified too.
             self.verify(&client, &desired, &applied.id).await?;
             self.verified.insert(instance.key.clone(), registered);
         }
-        Ok(applied.change)
+        Ok(Synced {
+            change: applied.change,
+            verified: verify,
+        })
     }
 
     async fn verify(
