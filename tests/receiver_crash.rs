@@ -1,5 +1,5 @@
 //! The real binary, killed with SIGKILL in the middle of a burst: every event it acknowledged
-//! is delivered after a restart on the same queue file, and SIGTERM stops it cleanly.
+//! is delivered after a restart on the same queue, and SIGTERM stops it cleanly.
 
 #[path = "support/receiver.rs"]
 mod support;
@@ -67,14 +67,14 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(dir: &Path) -> Self {
+    async fn start(dir: &Path, queue: &str) -> Self {
         let (ingest, admin) = (
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         );
         let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
             .args(["receiver", "--ingest-addr", &ingest, "--admin-addr", &admin])
-            .arg(format!("--queue=sqlite:{}", dir.join("queue.db").display()))
+            .arg(format!("--queue={queue}"))
             .arg(format!(
                 "--config-source=file:{}",
                 dir.join("manifests.yaml").display()
@@ -137,7 +137,8 @@ async fn post_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_no_acknowledged_event() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = support::TestStore::start();
+    let dir = &store.dir;
     let sink = CaptureSink::start().await;
     std::fs::write(dir.path().join("manifests.yaml"), manifests(&sink.url())).unwrap();
     let http = client();
@@ -146,7 +147,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
         child: first,
         ingest: first_ingest,
         ..
-    } = Receiver::start(dir.path()).await;
+    } = Receiver::start(dir.path(), &store.spec()).await;
     let first = std::sync::Mutex::new(Some(first));
     let acks = std::sync::atomic::AtomicUsize::new(0);
     let acked = post_all(&http, &first_ingest, (0..EVENTS).collect(), |_| {
@@ -173,7 +174,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
         "the kill came too late to interrupt the burst"
     );
 
-    let mut second = Receiver::start(dir.path()).await;
+    let mut second = Receiver::start(dir.path(), &store.spec()).await;
     let rest: Vec<usize> = (0..EVENTS).filter(|n| !acked.contains(n)).collect();
     let resent = post_all(&http, &second.ingest, rest.clone(), |_| {}).await;
     assert_eq!(

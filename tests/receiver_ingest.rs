@@ -13,7 +13,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
-    queue::{DeliveryFilter, sqlite::SqliteQueue},
+    queue::DeliveryFilter,
     receiver::{
         ReceiverSettings, ReceiverState, admin,
         ingest::{self, SECRET_HEADER},
@@ -25,13 +25,13 @@ use tower::ServiceExt;
 
 struct Harness {
     state: Arc<ReceiverState>,
-    _dir: tempfile::TempDir,
+    _store: support::TestStore,
 }
 
 impl Harness {
-    fn new(max_body_bytes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(SqliteQueue::open(&dir.path().join("queue.db")).unwrap());
+    async fn new(max_body_bytes: usize) -> Self {
+        let store = support::TestStore::start();
+        let queue = store.open().await;
         let spec = webhook_spec(&[("crm", "http://127.0.0.1:9/hook".to_owned())]);
         let source = StaticSource::new(snapshot(&spec));
         let settings = ReceiverSettings {
@@ -40,7 +40,7 @@ impl Harness {
         };
         Self {
             state: ReceiverState::new(queue, &source, settings).unwrap(),
-            _dir: dir,
+            _store: store,
         }
     }
 
@@ -85,7 +85,7 @@ fn strapi_call(secret: Option<&str>, content_type: &str, body: impl Into<Body>) 
 
 #[tokio::test]
 async fn a_wrong_or_missing_secret_is_401_without_detail_and_stores_nothing() {
-    let harness = Harness::new(1024 * 1024);
+    let harness = Harness::new(1024 * 1024).await;
     let event = article_event(1).to_string();
     for secret in [Some("not-the-secret"), Some(""), None] {
         let (status, body) = harness
@@ -106,7 +106,7 @@ async fn a_wrong_or_missing_secret_is_401_without_detail_and_stores_nothing() {
 
 #[tokio::test]
 async fn oversize_non_json_and_malformed_bodies_are_refused_with_a_clear_status() {
-    let harness = Harness::new(512);
+    let harness = Harness::new(512).await;
     let oversize = json!({ "event": "entry.create", "entry": { "body": "x".repeat(600) } });
     let (status, body) = harness
         .ingest(strapi_call(
@@ -168,7 +168,7 @@ async fn oversize_non_json_and_malformed_bodies_are_refused_with_a_clear_status(
 
 #[tokio::test]
 async fn an_unknown_instance_is_404() {
-    let harness = Harness::new(1024);
+    let harness = Harness::new(1024).await;
     let request = Request::post("/v1/instances/cms/other")
         .header("content-type", "application/json")
         .header(SECRET_HEADER, SECRET)
@@ -184,7 +184,7 @@ async fn an_unknown_instance_is_404() {
 
 #[tokio::test]
 async fn trigger_test_is_a_handshake_and_is_not_routed() {
-    let harness = Harness::new(1024 * 1024);
+    let harness = Harness::new(1024 * 1024).await;
     let (_, before) = harness
         .admin_get("/v1/instances/cms/strapi/handshake")
         .await;
@@ -211,7 +211,7 @@ async fn trigger_test_is_a_handshake_and_is_not_routed() {
 
 #[tokio::test]
 async fn strapis_duplicate_delete_is_stored_once_and_unknown_events_are_kept() {
-    let harness = Harness::new(1024 * 1024);
+    let harness = Harness::new(1024 * 1024).await;
     let delete = json!({
         "event": "entry.delete",
         "model": "article",
@@ -252,7 +252,7 @@ async fn strapis_duplicate_delete_is_stored_once_and_unknown_events_are_kept() {
 
 #[tokio::test]
 async fn metrics_count_rejections_by_reason_with_bounded_labels() {
-    let harness = Harness::new(1024 * 1024);
+    let harness = Harness::new(1024 * 1024).await;
     harness
         .ingest(strapi_call(
             Some("wrong"),

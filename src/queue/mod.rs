@@ -8,6 +8,7 @@
 //! Strapi with a 2xx), and a claimed delivery that is never completed — the receiver crashed —
 //! becomes claimable again, so delivery is at least once.
 
+pub mod nats;
 pub mod sqlite;
 
 use std::{fmt, time::SystemTime};

@@ -30,6 +30,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     queue::{
         Queue, QueueError,
+        nats::{NatsQueue, NatsSpec},
         sqlite::{Durability, SqliteQueue},
     },
     sinks::{SinkClient, SinkClientError},
@@ -42,7 +43,7 @@ use source::{ConfigSource, Snapshot};
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
     /// `--queue` is not a queue this build supports.
-    #[error("--queue {0:?}: expected sqlite:<path>")]
+    #[error("--queue {0:?}: expected sqlite:<path> or nats://<host>:<port>[?replicas=N]")]
     QueueSpec(String),
     /// `--config-source` is not a source this build supports.
     #[error("--config-source {0:?}: expected kubernetes or file:<path>")]
@@ -79,17 +80,22 @@ pub enum ReceiverError {
     },
 }
 
-/// Where the queue lives: `sqlite:<path>`.
+/// Where the queue lives: `sqlite:<path>` or `nats://<host>:<port>[?replicas=N]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueueSpec {
     /// The embedded SQLite queue in this file.
     Sqlite(PathBuf),
+    /// NATS JetStream, shared by several receiver replicas.
+    Nats(NatsSpec),
 }
 
 impl FromStr for QueueSpec {
     type Err = ReceiverError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        if let Some(nats) = NatsSpec::parse(spec) {
+            return Ok(Self::Nats(nats));
+        }
         match spec.strip_prefix("sqlite:") {
             Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
             _ => Err(ReceiverError::QueueSpec(spec.to_owned())),
@@ -99,9 +105,10 @@ impl FromStr for QueueSpec {
 
 impl QueueSpec {
     /// Opens the queue; `durability` applies to backends that store on local disk.
-    pub fn open(&self, durability: Durability) -> Result<Arc<dyn Queue>, ReceiverError> {
+    pub async fn open(&self, durability: Durability) -> Result<Arc<dyn Queue>, ReceiverError> {
         match self {
             QueueSpec::Sqlite(path) => Ok(Arc::new(SqliteQueue::open_with(path, durability)?)),
+            QueueSpec::Nats(spec) => Ok(Arc::new(NatsQueue::connect(spec).await?)),
         }
     }
 }
@@ -285,7 +292,7 @@ pub struct RunOptions {
 
 /// Opens the queue, loads the configuration, binds both ports and serves until SIGTERM.
 pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
-    let queue = options.queue.open(options.durability)?;
+    let queue = options.queue.open(options.durability).await?;
     let source = options.config_source.load().await?;
     let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;
     let ingest = bind("ingest", &options.ingest_addr).await?;

@@ -1,6 +1,12 @@
 //! Shared parts of the receiver tests: loopback capture sinks, a receiver running in-process
-//! on loopback ports with a SQLite queue in a temporary folder, and Strapi-shaped events.
+//! on loopback ports with its queue in a temporary folder, and Strapi-shaped events.
+//!
+//! The queue backend is chosen by `SWO_TEST_QUEUE`: unset or `sqlite` for a SQLite file, `nats`
+//! for a JetStream server started per test ([`TestStore`]), so the same suite runs against both.
 #![allow(dead_code)] // Each test file uses a different subset.
+
+#[path = "nats_server.rs"]
+pub mod nats_server;
 
 use std::{
     collections::BTreeMap,
@@ -19,9 +25,9 @@ use serde_json::{Value, json};
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{InMemorySecrets, compile_webhook},
-    queue::sqlite::SqliteQueue,
+    queue::{Queue, sqlite::Durability},
     receiver::{
-        ReceiverSettings, ReceiverState,
+        QueueSpec, ReceiverSettings, ReceiverState,
         engine::EngineSettings,
         serve,
         source::{Snapshot, StaticSource},
@@ -215,6 +221,42 @@ pub fn article_event(n: usize) -> Value {
     })
 }
 
+/// Where a test's queue lives: a SQLite file in a temporary folder, or a JetStream server of
+/// its own (`SWO_TEST_QUEUE=nats`), stopped with the store.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub nats: Option<nats_server::NatsServer>,
+}
+
+impl TestStore {
+    /// A fresh, empty store of the backend `SWO_TEST_QUEUE` names.
+    pub fn start() -> Self {
+        let nats = match std::env::var("SWO_TEST_QUEUE").as_deref() {
+            Ok("nats") => Some(nats_server::NatsServer::start()),
+            Ok("sqlite") | Err(_) => None,
+            Ok(other) => panic!("SWO_TEST_QUEUE={other}: expected sqlite or nats"),
+        };
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            nats,
+        }
+    }
+
+    /// The receiver's `--queue` value.
+    pub fn spec(&self) -> String {
+        match &self.nats {
+            Some(server) => server.url(),
+            None => format!("sqlite:{}", self.dir.path().join("queue.db").display()),
+        }
+    }
+
+    /// Opens the queue in this process.
+    pub async fn open(&self) -> Arc<dyn Queue> {
+        let spec: QueueSpec = self.spec().parse().unwrap();
+        spec.open(Durability::default()).await.unwrap()
+    }
+}
+
 /// A receiver serving on loopback ports, with its queue in a temporary folder.
 pub struct TestReceiver {
     pub ingest: SocketAddr,
@@ -223,14 +265,14 @@ pub struct TestReceiver {
     pub source: Arc<StaticSource>,
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    _store: TestStore,
 }
 
 impl TestReceiver {
     /// Starts a receiver routing with `snapshot`.
     pub async fn start(snapshot: Snapshot) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(SqliteQueue::open(&dir.path().join("queue.db")).unwrap());
+        let store = TestStore::start();
+        let queue = store.open().await;
         let source = Arc::new(StaticSource::new(snapshot));
         let settings = ReceiverSettings {
             engine: EngineSettings {
@@ -256,7 +298,7 @@ impl TestReceiver {
             source,
             stop: Some(stop),
             served,
-            _dir: dir,
+            _store: store,
         }
     }
 

@@ -1,0 +1,1057 @@
+//! The NATS JetStream queue: several receiver replicas share one durable store, so no replica is
+//! a single point of failure.
+//!
+//! Layout (all JetStream objects are created on first start, file storage, replicas set by
+//! `?replicas=N` in the URL):
+//!
+//! - Stream `SWO_DELIVERIES` (work-queue retention), one message per delivery on subject
+//!   `swo.deliveries.<sink token>.<delivery id>`. [`Queue::ingest`] publishes every delivery of
+//!   an event and returns only once JetStream acknowledged each publish, so a 2xx to Strapi means
+//!   the event is on disk (on every JetStream replica). The delivery id is the `Nats-Msg-Id`, so a
+//!   publish retried after a lost ack is stored once. Events are not atomic across their
+//!   deliveries: if one publish fails the receiver answers 5xx although some deliveries were
+//!   stored; they are delivered (at least once holds, nothing acknowledged is dropped).
+//! - One durable pull consumer per sink on that stream, shared by every replica: any replica can
+//!   claim any delivery, and a claimed delivery that is never acknowledged (the replica died) is
+//!   redelivered after the consumer's ack wait, which is the engine's lease. An acknowledged
+//!   message leaves the work queue.
+//! - Retries are JetStream redeliveries: a failed attempt is `nak`ed with the engine's backoff as
+//!   the delay, and the attempt count is JetStream's delivery count (plus the attempts a
+//!   delivery had before it was handed back). `max_deliver` is left unlimited because the engine
+//!   decides when to give up (max attempts, max age) and dead-letters explicitly.
+//! - Stream `SWO_DEAD` holds dead letters on `swo.dead.<delivery id>`; `deliveries list|show|
+//!   replay` read it, and a replay re-publishes into the work queue and purges the dead letter.
+//! - Stream `SWO_DELIVERED` keeps a record of each delivered delivery on
+//!   `swo.delivered.<delivery id>` for 24 hours (its `max_age`), so `deliveries list|show` and a
+//!   replay of a delivered delivery work as with SQLite; [`Queue::prune`] has nothing to do.
+//! - Key-value bucket `swo-state`: `trigger-test` handshakes per instance and counters per
+//!   (sink, replica): each replica writes only its own key, so counters need no compare-and-set
+//!   across replicas, and `/v1/stats` sums them. Bucket `swo-dedup` holds Strapi's duplicate-event
+//!   keys, claimed with a create (compare-and-set), so a duplicate is recognised by whichever
+//!   replica it reaches.
+//!
+//! Rate limits, concurrency and coalescing are applied by each replica's engine to what it
+//! claims: with N replicas a sink can see up to N times its configured rate. Documented in
+//! `docs/receiver.md`; run one replica for sinks with strict quotas.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    kv,
+    stream::{self, RetentionPolicy, StorageType, Stream},
+};
+use futures::{TryStreamExt, future::BoxFuture};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
+    Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector, SinkCounters, SinkKey,
+    UnixMillis, now_millis,
+};
+
+const DELIVERIES: &str = "SWO_DELIVERIES";
+const DEAD: &str = "SWO_DEAD";
+const DELIVERED: &str = "SWO_DELIVERED";
+const STATE_BUCKET: &str = "swo-state";
+const DEDUP_BUCKET: &str = "swo-dedup";
+// How long a delivered delivery stays listable.
+const DELIVERED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+// Strapi's duplicates arrive within seconds; an hour bounds the bucket without cutting a window.
+const DEDUP_RETENTION: Duration = Duration::from_secs(3600);
+// A publish that JetStream has not acknowledged by then fails the ingest (a 5xx well within
+// Strapi's 10 s timeout) instead of hanging while NATS is down.
+const ACK_TIMEOUT: Duration = Duration::from_secs(4);
+// How soon a worker looks again when all its sink's deliveries wait out a `nak` delay or sit
+// with another replica; JetStream does not say when a delayed message becomes due.
+const REDELIVERY_POLL_MS: i64 = 250;
+
+/// Where the JetStream queue lives: `nats://host:port[?replicas=N]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsSpec {
+    /// The server URL handed to the client, without the query.
+    pub url: String,
+    /// JetStream replicas of every stream and bucket (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl NatsSpec {
+    /// Parses `nats://host:port[?replicas=N]`; `None` if it is not a NATS URL.
+    pub fn parse(spec: &str) -> Option<Self> {
+        if !spec.starts_with("nats://") && !spec.starts_with("tls://") {
+            return None;
+        }
+        let (url, query) = spec.split_once('?').unwrap_or((spec, ""));
+        if url
+            .split_once("://")
+            .is_none_or(|(_, host)| host.is_empty())
+        {
+            return None;
+        }
+        let mut replicas = 1;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("replicas", count)) => {
+                    replicas = count.parse().ok().filter(|count| (1..=5).contains(count))?;
+                }
+                _ => return None,
+            }
+        }
+        Some(Self {
+            url: url.to_owned(),
+            replicas,
+        })
+    }
+}
+
+/// A delivery as stored in each stream: the message payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    event_id: String,
+    instance: String,
+    event: String,
+    webhook: String,
+    sink: String,
+    route: String,
+    enqueued_at: UnixMillis,
+    // Attempts made before the message was (re)published; JetStream counts the rest.
+    attempts: u32,
+    last_error: Option<String>,
+    delivered_at: Option<UnixMillis>,
+    raw: String,
+}
+
+impl Record {
+    fn sink_key(&self) -> SinkKey {
+        SinkKey {
+            webhook: self.webhook.clone(),
+            sink: self.sink.clone(),
+        }
+    }
+
+    fn summary(&self, state: DeliveryState) -> DeliverySummary {
+        DeliverySummary {
+            id: self.id.clone(),
+            event_id: self.event_id.clone(),
+            instance: self.instance.clone(),
+            event: self.event.clone(),
+            webhook: self.webhook.clone(),
+            route: self.route.clone(),
+            sink: self.sink.clone(),
+            state,
+            attempts: self.attempts,
+            enqueued_at: self.enqueued_at,
+            next_attempt_at: (state == DeliveryState::Pending).then_some(self.enqueued_at),
+            delivered_at: self.delivered_at,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn matches(&self, state: DeliveryState, filter: &DeliveryFilter) -> bool {
+        filter.state.is_none_or(|wanted| wanted == state)
+            && filter.webhook.as_ref().is_none_or(|w| *w == self.webhook)
+            && filter.sink.as_ref().is_none_or(|s| *s == self.sink)
+            && filter.event.as_ref().is_none_or(|e| *e == self.event_id)
+    }
+}
+
+/// A claimed message this replica has not completed yet.
+struct Claimed {
+    message: jetstream::Message,
+    record: Record,
+}
+
+/// The JetStream queue. Open it with [`NatsQueue::connect`].
+pub struct NatsQueue {
+    js: jetstream::Context,
+    deliveries: Stream,
+    dead: Stream,
+    delivered: Stream,
+    state: kv::Store,
+    dedup: kv::Store,
+    // This replica's identity in the counter keys.
+    replica: String,
+    consumers: tokio::sync::Mutex<HashMap<SinkKey, PullConsumer>>,
+    claimed: Mutex<HashMap<String, Claimed>>,
+    counters: tokio::sync::Mutex<BTreeMap<SinkKey, SinkCounters>>,
+}
+
+fn storage(step: &'static str) -> impl Fn(String) -> QueueError {
+    move |message| QueueError::Storage { step, message }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation, so a panic cannot leave it half-done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A subject token for a sink: hex keeps `/`, `.` and anything else a name may hold out of the
+/// subject's syntax.
+fn sink_token(sink: &SinkKey) -> String {
+    hex(format!("{}\n{}", sink.webhook, sink.sink).as_bytes())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(token: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(token.get(at..at + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn sink_from_token(token: &str) -> Option<SinkKey> {
+    let (webhook, sink) = unhex(token)?
+        .split_once('\n')
+        .map(|(w, s)| (w.into(), s.into()))?;
+    Some(SinkKey { webhook, sink })
+}
+
+impl NatsQueue {
+    /// Connects to NATS and creates (or reuses) the streams and buckets. The client reconnects
+    /// by itself for as long as the receiver runs; while NATS is away every ingest fails, which
+    /// the receiver answers with a 5xx.
+    pub async fn connect(spec: &NatsSpec) -> Result<Self, QueueError> {
+        let open = |message: String| QueueError::Open {
+            location: spec.url.clone(),
+            message,
+        };
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .name("strapi-webhook-operator receiver")
+            .connect(spec.url.as_str())
+            .await
+            .map_err(|error| open(error.to_string()))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(ACK_TIMEOUT);
+        let stream = |name: &str, subjects: &str, retention, max_age| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            retention,
+            storage: StorageType::File,
+            num_replicas: spec.replicas,
+            max_age,
+            ..stream::Config::default()
+        };
+        let deliveries = js
+            .get_or_create_stream(stream(
+                DELIVERIES,
+                "swo.deliveries.>",
+                RetentionPolicy::WorkQueue,
+                Duration::ZERO,
+            ))
+            .await
+            .map_err(|error| open(format!("stream {DELIVERIES}: {error}")))?;
+        let dead = js
+            .get_or_create_stream(stream(
+                DEAD,
+                "swo.dead.>",
+                RetentionPolicy::Limits,
+                Duration::ZERO,
+            ))
+            .await
+            .map_err(|error| open(format!("stream {DEAD}: {error}")))?;
+        let delivered = js
+            .get_or_create_stream(stream(
+                DELIVERED,
+                "swo.delivered.>",
+                RetentionPolicy::Limits,
+                DELIVERED_RETENTION,
+            ))
+            .await
+            .map_err(|error| open(format!("stream {DELIVERED}: {error}")))?;
+        let bucket = |bucket: &str, max_age| kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age,
+            storage: StorageType::File,
+            num_replicas: spec.replicas,
+            ..kv::Config::default()
+        };
+        let state = js
+            .create_or_update_key_value(bucket(STATE_BUCKET, Duration::ZERO))
+            .await
+            .map_err(|error| open(format!("bucket {STATE_BUCKET}: {error}")))?;
+        let dedup = js
+            .create_or_update_key_value(bucket(DEDUP_BUCKET, DEDUP_RETENTION))
+            .await
+            .map_err(|error| open(format!("bucket {DEDUP_BUCKET}: {error}")))?;
+        Ok(Self {
+            js,
+            deliveries,
+            dead,
+            delivered,
+            state,
+            dedup,
+            replica: uuid::Uuid::now_v7().simple().to_string(),
+            consumers: tokio::sync::Mutex::default(),
+            claimed: Mutex::default(),
+            counters: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Publishes `record` to `subject` and waits for JetStream's acknowledgement.
+    async fn publish(
+        &self,
+        step: &'static str,
+        subject: String,
+        message_id: &str,
+        record: &Record,
+    ) -> Result<(), QueueError> {
+        let payload =
+            serde_json::to_vec(record).map_err(|error| storage(step)(error.to_string()))?;
+        self.js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(message_id),
+            )
+            .await
+            .map_err(|error| storage(step)(error.to_string()))?
+            .await
+            .map_err(|error| storage(step)(error.to_string()))?;
+        Ok(())
+    }
+
+    async fn enqueue(
+        &self,
+        step: &'static str,
+        record: &Record,
+        nonce: &str,
+    ) -> Result<(), QueueError> {
+        let subject = format!(
+            "swo.deliveries.{}.{}",
+            sink_token(&record.sink_key()),
+            record.id
+        );
+        self.publish(step, subject, &format!("{}.{nonce}", record.id), record)
+            .await
+    }
+
+    async fn bury(&self, step: &'static str, record: &Record) -> Result<(), QueueError> {
+        let subject = format!("swo.dead.{}", record.id);
+        self.publish(
+            step,
+            subject,
+            &format!("{}.dead.{}", record.id, now_millis()),
+            record,
+        )
+        .await
+    }
+
+    /// Claims the dedup key for `event`, or names the event that holds it within the window.
+    async fn deduplicate(&self, key: &str, event: &NewEvent) -> Result<Option<String>, QueueError> {
+        let key = hex(key.as_bytes());
+        let value = event.id.clone().into_bytes();
+        if self.dedup.create(&key, value.clone().into()).await.is_ok() {
+            return Ok(None);
+        }
+        let entry = self
+            .dedup
+            .entry(&key)
+            .await
+            .map_err(|error| storage("dedup")(error.to_string()))?;
+        let Some(entry) = entry else {
+            // Expired between the two calls: the window is long gone.
+            return Ok(None);
+        };
+        let stored_at = entry.created.unix_timestamp_nanos() / 1_000_000;
+        let original = String::from_utf8_lossy(&entry.value).into_owned();
+        if i128::from(event.received_at) - stored_at <= i128::from(event.dedup_window_ms)
+            && entry.operation == kv::Operation::Put
+        {
+            return Ok(Some(original));
+        }
+        match self.dedup.update(&key, value.into(), entry.revision).await {
+            Ok(_) => Ok(None),
+            // Another replica renewed the key just now with the same event: a duplicate of it.
+            Err(_) => Ok(Some(original)),
+        }
+    }
+
+    async fn consumer(&self, sink: &SinkKey, lease_ms: i64) -> Result<PullConsumer, QueueError> {
+        let mut consumers = self.consumers.lock().await;
+        if let Some(consumer) = consumers.get(sink) {
+            return Ok(consumer.clone());
+        }
+        let name = sink_token(sink);
+        let consumer = self
+            .deliveries
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("swo.deliveries.{name}.>"),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: Duration::from_millis(u64::try_from(lease_ms).unwrap_or(30_000)),
+                    max_deliver: -1,
+                    max_ack_pending: -1,
+                    num_replicas: 0,
+                    ..pull::Config::default()
+                },
+            )
+            .await
+            .map_err(|error| storage("claim")(format!("consumer for {sink}: {error}")))?;
+        consumers.insert(sink.clone(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Adds `change` to this replica's counters of `sink` and writes them to the bucket.
+    async fn count(&self, sink: SinkKey, change: impl FnOnce(&mut SinkCounters)) {
+        let mut counters = self.counters.lock().await;
+        let entry = counters.entry(sink.clone()).or_default();
+        change(entry);
+        let key = format!("counters.{}.{}", sink_token(&sink), self.replica);
+        let written = match serde_json::to_vec(entry) {
+            Ok(json) => self
+                .state
+                .put(key, json.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = written {
+            // The counters are statistics; the delivery's outcome is already recorded.
+            tracing::warn!(%sink, %error, "writing delivery counters failed");
+        }
+    }
+
+    /// Reads the newest messages of `stream` (down from the last sequence) into records.
+    async fn scan(
+        &self,
+        stream: &Stream,
+        step: &'static str,
+        mut keep: impl FnMut(&Record) -> bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, Record)>, QueueError> {
+        let mut info = stream.clone();
+        let state = info
+            .info()
+            .await
+            .map_err(|error| storage(step)(error.to_string()))?
+            .state
+            .clone();
+        let mut found = Vec::new();
+        if state.messages == 0 {
+            return Ok(found);
+        }
+        let mut sequence = state.last_sequence;
+        while sequence >= state.first_sequence && found.len() < limit {
+            // Gaps (acknowledged or deleted messages) are skipped.
+            if let Ok(message) = stream.get_raw_message(sequence).await
+                && let Ok(record) = serde_json::from_slice::<Record>(&message.payload)
+                && keep(&record)
+            {
+                found.push((sequence, record));
+            }
+            sequence -= 1;
+        }
+        Ok(found)
+    }
+
+    async fn last_on(&self, stream: &Stream, subject: String) -> Option<(u64, Record)> {
+        let message = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .ok()?;
+        serde_json::from_slice(&message.payload)
+            .ok()
+            .map(|record| (message.sequence, record))
+    }
+
+    async fn pending_record(&self, id: &str) -> Result<Option<(u64, Record)>, QueueError> {
+        let found = self
+            .scan(&self.deliveries, "show", |record| record.id == id, 1)
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Moves a dead or delivered record back into the work queue with a fresh count and age.
+    async fn requeue(&self, mut record: Record) -> Result<SinkKey, QueueError> {
+        let now = now_millis();
+        record.attempts = 0;
+        record.enqueued_at = now;
+        record.last_error = None;
+        record.delivered_at = None;
+        self.enqueue("replay", &record, &format!("replay.{now}"))
+            .await?;
+        Ok(record.sink_key())
+    }
+
+    async fn finish(&self, claimed: Claimed, completion: Completion) -> Result<(), QueueError> {
+        let Claimed {
+            message,
+            mut record,
+        } = claimed;
+        let attempts = record.attempts
+            + message
+                .info()
+                .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(1));
+        let sink = record.sink_key();
+        let now = now_millis();
+        let message = &message;
+        let ack = |kind| async move {
+            message
+                .ack_with(kind)
+                .await
+                .map_err(|error| storage("complete")(error.to_string()))
+        };
+        match completion {
+            Completion::Delivered => {
+                record.attempts = attempts;
+                record.delivered_at = Some(now);
+                record.last_error = None;
+                let subject = format!("swo.delivered.{}", record.id);
+                self.publish("complete", subject, &format!("{}.done", record.id), &record)
+                    .await?;
+                message
+                    .double_ack()
+                    .await
+                    .map_err(|error| storage("complete")(error.to_string()))?;
+                self.count(sink, |counters| {
+                    counters.delivered += 1;
+                    counters.last_success_at = Some(now);
+                })
+                .await;
+            }
+            Completion::Retry {
+                next_attempt_at,
+                error,
+            } => {
+                let delay =
+                    Duration::from_millis(u64::try_from(next_attempt_at - now).unwrap_or(0));
+                ack(AckKind::Nak(Some(delay))).await?;
+                self.count(sink, |counters| {
+                    counters.failed += 1;
+                    counters.last_error = Some(error);
+                })
+                .await;
+            }
+            Completion::DeadLetter { error } => {
+                record.attempts = attempts;
+                record.last_error = Some(error.clone());
+                // Stored dead first: a crash in between leaves the delivery in the work queue
+                // (sent again), never in neither stream.
+                self.bury("complete", &record).await?;
+                ack(AckKind::Ack).await?;
+                self.count(sink, |counters| {
+                    counters.dead_lettered += 1;
+                    counters.last_error = Some(error);
+                })
+                .await;
+            }
+            Completion::Release { .. } => {
+                // Handed back untried: re-published with the attempts it had, so the hand-back
+                // does not count as an attempt the way a redelivery would.
+                record.attempts = attempts - 1;
+                self.enqueue("complete", &record, &format!("release.{now}"))
+                    .await?;
+                ack(AckKind::Ack).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Queue for NatsQueue {
+    fn ingest(&self, event: NewEvent) -> BoxFuture<'_, Result<IngestOutcome, QueueError>> {
+        Box::pin(async move {
+            if let Some(key) = &event.dedup_key
+                && let Some(original) = self.deduplicate(key, &event).await?
+            {
+                return Ok(IngestOutcome::Duplicate { original });
+            }
+            let raw = String::from_utf8_lossy(&event.raw).into_owned();
+            let publishes = event.deliveries.iter().map(|delivery| {
+                let record = Record {
+                    id: delivery.id.clone(),
+                    event_id: event.id.clone(),
+                    instance: event.instance.clone(),
+                    event: event.event.clone(),
+                    webhook: delivery.sink.webhook.clone(),
+                    sink: delivery.sink.sink.clone(),
+                    route: delivery.route.clone(),
+                    enqueued_at: event.received_at,
+                    attempts: 0,
+                    last_error: delivery.dead_on_arrival.clone(),
+                    delivered_at: None,
+                    raw: raw.clone(),
+                };
+                async move {
+                    if delivery.dead_on_arrival.is_some() {
+                        self.bury("ingest", &record).await
+                    } else {
+                        self.enqueue("ingest", &record, "new").await
+                    }
+                }
+            });
+            let published = futures::future::join_all(publishes).await;
+            if let Some(error) = published.into_iter().find_map(Result::err) {
+                if let Some(key) = &event.dedup_key {
+                    // Not stored, so not a duplicate for whoever sends it again.
+                    let _ = self.dedup.purge(hex(key.as_bytes())).await;
+                }
+                return Err(error);
+            }
+            Ok(IngestOutcome::Stored)
+        })
+    }
+
+    fn record_handshake(
+        &self,
+        instance: String,
+        at: UnixMillis,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let key = format!("handshake.{}", hex(instance.as_bytes()));
+            // Compare-and-set, retried: replicas may record handshakes of one instance at once.
+            loop {
+                let entry = self
+                    .state
+                    .entry(&key)
+                    .await
+                    .map_err(|error| storage("handshake")(error.to_string()))?;
+                let mut handshake: Handshake = entry
+                    .as_ref()
+                    .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+                    .unwrap_or_default();
+                handshake.count += 1;
+                handshake.last_at = Some(handshake.last_at.map_or(at, |last| last.max(at)));
+                let value = serde_json::to_vec(&handshake)
+                    .map_err(|error| storage("handshake")(error.to_string()))?;
+                let written = match entry {
+                    Some(entry) => self
+                        .state
+                        .update(&key, value.into(), entry.revision)
+                        .await
+                        .is_ok(),
+                    None => self.state.create(&key, value.into()).await.is_ok(),
+                };
+                if written {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    fn handshake(&self, instance: String) -> BoxFuture<'_, Result<Handshake, QueueError>> {
+        Box::pin(async move {
+            let key = format!("handshake.{}", hex(instance.as_bytes()));
+            let value = self
+                .state
+                .get(key)
+                .await
+                .map_err(|error| storage("handshake")(error.to_string()))?;
+            Ok(value
+                .and_then(|value| serde_json::from_slice(&value).ok())
+                .unwrap_or_default())
+        })
+    }
+
+    fn claim(
+        &self,
+        sink: SinkKey,
+        _now: UnixMillis,
+        limit: u32,
+        lease_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedDelivery>, QueueError>> {
+        Box::pin(async move {
+            let consumer = self.consumer(&sink, lease_ms).await?;
+            let mut messages = consumer
+                .fetch()
+                .max_messages(usize::try_from(limit).unwrap_or(1))
+                .messages()
+                .await
+                .map_err(|error| storage("claim")(error.to_string()))?;
+            let mut claimed = Vec::new();
+            while let Some(message) = messages
+                .try_next()
+                .await
+                .map_err(|error| storage("claim")(error.to_string()))?
+            {
+                let Ok(record) = serde_json::from_slice::<Record>(&message.payload) else {
+                    // Not ours: someone published into our subjects. Dropped loudly, never
+                    // redelivered forever.
+                    tracing::error!(subject = %message.subject, "unreadable delivery message; terminated");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                };
+                let delivered = message
+                    .info()
+                    .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(1));
+                claimed.push(ClaimedDelivery {
+                    id: record.id.clone(),
+                    event_id: record.event_id.clone(),
+                    sink: record.sink_key(),
+                    route: record.route.clone(),
+                    attempts: record.attempts + delivered - 1,
+                    enqueued_at: record.enqueued_at,
+                    raw: record.raw.clone().into_bytes(),
+                });
+                lock(&self.claimed).insert(record.id.clone(), Claimed { message, record });
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn next_due(&self, sink: SinkKey) -> BoxFuture<'_, Result<Option<UnixMillis>, QueueError>> {
+        Box::pin(async move {
+            let Some(mut consumer) = self.consumers.lock().await.get(&sink).cloned() else {
+                // Never claimed here: look again soon, the first claim creates the consumer.
+                return Ok(Some(now_millis() + REDELIVERY_POLL_MS));
+            };
+            let info = consumer
+                .info()
+                .await
+                .map_err(|error| storage("next due")(error.to_string()))?;
+            Ok(if info.num_pending > 0 {
+                Some(now_millis())
+            } else if info.num_ack_pending > 0 {
+                Some(now_millis() + REDELIVERY_POLL_MS)
+            } else {
+                None
+            })
+        })
+    }
+
+    fn complete(
+        &self,
+        id: String,
+        completion: Completion,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let claimed = lock(&self.claimed)
+                .remove(&id)
+                .ok_or_else(|| QueueError::NotFound(id.clone()))?;
+            self.finish(claimed, completion).await
+        })
+    }
+
+    fn waiting_sinks(&self) -> BoxFuture<'_, Result<Vec<SinkKey>, QueueError>> {
+        Box::pin(async move {
+            let subjects: Vec<(String, usize)> = self
+                .deliveries
+                .info_with_subjects("swo.deliveries.>")
+                .await
+                .map_err(|error| storage("waiting sinks")(error.to_string()))?
+                .try_collect()
+                .await
+                .map_err(|error| storage("waiting sinks")(error.to_string()))?;
+            let mut sinks: Vec<SinkKey> = subjects
+                .iter()
+                .filter_map(|(subject, _)| subject.split('.').nth(2).and_then(sink_from_token))
+                .collect();
+            sinks.sort();
+            sinks.dedup();
+            Ok(sinks)
+        })
+    }
+
+    fn dead_letter_waiting(
+        &self,
+        sink: SinkKey,
+        reason: String,
+    ) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let token = sink_token(&sink);
+            let waiting = self
+                .scan(
+                    &self.deliveries,
+                    "dead-letter",
+                    |record| record.sink_key() == sink,
+                    usize::MAX,
+                )
+                .await?;
+            let mut count = 0;
+            for (sequence, mut record) in waiting {
+                record.last_error = Some(reason.clone());
+                self.bury("dead-letter", &record).await?;
+                self.deliveries
+                    .delete_message(sequence)
+                    .await
+                    .map_err(|error| storage("dead-letter")(error.to_string()))?;
+                count += 1;
+            }
+            if count > 0 {
+                tracing::debug!(%sink, token, count, "moved waiting deliveries to the dead letters");
+                self.count(sink, |counters| {
+                    counters.dead_lettered += i64::try_from(count).unwrap_or(i64::MAX);
+                    counters.last_error = Some(reason);
+                })
+                .await;
+            }
+            Ok(count)
+        })
+    }
+
+    fn list(
+        &self,
+        filter: DeliveryFilter,
+    ) -> BoxFuture<'_, Result<Vec<DeliverySummary>, QueueError>> {
+        Box::pin(async move {
+            let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX).max(1);
+            let inflight: Vec<String> = lock(&self.claimed).keys().cloned().collect();
+            let mut rows = Vec::new();
+            let wants = |state: DeliveryState| filter.state.is_none_or(|wanted| wanted == state);
+            if wants(DeliveryState::Pending) || wants(DeliveryState::Inflight) {
+                let waiting = self
+                    .scan(
+                        &self.deliveries,
+                        "list",
+                        |record| {
+                            let state = if inflight.contains(&record.id) {
+                                DeliveryState::Inflight
+                            } else {
+                                DeliveryState::Pending
+                            };
+                            record.matches(state, &filter)
+                        },
+                        limit,
+                    )
+                    .await?;
+                rows.extend(waiting.into_iter().map(|(_, record)| {
+                    let state = if inflight.contains(&record.id) {
+                        DeliveryState::Inflight
+                    } else {
+                        DeliveryState::Pending
+                    };
+                    record.summary(state)
+                }));
+            }
+            for (stream, state) in [
+                (&self.dead, DeliveryState::Dead),
+                (&self.delivered, DeliveryState::Delivered),
+            ] {
+                if wants(state) {
+                    let found = self
+                        .scan(
+                            stream,
+                            "list",
+                            |record| record.matches(state, &filter),
+                            limit,
+                        )
+                        .await?;
+                    rows.extend(found.into_iter().map(|(_, record)| record.summary(state)));
+                }
+            }
+            rows.sort_by(|a, b| (b.enqueued_at, &b.id).cmp(&(a.enqueued_at, &a.id)));
+            rows.truncate(limit);
+            Ok(rows)
+        })
+    }
+
+    fn show(&self, id: String) -> BoxFuture<'_, Result<DeliveryDetail, QueueError>> {
+        Box::pin(async move {
+            let (record, state) = if let Some((_, record)) =
+                self.last_on(&self.dead, format!("swo.dead.{id}")).await
+            {
+                (record, DeliveryState::Dead)
+            } else if let Some((_, record)) = self
+                .last_on(&self.delivered, format!("swo.delivered.{id}"))
+                .await
+            {
+                (record, DeliveryState::Delivered)
+            } else if let Some((_, record)) = self.pending_record(&id).await? {
+                let state = if lock(&self.claimed).contains_key(&id) {
+                    DeliveryState::Inflight
+                } else {
+                    DeliveryState::Pending
+                };
+                (record, state)
+            } else {
+                return Err(QueueError::NotFound(id));
+            };
+            let payload = serde_json::from_str(&record.raw)
+                .unwrap_or_else(|_| serde_json::Value::String(record.raw.clone()));
+            Ok(DeliveryDetail {
+                summary: record.summary(state),
+                payload,
+            })
+        })
+    }
+
+    fn replay(
+        &self,
+        selector: ReplaySelector,
+    ) -> BoxFuture<'_, Result<Vec<(SinkKey, i64)>, QueueError>> {
+        Box::pin(async move {
+            let dead: Vec<(u64, Record)> = match &selector {
+                ReplaySelector::Id(id) => {
+                    if let Some(found) = self.last_on(&self.dead, format!("swo.dead.{id}")).await {
+                        vec![found]
+                    } else if let Some((_, record)) = self
+                        .last_on(&self.delivered, format!("swo.delivered.{id}"))
+                        .await
+                    {
+                        let sink = self.requeue(record).await?;
+                        return Ok(vec![(sink, 1)]);
+                    } else if self.pending_record(id).await?.is_some() {
+                        return Err(QueueError::NotReplayable {
+                            id: id.clone(),
+                            state: DeliveryState::Pending,
+                        });
+                    } else {
+                        return Err(QueueError::NotFound(id.clone()));
+                    }
+                }
+                ReplaySelector::DeadLetters { webhook, sink } => {
+                    self.scan(
+                        &self.dead,
+                        "replay",
+                        |record| {
+                            webhook.as_ref().is_none_or(|w| *w == record.webhook)
+                                && sink.as_ref().is_none_or(|s| *s == record.sink)
+                        },
+                        usize::MAX,
+                    )
+                    .await?
+                }
+            };
+            let mut replayed: BTreeMap<SinkKey, i64> = BTreeMap::new();
+            for (_, record) in dead {
+                let subject = format!("swo.dead.{}", record.id);
+                let sink = self.requeue(record).await?;
+                // Requeued first: a crash in between replays it twice, never loses it.
+                self.dead
+                    .purge()
+                    .filter(subject)
+                    .await
+                    .map_err(|error| storage("replay")(error.to_string()))?;
+                *replayed.entry(sink).or_default() += 1;
+            }
+            Ok(replayed.into_iter().collect())
+        })
+    }
+
+    fn counters(&self) -> BoxFuture<'_, Result<Vec<(SinkKey, SinkCounters)>, QueueError>> {
+        Box::pin(async move {
+            let keys: Vec<String> = self
+                .state
+                .keys()
+                .await
+                .map_err(|error| storage("counters")(error.to_string()))?
+                .try_collect()
+                .await
+                .map_err(|error| storage("counters")(error.to_string()))?;
+            let mut totals: BTreeMap<SinkKey, SinkCounters> = BTreeMap::new();
+            for key in keys {
+                let Some(sink) = key
+                    .strip_prefix("counters.")
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(sink_from_token)
+                else {
+                    continue;
+                };
+                let Some(value) = self
+                    .state
+                    .get(&key)
+                    .await
+                    .map_err(|error| storage("counters")(error.to_string()))?
+                else {
+                    continue;
+                };
+                let Ok(part) = serde_json::from_slice::<SinkCounters>(&value) else {
+                    continue;
+                };
+                let total = totals.entry(sink).or_default();
+                total.delivered += part.delivered;
+                total.failed += part.failed;
+                total.dead_lettered += part.dead_lettered;
+                if part.last_success_at > total.last_success_at {
+                    total.last_success_at = part.last_success_at;
+                }
+                if part.last_error.is_some() {
+                    total.last_error = part.last_error;
+                }
+            }
+            let waiting = self.waiting_counts().await?;
+            for (sink, pending) in waiting {
+                totals.entry(sink).or_default().pending = pending;
+            }
+            Ok(totals.into_iter().collect())
+        })
+    }
+
+    fn prune(&self, _before: UnixMillis) -> BoxFuture<'_, Result<u64, QueueError>> {
+        // SWO_DELIVERED expires its records by max_age, and acknowledged messages leave the work
+        // queue by themselves.
+        Box::pin(async { Ok(0) })
+    }
+}
+
+impl NatsQueue {
+    /// Deliveries still in the work queue, per sink.
+    async fn waiting_counts(&self) -> Result<BTreeMap<SinkKey, i64>, QueueError> {
+        let subjects: Vec<(String, usize)> = self
+            .deliveries
+            .info_with_subjects("swo.deliveries.>")
+            .await
+            .map_err(|error| storage("counters")(error.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|error| storage("counters")(error.to_string()))?;
+        let mut counts = BTreeMap::new();
+        for (subject, count) in subjects {
+            if let Some(sink) = subject.split('.').nth(2).and_then(sink_from_token) {
+                *counts.entry(sink).or_default() += i64::try_from(count).unwrap_or(i64::MAX);
+            }
+        }
+        Ok(counts)
+    }
+}
+
+impl std::fmt::Debug for NatsQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsQueue")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_carries_the_replicas() {
+        assert_eq!(
+            NatsSpec::parse("nats://nats.nats:4222?replicas=3"),
+            Some(NatsSpec {
+                url: "nats://nats.nats:4222".into(),
+                replicas: 3
+            })
+        );
+        assert_eq!(
+            NatsSpec::parse("nats://127.0.0.1:4222").map(|s| s.replicas),
+            Some(1)
+        );
+        assert_eq!(NatsSpec::parse("nats://h:1?replicas=9"), None);
+        assert_eq!(NatsSpec::parse("nats://h:1?color=red"), None);
+        assert_eq!(NatsSpec::parse("nats://"), None);
+        assert_eq!(NatsSpec::parse("sqlite:/x"), None);
+    }
+
+    #[test]
+    fn sink_tokens_round_trip_any_name() {
+        let sink = SinkKey {
+            webhook: "cms/site.v2".into(),
+            sink: "next*js".into(),
+        };
+        let token = sink_token(&sink);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(sink_from_token(&token), Some(sink));
+    }
+}
