@@ -273,9 +273,9 @@ impl Engine {
                     continue;
                 }
                 let mut held = vec![first];
-                if worker.probing() {
-                    // Half-open circuit: one probe decides whether the sink is back.
-                } else {
+                // With the circuit half-open, the one permit held is the probe that decides
+                // whether the sink is back; otherwise take every free permit.
+                if !worker.probing() {
                     held.extend(std::iter::from_fn(|| {
                         Arc::clone(&permits).try_acquire_owned().ok()
                     }));
