@@ -1,12 +1,15 @@
 //! The Strapi admin API client against a real Strapi 5 (the app in `tests/strapi`): webhook
 //! CRUD, every error kind, session renewal, admin tokens, and the webhook calls Strapi makes for
 //! editor actions, whose payloads are kept in `tests/fixtures/strapi-events/` for the receiver's
-//! and routing's tests. Set `UPDATE_STRAPI_FIXTURES=1` to rewrite the fixtures from a run.
+//! and routing's tests. Set `UPDATE_STRAPI_FIXTURES=1` to rewrite the fixtures from a run. The
+//! retry policy is checked against a loopback server that answers like a failing proxy, since a
+//! healthy Strapi never answers 503.
 
 mod support;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use strapi_webhook_operator::strapi::{
     ClientOptions, ContentTypeKind, Credentials, Document, StrapiClient, StrapiError, Webhook,
@@ -101,6 +104,12 @@ async fn webhook_create_list_get_update_delete_round_trip() {
     ] {
         assert_eq!(error.reason(), "NotFound", "{error}");
     }
+    // Strapi 5 answers a trigger for a missing webhook with a 500, not a 404.
+    let error = client.trigger_webhook(&created.id).await.unwrap_err();
+    assert!(
+        matches!(error, StrapiError::Unexpected { status: 500, .. }),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
@@ -542,4 +551,43 @@ fn shape(value: &Value) -> Value {
                 .collect(),
         ),
     }
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_for_idempotent_calls_only() {
+    // A proxy in front of Strapi that answers 503 to everything.
+    let proxy = CaptureServer::answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let client =
+        StrapiClient::with_options(proxy.url(), Credentials::admin_token("t"), impatient())
+            .unwrap();
+
+    let error = client.list_webhooks().await.unwrap_err();
+    assert!(
+        matches!(error, StrapiError::Unexpected { status: 503, .. }),
+        "{error:?}"
+    );
+    assert_eq!(proxy.requests().len(), 3, "the call and its 2 retries");
+
+    // A POST that failed may still have created the webhook, so it is not sent again.
+    let error = client
+        .create_webhook(&spec(
+            "http://127.0.0.1:65000/hooks/retry",
+            &["entry.create"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "Unexpected", "{error}");
+    assert_eq!(proxy.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let proxy = CaptureServer::answering(StatusCode::NOT_FOUND).await;
+    let client =
+        StrapiClient::with_options(proxy.url(), Credentials::admin_token("t"), impatient())
+            .unwrap();
+    let error = client.get_webhook("1").await.unwrap_err();
+    assert_eq!(error.reason(), "NotFound", "{error}");
+    let paths: Vec<String> = proxy.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/admin/webhooks/1"]);
 }
