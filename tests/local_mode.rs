@@ -226,6 +226,14 @@ async fn publish_and_expect(
     .await
 }
 
+/// The 1-based line of `text` that starts with `start`.
+fn line_of(text: &str, start: &str) -> usize {
+    text.lines()
+        .position(|line| line.starts_with(start))
+        .expect("the line is in the text")
+        + 1
+}
+
 fn write(path: &PathBuf, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
 }
@@ -301,11 +309,7 @@ async fn local_mode_registers_delivers_reloads_and_keeps_the_last_good_config() 
 
     // An invalid file is reported with its file and line; the last good configuration serves on.
     let invalid = webhook_yaml(&name, sink.url(), "v3", "entry.publish");
-    let events_line = invalid
-        .lines()
-        .position(|line| line.starts_with("  events:"))
-        .unwrap()
-        + 1;
+    let events_line = line_of(&invalid, "  events:");
     let logged = local.logged();
     write(&webhook_file, &invalid);
     let rejected = local.wait_for_line(logged, "configuration rejected").await;
@@ -325,10 +329,9 @@ async fn local_mode_registers_delivers_reloads_and_keeps_the_last_good_config() 
 async fn an_invalid_configuration_at_start_is_refused_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("webhook.yaml");
-    write(
-        &file,
-        &webhook_yaml("nowhere", "http://127.0.0.1:9", "v1", "[entry.publish]"),
-    );
+    let yaml = webhook_yaml("nowhere", "http://127.0.0.1:9", "v1", "[entry.publish]");
+    let instance_ref_line = line_of(&yaml, "  instanceRef:");
+    write(&file, &yaml);
     let output = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
         .args(["local", "-f"])
         .arg(&file)
@@ -347,8 +350,8 @@ async fn an_invalid_configuration_at_start_is_refused_with_file_and_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}:1: StrapiWebhook local/articles: spec.instanceRef: StrapiInstance local/nowhere \
-             is not defined in the files",
+            "{}:{instance_ref_line}: StrapiWebhook local/articles: spec.instanceRef: StrapiInstance \
+             local/nowhere is not defined in the files",
             file.display()
         )),
         "{stderr}"

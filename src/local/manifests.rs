@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::api::core::v1::Secret;
@@ -56,17 +57,27 @@ pub struct Located<T> {
     pub file: PathBuf,
     /// 1-based line where the object's document starts.
     pub line: usize,
+    /// Where each field of the document is.
+    pub lines: Arc<Lines>,
     /// The object.
     pub object: T,
 }
 
 impl<T> Located<T> {
-    /// A problem with this object.
+    /// A problem with this object as a whole, at the start of its document.
     pub fn problem(&self, reason: impl Into<String>) -> Problem {
         Problem {
             file: self.file.clone(),
             line: Some(self.line),
             reason: reason.into(),
+        }
+    }
+
+    /// A problem with one field (`spec.routes[2].filter`), at that field's line.
+    pub fn problem_at(&self, field: &str, reason: impl Into<String>) -> Problem {
+        Problem {
+            line: Some(self.lines.find(field).unwrap_or(self.line)),
+            ..self.problem(reason)
         }
     }
 }
@@ -171,6 +182,7 @@ impl Manifests {
                         self.instances.push(Located {
                             file: file.to_owned(),
                             line,
+                            lines: Arc::new(Lines::of(&document)),
                             object,
                         });
                     }
@@ -180,6 +192,7 @@ impl Manifests {
                         self.webhooks.push(Located {
                             file: file.to_owned(),
                             line,
+                            lines: Arc::new(Lines::of(&document)),
                             object,
                         });
                     }
@@ -323,6 +336,126 @@ fn yaml_problem(file: &Path, document_line: usize, error: &serde_saphyr::Error) 
     }
 }
 
+/// Where each key of a YAML document is, so that a compile error's field path
+/// (`spec.routes[2].filter`) can be reported at the line of that field.
+#[derive(Debug, Default)]
+pub struct Lines {
+    children: Vec<(Segment, usize, Lines)>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl Lines {
+    /// The key lines of a (padded) document; empty when it does not parse.
+    pub fn of(document: &str) -> Self {
+        serde_saphyr::from_str(document).unwrap_or_default()
+    }
+
+    /// The line of the deepest part of `path` that exists in the document.
+    pub fn find(&self, path: &str) -> Option<usize> {
+        let mut node = self;
+        let mut line = None;
+        for segment in parse_path(path) {
+            let Some((_, at, child)) = node.children.iter().find(|(s, _, _)| *s == segment) else {
+                break;
+            };
+            line = Some(*at);
+            node = child;
+        }
+        line
+    }
+}
+
+/// `spec.routes[2].filter` → `spec`, `routes`, `2`, `filter`.
+fn parse_path(path: &str) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|key| !key.is_empty()) {
+            segments.push(Segment::Key(key.to_owned()));
+        }
+        for index in pieces {
+            match index.trim_end_matches(']').parse() {
+                Ok(index) => segments.push(Segment::Index(index)),
+                Err(_) => return segments,
+            }
+        }
+    }
+    segments
+}
+
+impl<'de> serde::Deserialize<'de> for Lines {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Lines;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Lines, A::Error> {
+                let mut children = Vec::new();
+                while let Some(key) = map.next_key::<serde_saphyr::Spanned<String>>()? {
+                    let value: Lines = map.next_value()?;
+                    children.push((
+                        Segment::Key(key.value),
+                        key.referenced.line() as usize,
+                        value,
+                    ));
+                }
+                Ok(Lines { children })
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Lines, A::Error> {
+                let mut children = Vec::new();
+                while let Some(item) = seq.next_element::<serde_saphyr::Spanned<Lines>>()? {
+                    let index = children.len();
+                    children.push((
+                        Segment::Index(index),
+                        item.referenced.line() as usize,
+                        item.value,
+                    ));
+                }
+                Ok(Lines { children })
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+            fn visit_unit<E>(self) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+            fn visit_none<E>(self) -> Result<Lines, E> {
+                Ok(Lines::default())
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +506,17 @@ spec:
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, Some(5));
         assert!(problems[0].reason.contains("StrapiHook"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn field_paths_resolve_to_the_line_of_the_field() {
+        let document = "\n\nspec:\n  routes:\n    - name: a\n    - name: b\n      filter: x ==\n";
+        let lines = Lines::of(document);
+        assert_eq!(lines.find("spec.routes[1].filter"), Some(7));
+        assert_eq!(lines.find("spec.routes[0]"), Some(5));
+        // A field that is not there: the deepest part that is.
+        assert_eq!(lines.find("spec.routes[1].http.body"), Some(6));
+        assert_eq!(lines.find("status"), None);
     }
 
     #[test]

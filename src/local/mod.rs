@@ -129,18 +129,24 @@ pub fn load(
         let (namespace, key) = (namespace_of(meta), key_of(meta));
         let target = referenced_instance(&webhook.object);
         let Some(instance) = find_instance(&manifests, &target) else {
-            problems.push(webhook.problem(format!(
-                "StrapiWebhook {key}: spec.instanceRef: StrapiInstance {target} is not defined in \
-                 the files"
-            )));
+            problems.push(webhook.problem_at(
+                "spec.instanceRef",
+                format!(
+                    "StrapiWebhook {key}: spec.instanceRef: StrapiInstance {target} is not \
+                     defined in the files"
+                ),
+            ));
             continue;
         };
         if !allows_namespace(&instance.object, &namespace, None) {
-            problems.push(webhook.problem(format!(
-                "StrapiWebhook {key}: StrapiInstance {target} does not allow webhooks from \
-                 namespace {namespace} (spec.allowedNamespaces; label selectors never match in \
-                 local mode, there are no namespace labels)"
-            )));
+            problems.push(webhook.problem_at(
+                "spec.instanceRef",
+                format!(
+                    "StrapiWebhook {key}: StrapiInstance {target} does not allow webhooks from \
+                     namespace {namespace} (spec.allowedNamespaces; label selectors never match \
+                     in local mode, there are no namespace labels)"
+                ),
+            ));
             continue;
         }
         let name = meta.name.as_deref().unwrap_or_default();
@@ -150,12 +156,9 @@ pub fn load(
                 compiled.push(webhook_config);
                 accepted.push(&webhook.object);
             }
-            Err(errors) => problems.extend(
-                errors
-                    .0
-                    .iter()
-                    .map(|error| webhook.problem(format!("StrapiWebhook {key}: {error}"))),
-            ),
+            Err(errors) => problems.extend(errors.0.iter().map(|error| {
+                webhook.problem_at(&error.field, format!("StrapiWebhook {key}: {error}"))
+            })),
         }
     }
     let mut instances = Vec::new();
@@ -165,8 +168,10 @@ pub fn load(
         let (credentials, credentials_values) = match credentials(&instance.object, &secrets) {
             Ok(resolved) => resolved,
             Err(error) => {
-                problems
-                    .push(instance.problem(format!("StrapiInstance {key}: spec.auth: {error}")));
+                problems.push(instance.problem_at(
+                    "spec.auth",
+                    format!("StrapiInstance {key}: spec.auth: {error}"),
+                ));
                 continue;
             }
         };
