@@ -313,6 +313,15 @@ async fn scale(
     );
     let name = format!("scale-{webhooks}-{}", uuid::Uuid::now_v7().simple());
     let key = format!("{INSTANCE_NAMESPACE}/{name}");
+    // The shared secret exists and the receiver knows it, as in a cluster whose receiver has
+    // synced; otherwise the first verification would wait out its timeout on a 401.
+    let secret = uuid::Uuid::now_v7().simple().to_string();
+    api.put_secret(
+        INSTANCE_NAMESPACE,
+        &shared_secret::name(&name),
+        &[(shared_secret::CURRENT_KEY, &secret)],
+    );
+    receiver.accept(&key, &secret);
     let instance_path = path_of(GROUP, "strapiinstances", INSTANCE_NAMESPACE, &name);
     api.put(
         &instance_path,
@@ -377,17 +386,10 @@ async fn scale(
         serde_json::from_value(object)
             .map_err(|error| BenchError::step("reading the StrapiInstance", error))
     };
-    let secret_path = path_of(
-        "v1",
-        "secrets",
-        INSTANCE_NAMESPACE,
-        &shared_secret::name(&name),
-    );
-
     let (strapi_before, kube_before) = (proxy.calls(), api.requests());
     let started = Instant::now();
-    // Finalizer, registration, verification: each reconcile moves the instance one step, as
-    // the controller's requeues would; the receiver learns the shared secret once it exists.
+    // Finalizer, then registration and verification: each reconcile moves the instance on, as
+    // the controller's requeues would.
     let mut ready = false;
     for _ in 0..6 {
         let instance = read_instance(&api)?;
@@ -395,9 +397,6 @@ async fn scale(
         controller::reconcile_instance(Arc::new(instance), Arc::clone(&ctx))
             .await
             .map_err(|error| BenchError::step("reconciling the StrapiInstance", error))?;
-        if let Some(secret) = api.get(&secret_path).as_ref().and_then(current_secret) {
-            receiver.accept(&key, &secret);
-        }
         if is_ready(&api.get(&instance_path).unwrap_or_default()) {
             ready = true;
             break;
@@ -463,14 +462,6 @@ fn is_ready(object: &Value) -> bool {
         .into_iter()
         .flatten()
         .any(|condition| condition["type"] == "Ready" && condition["status"] == "True")
-}
-
-/// The current shared secret in the controller's Secret (base64 `data`, as the API server
-/// stores it).
-fn current_secret(secret: &Value) -> Option<String> {
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret.clone()).ok()?;
-    let value = secret.data?.remove(shared_secret::CURRENT_KEY)?;
-    String::from_utf8(value.0).ok()
 }
 
 /// Item 6: content-manager updates as fast as Strapi takes them, without and with the receiver

@@ -105,10 +105,11 @@ pub fn markdown(rows: &[Row]) -> String {
         let (baseline, ratio) = match &row.baseline {
             Some((baseline, name)) => (
                 format!("{} ({name})", number(*baseline)),
-                if *baseline == 0.0 {
-                    "n/a".to_owned()
-                } else {
-                    format!("{:.2}×", row.value / baseline)
+                match row.value / baseline {
+                    ratio if !ratio.is_finite() => "n/a".to_owned(),
+                    // Small ratios (calls per event) need more than two decimals to say anything.
+                    ratio if ratio < 0.1 => format!("{ratio:.4}×"),
+                    ratio => format!("{ratio:.2}×"),
                 },
             ),
             None => ("—".to_owned(), "—".to_owned()),
