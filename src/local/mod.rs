@@ -423,3 +423,84 @@ async fn sync_all(registrar: &mut Registrar, instances: &[LocalInstance]) -> Dur
     }
     next
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSTANCE: &str = "apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata: {name: cms, namespace: web}
+spec:
+  url: http://127.0.0.1:1337
+  auth: {credentials: {secretName: strapi-admin}}
+";
+
+    fn webhook(namespace: &str, events: &str) -> String {
+        format!(
+            "apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata: {{name: hook, namespace: {namespace}}}
+spec:
+  instanceRef: {{name: cms, namespace: web}}
+  events: {events}
+  sinks:
+    - name: site
+      http: {{url: 'http://127.0.0.1:9/hook'}}
+  routes:
+    - name: all
+      sink: site
+"
+        )
+    }
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> (Result<Config, Problems>, SharedSecrets) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, text).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let mut shared = SharedSecrets::open(dir.path()).unwrap();
+        (load(&[file], &env, &mut shared), shared)
+    }
+
+    #[test]
+    fn a_loaded_config_accepts_the_saved_shared_secret_and_subscribes_the_union_of_events() {
+        let text = format!(
+            "{INSTANCE}---\n{}",
+            webhook("web", "[entry.publish, entry.create]")
+        );
+        let env = [
+            ("SWO_SECRET_WEB_STRAPI_ADMIN_EMAIL", "admin@example.com"),
+            ("SWO_SECRET_WEB_STRAPI_ADMIN_PASSWORD", "pw"),
+        ];
+        let (config, mut shared) = load_text(&text, &env);
+        let config = config.unwrap();
+        let saved = shared.get_or_create("web/cms").unwrap();
+        assert_eq!(config.snapshot.instances["web/cms"], [saved.clone()]);
+        assert!(config.snapshot.webhooks.contains_key("web/hook"));
+        let instance = &config.instances[0];
+        assert_eq!(instance.shared_secret, saved);
+        assert_eq!(
+            instance.events.iter().collect::<Vec<_>>(),
+            ["entry.create", "entry.publish"]
+        );
+        assert_eq!(instance.credentials_values, ["admin@example.com", "pw"]);
+    }
+
+    #[test]
+    fn missing_credentials_and_a_foreign_namespace_are_problems_at_their_fields() {
+        let text = format!("{INSTANCE}---\n{}", webhook("other", "[entry.publish]"));
+        let problems = load_text(&text, &[]).0.unwrap_err().0;
+        let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{reasons:#?}");
+        // `instanceRef` is line 5 of the webhook, which starts on line 8.
+        assert_eq!(problems[0].line, Some(12), "{reasons:#?}");
+        assert!(reasons[0].contains("does not allow webhooks from namespace other"));
+        // `auth` is line 6 of the instance.
+        assert_eq!(problems[1].line, Some(6), "{reasons:#?}");
+        assert!(reasons[1].contains("Secret web/strapi-admin not found"));
+    }
+}
