@@ -479,7 +479,7 @@ spec:
         let (config, mut shared) = load_text(&text, &env);
         let config = config.unwrap();
         let saved = shared.get_or_create("web/cms").unwrap();
-        assert_eq!(config.snapshot.instances["web/cms"], [saved.clone()]);
+        assert_eq!(config.snapshot.instances["web/cms"], vec![saved.clone()]);
         assert!(config.snapshot.webhooks.contains_key("web/hook"));
         let instance = &config.instances[0];
         assert_eq!(instance.shared_secret, saved);
