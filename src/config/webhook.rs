@@ -103,11 +103,6 @@ impl ValidationErrors {
     pub fn iter(&self) -> impl Iterator<Item = &ValidationError> {
         self.0.iter()
     }
-
-    /// True when some problem has this reason.
-    pub fn has(&self, reason: Reason) -> bool {
-        self.0.iter().any(|error| error.reason == reason)
-    }
 }
 
 /// Compiles one `StrapiWebhook`. Pure apart from `secrets`.

@@ -18,7 +18,7 @@ pub use reqwest::{
 
 pub use crate::routing::Payload;
 
-/// The kinds of sink, e.g. for metric labels.
+/// The kinds of sink; each has its own answer contract and default [`DeliveryPolicy`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SinkKind {
     /// A Next.js revalidation route handler.
@@ -27,23 +27,6 @@ pub enum SinkKind {
     Slack,
     /// Any HTTP endpoint.
     Http,
-}
-
-impl SinkKind {
-    /// Lower-case name, stable for metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkKind::Nextjs => "nextjs",
-            SinkKind::Slack => "slack",
-            SinkKind::Http => "http",
-        }
-    }
-}
-
-impl fmt::Display for SinkKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A resolved sink: URLs parsed, Secrets read, signing keys decoded.
