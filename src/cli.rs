@@ -305,7 +305,7 @@ async fn run_deliveries(args: DeliveriesArgs) -> Result<(), Box<dyn Error>> {
 #[derive(Args, Debug)]
 struct LocalArgs {
     /// YAML files or folders of StrapiInstances, StrapiWebhooks and Secrets (repeatable).
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     paths: Vec<PathBuf>,
     /// Folder for the queue and the generated shared secrets.
     #[arg(long, env = "SWO_DATA_DIR", default_value = ".swo-data")]
