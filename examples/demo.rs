@@ -81,6 +81,8 @@ enum SinkKind {
 enum Scene {
     /// Articles (create, update, publish, delete), a comment and a lead.
     Content,
+    /// One more comment, after the Slack route was edited.
+    Comment,
     /// One more lead, for the CRM outage.
     Lead,
 }
@@ -255,6 +257,15 @@ async fn drive(client: &StrapiClient, scene: Scene) -> Result<(), Box<dyn std::e
                 .create_entry(
                     "api::lead.lead",
                     &json!({"name": "Grace Hopper", "email": "grace@example.com", "company": "Navy"}),
+                )
+                .await?;
+        }
+        Scene::Comment => {
+            step("add another comment");
+            client
+                .create_entry(
+                    "api::comment.comment",
+                    &json!({"author": "Linus", "text": "Edited routes apply without a restart?"}),
                 )
                 .await?;
         }

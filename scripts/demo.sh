@@ -3,9 +3,9 @@
 #
 # Installs what is missing (the test Strapi's Node packages, the Rust build), starts a fresh
 # Strapi on 127.0.0.1:1337, three loopback sinks standing in for Next.js (:3000), Slack (:3100)
-# and a CRM (:4000), and `strapi-webhook-operator local -f examples/`. Then it edits content in
-# Strapi through its admin API, shows the deliveries, takes the CRM down for a few seconds to
-# show retries and recovery, and prints a summary. Everything it started is stopped on exit,
+# and a CRM (:4000), and `strapi-webhook-operator local` with a copy of examples/. Then it edits
+# content in Strapi through its admin API, shows the deliveries, edits a route while local mode
+# runs, takes the CRM down for a few seconds to show retries and recovery, and prints a summary. Everything it started is stopped on exit,
 # whatever happens; its files live in a temporary folder that is removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,26 +79,29 @@ start_sink() {
   pids[$name]=$!
 }
 
-say "1/8 installing what is missing"
+say "1/9 installing what is missing"
 with_progress scripts/ensure-strapi-app.sh
 cargo build --bin strapi-webhook-operator --example demo
 
-say "2/8 starting a fresh Strapi (SQLite, first admin) on 127.0.0.1:1337"
+say "2/9 starting a fresh Strapi (SQLite, first admin) on 127.0.0.1:1337"
 STRAPI_PORT=1337 scripts/strapi.sh start >"$work/strapi.env"
 # shellcheck disable=SC1091
 source "$work/strapi.env"
 
-say "3/8 starting the demo sinks: Next.js :3000, Slack :3100, CRM :4000"
+say "3/9 starting the demo sinks: Next.js :3000, Slack :3100, CRM :4000"
 start_sink nextjs sink nextjs --port 3000 --secret change-me
 start_sink slack sink slack --port 3100
 start_sink crm "${crm_args[@]}"
 
-say "4/8 starting local mode with examples/ (log: local.log)"
+say "4/9 starting local mode with a copy of examples/"
+# A copy, so that step 7 can edit a route without touching the repository.
+mkdir "$work/config"
+cp examples/*.yaml "$work/config/"
 # examples/secrets.yaml holds placeholders; the environment supplies the real values.
 SWO_SECRET_WEB_STRAPI_ADMIN_EMAIL="$STRAPI_TEST_EMAIL" \
   SWO_SECRET_WEB_STRAPI_ADMIN_PASSWORD="$STRAPI_TEST_PASSWORD" \
   SWO_SECRET_WEB_SLACK_WEBHOOK_URL="http://127.0.0.1:3100/services/T0/B0/demo" \
-  "$bin" --log-format text local -f examples/ --data-dir "$work/data" \
+  "$bin" --log-format text local -f "$work/config" --data-dir "$work/data" \
   --ingest-addr "127.0.0.1:$ingest_port" --admin-addr "127.0.0.1:$admin_port" \
   >"$work/local.log" 2>&1 &
 pids[local]=$!
@@ -111,14 +114,26 @@ grep -q "registration in Strapi verified" "$work/local.log" || fail "Strapi's we
 echo "    Strapi holds one catch-all webhook to http://127.0.0.1:$ingest_port/v1/instances/web/cms;"
 echo "    its test call reached the receiver with the shared secret."
 
-say "5/8 editing content in Strapi"
+say "5/9 editing content in Strapi"
 "$demo" drive content
 wait_settled
 
-say "6/8 the deliveries (strapi-webhook-operator deliveries list)"
+say "6/9 the deliveries (strapi-webhook-operator deliveries list)"
 "$bin" deliveries --admin-url "$admin_url" list
 
-say "7/8 the CRM goes down for 5 seconds"
+say "7/9 editing the Slack route while local mode runs"
+sed -i 's/New comment from/:speech_balloon: new comment from/' "$work/config/slack-comments.yaml"
+echo "    slack-comments.yaml: text: ':speech_balloon: new comment from {{ entry.author }}: ...'"
+for _ in $(seq 150); do
+  grep -q "configuration reloaded and applied" "$work/local.log" && break
+  sleep 0.2
+done
+grep -q "configuration reloaded and applied" "$work/local.log" || fail "the edit was not applied within 30s"
+echo "    applied without a restart"
+"$demo" drive comment
+wait_settled
+
+say "8/9 the CRM goes down for 5 seconds"
 kill -TERM "${pids[crm]}"
 wait "${pids[crm]}" 2>/dev/null || true
 "$demo" drive lead
@@ -129,7 +144,7 @@ start_sink crm "${crm_args[@]}"
 wait_settled
 "$bin" deliveries --admin-url "$admin_url" list --sink crm --limit 3
 
-say "8/8 summary"
+say "9/9 summary"
 "$demo" summary --admin-url "$admin_url"
 echo
 echo "Done. Everything the demo started is being stopped."
