@@ -580,7 +580,9 @@ async fn restart(
     instance: &StrapiInstance,
     deployment: &str,
 ) -> Result<Timestamp, Error> {
-    let now = Timestamp::now();
+    // Whole seconds, like every Kubernetes timestamp, so the annotation equals lastRestartTime.
+    let now = Timestamp::from_second(Timestamp::now().as_second())
+        .expect("the current time is a valid timestamp");
     let namespace = instance.namespace().unwrap_or_default();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: now.to_string()}}}}});
     Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)

@@ -132,7 +132,13 @@ pub async fn ensure_shared_secret(
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
-        string_data: Some(data.clone()),
+        // `data`, not `stringData`: server-side apply tracks ownership per `data` key, so keys
+        // this apply leaves out (an expired `previous`) are removed rather than kept forever.
+        data: Some(
+            data.iter()
+                .map(|(key, value)| (key.clone(), ByteString(value.as_bytes().to_vec())))
+                .collect(),
+        ),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     };
@@ -219,5 +225,75 @@ impl SecretResolver for FetchedSecrets {
                 name: reference.name.clone(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(current: &str, served: Option<&str>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: served.map(|request| {
+                    BTreeMap::from([(ROTATED_FOR_ANNOTATION.to_owned(), request.to_owned())])
+                }),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                CURRENT_KEY.to_owned(),
+                ByteString(current.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    const GRACE: SignedDuration = SignedDuration::from_mins(15);
+
+    #[test]
+    fn a_missing_secret_is_generated() {
+        let (data, served) = next_shared_secret(None, None, GRACE, Timestamp::UNIX_EPOCH).unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [CURRENT_KEY]);
+        assert_eq!(data[CURRENT_KEY].len(), 48);
+        assert_eq!(served, None);
+        let (other, _) = next_shared_secret(None, None, GRACE, Timestamp::UNIX_EPOCH).unwrap();
+        assert_ne!(other[CURRENT_KEY], data[CURRENT_KEY], "secrets are random");
+    }
+
+    #[test]
+    fn an_existing_secret_is_kept_until_a_rotation_is_asked_for() {
+        assert_eq!(
+            next_shared_secret(
+                Some(&secret("old", None)),
+                None,
+                GRACE,
+                Timestamp::UNIX_EPOCH
+            ),
+            None
+        );
+        assert_eq!(
+            next_shared_secret(
+                Some(&secret("old", Some("1"))),
+                Some("1"),
+                GRACE,
+                Timestamp::UNIX_EPOCH
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_secret_for_the_grace_period() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (data, served) =
+            next_shared_secret(Some(&secret("old", Some("1"))), Some("2"), GRACE, now).unwrap();
+        assert_eq!(data[PREVIOUS_KEY], "old");
+        assert_ne!(data[CURRENT_KEY], "old");
+        assert_eq!(data[PREVIOUS_EXPIRES_KEY], (now + GRACE).to_string());
+        assert_eq!(
+            served.as_deref(),
+            Some("2"),
+            "the request is recorded so it is served once"
+        );
     }
 }

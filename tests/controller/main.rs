@@ -135,12 +135,18 @@ impl World {
 
     /// Applies an instance pointing at `url`, as `kubectl apply` would.
     fn apply_instance(&mut self, url: &str) {
-        let object = json!({
+        self.apply_instance_with(url, json!({}));
+    }
+
+    /// Applies an instance with extra spec fields merged in.
+    fn apply_instance_with(&mut self, url: &str, extra_spec: Value) {
+        let mut object = json!({
             "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
             "kind": "StrapiInstance",
             "metadata": {"name": self.name, "namespace": NAMESPACE, "uid": uuid::Uuid::now_v7().to_string(), "generation": 1},
             "spec": {"url": url, "auth": {"credentials": {"secretName": "strapi-admin"}}},
         });
+        json_patch::merge(&mut object["spec"], &extra_spec);
         self.api.put(&self.instance_path(), object);
         self.sync_instance();
     }
@@ -561,4 +567,106 @@ async fn a_webhook_from_a_namespace_the_instance_does_not_allow_is_refused() {
         !registration.enabled,
         "no allowed webhook: the registration stays but sends nothing"
     );
+}
+
+#[tokio::test]
+async fn registrations_of_vanished_instances_are_collected_and_others_left_alone() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    let ghost = |name: &str, url: String| WebhookSpec {
+        name: format!("strapi-webhook-operator {NAMESPACE}/{name}"),
+        url,
+        headers: BTreeMap::from([(MARKER_HEADER.to_owned(), format!("{NAMESPACE}/{name}"))]),
+        events: vec!["entry.create".into()],
+        enabled: true,
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    // Left behind by an instance deleted while the operator was away: points at our receiver.
+    let orphan = world
+        .strapi
+        .create_webhook(&ghost(
+            &format!("gone-{suffix}"),
+            format!(
+                "{}/v1/instances/{NAMESPACE}/gone",
+                world.receiver.ingest_url
+            ),
+        ))
+        .await
+        .unwrap();
+    // Managed by another installation: points at another receiver.
+    let foreign = world
+        .strapi
+        .create_webhook(&ghost(
+            &format!("elsewhere-{suffix}"),
+            "https://receiver.example.com:8443/v1/instances/web/x".into(),
+        ))
+        .await
+        .unwrap();
+
+    world.apply_instance(strapi.base_url());
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    assert!(
+        world.strapi.get_webhook(&orphan.id).await.is_err(),
+        "the orphan is deleted"
+    );
+    assert_eq!(
+        world.strapi.get_webhook(&foreign.id).await.unwrap(),
+        foreign,
+        "another installation's webhook stays"
+    );
+    assert!(
+        world
+            .api
+            .event_reasons()
+            .contains(&"GarbageCollected".to_owned())
+    );
+    world.strapi.delete_webhook(&foreign.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_on_change_rolls_the_strapi_deployment_once_per_change() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    let deployment = path_of("apps/v1", "deployments", NAMESPACE, "strapi");
+    world.api.put(
+        &deployment,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "strapi", "namespace": NAMESPACE},
+            "spec": {"template": {"metadata": {"labels": {"app": "strapi"}}}},
+        }),
+    );
+    world.add_webhook(ARTICLES, "articles");
+    world.apply_instance_with(
+        strapi.base_url(),
+        json!({"restartOnChange": {"deployment": "strapi"}}),
+    );
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+
+    let restarted_at = world.api.get(&deployment).unwrap()["spec"]["template"]["metadata"]["annotations"]
+        ["webhooks.strapi-operator.dev/restartedAt"]
+        .clone();
+    assert!(
+        restarted_at.is_string(),
+        "the pod template is annotated: {restarted_at}"
+    );
+    assert_eq!(world.status()["lastRestartTime"], restarted_at);
+    assert!(
+        world
+            .api
+            .event_reasons()
+            .contains(&"StrapiRestarted".to_owned())
+    );
+
+    // Nothing changed: no second roll.
+    world.reconcile().await.unwrap();
+    let patches = world
+        .api
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == http::Method::PATCH && request.path == deployment)
+        .count();
+    assert_eq!(patches, 1);
 }
