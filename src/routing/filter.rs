@@ -138,3 +138,32 @@ fn explain(error: ExecutionError) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_expressions_are_errors_with_positions_not_panics() {
+        for source in [
+            "",
+            "(((",
+            "entry.slug ==",
+            "'open",
+            "[1, 2",
+            "{",
+            "event ? :",
+            "a.b(",
+        ] {
+            let errors = Filter::compile("filter", source)
+                .err()
+                .unwrap_or_else(|| panic!("{source:?} compiled"));
+            assert!(!errors.is_empty(), "{source:?}");
+            for error in errors {
+                assert_eq!(error.field, "filter");
+                assert!(!error.message.is_empty(), "{source:?}");
+                assert!(error.position.is_some(), "{source:?}: {error}");
+            }
+        }
+    }
+}
