@@ -140,12 +140,17 @@ impl Engine {
         let mut config = self.config.clone();
         let mut tasks = JoinSet::new();
         let mut sweep = tokio::time::interval(self.settings.sweep_interval);
+        // A source that went away leaves its last snapshot in force; delivery goes on.
+        let mut source_alive = true;
         loop {
             let snapshot = Arc::clone(&config.borrow_and_update());
             self.reconcile(&snapshot, &mut tasks, &shutdown);
             let sweep_due = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                changed = config.changed() => if changed.is_err() { break } else { false },
+                changed = config.changed(), if source_alive => {
+                    source_alive = changed.is_ok();
+                    false
+                }
                 _ = sweep.tick() => true,
             };
             if sweep_due {
