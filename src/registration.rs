@@ -11,6 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::strapi::{StrapiClient, StrapiError, Webhook, WebhookSpec};
 
+/// Path under the receiver's base URL where each instance has its ingest endpoint.
+const INSTANCES_PATH: &str = "/v1/instances/";
+
+/// The receiver endpoint Strapi calls for the instance `namespace/name`.
+pub fn endpoint(receiver_base: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "{}{INSTANCES_PATH}{namespace}/{name}",
+        receiver_base.trim_end_matches('/')
+    )
+}
+
 /// Prefix of the name of every webhook the operator manages.
 pub const NAME_PREFIX: &str = "strapi-webhook-operator";
 /// Header that marks a webhook as managed, with the owning instance's `namespace/name`.
@@ -136,12 +147,14 @@ pub async fn collect_garbage(
     receiver_base: &str,
     instance_exists: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, StrapiError> {
+    // The whole path prefix, so `http://host:80` never claims `http://host:8080/...`.
+    let endpoints = format!("{}{INSTANCES_PATH}", receiver_base.trim_end_matches('/'));
     let mut removed = Vec::new();
     for webhook in client.list_webhooks().await? {
         let Some(owner) = marker(&webhook) else {
             continue;
         };
-        if webhook.url.starts_with(receiver_base) && !instance_exists(owner) {
+        if webhook.url.starts_with(&endpoints) && !instance_exists(owner) {
             client.delete_webhook(&webhook.id).await?;
             removed.push(owner.to_owned());
         }
@@ -178,6 +191,14 @@ mod tests {
             Some("s3cret")
         );
         assert!(spec.enabled);
+    }
+
+    #[test]
+    fn endpoints_join_cleanly() {
+        assert_eq!(
+            endpoint("http://receiver:8080/", "web", "cms"),
+            "http://receiver:8080/v1/instances/web/cms"
+        );
     }
 
     #[test]

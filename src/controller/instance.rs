@@ -67,12 +67,13 @@ pub fn instance_key(instance: &StrapiInstance) -> String {
     )
 }
 
-/// The receiver endpoint for an instance.
-pub fn endpoint(receiver_base: &str, namespace: &str, name: &str) -> String {
-    format!(
-        "{}/v1/instances/{namespace}/{name}",
-        receiver_base.trim_end_matches('/')
-    )
+/// The base URL at which Strapi reaches the receiver for this instance.
+fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
+    instance
+        .spec
+        .receiver_url
+        .clone()
+        .unwrap_or_else(|| ctx.options.receiver_url.clone())
 }
 
 /// The union of events over the enabled `webhooks` that refer to `instance` (pure).
@@ -229,12 +230,8 @@ struct Outcome {
 async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
     let key = instance_key(instance);
     let namespace = instance.namespace().unwrap_or_default();
-    let receiver_base = instance
-        .spec
-        .receiver_url
-        .clone()
-        .unwrap_or_else(|| ctx.options.receiver_url.clone());
-    let endpoint = endpoint(&receiver_base, &namespace, &instance.name_any());
+    let receiver_base = receiver_base(ctx, instance);
+    let endpoint = registration::endpoint(&receiver_base, &namespace, &instance.name_any());
 
     // Dereference.
     let shared =
@@ -370,7 +367,14 @@ async fn register(
         ),
     ));
     announce_change(ctx, instance, &applied, desired, previous, secret_changed).await;
-    collect_garbage(ctx, instance, client, desired).await;
+    collect_garbage(
+        ctx,
+        instance,
+        client,
+        desired,
+        &receiver_base(ctx, instance),
+    )
+    .await;
 
     // Verify whenever the registration changed or was not verified yet.
     let needs_verification = applied.change != Change::Unchanged
@@ -453,13 +457,8 @@ async fn collect_garbage(
     instance: &StrapiInstance,
     client: &StrapiClient,
     desired: &Desired,
+    receiver_base: &str,
 ) {
-    let receiver_base = desired
-        .endpoint
-        .split("/v1/instances/")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
     let exists = |key: &str| {
         ctx.instances
             .state()
@@ -469,7 +468,7 @@ async fn collect_garbage(
     match ctx
         .observe_strapi(
             "collect garbage",
-            registration::collect_garbage(client, &receiver_base, exists),
+            registration::collect_garbage(client, receiver_base, exists),
         )
         .await
     {
@@ -742,13 +741,5 @@ mod tests {
             details: serde_json::Value::Null,
         };
         assert_eq!(explain_rejection(&other), other.to_string());
-    }
-
-    #[test]
-    fn endpoints_join_cleanly() {
-        assert_eq!(
-            endpoint("http://receiver:8080/", "web", "cms"),
-            "http://receiver:8080/v1/instances/web/cms"
-        );
     }
 }

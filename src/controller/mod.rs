@@ -41,7 +41,7 @@ use prometheus_client::registry::Registry;
 pub use conditions::Reported;
 pub use error::Error;
 pub use events::{Notice, Publisher};
-pub use instance::{allows_namespace, endpoint, referenced_instance, subscribed_events};
+pub use instance::{allows_namespace, referenced_instance, subscribed_events};
 pub use metrics::Metrics;
 pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Stats};
 pub use webhook::{secret_refs, unknown_models, validation_conditions};

@@ -5,7 +5,6 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
-    controller::endpoint,
     event::SECRET_HEADER,
     queue::{Queue, QueueError},
     registration::{self, Change, Desired},
@@ -118,7 +117,7 @@ impl Registrar {
         let (namespace, name) = instance.key.split_once('/').unwrap_or(("", &instance.key));
         Desired {
             instance: instance.key.clone(),
-            endpoint: endpoint(&self.receiver_base, namespace, name),
+            endpoint: registration::endpoint(&self.receiver_base, namespace, name),
             secret: (SECRET_HEADER.to_owned(), instance.shared_secret.clone()),
             events: instance.events.clone(),
         }
