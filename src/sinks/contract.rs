@@ -68,11 +68,7 @@ impl Answer {
         let text = |name| headers.get(name).and_then(|value| value.to_str().ok());
         Self {
             status,
-            // Only the delay-seconds form: the HTTP-date form is rare for webhooks, and without
-            // it the engine's backoff applies, which is safe.
-            retry_after: text(header::RETRY_AFTER)
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
+            retry_after: text(header::RETRY_AFTER).and_then(parse_retry_after),
             location: text(header::LOCATION).map(str::to_owned),
             body,
         }
@@ -86,6 +82,19 @@ impl Answer {
         } else {
             format!("HTTP {}: {body}", self.status)
         }
+    }
+}
+
+/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110). A date in the past means "now";
+/// an unreadable value is ignored, so the engine's backoff applies.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => httpdate::parse_http_date(value).ok().map(|at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        }),
     }
 }
 
@@ -251,6 +260,23 @@ mod tests {
             classify(SinkKind::Slack, &answer(500, "rollup_error")),
             Outcome::Retry { .. }
         ));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let delay = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        // HTTP dates have whole seconds, so the delay is a little under a minute.
+        assert!(
+            delay <= Duration::from_secs(60) && delay > Duration::from_secs(58),
+            "{delay:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]
