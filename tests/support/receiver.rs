@@ -71,9 +71,18 @@ impl CaptureSink {
     }
 
     async fn start_on(address: SocketAddr, received: Arc<Mutex<Vec<Captured>>>) -> Self {
-        let listener = TcpListener::bind(address)
-            .await
-            .expect("binding the capture sink");
+        // On a restart the old listener may still be closing its last connection.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(address).await {
+                Ok(listener) => break listener,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("binding the capture sink on {address}: {error}"),
+            }
+        };
         let address = listener.local_addr().unwrap();
         let answer = Arc::new(Mutex::new(Answer::Status(200)));
         let (stop, stopped) = oneshot::channel();
