@@ -78,6 +78,17 @@ fn examples_compile_with_their_secrets() {
         policy.rate_per_second, 1,
         "Slack defaults to one message a second"
     );
+
+    // Logging a compiled webhook never shows a credential.
+    for (webhook, secret) in [
+        (&nextjs, "change-me"),
+        (&crm, "change-me"),
+        (&crm, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        (&slack, "XXXXXXXXXXXXXXXXXXXXXXXX"),
+    ] {
+        let shown = format!("{webhook:?}");
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
 }
 
 #[test]

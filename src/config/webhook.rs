@@ -253,7 +253,7 @@ impl Problems<'_> {
             Some(reference) => {
                 let field = format!("{field}.nextjs.secretRef");
                 let value = self.secret(field.clone(), reference)?;
-                Some((header?, self.header_value(field, &value)?))
+                Some((header?, self.secret_header_value(field, &value)?))
             }
             None => None,
         };
@@ -362,7 +362,7 @@ impl Problems<'_> {
             (None, Some(source)) => {
                 let field = format!("{field}.valueFrom.secretKeyRef");
                 let secret = self.secret(field.clone(), &source.secret_key_ref)?;
-                let mut value = self.header_value(
+                let value = self.secret_header_value(
                     field,
                     &format!(
                         "{}{}",
@@ -370,7 +370,6 @@ impl Problems<'_> {
                         secret.trim()
                     ),
                 )?;
-                value.set_sensitive(true);
                 Some((name, value))
             }
             _ => {
@@ -382,6 +381,13 @@ impl Problems<'_> {
                 None
             }
         }
+    }
+
+    /// A header value read from a Secret, marked sensitive so `Debug` output never shows it.
+    fn secret_header_value(&mut self, field: String, value: &str) -> Option<HeaderValue> {
+        let mut value = self.header_value(field, value.trim())?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     // Messages never quote the value: it may come from a Secret.
