@@ -4,8 +4,12 @@
 //! [`ValidationErrors`] naming each problem by field path. It does no I/O of its own, so the
 //! controller's validate step, the receiver and local mode all get the same answer.
 
+mod references;
 mod secrets;
 mod webhook;
 
+pub use references::{
+    allows_namespace, instance_key, referenced_instance, secret_refs, subscribed_events,
+};
 pub use secrets::{InMemorySecrets, SecretError, SecretResolver};
 pub use webhook::{CompiledWebhook, Reason, ValidationError, ValidationErrors, compile_webhook};

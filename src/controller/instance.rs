@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Namespace},
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -31,6 +31,7 @@ use super::{
 };
 use crate::{
     api::{NamespacesFrom, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    config::{allows_namespace, instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
@@ -58,15 +59,6 @@ pub async fn reconcile(instance: Arc<StrapiInstance>, ctx: Arc<Context>) -> Resu
     .map_err(|error| Error::Finalizer(Box::new(error)))
 }
 
-/// `namespace/name`, the key the receiver, the marker header and the status use.
-pub fn instance_key(instance: &StrapiInstance) -> String {
-    format!(
-        "{}/{}",
-        instance.namespace().unwrap_or_default(),
-        instance.name_any()
-    )
-}
-
 /// The base URL at which Strapi reaches the receiver for this instance.
 fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
     instance
@@ -74,83 +66,6 @@ fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
         .receiver_url
         .clone()
         .unwrap_or_else(|| ctx.options.receiver_url.clone())
-}
-
-/// The union of events over the enabled `webhooks` that refer to `instance` (pure).
-pub fn subscribed_events<'a>(
-    instance: &str,
-    webhooks: impl IntoIterator<Item = &'a StrapiWebhook>,
-) -> BTreeSet<String> {
-    webhooks
-        .into_iter()
-        .filter(|webhook| webhook.spec.enabled && referenced_instance(webhook) == instance)
-        .flat_map(|webhook| {
-            webhook
-                .spec
-                .events
-                .iter()
-                .map(|event| event.as_str().to_owned())
-        })
-        .collect()
-}
-
-/// `namespace/name` of the instance a webhook refers to (its own namespace by default).
-pub fn referenced_instance(webhook: &StrapiWebhook) -> String {
-    let namespace = webhook
-        .spec
-        .instance_ref
-        .namespace
-        .clone()
-        .or_else(|| webhook.namespace())
-        .unwrap_or_default();
-    format!("{namespace}/{}", webhook.spec.instance_ref.name)
-}
-
-/// Whether `instance` lets StrapiWebhooks in `namespace` (with `labels`) use it (pure).
-pub fn allows_namespace(
-    instance: &StrapiInstance,
-    namespace: &str,
-    labels: Option<&std::collections::BTreeMap<String, String>>,
-) -> bool {
-    let allowed = &instance.spec.allowed_namespaces;
-    match allowed.from {
-        NamespacesFrom::Same => instance.namespace().as_deref() == Some(namespace),
-        NamespacesFrom::All => true,
-        NamespacesFrom::Selector => {
-            let empty = Default::default();
-            allowed
-                .selector
-                .as_ref()
-                .is_some_and(|selector| selector_matches(selector, labels.unwrap_or(&empty)))
-        }
-    }
-}
-
-fn selector_matches(
-    selector: &LabelSelector,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    let labels_match = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(key, value)| labels.get(key) == Some(value));
-    let expressions_match = selector
-        .match_expressions
-        .iter()
-        .flatten()
-        .all(|expression| {
-            let values = expression.values.as_deref().unwrap_or_default();
-            let value = labels.get(&expression.key);
-            match expression.operator.as_str() {
-                "In" => value.is_some_and(|value| values.contains(value)),
-                "NotIn" => value.is_none_or(|value| !values.contains(value)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        });
-    labels_match && expressions_match
 }
 
 /// The admin credentials of an instance, read from its Secret.
@@ -642,89 +557,6 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AllowedNamespaces, StrapiInstanceSpec};
-    use std::collections::BTreeMap;
-
-    fn instance(from: &str, selector: Option<serde_json::Value>) -> StrapiInstance {
-        let mut allowed = json!({"from": from});
-        if let Some(selector) = selector {
-            allowed["selector"] = selector;
-        }
-        let spec: StrapiInstanceSpec = serde_json::from_value(json!({
-            "url": "http://strapi:1337",
-            "auth": {"apiToken": {"name": "t", "key": "t"}},
-            "allowedNamespaces": allowed,
-        }))
-        .unwrap();
-        let mut instance = StrapiInstance::new("cms", spec);
-        instance.metadata.namespace = Some("web".into());
-        instance
-    }
-
-    fn webhook_yaml(yaml: &str) -> StrapiWebhook {
-        serde_saphyr::from_str(yaml).unwrap()
-    }
-
-    #[test]
-    fn namespaces_are_allowed_like_gateway_api_routes() {
-        let labels = BTreeMap::from([("team".to_owned(), "web".to_owned())]);
-        assert!(allows_namespace(&instance("Same", None), "web", None));
-        assert!(!allows_namespace(&instance("Same", None), "shop", None));
-        assert!(allows_namespace(&instance("All", None), "shop", None));
-        let selector = json!({"matchLabels": {"team": "web"}});
-        assert!(allows_namespace(
-            &instance("Selector", Some(selector.clone())),
-            "shop",
-            Some(&labels)
-        ));
-        assert!(!allows_namespace(
-            &instance("Selector", Some(selector)),
-            "shop",
-            None
-        ));
-        let expression = json!({"matchExpressions": [{"key": "team", "operator": "In", "values": ["web", "docs"]}]});
-        assert!(allows_namespace(
-            &instance("Selector", Some(expression)),
-            "shop",
-            Some(&labels)
-        ));
-        let _ = AllowedNamespaces::default();
-    }
-
-    #[test]
-    fn the_union_of_events_covers_enabled_webhooks_of_this_instance_only() {
-        let webhooks = [
-            webhook_yaml(include_str!(
-                "../../tests/fixtures/controller/webhook-articles.yaml"
-            )),
-            webhook_yaml(include_str!(
-                "../../tests/fixtures/controller/webhook-comments.yaml"
-            )),
-            webhook_yaml(include_str!(
-                "../../tests/fixtures/controller/webhook-disabled.yaml"
-            )),
-            webhook_yaml(include_str!(
-                "../../tests/fixtures/controller/webhook-other-instance.yaml"
-            )),
-        ];
-        let events = subscribed_events("web/cms", &webhooks);
-        assert_eq!(
-            events.into_iter().collect::<Vec<_>>(),
-            ["entry.create", "entry.publish", "entry.update"]
-        );
-    }
-
-    #[test]
-    fn a_webhook_refers_to_its_own_namespace_unless_told_otherwise() {
-        let local = webhook_yaml(include_str!(
-            "../../tests/fixtures/controller/webhook-articles.yaml"
-        ));
-        assert_eq!(referenced_instance(&local), "web/cms");
-        let remote = webhook_yaml(include_str!(
-            "../../tests/fixtures/controller/webhook-other-instance.yaml"
-        ));
-        assert_eq!(referenced_instance(&remote), "cms-system/shared");
-    }
 
     #[test]
     fn a_private_url_rejection_says_what_to_change() {

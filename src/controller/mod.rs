@@ -41,13 +41,13 @@ use prometheus_client::registry::Registry;
 pub use conditions::Reported;
 pub use error::Error;
 pub use events::{Notice, Publisher};
-pub use instance::{allows_namespace, referenced_instance, subscribed_events};
 pub use metrics::Metrics;
 pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Stats};
-pub use webhook::{secret_refs, unknown_models, validation_conditions};
+pub use webhook::{unknown_models, validation_conditions};
 
 use crate::{
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
+    config::{instance_key, referenced_instance, secret_refs},
     strapi::{ContentType, Credentials, StrapiClient, StrapiError},
 };
 
@@ -177,7 +177,7 @@ impl Context {
         &self,
         instance: &StrapiInstance,
     ) -> Result<Arc<Vec<ContentType>>, Error> {
-        let key = instance::instance_key(instance);
+        let key = instance_key(instance);
         if let Some((fetched, types)) = self
             .content_types
             .lock()
@@ -314,7 +314,7 @@ pub async fn run(
     let webhooks_of_instance = ctx.webhooks.clone();
     let webhook_controller = webhooks
         .watches(instance_api, watcher::Config::default(), move |instance| {
-            let key = instance::instance_key(&instance);
+            let key = instance_key(&instance);
             webhooks_of_instance
                 .state()
                 .into_iter()

@@ -19,15 +19,12 @@ use super::{
     Context, Error, FIELD_MANAGER,
     conditions::{self, Reported},
     events::Notice,
-    instance::{allows_namespace, instance_key, referenced_instance},
     secrets::FetchedSecrets,
 };
 use crate::{
-    api::{
-        NamespacesFrom, SecretKeyRef, StrapiInstance, StrapiWebhook, StrapiWebhookSpec,
-        StrapiWebhookStatus,
-    },
+    api::{NamespacesFrom, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
     config::{self, Reason, ValidationError, ValidationErrors},
+    config::{allows_namespace, instance_key, referenced_instance, secret_refs},
     strapi::ContentType,
 };
 
@@ -43,29 +40,6 @@ pub async fn reconcile(webhook: Arc<StrapiWebhook>, ctx: Arc<Context>) -> Result
             reconcile_webhook(&webhook, &ctx),
         )
         .await
-}
-
-/// Every Secret a spec refers to.
-pub fn secret_refs(spec: &StrapiWebhookSpec) -> Vec<&SecretKeyRef> {
-    let mut refs = Vec::new();
-    for sink in &spec.sinks {
-        if let Some(nextjs) = &sink.nextjs {
-            refs.extend(&nextjs.secret_ref);
-        }
-        if let Some(slack) = &sink.slack {
-            refs.push(&slack.webhook_url_secret_ref);
-        }
-        if let Some(http) = &sink.http {
-            refs.extend(
-                http.headers
-                    .iter()
-                    .filter_map(|header| header.value_from.as_ref())
-                    .map(|source| &source.secret_key_ref),
-            );
-            refs.extend(http.signing.as_ref().map(|signing| &signing.secret_ref));
-        }
-    }
-    refs
 }
 
 /// Models and uids the routes match that the Strapi does not have (pure).
@@ -361,18 +335,6 @@ mod tests {
             draft_and_publish: true,
             visible: true,
         }
-    }
-
-    #[test]
-    fn every_secret_reference_is_fetched() {
-        let crm = webhook(include_str!("../../examples/crm-sync.yaml"));
-        let names: Vec<String> = secret_refs(&crm.spec)
-            .iter()
-            .map(|r| format!("{}/{}", r.name, r.key))
-            .collect();
-        assert_eq!(names, ["crm-api/token", "crm-api/signing-secret"]);
-        let site = webhook(include_str!("../../examples/nextjs-revalidation.yaml"));
-        assert_eq!(secret_refs(&site.spec).len(), 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     api::{SecretKeyRef, StrapiInstance},
     config::{SecretResolver, compile_webhook},
-    controller::{allows_namespace, referenced_instance, subscribed_events},
+    config::{allows_namespace, referenced_instance, subscribed_events},
     queue::{QueueError, sqlite::SqliteQueue},
     receiver::{
         self, ReceiverError, ReceiverSettings, ReceiverState,

@@ -36,7 +36,7 @@ use crate::{
         shared_secret::{self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
     },
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
-    controller::{allows_namespace, referenced_instance, secret_refs},
+    config::{allows_namespace, referenced_instance, secret_refs},
 };
 
 // Rebuild at least this often, to pick up rotated sink Secrets (which are read, not watched).
