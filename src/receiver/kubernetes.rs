@@ -7,9 +7,9 @@
 //! webhook that stops compiling — a Secret deleted, the API server unreachable — keeps its last
 //! good version rather than vanishing, because a vanished webhook has its waiting deliveries
 //! dead-lettered; the controller reports the problem in the webhook's status. A webhook whose
-//! namespace its instance does not allow is left out. `allowedNamespaces.from: Selector` needs
-//! namespace labels, which this source does not read: such instances accept webhooks of their own
-//! namespace only (failing closed).
+//! namespace its instance does not allow is left out. For `allowedNamespaces.from: Selector` the
+//! namespace's labels are read when the webhook is compiled (and at every resync); a namespace
+//! that cannot be read is not allowed (failing closed).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,7 +18,11 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Namespace, Secret},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -190,19 +194,18 @@ async fn compile_all(
     previous: &Compiled,
 ) -> Compiled {
     let mut compiled = BTreeMap::new();
+    let mut labels_of = HashMap::new();
     for webhook in webhooks.state() {
         let namespace = webhook.namespace().unwrap_or_default();
         let key = format!("{namespace}/{}", webhook.name_any());
         let Some(instance) = instances.get(&referenced_instance(&webhook)) else {
             continue;
         };
-        let allowed = match instance.spec.allowed_namespaces.from {
-            // Namespace labels are not read here: fail closed to the instance's own namespace.
-            NamespacesFrom::Selector => instance.namespace().as_deref() == Some(namespace.as_str()),
-            NamespacesFrom::Same | NamespacesFrom::All => {
-                allows_namespace(instance, &namespace, None)
-            }
+        let labels = match instance.spec.allowed_namespaces.from {
+            NamespacesFrom::Selector => namespace_labels(client, &namespace, &mut labels_of).await,
+            NamespacesFrom::Same | NamespacesFrom::All => None,
         };
+        let allowed = allows_namespace(instance, &namespace, labels.as_ref());
         if !allowed {
             continue;
         }
@@ -243,6 +246,29 @@ async fn compile_all(
         }
     }
     compiled
+}
+
+/// The labels of `namespace`, read once per rebuild; `None` when it cannot be read.
+async fn namespace_labels(
+    client: &Client,
+    namespace: &str,
+    known: &mut HashMap<String, Option<BTreeMap<String, String>>>,
+) -> Option<BTreeMap<String, String>> {
+    if let Some(labels) = known.get(namespace) {
+        return labels.clone();
+    }
+    let labels = match Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+    {
+        Ok(found) => found.map(|namespace| namespace.metadata.labels.unwrap_or_default()),
+        Err(error) => {
+            tracing::warn!(%namespace, %error, "reading the namespace's labels failed; not allowing it");
+            None
+        }
+    };
+    known.insert(namespace.to_owned(), labels.clone());
+    labels
 }
 
 /// What a compiled webhook was built from; the same inputs give the same webhook.
