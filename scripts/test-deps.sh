@@ -11,3 +11,4 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 scripts/ensure-strapi-app.sh
 scripts/ensure-chart-tools.sh
+scripts/ensure-nats.sh >/dev/null

@@ -16,3 +16,10 @@ scripts/check-chart.sh
 echo "==> tests"
 # One real Strapi serves every test that needs one (tests/support/strapi.rs).
 scripts/with-strapi.sh cargo nextest run --no-fail-fast
+
+echo "==> receiver suite on NATS JetStream"
+# The same receiver tests against the JetStream queue: each test starts its own `nats-server -js`
+# on a free loopback port (tests/support/nats_server.rs). receiver_ha always uses JetStream and
+# already ran above.
+SWO_TEST_QUEUE=nats cargo nextest run --no-fail-fast \
+  --test receiver_ingest --test receiver_delivery --test receiver_crash --test sinks_engine

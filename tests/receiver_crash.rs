@@ -4,106 +4,13 @@
 #[path = "support/receiver.rs"]
 mod support;
 
-use std::{
-    collections::BTreeSet,
-    net::TcpListener,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use futures::{StreamExt, stream};
-use support::{CaptureSink, SECRET, article_event, client};
+use support::{BinaryReceiver as Receiver, CaptureSink, SECRET, article_event, client, manifests};
 
 const EVENTS: usize = 1_000;
 const KILL_AFTER: usize = 400;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn manifests(sink_url: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{ name: strapi-strapi-webhook-secret, namespace: cms }}
-stringData: {{ secret: {SECRET} }}
----
-apiVersion: webhooks.strapi-operator.dev/v1alpha1
-kind: StrapiInstance
-metadata: {{ name: strapi, namespace: cms }}
-spec:
-  url: http://127.0.0.1:1337
-  auth: {{ apiToken: {{ name: strapi-admin, key: token }} }}
----
-apiVersion: webhooks.strapi-operator.dev/v1alpha1
-kind: StrapiWebhook
-metadata: {{ name: site, namespace: cms, generation: 1 }}
-spec:
-  instanceRef: {{ name: strapi }}
-  events: [entry.create]
-  sinks:
-    - name: crm
-      http: {{ url: "{sink_url}" }}
-      delivery:
-        backoff: {{ initial: 50ms, max: 500ms }}
-        rateLimit: {{ perSecond: 10000, burst: 1000 }}
-        concurrency: 16
-  routes:
-    - {{ name: all, sink: crm }}
-"#
-    )
-}
-
-struct Receiver {
-    child: Child,
-    ingest: String,
-    admin: String,
-}
-
-impl Receiver {
-    async fn start(dir: &Path, queue: &str) -> Self {
-        let (ingest, admin) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        );
-        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
-            .args(["receiver", "--ingest-addr", &ingest, "--admin-addr", &admin])
-            .arg(format!("--queue={queue}"))
-            .arg(format!(
-                "--config-source=file:{}",
-                dir.join("manifests.yaml").display()
-            ))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting the receiver binary");
-        let receiver = Self {
-            child,
-            ingest,
-            admin,
-        };
-        let http = client();
-        let ready = format!("http://{}/readyz", receiver.admin);
-        for _ in 0..600 {
-            if http
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success())
-            {
-                return receiver;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the receiver did not become ready");
-    }
-}
 
 /// Posts the events with some concurrency; returns the entry numbers that were acknowledged.
 async fn post_all(

@@ -67,6 +67,8 @@ const DEDUP_RETENTION: Duration = Duration::from_secs(3600);
 // A publish that JetStream has not acknowledged by then fails the ingest (a 5xx well within
 // Strapi's 10 s timeout) instead of hanging while NATS is down.
 const ACK_TIMEOUT: Duration = Duration::from_secs(4);
+// How long a claim waits for deliveries the server has not sent yet.
+const FETCH_EXPIRY: Duration = Duration::from_millis(500);
 // How soon a worker looks again when all its sink's deliveries wait out a `nak` delay or sit
 // with another replica; JetStream does not say when a delayed message becomes due.
 const REDELIVERY_POLL_MS: i64 = 250;
@@ -670,9 +672,13 @@ impl Queue for NatsQueue {
     ) -> BoxFuture<'_, Result<Vec<ClaimedDelivery>, QueueError>> {
         Box::pin(async move {
             let consumer = self.consumer(&sink, lease_ms).await?;
+            // The expiry also bounds the wait for the server's answer: a pull request sent while
+            // NATS restarts may never be answered, and without it the sink's worker would wait
+            // for ever.
             let mut messages = consumer
                 .fetch()
                 .max_messages(usize::try_from(limit).unwrap_or(1))
+                .expires(FETCH_EXPIRY)
                 .messages()
                 .await
                 .map_err(|error| storage("claim")(error.to_string()))?;

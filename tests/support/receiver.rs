@@ -11,6 +11,8 @@ pub mod nats_server;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -343,4 +345,127 @@ impl TestReceiver {
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Local-mode manifests: the test instance and webhook `cms/site` with one HTTP sink `crm`
+/// taking every `entry.create`.
+pub fn manifests(sink_url: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: strapi-strapi-webhook-secret, namespace: cms }}
+stringData: {{ secret: {SECRET} }}
+---
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata: {{ name: strapi, namespace: cms }}
+spec:
+  url: http://127.0.0.1:1337
+  auth: {{ apiToken: {{ name: strapi-admin, key: token }} }}
+---
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata: {{ name: site, namespace: cms, generation: 1 }}
+spec:
+  instanceRef: {{ name: strapi }}
+  events: [entry.create]
+  sinks:
+    - name: crm
+      http: {{ url: "{sink_url}" }}
+      delivery:
+        backoff: {{ initial: 50ms, max: 500ms }}
+        rateLimit: {{ perSecond: 10000, burst: 1000 }}
+        concurrency: 16
+  routes:
+    - {{ name: all, sink: crm }}
+"#
+    )
+}
+
+/// A child process that is killed when dropped, so a failing test leaves no receiver behind
+/// (holding its ports and the test runner's output pipe).
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real receiver binary in local mode, reading `manifests.yaml` from `dir`.
+pub struct BinaryReceiver {
+    pub child: KillOnDrop,
+    pub ingest: String,
+    pub admin: String,
+}
+
+impl BinaryReceiver {
+    /// Starts it on free ports with `--queue=<queue>` and waits until it is ready.
+    pub async fn start(dir: &Path, queue: &str) -> Self {
+        let ingest = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        Self::start_on(dir, queue, ingest, admin).await
+    }
+
+    /// Starts it on the given addresses (a restart on the same ports).
+    pub async fn start_on(dir: &Path, queue: &str, ingest: String, admin: String) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+            .args(["receiver", "--ingest-addr", &ingest, "--admin-addr", &admin])
+            .arg(format!("--queue={queue}"))
+            .arg(format!(
+                "--config-source=file:{}",
+                dir.join("manifests.yaml").display()
+            ))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .map(KillOnDrop)
+            .expect("starting the receiver binary");
+        let mut receiver = Self {
+            child,
+            ingest,
+            admin,
+        };
+        let http = client();
+        let ready = format!("http://{}/readyz", receiver.admin);
+        for _ in 0..600 {
+            if http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+            {
+                return receiver;
+            }
+            if let Ok(Some(status)) = receiver.child.try_wait() {
+                panic!("the receiver exited before it was ready: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the receiver did not become ready");
+    }
 }
