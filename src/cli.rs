@@ -123,7 +123,8 @@ struct ReceiverArgs {
     /// Address of the admin port (probes, metrics, delivery API).
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9091")]
     admin_addr: String,
-    /// Where the durable queue lives: `sqlite:<path>`.
+    /// Where the durable queue lives: `sqlite:<path>`, or `nats://<host>:<port>[?replicas=N]` for
+    /// a NATS JetStream shared by several receivers.
     #[arg(
         long,
         env = "QUEUE",
