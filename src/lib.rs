@@ -5,15 +5,25 @@
 //! The crate is a library with one thin binary. Its modules follow the architecture:
 //!
 //! - [`api`]: the custom resource types, nothing else.
+//! - [`strapi`]: a client for Strapi's admin REST API.
+//! - [`registration`]: the one managed webhook per Strapi, shared by the controller and local mode.
 //! - [`event`]: a Strapi webhook event as received, raw and parsed.
-//! - [`cli`]: the command line; each subcommand hands over to one module below.
-//! - [`telemetry`]: logging setup shared by every subcommand.
+//! - [`routing`], [`sinks`] and [`queue`]: matching, rendering, delivering and storing events;
+//!   they know nothing of Kubernetes.
+//! - [`config`]: custom-resource specs turned into runnable routes and sinks, and how the
+//!   resources refer to each other.
+//! - [`controller`]: reconciles the custom resources into Strapi registrations and status.
+//! - [`receiver`]: authenticated, durable ingest and at-least-once delivery.
+//! - [`local`]: the same parts without a cluster, from YAML files.
+//! - [`cli`]: the command line; each subcommand hands over to one module above.
+//! - [`http`] and [`telemetry`]: outbound HTTP clients and logging, shared by all.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod event;
+pub mod http;
 pub mod local;
 pub mod queue;
 pub mod receiver;

@@ -66,10 +66,10 @@ pub struct ReceiverAdmin {
 impl ReceiverAdmin {
     /// A client for the admin API at `base`, e.g. `http://receiver:9091`.
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .expect("a client without TLS configuration always builds");
+            .expect("the HTTP client builds once the crypto provider is installed");
         ReceiverAdmin {
             http,
             base: base.trim_end_matches('/').to_owned(),

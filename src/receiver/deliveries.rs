@@ -68,9 +68,7 @@ pub struct ListQuery {
 impl AdminClient {
     /// A client of the admin port at `base`, e.g. `http://127.0.0.1:9091`.
     pub fn new(base: &str) -> Result<Self, DeliveriesError> {
-        // reqwest is built without a bundled crypto provider; an error only means one is set.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(DeliveriesError::Client)?;

@@ -35,15 +35,8 @@ pub enum SinkClientError {
 impl SinkClient {
     /// A client that does not follow redirects (a redirected POST loses its body).
     pub fn new() -> Result<Self, SinkClientError> {
-        // reqwest is built without a bundled crypto provider; kube already links ring, so use it.
-        // An error only means another part of the process installed a provider first.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
+        crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!(
-                "strapi-webhook-operator/",
-                env!("CARGO_PKG_VERSION")
-            ))
             .build()
             .map(|http| Self { http })
             .map_err(SinkClientError::Build)

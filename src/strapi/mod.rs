@@ -160,16 +160,9 @@ impl StrapiClient {
         options: ClientOptions,
     ) -> Result<Self, StrapiError> {
         let base = parse_base_url(base_url)?;
-        // reqwest is built without a crypto provider; ring is already in the dependency tree.
-        // Installing fails only when a provider is already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
-            .user_agent(concat!(
-                "strapi-webhook-operator/",
-                env!("CARGO_PKG_VERSION")
-            ))
             .build()
             .map_err(StrapiError::ClientSetup)?;
         let device_id = uuid::Builder::from_random_bytes(rand::random())

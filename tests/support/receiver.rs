@@ -343,8 +343,9 @@ impl TestReceiver {
 
 /// A plain HTTP client for the tests.
 pub fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    strapi_webhook_operator::http::client_builder()
+        .build()
+        .expect("an HTTP client")
 }
 
 /// A free loopback port.

@@ -213,9 +213,9 @@ impl Drop for StrapiServer {
 
 /// A plain HTTP client for the set-up calls above.
 fn http() -> reqwest::Client {
-    // reqwest is built without a crypto provider (see Cargo.toml); an error means one is set.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    strapi_webhook_operator::http::client_builder()
+        .build()
+        .expect("an HTTP client")
 }
 
 fn stop(run_dir: &Path) {
