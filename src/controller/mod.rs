@@ -200,7 +200,7 @@ impl Context {
         Ok(types)
     }
 
-    /// The receiver's delivery counters, fetched at most once per [`STATS_TTL`].
+    /// The receiver's delivery counters, fetched at most every ten seconds: one request serves every webhook.
     pub async fn receiver_stats(&self) -> Result<Arc<Stats>, ReceiverError> {
         if let Some((fetched, stats)) = self.stats.lock().expect("stats cache lock").as_ref()
             && fetched.elapsed() < STATS_TTL
