@@ -99,39 +99,21 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
     let (webhooks, webhook_writer) = reflector::store::<StrapiWebhook>();
     let (secrets, secret_writer) = reflector::store::<Secret>();
     let streams = stream::select_all([
-        reflector::reflector(
+        changes(
             instance_writer,
-            watcher(
-                Api::<StrapiInstance>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|event| event.map(drop).map_err(|error| error.to_string()))
-        .boxed(),
-        reflector::reflector(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        changes(
             webhook_writer,
-            watcher(
-                Api::<StrapiWebhook>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|event| event.map(drop).map_err(|error| error.to_string()))
-        .boxed(),
-        reflector::reflector(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        changes(
             secret_writer,
-            watcher(
-                Api::<Secret>::all(client.clone()),
-                watcher::Config::default().labels(INSTANCE_LABEL),
-            ),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|event| event.map(drop).map_err(|error| error.to_string()))
-        .boxed(),
+            Api::all(client.clone()),
+            watcher::Config::default().labels(INSTANCE_LABEL),
+        ),
     ]);
     let notify = Arc::clone(&changed);
     tokio::spawn(streams.for_each(move |event| {
@@ -185,6 +167,28 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
         let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
         tokio::time::sleep(DEBOUNCE).await;
     }
+}
+
+/// A reflector filling `writer` from a watch on `api`, as a stream of "something changed".
+fn changes<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+) -> stream::BoxStream<'static, Result<(), String>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .map(|event| event.map(drop).map_err(|error| error.to_string()))
+        .boxed()
 }
 
 async fn compile_all(

@@ -185,17 +185,7 @@ impl World {
     }
 
     fn condition(&self, kind: &str) -> (String, String, String) {
-        let status = self.status();
-        let condition = status["conditions"]
-            .as_array()
-            .and_then(|conditions| {
-                conditions
-                    .iter()
-                    .find(|condition| condition["type"] == kind)
-            })
-            .unwrap_or_else(|| panic!("no {kind} condition in {status:#}"));
-        let text = |field: &str| condition[field].as_str().unwrap_or_default().to_owned();
-        (text("status"), text("reason"), text("message"))
+        condition_of(&self.status(), kind)
     }
 
     /// The managed registrations of this world's instance in Strapi.
