@@ -30,9 +30,12 @@
 //!   keys, claimed with a create (compare-and-set), so a duplicate is recognised by whichever
 //!   replica it reaches.
 //!
-//! Rate limits, concurrency and coalescing are applied by each replica's engine to what it
-//! claims: with N replicas a sink can see up to N times its configured rate. Documented in
-//! `docs/receiver.md`; run one replica for sinks with strict quotas.
+//! Rate limits, concurrency and coalescing stay exact with several replicas because one replica
+//! at a time delivers a given sink: it holds the sink's claim (`owner.<sink>` in `swo-state`,
+//! taken with compare-and-set and renewed every few seconds), and the others claim nothing for
+//! that sink. Different sinks spread over the replicas as their workers first ask. When the
+//! holder dies, its claim runs out after 15 s and the next replica to ask takes the sink over;
+//! the dead replica's in-flight deliveries come back after the ack wait.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -69,6 +72,9 @@ const DEDUP_RETENTION: Duration = Duration::from_secs(3600);
 const ACK_TIMEOUT: Duration = Duration::from_secs(4);
 // How long a claim waits for deliveries the server has not sent yet.
 const FETCH_EXPIRY: Duration = Duration::from_millis(500);
+// A sink's deliverer keeps its claim by renewing it at least every third of this; a claim not
+// renewed for this long (its replica died) is taken over by the next replica that asks.
+const OWNER_TTL_MS: i64 = 15_000;
 // How soon a worker looks again when all its sink's deliveries wait out a `nak` delay or sit
 // with another replica; JetStream does not say when a delayed message becomes due.
 const REDELIVERY_POLL_MS: i64 = 250;
@@ -181,6 +187,8 @@ pub struct NatsQueue {
     replica: String,
     consumers: tokio::sync::Mutex<HashMap<SinkKey, PullConsumer>>,
     claimed: Mutex<HashMap<String, Claimed>>,
+    // Sinks this replica delivers, and when it last renewed each claim in the bucket.
+    owned: Mutex<HashMap<SinkKey, UnixMillis>>,
     counters: tokio::sync::Mutex<BTreeMap<SinkKey, SinkCounters>>,
 }
 
@@ -299,6 +307,7 @@ impl NatsQueue {
             replica: uuid::Uuid::now_v7().simple().to_string(),
             consumers: tokio::sync::Mutex::default(),
             claimed: Mutex::default(),
+            owned: Mutex::default(),
             counters: tokio::sync::Mutex::default(),
         })
     }
@@ -409,6 +418,55 @@ impl NatsQueue {
             .map_err(|error| storage("claim")(format!("consumer for {sink}: {error}")))?;
         consumers.insert(sink.clone(), consumer.clone());
         Ok(consumer)
+    }
+
+    /// True when this replica delivers `sink`: it holds the sink's claim in the state bucket,
+    /// renewed here, or takes it over because the holder stopped renewing it. One deliverer
+    /// per sink is what keeps its rate limit, concurrency and coalescing exact with several
+    /// replicas. The claim's age is the bucket entry's server timestamp against this replica's
+    /// clock, so clocks must agree to well within the TTL (NTP does).
+    async fn owns(&self, sink: &SinkKey) -> Result<bool, QueueError> {
+        let now = now_millis();
+        if lock(&self.owned)
+            .get(sink)
+            .is_some_and(|renewed| now - renewed < OWNER_TTL_MS / 3)
+        {
+            return Ok(true);
+        }
+        let key = format!("owner.{}", sink_token(sink));
+        let entry = self
+            .state
+            .entry(&key)
+            .await
+            .map_err(|error| storage("claim")(error.to_string()))?;
+        let me = self.replica.clone().into_bytes();
+        let won = match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let age = i128::from(now) - entry.created.unix_timestamp_nanos() / 1_000_000;
+                let mine = entry.value == me;
+                (mine || age >= i128::from(OWNER_TTL_MS))
+                    && self
+                        .state
+                        .update(&key, me.into(), entry.revision)
+                        .await
+                        .is_ok()
+            }
+            Some(entry) => self
+                .state
+                .update(&key, me.into(), entry.revision)
+                .await
+                .is_ok(),
+            None => self.state.create(&key, me.into()).await.is_ok(),
+        };
+        let mut owned = lock(&self.owned);
+        if won {
+            if owned.insert(sink.clone(), now).is_none() {
+                tracing::info!(%sink, replica = %self.replica, "this replica now delivers the sink");
+            }
+        } else if owned.remove(sink).is_some() {
+            tracing::warn!(%sink, "another replica took over the sink");
+        }
+        Ok(won)
     }
 
     /// Adds `change` to this replica's counters of `sink` and writes them to the bucket.
@@ -671,6 +729,9 @@ impl Queue for NatsQueue {
         lease_ms: i64,
     ) -> BoxFuture<'_, Result<Vec<ClaimedDelivery>, QueueError>> {
         Box::pin(async move {
+            if !self.owns(&sink).await? {
+                return Ok(Vec::new());
+            }
             let consumer = self.consumer(&sink, lease_ms).await?;
             // The expiry also bounds the wait for the server's answer: a pull request sent while
             // NATS restarts may never be answered, and without it the sink's worker would wait
@@ -715,6 +776,10 @@ impl Queue for NatsQueue {
 
     fn next_due(&self, sink: SinkKey) -> BoxFuture<'_, Result<Option<UnixMillis>, QueueError>> {
         Box::pin(async move {
+            if !lock(&self.owned).contains_key(&sink) {
+                // Another replica delivers it; ask again before its claim could run out.
+                return Ok(Some(now_millis() + OWNER_TTL_MS / 3));
+            }
             let Some(mut consumer) = self.consumers.lock().await.get(&sink).cloned() else {
                 // Never claimed here: look again soon, the first claim creates the consumer.
                 return Ok(Some(now_millis() + REDELIVERY_POLL_MS));
@@ -742,7 +807,12 @@ impl Queue for NatsQueue {
             let claimed = lock(&self.claimed)
                 .remove(&id)
                 .ok_or_else(|| QueueError::NotFound(id.clone()))?;
-            self.finish(claimed, completion).await
+            let sink = claimed.record.sink_key();
+            self.finish(claimed, completion).await?;
+            // A worker whose permits are all taken by slow sends claims nothing for a while;
+            // its completions keep the sink's claim alive instead.
+            self.owns(&sink).await?;
+            Ok(())
         })
     }
 
