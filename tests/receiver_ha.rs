@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use support::{
     BinaryReceiver, CaptureSink, Captured, SECRET, article_event, client, free_port, manifests,
     nats_server::NatsServer,
@@ -227,4 +227,46 @@ async fn ingest_answers_5xx_while_nats_is_down_and_recovers_by_itself() {
         entry_ids(received).is_superset(&acknowledged)
     })
     .await;
+}
+
+/// With two replicas, one delivers the sink and the other claims nothing for it, so the sink's
+/// token bucket, concurrency limit and coalesce window are those of a single engine. Which
+/// replica delivered what is read from the per-replica counters in the `swo-state` bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_at_a_time_delivers_a_sink() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CaptureSink::start().await;
+    std::fs::write(dir.path().join("manifests.yaml"), ha_manifests(&sink.url())).unwrap();
+    let replicas = [
+        BinaryReceiver::start(dir.path(), &nats.url()).await,
+        BinaryReceiver::start(dir.path(), &nats.url()).await,
+    ];
+    let http = client();
+    for n in 0..200 {
+        let ingest = &replicas[n % replicas.len()].ingest;
+        assert_eq!(post(&http, ingest, n).await, Some(200));
+    }
+    sink.wait_for(Duration::from_secs(60), |received| {
+        entry_ids(received).len() == 200
+    })
+    .await;
+
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let state = async_nats::jetstream::new(nats_client)
+        .get_key_value("swo-state")
+        .await
+        .unwrap();
+    let keys: Vec<String> = state.keys().await.unwrap().try_collect().await.unwrap();
+    let mut delivered_by_replica = Vec::new();
+    for key in keys.iter().filter(|key| key.starts_with("counters.")) {
+        let counters: serde_json::Value =
+            serde_json::from_slice(&state.get(key).await.unwrap().unwrap()).unwrap();
+        delivered_by_replica.push(counters["delivered"].as_i64().unwrap());
+    }
+    assert_eq!(
+        delivered_by_replica,
+        vec![200],
+        "exactly one replica delivered the sink"
+    );
 }
