@@ -330,7 +330,10 @@ async fn scale(
             "kind": "StrapiInstance",
             "metadata": {
                 "name": name, "namespace": INSTANCE_NAMESPACE, "generation": 1,
-                "uid": uuid::Uuid::now_v7().to_string()
+                "uid": uuid::Uuid::now_v7().to_string(),
+                // kube's finalizer helper tests `/metadata/finalizers` for null before adding;
+                // the fake's JSON patch, unlike the API server, needs the field present.
+                "finalizers": null
             },
             "spec": {
                 "url": proxy.url,
