@@ -67,7 +67,7 @@ async fn run() -> Result<(), BenchError> {
     let mut peak_mib = 0.0;
     let mut full_rate = 0.0;
     for durability in ["full", "normal"] {
-        let receiver = Receiver::start(&[http_webhook(&down)], durability).await?;
+        let receiver = Receiver::start(&[http_webhook(&down)], &Queue::Sqlite(durability)).await?;
         let (idle, _) = rss_mib(receiver.pid())?;
         let result = wrk(&receiver.ingest_url(), &article_update(1))?;
         let (_, peak) = rss_mib(receiver.pid())?;
@@ -105,6 +105,30 @@ async fn run() -> Result<(), BenchError> {
             ));
         }
     }
+    // The same ingest run on NATS JetStream (issue 10's backend for several replicas).
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(&[http_webhook(&down)], &Queue::JetStream(nats.url())).await?;
+    let result = wrk(&receiver.ingest_url(), &article_update(1))?;
+    drop(receiver);
+    drop(nats);
+    for (metric, value, bare) in [
+        ("events/s", result.per_second, baseline.per_second),
+        ("ack p50 ms", result.p50_ms, baseline.p50_ms),
+        ("ack p99 ms", result.p99_ms, baseline.p99_ms),
+    ] {
+        rows.push(Row::against(
+            "ingest: receiver, NATS JetStream (1 replica)",
+            metric,
+            value,
+            bare,
+            "bare",
+        ));
+    }
+    notes.push(
+        "JetStream: one local `nats-server -js` with file storage; an ack follows JetStream's \
+         publish ack, which (unlike SQLite `full`) does not wait for an fsync."
+            .to_owned(),
+    );
     notes.push(format!(
         "Ingest: `wrk -t2 -c{CONNECTIONS} -d{WRK_SECONDS}s`, one Strapi-shaped `entry.update` \
          (~350 bytes) per request; the receiver stores each event and one delivery (its sink is \
@@ -115,7 +139,7 @@ async fn run() -> Result<(), BenchError> {
     let sink = RecordingSink::start().await?;
     let direct = steady(&client, &sink.url()).await?;
     let direct_latency = latencies(&direct, &sink).await?;
-    let receiver = Receiver::start(&[forward_webhook(&sink.url())], "full").await?;
+    let receiver = Receiver::start(&[forward_webhook(&sink.url())], &Queue::Sqlite("full")).await?;
     let forwarded = steady(&client, &receiver.ingest_url()).await?;
     let forwarded_latency = latencies(&forwarded, &sink).await?;
     drop(receiver);
@@ -238,6 +262,71 @@ fn revalidate_webhook(url: &str) -> Value {
     )
 }
 
+/// Where a bench receiver keeps its queue.
+enum Queue {
+    /// SQLite in the receiver's folder, with this `--queue-durability`.
+    Sqlite(&'static str),
+    /// NATS JetStream at this `nats://` URL.
+    JetStream(String),
+}
+
+/// A `nats-server -js` on a free loopback port with its store in a temporary folder, for the
+/// JetStream ingest row. The binary comes from `NATS_SERVER` (set by `scripts/bench.sh` from
+/// `scripts/ensure-nats.sh`). Killed when dropped.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    async fn start() -> Result<Self, BenchError> {
+        let binary = std::env::var("NATS_SERVER").map_err(|_| {
+            BenchError::step(
+                "starting nats-server",
+                "NATS_SERVER is not set; run the bench through scripts/bench.sh".to_owned(),
+            )
+        })?;
+        let store = tempfile::tempdir().map_err(BenchError::setup("the JetStream store"))?;
+        let port = free_port()?;
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(BenchError::setup("the nats-server process"))?;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(Self {
+                    child,
+                    port,
+                    _store: store,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BenchError::step(
+            "starting nats-server",
+            format!("port {port} not open after 10 s"),
+        ))
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The receiver binary of this build, serving one instance with `webhooks` from a manifest
 /// file, its queue in a temporary folder. Killed when dropped.
 struct Receiver {
@@ -247,7 +336,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(webhooks: &[Value], durability: &str) -> Result<Self, BenchError> {
+    async fn start(webhooks: &[Value], queue: &Queue) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir().map_err(BenchError::setup("the receiver's folder"))?;
         let documents = [
             json!({
@@ -278,14 +367,18 @@ impl Receiver {
         let (ingest, admin) = (free_port()?, free_port()?);
         let log = std::fs::File::create(dir.path().join("receiver.log"))
             .map_err(BenchError::setup("the receiver's log"))?;
+        let queue_args = match queue {
+            Queue::Sqlite(durability) => vec![
+                format!("--queue=sqlite:{}", dir.path().join("queue.db").display()),
+                format!("--queue-durability={durability}"),
+            ],
+            Queue::JetStream(url) => vec![format!("--queue={url}")],
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
-            .args(["receiver", "--queue-durability", durability])
+            .arg("receiver")
+            .args(queue_args)
             .arg(format!("--ingest-addr=127.0.0.1:{ingest}"))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-            .arg(format!(
-                "--queue=sqlite:{}",
-                dir.path().join("queue.db").display()
-            ))
             .arg(format!("--config-source=file:{}", manifest_path.display()))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -515,7 +608,8 @@ async fn latencies(
 /// Item 3: a burst of updates into a coalescing sink.
 async fn coalescing(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
     let sink = RecordingSink::start().await?;
-    let receiver = Receiver::start(&[revalidate_webhook(&sink.url())], "full").await?;
+    let receiver =
+        Receiver::start(&[revalidate_webhook(&sink.url())], &Queue::Sqlite("full")).await?;
     let url = receiver.ingest_url();
     let started = Instant::now();
     let acked: Vec<(String, Instant)> = stream::iter(1..=COALESCE_EVENTS)
@@ -626,7 +720,7 @@ async fn coalescing(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
 
 /// Item 4: RSS of a receiver holding `QUEUED_EVENTS` events for a sink that is down.
 async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<f64, BenchError> {
-    let receiver = Receiver::start(&[http_webhook(down)], "full").await?;
+    let receiver = Receiver::start(&[http_webhook(down)], &Queue::Sqlite("full")).await?;
     let url = Arc::new(receiver.ingest_url());
     let posted: Vec<Result<(), BenchError>> = stream::iter(1..=QUEUED_EVENTS)
         .map(|n| {

@@ -19,6 +19,9 @@ else
   $sudo apt-get install -y -qq wrk >/dev/null
 fi
 scripts/ensure-strapi-app.sh
+# The receiver bench's JetStream ingest row starts this nats-server.
+NATS_SERVER="$(scripts/ensure-nats.sh)"
+export NATS_SERVER
 
 step "building the benches (release profile)"
 cargo bench --no-run --benches --quiet
@@ -26,7 +29,7 @@ cargo bench --no-run --benches --quiet
 mkdir -p target/bench
 rm -f target/bench/*.md
 
-step "receiver: ingest ceiling, added latency, coalescing, memory"
+step "receiver: ingest ceiling (SQLite and JetStream), added latency, coalescing, memory"
 cargo bench --quiet --bench receiver
 
 step "controller scale and real Strapi throughput (one test Strapi)"

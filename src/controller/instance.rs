@@ -549,7 +549,7 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
     let removed = ctx
         .observe_strapi("remove registration", registration::remove(&client, &key))
         .await?;
-    ctx.forget_strapi_client(&key);
+    ctx.forget_strapi_client(&key).await;
     tracing::info!(instance = %key, removed, "removed the registration from Strapi");
     Ok(Action::await_change())
 }

@@ -95,7 +95,9 @@ pub struct Context {
     pub receiver: ReceiverAdmin,
     // One client per instance, so its admin session survives between reconciles.
     strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
-    content_types: Mutex<HashMap<String, ListedContentTypes>>,
+    // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
+    // wait for one listing instead of each asking Strapi.
+    content_types: tokio::sync::Mutex<HashMap<String, ListedContentTypes>>,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<Option<(Instant, Arc<Stats>)>>,
 }
@@ -118,7 +120,7 @@ impl Context {
             instances,
             webhooks,
             strapi_clients: Mutex::default(),
-            content_types: Mutex::default(),
+            content_types: tokio::sync::Mutex::default(),
             failures: Mutex::default(),
             stats: Mutex::default(),
         }
@@ -143,15 +145,12 @@ impl Context {
         Ok(client)
     }
 
-    fn forget_strapi_client(&self, key: &str) {
+    async fn forget_strapi_client(&self, key: &str) {
         self.strapi_clients
             .lock()
             .expect("client cache lock")
             .remove(key);
-        self.content_types
-            .lock()
-            .expect("content type cache lock")
-            .remove(key);
+        self.content_types.lock().await.remove(key);
     }
 
     /// Awaits one Strapi call and counts it by step and outcome.
@@ -178,11 +177,8 @@ impl Context {
         instance: &StrapiInstance,
     ) -> Result<Arc<Vec<ContentType>>, Error> {
         let key = instance_key(instance);
-        if let Some((fetched, types)) = self
-            .content_types
-            .lock()
-            .expect("content type cache lock")
-            .get(&key)
+        let mut cache = self.content_types.lock().await;
+        if let Some((fetched, types)) = cache.get(&key)
             && fetched.elapsed() < CONTENT_TYPES_TTL
         {
             return Ok(types.clone());
@@ -193,10 +189,7 @@ impl Context {
             self.observe_strapi("list content types", client.list_content_types())
                 .await?,
         );
-        self.content_types
-            .lock()
-            .expect("content type cache lock")
-            .insert(key, (Instant::now(), types.clone()));
+        cache.insert(key, (Instant::now(), types.clone()));
         Ok(types)
     }
 
