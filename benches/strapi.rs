@@ -12,6 +12,9 @@
 //!    webhook (baseline) and with the receiver registered; events/s that reach the receiver.
 
 mod common;
+// The controller tests' in-memory API server, shared rather than copied.
+#[path = "../tests/controller/fake_api.rs"]
+#[allow(dead_code)]
 mod fake_api;
 
 use std::{
@@ -295,7 +298,7 @@ impl InProcessReceiver {
 struct ScaleResult {
     seconds: f64,
     strapi_calls: u64,
-    kube_calls: u64,
+    kube_calls: usize,
 }
 
 /// Item 5: `webhooks` StrapiWebhooks on one new instance, from nothing to all Ready.
@@ -389,7 +392,7 @@ async fn scale(
         serde_json::from_value(object)
             .map_err(|error| BenchError::step("reading the StrapiInstance", error))
     };
-    let (strapi_before, kube_before) = (proxy.calls(), api.requests());
+    let (strapi_before, kube_before) = (proxy.calls(), api.requests().len());
     let started = Instant::now();
     // Finalizer, then registration and verification: each reconcile moves the instance on, as
     // the controller's requeues would.
@@ -431,7 +434,10 @@ async fn scale(
         .await;
     reconciled.into_iter().collect::<Result<Vec<()>, _>>()?;
     let seconds = started.elapsed().as_secs_f64();
-    let (strapi_calls, kube_calls) = (proxy.calls() - strapi_before, api.requests() - kube_before);
+    let (strapi_calls, kube_calls) = (
+        proxy.calls() - strapi_before,
+        api.requests().len() - kube_before,
+    );
     if let Some(path) = paths
         .iter()
         .find(|path| !is_ready(&api.get(path).unwrap_or_default()))
