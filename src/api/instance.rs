@@ -81,7 +81,7 @@ pub struct StrapiAuth {
     pub api_token: Option<SecretKeyRef>,
 
     /// An admin user's email and password; the operator logs in through `POST /admin/login`
-    /// and renews its session token before it expires. Use a dedicated admin user.
+    /// and renews its session when Strapi reports it expired. Use a dedicated admin user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<AdminCredentials>,
 }

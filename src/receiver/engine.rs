@@ -396,33 +396,26 @@ impl Engine {
         _permit: OwnedSemaphorePermit,
     ) {
         let snapshot = self.config.borrow().clone();
-        let Some(webhook) = snapshot.webhooks.get(&worker.key.webhook) else {
-            let reason = format!("webhook {} is no longer configured", worker.key.webhook);
-            for delivery in deliveries {
-                self.finish(
-                    &worker,
-                    &delivery,
-                    Completion::DeadLetter {
-                        error: reason.clone(),
-                    },
-                )
-                .await;
-            }
-            return;
+        let configured = match snapshot.webhooks.get(&worker.key.webhook) {
+            None => Err(format!(
+                "webhook {} is no longer configured",
+                worker.key.webhook
+            )),
+            Some(webhook) => webhook
+                .sink(&worker.key.sink)
+                .map(|sink| (webhook, sink))
+                .ok_or_else(|| format!("sink {} is no longer configured", worker.key)),
         };
-        let Some((sink, policy)) = webhook.sink(&worker.key.sink) else {
-            let reason = format!("sink {} is no longer configured", worker.key);
-            for delivery in deliveries {
-                self.finish(
-                    &worker,
-                    &delivery,
-                    Completion::DeadLetter {
-                        error: reason.clone(),
-                    },
-                )
-                .await;
+        let (webhook, (sink, policy)) = match configured {
+            Ok(configured) => configured,
+            Err(reason) => {
+                for delivery in deliveries {
+                    let error = reason.clone();
+                    self.finish(&worker, &delivery, Completion::DeadLetter { error })
+                        .await;
+                }
+                return;
             }
-            return;
         };
         let mut ready = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
