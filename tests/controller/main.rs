@@ -4,6 +4,8 @@
 //! alone, removal), end-to-end verification, status and Events.
 
 mod fake_api;
+#[path = "../support/receiver.rs"]
+mod receiver_support;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -12,63 +14,18 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use fake_api::{FakeApi, path_of};
 use kube::runtime::{reflector, watcher};
 use prometheus_client::registry::Registry;
+use receiver_support::TestReceiver;
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
     api::{StrapiInstance, StrapiWebhook},
     controller::{self, Context, Metrics, Options},
-    queue::sqlite::SqliteQueue,
-    receiver::{
-        self, ReceiverSettings,
-        source::{Snapshot, StaticSource},
-    },
+    receiver::source::Snapshot,
     registration::MARKER_HEADER,
     strapi::{StrapiClient, WebhookSpec},
 };
 use support::StrapiServer;
 
 const NAMESPACE: &str = "web";
-
-/// A receiver serving on loopback, its configuration published by the test.
-struct Receiver {
-    source: Arc<StaticSource>,
-    ingest_url: String,
-    admin_url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let queue = Arc::new(SqliteQueue::open(&data.path().join("queue.db")).unwrap());
-        let source = Arc::new(StaticSource::new(Snapshot::new(BTreeMap::new(), [])));
-        let state =
-            receiver::ReceiverState::new(queue, source.as_ref(), ReceiverSettings::default())
-                .unwrap();
-        let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ingest_url = format!("http://{}", ingest.local_addr().unwrap());
-        let admin_url = format!("http://{}", admin.local_addr().unwrap());
-        tokio::spawn(receiver::serve(
-            state,
-            ingest,
-            admin,
-            std::future::pending(),
-        ));
-        Receiver {
-            source,
-            ingest_url,
-            admin_url,
-            _data: data,
-        }
-    }
-
-    /// Lets the receiver accept `secret` from `namespace/name`, as the cluster source would once
-    /// it sees the controller's Secret.
-    fn accept(&self, instance: &str, secret: &str) {
-        let instances = BTreeMap::from([(instance.to_owned(), vec![secret.to_owned()])]);
-        self.source.publish(Snapshot::new(instances, []));
-    }
-}
 
 /// One test's world: a fake API server, stores, a context, and a unique instance name so that
 /// tests sharing one Strapi never see each other's registrations.
@@ -79,12 +36,12 @@ struct World {
     webhooks: reflector::store::Writer<StrapiWebhook>,
     name: String,
     strapi: StrapiClient,
-    receiver: Receiver,
+    receiver: TestReceiver,
 }
 
 impl World {
     async fn new(strapi: &StrapiServer) -> Self {
-        let receiver = Receiver::start().await;
+        let receiver = TestReceiver::start(Snapshot::new(BTreeMap::new(), [])).await;
         let api = FakeApi::default();
         let name = format!("cms-{}", uuid::Uuid::now_v7().simple());
         api.put_secret(
@@ -95,8 +52,8 @@ impl World {
         let (instance_store, instances) = reflector::store();
         let (webhook_store, webhooks) = reflector::store();
         let options = Options {
-            receiver_url: receiver.ingest_url.clone(),
-            receiver_admin_url: receiver.admin_url.clone(),
+            receiver_url: format!("http://{}", receiver.ingest),
+            receiver_admin_url: format!("http://{}", receiver.admin),
             secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
             secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
             verify_timeout: Duration::from_secs(10),
@@ -118,6 +75,11 @@ impl World {
             strapi: strapi.client().clone(),
             receiver,
         }
+    }
+
+    /// Where Strapi reaches the receiver.
+    fn ingest_url(&self) -> String {
+        format!("http://{}", self.receiver.ingest)
     }
 
     fn key(&self) -> String {
@@ -254,7 +216,7 @@ async fn an_instance_is_registered_once_with_the_union_of_events_and_verified() 
     );
     assert_eq!(
         registration.url,
-        format!("{}/v1/instances/{}", world.receiver.ingest_url, world.key())
+        format!("{}/v1/instances/{}", world.ingest_url(), world.key())
     );
     assert!(registration.enabled);
     let secret = world.shared_secret();
@@ -276,7 +238,9 @@ async fn an_instance_is_registered_once_with_the_union_of_events_and_verified() 
     assert_eq!(world.status()["webhooks"], json!(2));
 
     // The receiver learns the secret; the next reconcile verifies end to end.
-    world.receiver.accept(&world.key(), &secret);
+    // As the cluster source would once it sees the controller's Secret.
+    let instances = BTreeMap::from([(world.key(), vec![secret.clone()])]);
+    world.receiver.source.publish(Snapshot::new(instances, []));
     world.reconcile().await.unwrap();
     assert_eq!(
         world.condition("Verified").0,
@@ -488,7 +452,7 @@ async fn a_valid_webhook_becomes_ready_once_its_events_are_registered() {
         status["endpoint"],
         json!(format!(
             "{}/v1/instances/{}",
-            world.receiver.ingest_url,
+            world.ingest_url(),
             world.key()
         ))
     );
@@ -576,10 +540,7 @@ async fn registrations_of_vanished_instances_are_collected_and_others_left_alone
         .strapi
         .create_webhook(&ghost(
             &format!("gone-{suffix}"),
-            format!(
-                "{}/v1/instances/{NAMESPACE}/gone",
-                world.receiver.ingest_url
-            ),
+            format!("{}/v1/instances/{NAMESPACE}/gone", world.ingest_url()),
         ))
         .await
         .unwrap();
