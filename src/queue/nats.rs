@@ -924,6 +924,8 @@ impl Queue for NatsQueue {
                 }
             }
             rows.sort_by(|a, b| (b.enqueued_at, &b.id).cmp(&(a.enqueued_at, &a.id)));
+            // A hand-back in progress holds a delivery's old and new message: list it once.
+            rows.dedup_by(|a, b| a.id == b.id && a.state == b.state);
             rows.truncate(limit);
             Ok(rows)
         })
@@ -1069,7 +1071,9 @@ impl Queue for NatsQueue {
 }
 
 impl NatsQueue {
-    /// Deliveries still in the work queue, per sink.
+    /// Deliveries still in the work queue, per sink. Each delivery has a subject of its own, and
+    /// a hand-back re-publishes on it before acknowledging the old message, so for a moment a
+    /// subject holds two messages: counting subjects, not messages, counts each delivery once.
     async fn waiting_counts(&self) -> Result<BTreeMap<SinkKey, i64>, QueueError> {
         let subjects: Vec<(String, usize)> = self
             .deliveries
@@ -1080,9 +1084,9 @@ impl NatsQueue {
             .await
             .map_err(|error| storage("counters")(error.to_string()))?;
         let mut counts = BTreeMap::new();
-        for (subject, count) in subjects {
+        for (subject, _messages) in subjects {
             if let Some(sink) = subject.split('.').nth(2).and_then(sink_from_token) {
-                *counts.entry(sink).or_default() += i64::try_from(count).unwrap_or(i64::MAX);
+                *counts.entry(sink).or_default() += 1;
             }
         }
         Ok(counts)
