@@ -5,7 +5,7 @@ CARGO ?= cargo
 .PHONY: help generate lint test test-unit e2e deploy-manifests check-chart bench demo
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 generate: ## Write the CRDs generated from src/api to crds/ and the Helm chart's crds/.
 	$(CARGO) run --quiet -- crd --output-dir crds

@@ -312,19 +312,19 @@ struct LocalArgs {
     #[arg(long, env = "SWO_DATA_DIR", default_value = ".swo-data")]
     data_dir: PathBuf,
     /// Address of the ingest port that Strapi calls.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "INGEST_ADDR", default_value = "127.0.0.1:8080")]
     ingest_addr: String,
     /// Address of the admin port (probes, metrics, delivery API).
-    #[arg(long, default_value = "127.0.0.1:9091")]
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9091")]
     admin_addr: String,
     /// Base URL at which Strapi reaches the ingest port [default: http://<ingest address>].
-    #[arg(long)]
+    #[arg(long, env = "RECEIVER_URL")]
     receiver_url: Option<String>,
     /// Remove the registrations from Strapi on exit.
-    #[arg(long)]
+    #[arg(long, env = "CLEANUP")]
     cleanup: bool,
     /// How long to wait for the receiver to record Strapi's test call.
-    #[arg(long, default_value = "10s")]
+    #[arg(long, env = "VERIFY_TIMEOUT", default_value = "10s")]
     verify_timeout: kube::core::Duration,
 }
 

@@ -1,6 +1,8 @@
 //! Logging: `tracing` with an `RUST_LOG`-style filter, as human-readable text or as JSON lines
 //! for log pipelines.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -20,8 +22,13 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests that run several subcommands in one process) keeps the first.
     let _ = match format {
+        // Colour codes only for a person at a terminal, never in a log file or collector.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

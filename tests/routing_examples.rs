@@ -254,6 +254,30 @@ fn a_lead_becomes_the_crm_body() {
 }
 
 #[test]
+fn a_lead_with_only_an_email_still_reaches_the_crm() {
+    let webhook = compile("crm-sync.yaml");
+    let routed = route(
+        &webhook,
+        &json!({
+            "event": "entry.create",
+            "createdAt": "2026-11-27T01:00:00.000Z",
+            "model": "lead",
+            "uid": "api::lead.lead",
+            "entry": {"id": 2, "documentId": "l2", "email": "ada@example.com"},
+        }),
+    );
+    let [(_, Payload::Http { body })] = &routed[..] else {
+        panic!("{routed:?}")
+    };
+    let body: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(body["email"], "ada@example.com");
+    assert_eq!(
+        (&body["name"], &body["company"]),
+        (&Value::Null, &Value::Null)
+    );
+}
+
+#[test]
 fn missing_secrets_are_reported_per_field() {
     let webhook = example("crm-sync.yaml");
     let errors =

@@ -211,7 +211,7 @@ impl StrapiClient {
 
     /// Sends an authenticated call; on 401 renews the session once and sends it again.
     async fn send_authenticated(&self, call: &Call) -> Result<Answer, StrapiError> {
-        let (token, generation) = self.bearer(call.step).await?;
+        let (token, generation) = self.bearer().await?;
         let answer = self.send(call, Some(&token)).await?;
         if answer.status != StatusCode::UNAUTHORIZED {
             return check(call.step, answer);
@@ -230,21 +230,21 @@ impl StrapiClient {
             step = call.step,
             "Strapi refused the access token; renewing the session"
         );
-        self.renew(call.step, generation).await?;
-        let (token, _) = self.bearer(call.step).await?;
+        self.renew(generation).await?;
+        let (token, _) = self.bearer().await?;
         check(call.step, self.send(call, Some(&token)).await?)
     }
 
     /// The bearer token to send and the session generation it belongs to; logs in first when
     /// there is no session yet.
-    async fn bearer(&self, step: &'static str) -> Result<(Secret, u64), StrapiError> {
+    async fn bearer(&self) -> Result<(Secret, u64), StrapiError> {
         let (email, password) = match &self.inner.credentials {
             Credentials::AdminToken(token) => return Ok((token.clone(), 0)),
             Credentials::Password { email, password } => (email, password),
         };
         let mut session = self.inner.session.lock().await;
         if session.access_token.is_none() {
-            let (token, cookie) = self.login(step, email, password).await?;
+            let (token, cookie) = self.login(email, password).await?;
             session.access_token = Some(token);
             session.refresh_cookie = cookie;
             session.generation += 1;
@@ -258,7 +258,7 @@ impl StrapiClient {
 
     /// Replaces the session whose token failed: through the refresh cookie when Strapi still
     /// honours it, else by logging in again. Does nothing if another call already renewed it.
-    async fn renew(&self, step: &'static str, failed_generation: u64) -> Result<(), StrapiError> {
+    async fn renew(&self, failed_generation: u64) -> Result<(), StrapiError> {
         let Credentials::Password { email, password } = &self.inner.credentials else {
             return Ok(());
         };
@@ -281,7 +281,7 @@ impl StrapiClient {
         };
         let (token, cookie) = match refreshed {
             Some(renewed) => renewed,
-            None => self.login(step, email, password).await?,
+            None => self.login(email, password).await?,
         };
         session.access_token = Some(token);
         session.refresh_cookie = cookie;
@@ -289,13 +289,14 @@ impl StrapiClient {
         Ok(())
     }
 
-    /// `POST /admin/login`: an access token and the refresh cookie.
+    /// `POST /admin/login`: an access token and the refresh cookie. Its failures are reported
+    /// as the login's own (a rate-limited login is not a failed "list webhooks").
     async fn login(
         &self,
-        step: &'static str,
         email: &str,
         password: &Secret,
     ) -> Result<(Secret, Option<Secret>), StrapiError> {
+        let step = "log in";
         let body = serde_json::json!({
             "email": email,
             "password": password.expose(),
@@ -303,13 +304,13 @@ impl StrapiClient {
             // A "remember me" session refreshes for 14 days idle (30 at most) instead of 2 hours.
             "rememberMe": true,
         });
-        let call = Call::new("log in", Method::POST, &["admin", "login"]).json(&body);
+        let call = Call::new(step, Method::POST, &["admin", "login"]).json(&body);
         let answer = self.send(&call, None).await?;
         // Strapi answers a wrong email or password with 400 "Invalid credentials".
         if answer.status == StatusCode::BAD_REQUEST {
             return Err(StrapiError::Unauthorized {
                 step,
-                message: format!("log in as {email}: {}", error_message(&answer)),
+                message: format!("account {email}: {}", error_message(&answer)),
             });
         }
         let answer = check(step, answer)?;
