@@ -289,7 +289,7 @@ impl InProcessReceiver {
             .metrics
             .stored
             .get_or_create(&InstanceLabels {
-                instance: key.to_owned(),
+                strapi_instance: key.to_owned(),
             })
             .get()
     }

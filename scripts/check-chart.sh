@@ -59,6 +59,17 @@ if "$helm" template strapi-webhook-operator "$chart" --kube-version 1.32.0 > /de
   fail "helm template accepted Kubernetes 1.32; Chart.yaml kubeVersion must say >=1.33"
 fi
 
+echo "==> chart: the PrometheusRule carries files/prometheus-rules.yaml unchanged"
+if ! "$python" - "$work/servicemonitor.yaml" "$chart/files/prometheus-rules.yaml" <<'PY'
+import sys, yaml
+rendered = [o for o in yaml.safe_load_all(open(sys.argv[1])) if o and o.get("kind") == "PrometheusRule"]
+wanted = yaml.safe_load(open(sys.argv[2]))
+sys.exit(0 if len(rendered) == 1 and rendered[0]["spec"] == wanted else 1)
+PY
+then
+  fail "servicemonitor values: no PrometheusRule, or its spec differs from $chart/files/prometheus-rules.yaml"
+fi
+
 echo "==> chart: Deployment patch rights only with restartOnChange"
 # Count the RBAC rules on Deployments in each render: none by default, one ClusterRole rule when
 # enabled for every namespace, one Role per listed namespace otherwise.

@@ -6,8 +6,8 @@ kubernetes-validate, PyYAML and jsonschema:
     .tools/venv/bin/python scripts/check-manifests.py rendered.yaml
 
 Each object is checked on its own first: core kinds against the Kubernetes 1.33 OpenAPI schema
-with kubernetes-validate in strict mode (unknown fields fail), ServiceMonitor against the
-structural subset below, anything else fails. The library is called rather than its command
+with kubernetes-validate in strict mode (unknown fields fail), ServiceMonitor and PrometheusRule
+against the structural subsets below, anything else fails. The library is called rather than its command
 line because the command line only warns about a kind it has no schema for, which would let a
 misspelt apiVersion through. Then the objects are checked together, for the mistakes an API
 server accepts but that break the install at run time: a Service that selects no pod, a probe on
@@ -91,6 +91,60 @@ SERVICE_MONITOR_SCHEMA = {
     },
 }
 
+# The fields of monitoring.coreos.com/v1 PrometheusRule, closed like the ServiceMonitor's; the
+# rules themselves are checked by `promtool` in scripts/test.sh.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["alert", "expr"],
+                                    "properties": {
+                                        "alert": {"type": "string", "minLength": 1},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                        "labels": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                        "annotations": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
 # Verbs that let a subject delete data or gain rights it was not given; least privilege needs none.
 FORBIDDEN_VERBS = {"*", "delete", "deletecollection", "escalate", "bind", "impersonate"}
 READ_VERBS = {"get", "list", "watch"}
@@ -107,8 +161,12 @@ def selects(selector, labels):
 
 def validate_one(obj):
     """Problems of one object against the schema of its kind."""
-    if obj.get("kind") == "ServiceMonitor":
-        validator = jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA)
+    schema = {
+        "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
+        "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
+    }.get(obj.get("kind"))
+    if schema:
+        validator = jsonschema.Draft7Validator(schema)
         return [
             f"{name_of(obj)}: {'.'.join(map(str, e.path))}: {e.message}"
             for e in validator.iter_errors(obj)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders the plain manifests of deploy/ from the chart with default values, for
 # `kubectl apply -k deploy/`: the Namespace, the CRDs, and everything else in one file, plus the
-# kustomization that lists them. `make deploy-manifests` writes deploy/; scripts/check-chart.sh
+# kustomization that lists them, and the alert rules for a plain Prometheus. `make deploy-manifests` writes deploy/; scripts/check-chart.sh
 # renders into a temporary folder and fails when deploy/ differs.
 #
 # Usage: scripts/render-deploy.sh OUT_DIR
@@ -36,6 +36,11 @@ YAML
   echo "$header"
   .tools/bin/helm template "$release" "$chart" --namespace "$namespace" --kube-version 1.33.0
 } > "$out/$release.yaml"
+
+# The alert rules as a plain Prometheus rule file (`rule_files:`), for clusters without the
+# Prometheus Operator; not a Kubernetes object, so not in the kustomization.
+mkdir -p "$out/prometheus"
+{ echo "$header"; cat "$chart/files/prometheus-rules.yaml"; } > "$out/prometheus/rules.yaml"
 
 {
   echo "$header"

@@ -12,3 +12,4 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 scripts/ensure-strapi-app.sh
 scripts/ensure-chart-tools.sh
 scripts/ensure-nats.sh >/dev/null
+scripts/ensure-prometheus.sh

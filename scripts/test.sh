@@ -13,6 +13,10 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "==> Helm chart and deploy/"
 scripts/check-chart.sh
 
+echo "==> alert rules"
+promtool check rules charts/strapi-webhook-operator/files/prometheus-rules.yaml
+promtool test rules tests/prometheus/rules_test.yaml
+
 echo "==> tests"
 # One real Strapi serves every test that needs one (tests/support/strapi.rs).
 scripts/with-strapi.sh cargo nextest run --no-fail-fast

@@ -277,11 +277,15 @@ async fn metrics_count_rejections_by_reason_with_bounded_labels() {
     )
     .unwrap();
     assert!(
-        text.contains(r#"events_rejected_total{instance="cms/strapi",reason="Unauthorized"} 1"#),
+        text.contains(
+            r#"events_rejected_total{strapi_instance="cms/strapi",reason="Unauthorized"} 1"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"events_rejected_total{instance="unknown",reason="UnknownInstance"} 1"#),
+        text.contains(
+            r#"events_rejected_total{strapi_instance="unknown",reason="UnknownInstance"} 1"#
+        ),
         "{text}"
     );
     assert!(

@@ -528,11 +528,16 @@ async fn patch_status(
         )
         .await
         .map_err(Error::kube("write StrapiInstance status"))?;
+    ctx.metrics
+        .record_instance_conditions(&instance_key(instance), &status.conditions);
     Ok(())
 }
 
 async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
     let key = instance_key(instance);
+    if let Some(status) = &instance.status {
+        ctx.metrics.forget_instance(&key, &status.conditions);
+    }
     let credentials = match credentials(ctx, instance).await {
         Ok(credentials) => credentials,
         Err(error) if error.needs_user_change() => {

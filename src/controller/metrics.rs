@@ -1,12 +1,14 @@
 //! Prometheus metrics of the controller. Every label value comes from a fixed set (kinds,
 //! outcomes, `Error::reason`, Strapi call steps), so the series count stays bounded whatever
-//! users apply.
+//! users apply; the one exception is the conditions of StrapiInstances, which cluster admins
+//! create (a handful per cluster), labelled by instance so an alert can name it.
 
 use std::{future::Future, time::Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -44,6 +46,15 @@ pub struct StrapiCallLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a StrapiInstance's condition. Not `instance`: Prometheus owns that label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceConditionLabels {
+    /// `namespace/name` of the StrapiInstance.
+    pub strapi_instance: String,
+    /// The condition's type, e.g. `Verified`.
+    pub condition: String,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and outcome.
@@ -56,6 +67,8 @@ pub struct Metrics {
     pub strapi_calls: Family<StrapiCallLabels, Counter>,
     /// Registrations put back after someone changed them in Strapi.
     pub drift_repairs: Counter,
+    /// 1 while a StrapiInstance's condition is True, 0 otherwise, as last written to its status.
+    pub instance_conditions: Family<InstanceConditionLabels, Gauge>,
 }
 
 impl Metrics {
@@ -69,6 +82,7 @@ impl Metrics {
             }),
             strapi_calls: Family::default(),
             drift_repairs: Counter::default(),
+            instance_conditions: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("strapi_operator");
         registry.register(
@@ -96,7 +110,34 @@ impl Metrics {
             "Registrations repaired after a change in Strapi",
             metrics.drift_repairs.clone(),
         );
+        registry.register(
+            "instance_condition",
+            "1 while the StrapiInstance's condition is True",
+            metrics.instance_conditions.clone(),
+        );
         metrics
+    }
+
+    /// Exports the conditions just written to a StrapiInstance's status.
+    pub fn record_instance_conditions(&self, instance: &str, conditions: &[Condition]) {
+        for condition in conditions {
+            self.instance_conditions
+                .get_or_create(&InstanceConditionLabels {
+                    strapi_instance: instance.to_owned(),
+                    condition: condition.type_.clone(),
+                })
+                .set(i64::from(condition.status == "True"));
+        }
+    }
+
+    /// Drops a deleted StrapiInstance's condition series.
+    pub fn forget_instance(&self, instance: &str, conditions: &[Condition]) {
+        for condition in conditions {
+            self.instance_conditions.remove(&InstanceConditionLabels {
+                strapi_instance: instance.to_owned(),
+                condition: condition.type_.clone(),
+            });
+        }
     }
 
     /// Runs one reconcile and records its outcome and duration.
@@ -160,5 +201,39 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"strapi_operator_reconcile_failures_total{kind="StrapiWebhook",reason="InvalidSpec"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn instance_conditions_are_exported_and_forgotten() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let condition = |type_: &str, status: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Test".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        };
+        let conditions = [condition("Verified", "False"), condition("Ready", "True")];
+        metrics.record_instance_conditions("web/cms", &conditions);
+        let encode = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let text = encode();
+        assert!(
+            text.contains(r#"strapi_operator_instance_condition{strapi_instance="web/cms",condition="Verified"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"strapi_operator_instance_condition{strapi_instance="web/cms",condition="Ready"} 1"#),
+            "{text}"
+        );
+        metrics.forget_instance("web/cms", &conditions);
+        assert!(!encode().contains("web/cms"), "{}", encode());
     }
 }

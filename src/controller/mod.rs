@@ -12,7 +12,7 @@ mod conditions;
 mod error;
 mod events;
 mod instance;
-mod metrics;
+pub mod metrics;
 mod receiver_admin;
 mod secrets;
 mod webhook;

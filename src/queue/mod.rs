@@ -292,6 +292,9 @@ pub struct SinkCounters {
     pub dead_lettered: i64,
     /// Deliveries waiting (pending or in flight).
     pub pending: i64,
+    /// When the oldest waiting delivery was enqueued.
+    #[serde(default)]
+    pub oldest_pending_at: Option<UnixMillis>,
     /// Last success.
     pub last_success_at: Option<UnixMillis>,
     /// Last failure as the sink answered it.

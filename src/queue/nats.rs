@@ -1057,7 +1057,10 @@ impl Queue for NatsQueue {
             }
             let waiting = self.waiting_counts().await?;
             for (sink, pending) in waiting {
-                totals.entry(sink).or_default().pending = pending;
+                let oldest = self.oldest_waiting(&sink).await;
+                let total = totals.entry(sink).or_default();
+                total.pending = pending;
+                total.oldest_pending_at = oldest;
             }
             Ok(totals.into_iter().collect())
         })
@@ -1071,6 +1074,20 @@ impl Queue for NatsQueue {
 }
 
 impl NatsQueue {
+    /// When the sink's first message in the work queue was enqueued: the oldest waiting delivery
+    /// but for a hand-back, which goes to the back of the queue with its age.
+    async fn oldest_waiting(&self, sink: &SinkKey) -> Option<UnixMillis> {
+        let subject = format!("swo.deliveries.{}.>", sink_token(sink));
+        let message = self
+            .deliveries
+            .get_first_raw_message_by_subject(subject, 0)
+            .await
+            .ok()?;
+        serde_json::from_slice::<Record>(&message.payload)
+            .ok()
+            .map(|record| record.enqueued_at)
+    }
+
     /// Deliveries still in the work queue, per sink. Each delivery has a subject of its own, and
     /// a hand-back re-publishes on it before acknowledging the old message, so for a moment a
     /// subject holds two messages: counting subjects, not messages, counts each delivery once.

@@ -756,15 +756,17 @@ impl Queue for SqliteQueue {
             let map = sql("read counters");
             let mut select = connection
                 .prepare_cached(
-                    "SELECT k.webhook, k.sink, COALESCE(c.delivered, 0), COALESCE(c.failed, 0),
-                            COALESCE(c.dead_lettered, 0),
-                            (SELECT COUNT(*) FROM deliveries d WHERE d.webhook = k.webhook
-                               AND d.sink = k.sink AND d.state IN ('pending', 'inflight')),
-                            c.last_success_at, c.last_error
+                    "WITH waiting AS (
+                         SELECT webhook, sink, COUNT(*) AS count, MIN(enqueued_at) AS oldest
+                         FROM deliveries WHERE state IN ('pending', 'inflight')
+                         GROUP BY webhook, sink)
+                     SELECT k.webhook, k.sink, COALESCE(c.delivered, 0), COALESCE(c.failed, 0),
+                            COALESCE(c.dead_lettered, 0), COALESCE(w.count, 0),
+                            c.last_success_at, c.last_error, w.oldest
                      FROM (SELECT webhook, sink FROM sink_counters
-                           UNION SELECT DISTINCT webhook, sink FROM deliveries
-                                 WHERE state IN ('pending', 'inflight')) k
+                           UNION SELECT webhook, sink FROM waiting) k
                      LEFT JOIN sink_counters c ON c.webhook = k.webhook AND c.sink = k.sink
+                     LEFT JOIN waiting w ON w.webhook = k.webhook AND w.sink = k.sink
                      ORDER BY k.webhook, k.sink",
                 )
                 .map_err(&map)?;
@@ -782,6 +784,7 @@ impl Queue for SqliteQueue {
                             pending: row.get(5)?,
                             last_success_at: row.get(6)?,
                             last_error: row.get(7)?,
+                            oldest_pending_at: row.get(8)?,
                         },
                     ))
                 })

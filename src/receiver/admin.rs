@@ -26,7 +26,7 @@ use serde_json::json;
 use super::{ReceiverState, metrics::sink_labels};
 use crate::{
     api::SinkStatus,
-    queue::{DeliveryFilter, DeliveryState, QueueError, ReplaySelector},
+    queue::{DeliveryFilter, DeliveryState, QueueError, ReplaySelector, now_millis},
 };
 
 /// Deliveries listed when the caller sets no limit.
@@ -61,19 +61,28 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .with_state(state)
 }
 
-async fn ready(State(state): State<Arc<ReceiverState>>) -> Response {
+/// Whether the receiver answers ingest, or why not: the one rule behind `/readyz` and the
+/// `ready` metric.
+fn readiness(state: &ReceiverState) -> Result<(), &'static str> {
     if state.config.borrow().synced {
-        "ready".into_response()
+        Ok(())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "configuration not loaded yet",
-        )
-            .into_response()
+        Err("configuration not loaded yet")
+    }
+}
+
+async fn ready(State(state): State<Arc<ReceiverState>>) -> Response {
+    match readiness(&state) {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
 
 async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {
+    state
+        .metrics
+        .ready
+        .set(i64::from(readiness(&state).is_ok()));
     // Depth and holds are read at scrape time, so they are exact rather than event-driven.
     match state.queue.counters().await {
         Ok(counters) => {
@@ -91,6 +100,14 @@ async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {
                     .sink_held
                     .get_or_create(&labels)
                     .set(i64::from(held));
+                let oldest_age_ms = counters
+                    .oldest_pending_at
+                    .map_or(0, |oldest| now_millis().saturating_sub(oldest).max(0));
+                state
+                    .metrics
+                    .oldest_pending_age
+                    .get_or_create(&labels)
+                    .set(oldest_age_ms / 1000);
             }
         }
         Err(error) => tracing::error!(%error, "reading queue depth for /metrics failed"),

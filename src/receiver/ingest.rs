@@ -65,7 +65,7 @@ async fn ingest(
             .metrics
             .rejected
             .get_or_create(&RejectLabels {
-                instance: label,
+                strapi_instance: label,
                 reason,
             })
             .inc();
@@ -91,7 +91,7 @@ async fn ingest(
         );
     };
     let labels = InstanceLabels {
-        instance: instance.clone(),
+        strapi_instance: instance.clone(),
     };
     state.metrics.received.get_or_create(&labels).inc();
     if !authenticated(&headers, secrets) {

@@ -1,7 +1,8 @@
 //! The receiver's Prometheus metrics. Label values come only from the configuration (instances,
 //! webhooks, sinks the receiver knows) or from fixed sets (rejection reasons), never from request
 //! data, so a caller cannot blow up the series count: an unknown instance is counted as
-//! `unknown`.
+//! `unknown`. The instance label is `strapi_instance`, never `instance`: Prometheus owns
+//! `instance` (the scraped target) and would rename ours to `exported_instance`.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -16,7 +17,7 @@ pub const UNKNOWN_INSTANCE: &str = "unknown";
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     /// `namespace/name` of a known instance, or `unknown`.
-    pub instance: String,
+    pub strapi_instance: String,
 }
 
 /// Why an ingest was refused.
@@ -42,7 +43,7 @@ pub enum RejectReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     /// As in [`InstanceLabels`].
-    pub instance: String,
+    pub strapi_instance: String,
     /// Why.
     pub reason: RejectReason,
 }
@@ -81,6 +82,12 @@ pub struct Metrics {
     pub queue_depth: Family<SinkLabels, Gauge>,
     /// 1 while a sink is paused (its webhook is gone) or its circuit breaker is open.
     pub sink_held: Family<SinkLabels, Gauge>,
+    /// Age in seconds of the oldest delivery waiting per sink, as of the last scrape (0 when
+    /// none waits).
+    pub oldest_pending_age: Family<SinkLabels, Gauge>,
+    /// 1 while the receiver answers ingest (configuration loaded), as of the last scrape. Always
+    /// exported, so its absence means the receiver is not scraped at all.
+    pub ready: Gauge,
     registry: Registry,
 }
 
@@ -104,6 +111,8 @@ impl Metrics {
             delivery_seconds: Family::new_with_constructor(latency),
             queue_depth: Family::default(),
             sink_held: Family::default(),
+            oldest_pending_age: Family::default(),
+            ready: Gauge::default(),
             registry: Registry::with_prefix("strapi_webhook_receiver"),
         };
         let mut registry = metrics.registry;
@@ -161,6 +170,16 @@ impl Metrics {
             "sink_held",
             "1 while a sink is paused or its circuit is open",
             metrics.sink_held.clone(),
+        );
+        registry.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest delivery waiting per sink",
+            metrics.oldest_pending_age.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the receiver answers ingest",
+            metrics.ready.clone(),
         );
         Self {
             registry,
