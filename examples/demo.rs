@@ -1,9 +1,9 @@
 //! The helpers `make demo` (scripts/demo.sh) runs around local mode:
 //!
-//! - `demo sink nextjs|slack|crm --port N` — a loopback stand-in for a Next.js revalidation
-//!   handler, a Slack incoming webhook or a CRM's contacts API. Each checks what the real one
-//!   checks (the secret header; the Bearer token and Standard Webhooks signature), answers what
-//!   the real one answers (`{"revalidated": true}`, Slack's `ok`), and prints each call readably.
+//! - `demo sink slack|crm --port N` — a loopback stand-in for a Slack incoming webhook or a
+//!   CRM's contacts API. Each checks what the real one checks (the Bearer token and Standard
+//!   Webhooks signature), answers what the real one answers (Slack's `ok`), and prints each call
+//!   readably. Next.js is the real test site (tests/nextjs, `scripts/nextjs.sh`).
 //! - `demo drive` — acts as an editor in Strapi through its admin API: creates, updates,
 //!   publishes and deletes articles, adds a comment, creates leads.
 //! - `demo summary` — the end-of-demo table from the receiver's admin API and metrics.
@@ -40,7 +40,7 @@ enum Command {
         /// Port on 127.0.0.1.
         #[arg(long)]
         port: u16,
-        /// Next.js: the expected `x-webhook-secret`; CRM: the expected Bearer token.
+        /// CRM: the expected Bearer token.
         #[arg(long)]
         secret: Option<String>,
         /// CRM: the Standard Webhooks signing secret (`whsec_...`).
@@ -72,7 +72,6 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SinkKind {
-    Nextjs,
     Slack,
     Crm,
 }
@@ -154,22 +153,6 @@ async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> R
         (status, why.to_owned()).into_response()
     };
     match sink.kind {
-        SinkKind::Nextjs => {
-            if sink.secret.as_deref() != Some(header("x-webhook-secret").as_str()) {
-                return refuse(StatusCode::UNAUTHORIZED, "invalid secret");
-            }
-            let paths: Vec<&str> = payload["paths"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|path| path["path"].as_str())
-                .collect();
-            println!(
-                "  [next.js] revalidate tags={} paths={paths:?} (webhook-id …{short_id})",
-                payload["tags"]
-            );
-            Json(json!({ "revalidated": true })).into_response()
-        }
         SinkKind::Slack => {
             println!("  [slack] #team-chat: {}", payload["text"]);
             "ok".into_response()
@@ -202,7 +185,6 @@ async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> R
 
 fn name(kind: SinkKind) -> &'static str {
     match kind {
-        SinkKind::Nextjs => "next.js",
         SinkKind::Slack => "slack",
         SinkKind::Crm => "crm",
     }

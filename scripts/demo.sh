@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make demo`: the whole product on this machine, start to finish, without a cluster.
 #
-# Installs what is missing (the test Strapi's Node packages, the Rust build), starts a fresh
-# Strapi on 127.0.0.1:1337, three loopback sinks standing in for Next.js (:3000), Slack (:3100)
-# and a CRM (:4000), and `strapi-webhook-operator local` with a copy of examples/. Then it edits
-# content in Strapi through its admin API, shows the deliveries, edits a route while local mode
+# Installs what is missing (the test Strapi's and the test Next.js site's Node packages, the
+# Rust build), starts a fresh Strapi on 127.0.0.1:1337, the real test Next.js site (:3000, the
+# handler of docs/nextjs.md), loopback sinks standing in for Slack (:3100) and a CRM (:4000), and
+# `strapi-webhook-operator local` with a copy of examples/. Then it edits content in Strapi
+# through its admin API, shows a cached Next.js page before and after (its render time), shows
+# the deliveries, edits a route while local mode
 # runs, takes the CRM down for a few seconds to show retries and recovery, and prints a summary. Everything it started is stopped on exit,
 # whatever happens; its files live in a temporary folder that is removed.
 set -euo pipefail
@@ -21,7 +23,7 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 fail() { echo "demo: $*" >&2; exit 1; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/swo-demo.XXXXXX")"
-export STRAPI_RUN_DIR="$work/strapi"
+export STRAPI_RUN_DIR="$work/strapi" NEXTJS_RUN_DIR="$work/nextjs" NEXTJS_OWNER_PID=$$
 declare -A pids=()
 cleanup() {
   local status=$?
@@ -32,6 +34,7 @@ cleanup() {
     wait "${pids[$name]}" 2>/dev/null || true
   done
   scripts/strapi.sh stop
+  scripts/nextjs.sh stop
   if (( status != 0 )) && [[ -f "$work/local.log" ]]; then
     echo "--- last lines of the local mode log ---" >&2
     tail -n 20 "$work/local.log" >&2
@@ -81,6 +84,7 @@ start_sink() {
 
 say "1/9 installing what is missing"
 with_progress scripts/ensure-strapi-app.sh
+with_progress scripts/ensure-nextjs-app.sh
 cargo build --bin strapi-webhook-operator --example demo
 
 say "2/9 starting a fresh Strapi (SQLite, first admin) on 127.0.0.1:1337"
@@ -88,8 +92,8 @@ STRAPI_PORT=1337 scripts/strapi.sh start >"$work/strapi.env"
 # shellcheck disable=SC1091
 source "$work/strapi.env"
 
-say "3/9 starting the demo sinks: Next.js :3000, Slack :3100, CRM :4000"
-start_sink nextjs sink nextjs --port 3000 --secret change-me
+say "3/9 starting the test Next.js site on :3000 and the demo sinks: Slack :3100, CRM :4000"
+NEXTJS_PORT=3000 REVALIDATE_SECRET=change-me scripts/nextjs.sh start >/dev/null
 start_sink slack sink slack --port 3100
 start_sink crm "${crm_args[@]}"
 
@@ -114,9 +118,20 @@ grep -q "registration in Strapi verified" "$work/local.log" || fail "Strapi's we
 echo "    Strapi holds one catch-all webhook to http://127.0.0.1:$ingest_port/v1/instances/web/cms;"
 echo "    its test call reached the receiver with the shared secret."
 
+# When the site rendered a page, as the page prints it.
+rendered_at() {
+  curl -fsS "http://127.0.0.1:3000$1" | grep -o 'data-rendered-at="[^"]*"' | cut -d'"' -f2
+}
+
 say "5/9 editing content in Strapi"
+page=/articles/hello-strapi
+before="$(rendered_at "$page")"
+echo "    next.js: $page rendered at $before; asked again: $(rendered_at "$page") (cached)"
 "$demo" drive content
 wait_settled
+after="$(rendered_at "$page")"
+[[ "$after" != "$before" ]] || fail "$page was not refreshed"
+echo "    next.js: $page now rendered at $after: refreshed by the operator's revalidation"
 
 say "6/9 the deliveries (strapi-webhook-operator deliveries list)"
 "$bin" deliveries --admin-url "$admin_url" list

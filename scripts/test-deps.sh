@@ -10,6 +10,7 @@ step "rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 scripts/ensure-strapi-app.sh
+scripts/ensure-nextjs-app.sh
 scripts/ensure-chart-tools.sh
 scripts/ensure-nats.sh >/dev/null
 scripts/ensure-prometheus.sh

@@ -9,6 +9,8 @@ mod support;
 
 #[path = "support/examples.rs"]
 mod examples;
+#[path = "support/nextjs.rs"]
+mod nextjs;
 #[path = "support/receiver.rs"]
 mod receiver;
 
@@ -84,7 +86,11 @@ fn at(capture: &CaptureServer, path: &str) -> String {
     format!("{}{path}", capture.url())
 }
 
-fn revalidated(requests: &[CapturedRequest]) -> (BTreeSet<String>, BTreeSet<(String, String)>) {
+/// The tags and the paths (with their `type`, sent only for layouts and route patterns) the site
+/// was asked to revalidate.
+type Revalidated = (BTreeSet<String>, BTreeSet<(String, Option<String>)>);
+
+fn revalidated(requests: &[CapturedRequest]) -> Revalidated {
     let mut tags = BTreeSet::new();
     let mut paths = BTreeSet::new();
     for request in requests {
@@ -99,7 +105,8 @@ fn revalidated(requests: &[CapturedRequest]) -> (BTreeSet<String>, BTreeSet<(Str
         paths.extend(body["paths"].as_array().unwrap().iter().map(|path| {
             (
                 path["path"].as_str().unwrap().to_owned(),
-                path["type"].as_str().unwrap().to_owned(),
+                path.get("type")
+                    .map(|kind| kind.as_str().unwrap().to_owned()),
             )
         }));
     }
@@ -213,15 +220,15 @@ async fn content_edits_revalidate_the_nextjs_site_in_both_modes() {
         strapi.publish(document).await.unwrap();
     }
 
-    let wanted_paths: BTreeSet<(String, String)> = [
-        ("/articles".to_owned(), "page"),
-        (format!("/articles/{article_slug}"), "page"),
-        (format!("/{page_slug}"), "page"),
-        (format!("/categories/{category_slug}"), "page"),
-        ("/".to_owned(), "layout"),
+    let wanted_paths: BTreeSet<(String, Option<String>)> = [
+        ("/articles".to_owned(), None),
+        (format!("/articles/{article_slug}"), None),
+        (format!("/{page_slug}"), None),
+        (format!("/categories/{category_slug}"), None),
+        ("/".to_owned(), Some("layout")),
     ]
     .into_iter()
-    .map(|(path, kind)| (path, kind.to_owned()))
+    .map(|(path, kind)| (path, kind.map(str::to_owned)))
     .collect();
     let wanted_tags: BTreeSet<String> = ["article", "page", "category", "homepage", "global"]
         .into_iter()
@@ -298,6 +305,61 @@ async fn content_edits_revalidate_the_nextjs_site_in_both_modes() {
     }
 
     strapi.delete_webhook(&tap_hook.id).await.unwrap();
+    pipeline.stop().await;
+}
+
+/// The seed example, applied unchanged (but for the site's URL) against the documented handler
+/// of a real Next.js 16 site, refreshes `/articles/{slug}` after the article is updated in Strapi.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_article_updated_in_strapi_refreshes_its_page_on_a_real_nextjs_site() {
+    let (namespace, instance) = INSTANCE.split_once('/').unwrap();
+    let site = nextjs::NextjsSite::start().await;
+    let pipeline = Pipeline::start(
+        vec![example_at(
+            "nextjs-revalidation.yaml",
+            namespace,
+            instance,
+            &site.revalidate_url(),
+        )],
+        &["entry.create", "entry.update"],
+    )
+    .await;
+    let slug = unique("article");
+    let article = pipeline
+        .client
+        .create_entry(
+            "api::article.article",
+            &json!({"title": "Hello", "slug": slug, "body": "first"}),
+        )
+        .await
+        .unwrap();
+    // The creation's revalidation goes first, so the page cached next is the one to refresh.
+    wait_for_delivery(&pipeline.receiver, 1).await;
+    wait_until_idle(&pipeline.receiver).await;
+    let page = format!("/articles/{slug}");
+    let before = site.render(&page).await;
+    assert_eq!(site.render(&page).await, before, "{page} is not cached");
+
+    pipeline
+        .client
+        .update_document(
+            Document::Entry {
+                uid: "api::article.article",
+                document_id: &article.document_id,
+            },
+            &json!({"body": "second"}),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while site.render(&page).await == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{page} still shows its rendering of {} after the update",
+            before.at
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     pipeline.stop().await;
 }
 
@@ -437,25 +499,35 @@ async fn leads_reach_the_crm_with_the_bearer_token_and_a_valid_signature() {
 }
 
 /// Waits until the receiver has nothing pending for any sink.
+/// Waits until the receiver counts at least `count` deliveries done, over every sink.
+async fn wait_for_delivery(receiver: &TestReceiver, count: i64) {
+    wait_for_total(receiver, "delivered", |delivered| delivered >= count).await;
+}
+
 async fn wait_until_idle(receiver: &TestReceiver) {
+    wait_for_total(receiver, "pending", |pending| pending == 0).await;
+}
+
+/// Waits until `done` holds for the sum of one counter over every sink of the receiver.
+async fn wait_for_total(receiver: &TestReceiver, counter: &str, done: impl Fn(i64) -> bool) {
     let http = receiver::client();
     let url = format!("{}/v1/stats", receiver.admin_url());
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let stats: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-        let pending: i64 = stats["webhooks"]
+        let total: i64 = stats["webhooks"]
             .as_object()
             .into_iter()
             .flat_map(|webhooks| webhooks.values())
             .flat_map(|sinks| sinks.as_array().unwrap())
-            .map(|sink| sink["pending"].as_i64().unwrap_or(0))
+            .map(|sink| sink[counter].as_i64().unwrap_or(0))
             .sum();
-        if pending == 0 {
+        if done(total) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "still pending: {stats}"
+            "{counter} did not get there: {stats}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -159,6 +159,55 @@ routes:
 }
 
 #[test]
+fn a_type_on_a_templated_literal_path_is_a_warning_naming_the_field() {
+    let compiled = compile_webhook(
+        "web",
+        "hook",
+        3,
+        &spec(&format!(
+            r#"{SINKS}
+routes:
+  - name: site
+    sink: site
+    nextjs:
+      paths:
+        - {{path: "/articles/{{{{ entry.slug }}}}", type: page}}
+        - {{path: "/articles/{{{{ entry.slug }}}}"}}
+        - {{path: "/articles/[slug]", type: page}}
+        - {{path: "/", type: layout}}
+        - {{path: "/{{{{ entry.locale }}}}/[slug]", type: page}}
+        - {{path: "/{{{{ entry.slugs[0] }}}}", type: layout}}
+"#
+        )),
+        &secrets(),
+    )
+    .expect("a warning does not stop the webhook from compiling");
+    let warned: Vec<(&str, Reason)> = compiled
+        .warnings
+        .iter()
+        .map(|warning| (warning.field.as_str(), warning.reason))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            (
+                "spec.routes[0].nextjs.paths[0].type",
+                Reason::PathTypeIgnored
+            ),
+            (
+                "spec.routes[0].nextjs.paths[5].type",
+                Reason::PathTypeIgnored
+            ),
+        ]
+    );
+    let message = compiled.warnings[0].to_string();
+    assert!(
+        message.contains("literal path") && message.contains("remove type"),
+        "{message}"
+    );
+}
+
+#[test]
 fn sink_problems_are_reported_without_leaking_secret_values() {
     let errors = errors(
         r#"
@@ -402,7 +451,7 @@ fn a_revalidation_with_nothing_left_is_an_error_with_every_reason() {
             tags: vec!["article-{{ entry.id }}".to_owned()],
             paths: vec![strapi_webhook_operator::routing::PathTemplate {
                 path: "/articles/{{ entry.slug }}".to_owned(),
-                kind: Default::default(),
+                kind: None,
             }],
         },
     );

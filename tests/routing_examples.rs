@@ -44,10 +44,11 @@ fn content_event(event: &str, model: &str, entry: Value) -> Value {
     })
 }
 
-fn page(path: &str) -> RevalidatePath {
+/// A literal path, sent without a type so Next.js revalidates exactly that URL.
+fn literal(path: &str) -> RevalidatePath {
     RevalidatePath {
         path: path.to_owned(),
-        kind: PathKind::Page,
+        kind: None,
     }
 }
 
@@ -108,7 +109,7 @@ fn a_published_article_revalidates_its_tag_list_and_page() {
             "articles".to_owned(),
             Payload::Revalidate {
                 tags: vec!["article".to_owned()],
-                paths: vec![page("/articles"), page("/articles/hello-world")],
+                paths: vec![literal("/articles"), literal("/articles/hello-world")],
                 skipped: Vec::new(),
             }
         )]
@@ -137,7 +138,7 @@ fn a_publish_with_a_null_entry_keeps_tags_and_skips_entry_paths_with_the_reason(
     };
     assert_eq!(name, "articles");
     assert_eq!(tags, &["article"]);
-    assert_eq!(paths, &[page("/articles")]);
+    assert_eq!(paths, &[literal("/articles")]);
     let [reason] = &skipped[..] else {
         panic!("{skipped:?}")
     };
@@ -163,7 +164,7 @@ fn site_wide_single_types_revalidate_the_root_layout() {
                     tags: vec![model.to_owned()],
                     paths: vec![RevalidatePath {
                         path: "/".to_owned(),
-                        kind: PathKind::Layout,
+                        kind: Some(PathKind::Layout),
                     }],
                     skipped: Vec::new(),
                 }
@@ -181,7 +182,7 @@ fn pages_and_categories_get_their_own_paths_and_media_goes_nowhere() {
         &content_event("entry.delete", "category", json!({"id": 2, "slug": "news"})),
     );
     assert!(
-        matches!(&routed[..], [(name, Payload::Revalidate { paths, .. })] if name == "categories" && paths == &[page("/categories/news")]),
+        matches!(&routed[..], [(name, Payload::Revalidate { paths, .. })] if name == "categories" && paths == &[literal("/categories/news")]),
         "{routed:?}"
     );
     let routed = route(
@@ -189,7 +190,7 @@ fn pages_and_categories_get_their_own_paths_and_media_goes_nowhere() {
         &content_event("entry.update", "page", json!({"id": 5, "slug": "about"})),
     );
     assert!(
-        matches!(&routed[..], [(_, Payload::Revalidate { paths, .. })] if paths == &[page("/about")]),
+        matches!(&routed[..], [(_, Payload::Revalidate { paths, .. })] if paths == &[literal("/about")]),
         "{routed:?}"
     );
     let media = json!({"event": "media.create", "createdAt": "2026-11-27T01:00:00.000Z", "media": {"id": 9, "name": "cat.png"}});
@@ -338,7 +339,7 @@ fn captured_events_with_a_null_slug_skip_the_page_and_keep_the_tag() {
         };
         assert_eq!(route_name, "articles");
         assert_eq!(tags, &["article"]);
-        assert_eq!(paths, &[page("/articles")], "never /articles/none");
+        assert_eq!(paths, &[literal("/articles")], "never /articles/none");
         assert!(
             skipped.len() == 1 && skipped[0].contains("null field"),
             "{name}: {skipped:?}"

@@ -85,7 +85,7 @@ fn nextjs(url: &Url, mode: NextjsMode) -> SinkConfig {
     })
 }
 
-fn revalidation(tags: &[&str], paths: &[(&str, PathKind)]) -> Payload {
+fn revalidation(tags: &[&str], paths: &[(&str, Option<PathKind>)]) -> Payload {
     Payload::Revalidate {
         tags: tags.iter().map(|tag| tag.to_string()).collect(),
         paths: paths
@@ -129,21 +129,15 @@ async fn nextjs_revalidate_merges_payloads_into_one_call_with_the_union() {
             .await;
     let client = SinkClient::new().unwrap();
     let payloads = [
+        revalidation(&["article"], &[("/articles", None), ("/articles/a", None)]),
         revalidation(
             &["article"],
             &[
-                ("/articles", PathKind::Page),
-                ("/articles/a", PathKind::Page),
+                ("/articles", None),
+                ("/articles/[slug]", Some(PathKind::Page)),
             ],
         ),
-        revalidation(
-            &["article"],
-            &[
-                ("/articles", PathKind::Page),
-                ("/articles/b", PathKind::Page),
-            ],
-        ),
-        revalidation(&["global"], &[("/", PathKind::Layout)]),
+        revalidation(&["global"], &[("/", Some(PathKind::Layout))]),
     ];
     let outcome = client
         .send(
@@ -161,9 +155,9 @@ async fn nextjs_revalidate_merges_payloads_into_one_call_with_the_union() {
         json!({
             "tags": ["article", "global"],
             "paths": [
-                {"path": "/articles", "type": "page"},
-                {"path": "/articles/a", "type": "page"},
-                {"path": "/articles/b", "type": "page"},
+                {"path": "/articles"},
+                {"path": "/articles/a"},
+                {"path": "/articles/[slug]", "type": "page"},
                 {"path": "/", "type": "layout"},
             ]
         })

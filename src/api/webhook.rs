@@ -140,8 +140,8 @@ pub struct NextjsSink {
 
     /// `Forward` sends Strapi's payload unchanged, so the usual hand-written handler (one that
     /// calls `revalidateTag(model)`) keeps working. `Revalidate` sends
-    /// `{"tags": [...], "paths": [{"path": ..., "type": "page"|"layout"}]}` computed by the
-    /// routes' `nextjs.tags` and `nextjs.paths`, merged over `coalesceWindow`.
+    /// `{"tags": [...], "paths": [{"path": ...}, {"path": ..., "type": "page"|"layout"}]}`
+    /// computed by the routes' `nextjs.tags` and `nextjs.paths`, merged over `coalesceWindow`.
     #[serde(default)]
     pub mode: NextjsMode,
 
@@ -395,20 +395,26 @@ pub struct NextjsRoute {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevalidatePath {
-    /// The path template.
+    /// The path template: a literal path such as `/articles/{{ entry.slug }}`, or a Next.js
+    /// route pattern such as `/articles/[slug]`.
     #[schemars(length(min = 1, max = 1024))]
     pub path: String,
-    /// `page` revalidates that page; `layout` everything below it.
-    #[serde(default, rename = "type")]
-    pub kind: PathKind,
+    /// The second argument of `revalidatePath(path, type)`; see `PathKind`.
+    // schemars shows the enum's doc for an optional enum field, so the user-facing text is there.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<PathKind>,
 }
 
-/// See `RevalidatePath.type`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+/// Leave unset for a literal path: Next.js then revalidates exactly that URL. Set it, as in
+/// `revalidatePath(path, type)`, only when `path` is a route pattern: `page` revalidates every
+/// page of the pattern (`/articles/[slug]`), `layout` the layout at that path and every page
+/// below it (`/` with `layout` is the whole site). Next.js ignores a literal path such as
+/// `/articles/hello` sent with a type, so validation warns about a templated path with one.
+/// Sent to the handler only when set.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
-    /// One page.
-    #[default]
+    /// Every page of a route pattern such as `/articles/[slug]`.
     Page,
     /// A layout and every page below it.
     Layout,

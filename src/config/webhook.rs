@@ -30,6 +30,9 @@ pub struct CompiledWebhook {
     pub routes: Vec<CompiledRoute>,
     /// Sinks by name, with their effective delivery policy.
     pub sinks: BTreeMap<String, (SinkConfig, DeliveryPolicy)>,
+    /// Settings that compile but are very likely not what the user meant, e.g. a `type` on a
+    /// literal path, which Next.js ignores. Reported, never fatal.
+    pub warnings: Vec<ValidationError>,
 }
 
 impl CompiledWebhook {
@@ -59,6 +62,8 @@ pub enum Reason {
     DeliveryInvalid,
     /// Two sinks or two routes share a name.
     DuplicateName,
+    /// A warning: a templated literal path carries a `type`, so Next.js revalidates nothing.
+    PathTypeIgnored,
 }
 
 impl Reason {
@@ -71,6 +76,7 @@ impl Reason {
             Reason::SinkInvalid => "SinkInvalid",
             Reason::DeliveryInvalid => "DeliveryInvalid",
             Reason::DuplicateName => "DuplicateName",
+            Reason::PathTypeIgnored => "PathTypeIgnored",
         }
     }
 }
@@ -171,7 +177,61 @@ pub fn compile_webhook(
             .collect(),
         routes,
         sinks,
+        warnings: path_type_warnings(spec),
     })
+}
+
+/// Paths that Next.js will ignore: `revalidatePath(path, type)` with a type matches `path`
+/// against route patterns (`/articles/[slug]`), so a templated path that renders a literal URL
+/// (`/articles/{{ entry.slug }}`) must come without one.
+fn path_type_warnings(spec: &StrapiWebhookSpec) -> Vec<ValidationError> {
+    let mut warnings = Vec::new();
+    for (route_index, route) in spec.routes.iter().enumerate() {
+        let Some(nextjs) = &route.nextjs else {
+            continue;
+        };
+        for (index, path) in nextjs.paths.iter().enumerate() {
+            let literal = outside_templates(&path.path);
+            let templated = literal.len() != path.path.len();
+            let pattern = literal.contains('[');
+            if let (Some(kind), true, false) = (path.kind, templated, pattern) {
+                let kind = match kind {
+                    api::PathKind::Page => "page",
+                    api::PathKind::Layout => "layout",
+                };
+                warnings.push(ValidationError {
+                    field: format!("spec.routes[{route_index}].nextjs.paths[{index}].type"),
+                    reason: Reason::PathTypeIgnored,
+                    message: format!(
+                        "{:?} renders a literal path, and Next.js ignores a literal path sent \
+                         with type {kind:?}; remove type, or use a route pattern such as \
+                         /articles/[slug]",
+                        path.path
+                    ),
+                });
+            }
+        }
+    }
+    warnings
+}
+
+/// `text` without its `{{ ... }}` and `{% ... %}` parts (an unclosed one runs to the end).
+fn outside_templates(text: &str) -> String {
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{").into_iter().chain(rest.find("{%")).min() {
+        literal.push_str(&rest[..start]);
+        let close = if rest[start..].starts_with("{{") {
+            "}}"
+        } else {
+            "%}"
+        };
+        rest = rest[start + 2..]
+            .find(close)
+            .map_or("", |end| &rest[start + 2 + end + 2..]);
+    }
+    literal.push_str(rest);
+    literal
 }
 
 /// Collects problems while compiling; each step returns `None` after recording why.
@@ -600,10 +660,10 @@ impl Problems<'_> {
                             .iter()
                             .map(|path| PathTemplate {
                                 path: path.path.clone(),
-                                kind: match path.kind {
+                                kind: path.kind.map(|kind| match kind {
                                     api::PathKind::Page => PathKind::Page,
                                     api::PathKind::Layout => PathKind::Layout,
-                                },
+                                }),
                             })
                             .collect(),
                     })

@@ -27,6 +27,8 @@ pub enum Notice {
     CleanupSkipped(String),
     /// A StrapiWebhook's spec is invalid.
     InvalidSpec(String),
+    /// A StrapiWebhook's spec is valid but has settings that very likely do not do what was meant.
+    SpecWarning(String),
 }
 
 impl Notice {
@@ -89,6 +91,12 @@ impl Notice {
             Notice::InvalidSpec(message) => (
                 EventType::Warning,
                 "InvalidSpec",
+                "Validate",
+                message.clone(),
+            ),
+            Notice::SpecWarning(message) => (
+                EventType::Warning,
+                "SpecWarning",
                 "Validate",
                 message.clone(),
             ),

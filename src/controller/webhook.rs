@@ -73,8 +73,12 @@ pub fn unknown_models(spec: &StrapiWebhookSpec, content_types: &[ContentType]) -
     unknown
 }
 
-/// The `RoutesValid` and `SinksResolved` conditions for a compile result (pure).
-pub fn validation_conditions(errors: Option<&ValidationErrors>) -> [Reported; 2] {
+/// The `RoutesValid` and `SinksResolved` conditions for a compile result (pure). Warnings leave
+/// `RoutesValid` true, with their reason and message.
+pub fn validation_conditions(
+    errors: Option<&ValidationErrors>,
+    warnings: &[ValidationError],
+) -> [Reported; 2] {
     const SINK_REASONS: [Reason; 4] = [
         Reason::SinkUnresolved,
         Reason::SecretMissing,
@@ -88,12 +92,23 @@ pub fn validation_conditions(errors: Option<&ValidationErrors>) -> [Reported; 2]
                 .partition(|error| SINK_REASONS.contains(&error.reason))
         })
         .unwrap_or_default();
-    [
-        problems_condition(
+    let routes = match (route_problems.is_empty(), warnings.first()) {
+        (true, Some(first)) => Reported::yes(
+            "RoutesValid",
+            first.reason.as_str(),
+            format!(
+                "every filter and template compiles, but: {}",
+                joined(warnings.iter())
+            ),
+        ),
+        _ => problems_condition(
             "RoutesValid",
             &route_problems,
             "every filter and template compiles",
         ),
+    };
+    [
+        routes,
         problems_condition(
             "SinksResolved",
             &sink_problems,
@@ -108,13 +123,16 @@ fn problems_condition(kind: &'static str, problems: &[&ValidationError], fine: &
         Some(first) => Reported::no(
             kind,
             first.reason.as_str(),
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
+            joined(problems.iter().copied()),
         ),
     }
+}
+
+fn joined<'a>(problems: impl Iterator<Item = &'a ValidationError>) -> String {
+    problems
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The `Registered` condition: the instance is registered and subscribes to every event this
@@ -180,11 +198,23 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         &webhook.spec,
         &fetched,
     );
-    let mut reported = Vec::from(validation_conditions(compiled.as_ref().err()));
-    if let Err(errors) = &compiled {
-        ctx.events
-            .publish(webhook, Notice::InvalidSpec(errors.to_string()))
-            .await;
+    let warnings = compiled
+        .as_ref()
+        .map_or(&[][..], |compiled| &compiled.warnings);
+    let mut reported = Vec::from(validation_conditions(compiled.as_ref().err(), warnings));
+    match &compiled {
+        Err(errors) => {
+            ctx.events
+                .publish(webhook, Notice::InvalidSpec(errors.to_string()))
+                .await;
+        }
+        Ok(compiled) if !compiled.warnings.is_empty() => {
+            let message = joined(compiled.warnings.iter());
+            ctx.events
+                .publish(webhook, Notice::SpecWarning(message))
+                .await;
+        }
+        Ok(_) => {}
     }
     let (ready_parts, endpoint) = match &instance {
         None => {
@@ -361,11 +391,36 @@ mod tests {
         let errors =
             config::compile_webhook("web", "crm-sync", 1, &crm.spec, &InMemorySecrets::new())
                 .unwrap_err();
-        let [routes, sinks] = validation_conditions(Some(&errors));
+        let [routes, sinks] = validation_conditions(Some(&errors), &[]);
         assert!(routes.status, "{routes:?}");
         assert!(!sinks.status);
         assert_eq!(sinks.reason, "SecretMissing");
         assert!(sinks.message.contains("crm-api"), "{}", sinks.message);
+    }
+
+    #[test]
+    fn a_warning_keeps_routes_valid_true_and_says_why() {
+        let mut site = webhook(include_str!("../../examples/nextjs-revalidation.yaml"));
+        let mut secrets = InMemorySecrets::new();
+        secrets.insert("web", "nextjs-revalidate", "secret", "s");
+        let compiled = config::compile_webhook("web", "site", 1, &site.spec, &secrets).unwrap();
+        assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+        let [routes, _] = validation_conditions(None, &compiled.warnings);
+        assert_eq!((routes.status, routes.reason), (true, "RoutesValid"));
+
+        site.spec.routes[0].nextjs.as_mut().unwrap().paths[1].kind =
+            Some(crate::api::PathKind::Page);
+        let compiled = config::compile_webhook("web", "site", 1, &site.spec, &secrets).unwrap();
+        let [routes, sinks] = validation_conditions(None, &compiled.warnings);
+        assert_eq!((routes.status, routes.reason), (true, "PathTypeIgnored"));
+        assert!(
+            routes
+                .message
+                .contains("spec.routes[0].nextjs.paths[1].type"),
+            "{}",
+            routes.message
+        );
+        assert!(sinks.status);
     }
 
     #[test]
@@ -381,7 +436,7 @@ mod tests {
         );
         let errors =
             config::compile_webhook("web", "crm-sync", 1, &crm.spec, &secrets).unwrap_err();
-        let [routes, sinks] = validation_conditions(Some(&errors));
+        let [routes, sinks] = validation_conditions(Some(&errors), &[]);
         assert!(!routes.status);
         assert!(
             routes.message.contains("spec.routes[0].filter"),

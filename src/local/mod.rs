@@ -153,6 +153,9 @@ pub fn load(
         let generation = meta.generation.unwrap_or_default();
         match compile_webhook(&namespace, name, generation, &webhook.object.spec, &secrets) {
             Ok(webhook_config) => {
+                for warning in &webhook_config.warnings {
+                    tracing::warn!(webhook = %key, %warning, "configuration warning");
+                }
                 compiled.push(webhook_config);
                 accepted.push(&webhook.object);
             }

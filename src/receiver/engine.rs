@@ -811,6 +811,7 @@ mod tests {
             events: Vec::new(),
             routes: Vec::new(),
             sinks: Default::default(),
+            warnings: Vec::new(),
         };
         let worker = Worker::new(
             SinkKey {

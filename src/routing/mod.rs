@@ -76,29 +76,29 @@ pub enum PayloadTemplate {
 pub struct PathTemplate {
     /// The template, e.g. `/articles/{{ entry.slug }}`.
     pub path: String,
-    /// Page or layout.
-    pub kind: PathKind,
+    /// `None` for a literal path; page or layout for a route pattern.
+    pub kind: Option<PathKind>,
 }
 
-/// What `revalidatePath` revalidates.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+/// The second argument of Next.js's `revalidatePath`, which only route patterns take.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
-    /// One page.
-    #[default]
+    /// Every page of a route pattern such as `/articles/[slug]`.
     Page,
     /// A layout and every page below it.
     Layout,
 }
 
-/// A rendered path, serialised as Next.js handlers expect: `{"path": "/x", "type": "page"}`.
+/// A rendered path, serialised as Next.js handlers expect: `{"path": "/articles/x"}` for a
+/// literal path, `{"path": "/articles/[slug]", "type": "page"}` for a route pattern.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RevalidatePath {
     /// The path, starting with `/`.
     pub path: String,
-    /// Page or layout.
-    #[serde(rename = "type")]
-    pub kind: PathKind,
+    /// Sent only when set: Next.js ignores a literal path that comes with a type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<PathKind>,
 }
 
 /// What one delivery sends, per sink kind.

@@ -269,6 +269,7 @@ mod tests {
     use super::*;
     use crate::routing::PathKind;
 
+    // A path ending in `/` is revalidated as a layout, to see both shapes in one body.
     fn revalidate(tags: &[&str], paths: &[&str]) -> Payload {
         Payload::Revalidate {
             tags: tags.iter().map(|tag| tag.to_string()).collect(),
@@ -276,7 +277,7 @@ mod tests {
                 .iter()
                 .map(|path| RevalidatePath {
                     path: path.to_string(),
-                    kind: PathKind::Page,
+                    kind: path.ends_with('/').then_some(PathKind::Layout),
                 })
                 .collect(),
             skipped: Vec::new(),
@@ -287,14 +288,18 @@ mod tests {
     fn merge_is_the_ordered_union() {
         let body = merge_revalidations(&[
             revalidate(&["article"], &["/articles/a"]),
-            revalidate(&["article", "home"], &["/articles/b", "/articles/a"]),
+            revalidate(&["article", "home"], &["/articles/b", "/articles/a", "/"]),
         ])
         .unwrap();
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
             serde_json::json!({
                 "tags": ["article", "home"],
-                "paths": [{"path": "/articles/a", "type": "page"}, {"path": "/articles/b", "type": "page"}]
+                "paths": [
+                    {"path": "/articles/a"},
+                    {"path": "/articles/b"},
+                    {"path": "/", "type": "layout"}
+                ]
             })
         );
     }

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use receiver_support::TestReceiver;
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
-    api::{StrapiInstance, StrapiWebhook},
+    api::{NextjsMode, NextjsRoute, PathKind, RevalidatePath, StrapiInstance, StrapiWebhook},
     controller::{self, Context, Metrics, Options},
     receiver::source::Snapshot,
     registration::MARKER_HEADER,
@@ -494,6 +494,43 @@ async fn an_invalid_webhook_reports_each_problem_with_its_field() {
             .api
             .event_reasons()
             .contains(&"InvalidSpec".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_type_on_a_templated_literal_path_is_a_warning_not_an_error() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance(strapi.base_url());
+    let mut webhook = world.apply_webhook(ARTICLES, "articles", NAMESPACE);
+    webhook.spec.sinks[0].nextjs.as_mut().unwrap().mode = NextjsMode::Revalidate;
+    webhook.spec.routes[0].nextjs = Some(NextjsRoute {
+        tags: Vec::new(),
+        paths: vec![RevalidatePath {
+            path: "/articles/{{ entry.slug }}".into(),
+            kind: Some(PathKind::Page),
+        }],
+    });
+    world.api.put(
+        &world.webhook_path("articles"),
+        serde_json::to_value(&webhook).unwrap(),
+    );
+
+    let status = world.reconcile_webhook(webhook).await;
+    let (valid, reason, message) = condition_of(&status, "RoutesValid");
+    assert_eq!(
+        (valid.as_str(), reason.as_str()),
+        ("True", "PathTypeIgnored")
+    );
+    assert!(
+        message.contains("spec.routes[0].nextjs.paths[0].type"),
+        "{message}"
+    );
+    assert!(
+        world
+            .api
+            .event_reasons()
+            .contains(&"SpecWarning".to_owned())
     );
 }
 

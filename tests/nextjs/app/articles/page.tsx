@@ -1,0 +1,5 @@
+import { Rendered } from "../rendered";
+
+export default function Articles() {
+  return <Rendered what="articles" />;
+}

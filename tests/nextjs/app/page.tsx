@@ -1,0 +1,5 @@
+import { Rendered } from "./rendered";
+
+export default function Home() {
+  return <Rendered what="home" />;
+}
