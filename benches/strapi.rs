@@ -375,6 +375,7 @@ async fn scale(
     let options = Options {
         receiver_url: receiver.ingest_url.clone(),
         receiver_admin_url: receiver.admin_url.clone(),
+        receiver_replicas: None,
         secret_header: SECRET_HEADER.into(),
         secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
         verify_timeout: Duration::from_secs(10),

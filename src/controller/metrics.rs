@@ -44,6 +44,15 @@ pub struct StrapiCallLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a call to the receiver's admin API.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverCallLabels {
+    /// What the controller asked, e.g. `routing`.
+    pub call: &'static str,
+    /// `ok`, or the failure's reason.
+    pub outcome: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and outcome.
@@ -56,6 +65,8 @@ pub struct Metrics {
     pub strapi_calls: Family<StrapiCallLabels, Counter>,
     /// Registrations put back after someone changed them in Strapi.
     pub drift_repairs: Counter,
+    /// Calls to the receiver replicas' admin API by call and outcome.
+    pub receiver_calls: Family<ReceiverCallLabels, Counter>,
 }
 
 impl Metrics {
@@ -69,6 +80,7 @@ impl Metrics {
             }),
             strapi_calls: Family::default(),
             drift_repairs: Counter::default(),
+            receiver_calls: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("strapi_operator");
         registry.register(
@@ -95,6 +107,11 @@ impl Metrics {
             "drift_repairs",
             "Registrations repaired after a change in Strapi",
             metrics.drift_repairs.clone(),
+        );
+        registry.register(
+            "receiver_api_calls",
+            "Calls to the receiver replicas' admin API by call and outcome",
+            metrics.receiver_calls.clone(),
         );
         metrics
     }
