@@ -44,7 +44,7 @@ pub use error::Error;
 pub use events::{Notice, Publisher};
 pub use metrics::{Metrics, ReceiverCallLabels};
 pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Routing, Stats};
-pub use routing::ServiceRef;
+pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ServiceRef};
 pub use webhook::{unknown_models, validation_conditions};
 
 use crate::{
