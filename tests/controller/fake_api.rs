@@ -30,20 +30,15 @@ pub struct Recorded {
     pub body: Value,
 }
 
-/// One stored change, as a watch reports it.
-struct Change {
-    revision: u64,
-    kind: &'static str,
-    path: String,
-    object: Value,
-}
-
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
     revision: u64,
-    changes: Vec<Change>,
+    // The last change of each object: its revision and whether it was added or modified. A
+    // watch sends the object as it is now, so intermediate versions are skipped, as a compacted
+    // watch cache does; keeping no history keeps the benchmark's memory honest.
+    changes: BTreeMap<String, (u64, &'static str)>,
 }
 
 impl State {
@@ -57,13 +52,29 @@ impl State {
             Some(_) => "MODIFIED",
             None => "ADDED",
         };
-        self.changes.push(Change {
-            revision: self.revision,
-            kind,
-            path: path.to_owned(),
-            object: object.clone(),
-        });
+        self.changes.insert(path.to_owned(), (self.revision, kind));
         object
+    }
+
+    /// The earliest change after `seen` that `path` and `query` select: its revision, kind
+    /// and the object now.
+    fn next_change(
+        &self,
+        seen: u64,
+        path: &str,
+        query: &Query,
+    ) -> Option<(u64, &'static str, Value)> {
+        self.changes
+            .iter()
+            .filter(|(_, (revision, _))| *revision > seen)
+            .filter(|(object_path, _)| in_collection(object_path, path))
+            .filter_map(|(object_path, (revision, kind))| {
+                let object = self.objects.get(object_path)?;
+                query
+                    .selects(object)
+                    .then(|| (*revision, *kind, object.clone()))
+            })
+            .min_by_key(|(revision, _, _)| *revision)
     }
 }
 
@@ -224,17 +235,7 @@ impl FakeApi {
                 loop {
                     let next = {
                         let state = state.lock().unwrap();
-                        let next = state.changes.iter().find(|change| {
-                            change.revision > seen
-                                && in_collection(&change.path, &path)
-                                && query.selects(&change.object)
-                        });
-                        match next {
-                            Some(change) => {
-                                Ok((change.revision, change.kind, change.object.clone()))
-                            }
-                            None => Err(state.revision),
-                        }
+                        state.next_change(seen, &path, &query).ok_or(state.revision)
                     };
                     match next {
                         Ok((revision, kind, object)) => {
