@@ -5,7 +5,9 @@
 //!    the real Strapi behind a counting loopback proxy and a real receiver in this process:
 //!    1,000 StrapiWebhooks in 10 namespaces on one StrapiInstance against 10 webhooks as the
 //!    baseline — time until all are Ready, Strapi admin API calls (they must not grow with
-//!    webhooks) and Kubernetes API calls.
+//!    webhooks), Kubernetes API calls, and calls to the receiver asking what it routes (issue
+//!    22: at most one per replica per change, fewer when one answer covers many webhooks; none
+//!    when a resync finds every webhook still routed).
 //! 4. Controller memory: this process's RSS after the 1,000-webhook run against after the 10
 //!    webhook run. It holds the fake API and the receiver too, so it is an upper bound.
 //! 6. Real Strapi throughput: content-manager updates as fast as Strapi takes them, without a
@@ -41,7 +43,8 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
     api::{StrapiInstance, StrapiWebhook, shared_secret},
-    controller::{self, Context, Metrics, Options},
+    config::{CompiledWebhook, InMemorySecrets, compile_webhook},
+    controller::{self, Context, Metrics, Options, ReceiverCallLabels},
     event::SECRET_HEADER,
     queue::sqlite::SqliteQueue,
     receiver::{
@@ -99,6 +102,20 @@ async fn run() -> Result<(), BenchError> {
         "Kubernetes API calls",
         full.kube_calls as f64,
         baseline.kube_calls as f64,
+        &base,
+    ));
+    rows.push(Row::against(
+        &scenario,
+        "receiver routing calls per webhook change",
+        full.routing_calls as f64 / WEBHOOKS as f64,
+        baseline.routing_calls as f64 / BASELINE_WEBHOOKS as f64,
+        &base,
+    ));
+    rows.push(Row::against(
+        &scenario,
+        "receiver routing calls in a resync of every webhook",
+        full.resync_routing_calls as f64,
+        baseline.resync_routing_calls as f64,
         &base,
     ));
     rows.push(Row::against(
@@ -277,10 +294,13 @@ impl InProcessReceiver {
         })
     }
 
-    /// Accepts `secret` from the instance `key` (and no other), routing nothing.
-    fn accept(&self, key: &str, secret: &str) {
+    /// Accepts `secret` from the instance `key` (generation 1, and no other), routing with
+    /// `webhooks`, as the cluster source would once it sees them.
+    fn route(&self, key: &str, secret: &str, webhooks: Vec<CompiledWebhook>) {
         let instances = BTreeMap::from([(key.to_owned(), vec![secret.to_owned()])]);
-        self.source.publish(Snapshot::new(instances, []));
+        let generations = BTreeMap::from([(key.to_owned(), 1)]);
+        self.source
+            .publish(Snapshot::new(instances, webhooks).with_instance_generations(generations));
     }
 
     /// Events of instance `key` stored so far.
@@ -299,6 +319,8 @@ struct ScaleResult {
     seconds: f64,
     strapi_calls: u64,
     kube_calls: usize,
+    routing_calls: u64,
+    resync_routing_calls: u64,
 }
 
 /// Item 5: `webhooks` StrapiWebhooks on one new instance, from nothing to all Ready.
@@ -324,7 +346,7 @@ async fn scale(
         &shared_secret::name(&name),
         &[(shared_secret::CURRENT_KEY, &secret)],
     );
-    receiver.accept(&key, &secret);
+    receiver.route(&key, &secret, Vec::new());
     let instance_path = path_of(GROUP, "strapiinstances", INSTANCE_NAMESPACE, &name);
     api.put(
         &instance_path,
@@ -348,6 +370,7 @@ async fn scale(
     let (instance_store, mut instances) = reflector::store();
     let (webhook_store, mut webhook_writer) = reflector::store();
     let mut paths = Vec::with_capacity(webhooks);
+    let mut compiled = Vec::with_capacity(webhooks);
     for n in 0..webhooks {
         let namespace = format!("team-{}", n % NAMESPACES);
         let webhook_name = format!("site-{n}");
@@ -368,6 +391,16 @@ async fn scale(
         });
         let webhook: StrapiWebhook = serde_json::from_value(object.clone())
             .map_err(|error| BenchError::step("building a StrapiWebhook", error))?;
+        compiled.push(
+            compile_webhook(
+                &namespace,
+                &webhook_name,
+                1,
+                &webhook.spec,
+                &InMemorySecrets::new(),
+            )
+            .map_err(|error| BenchError::step("compiling a StrapiWebhook", error))?,
+        );
         webhook_writer.apply_watcher_event(&watcher::Event::Apply(webhook));
         api.put(&path, object);
         paths.push(path);
@@ -375,6 +408,7 @@ async fn scale(
     let options = Options {
         receiver_url: receiver.ingest_url.clone(),
         receiver_admin_url: receiver.admin_url.clone(),
+        receiver_replicas: None,
         secret_header: SECRET_HEADER.into(),
         secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
         verify_timeout: Duration::from_secs(10),
@@ -416,24 +450,11 @@ async fn scale(
         ));
     }
     instances.apply_watcher_event(&watcher::Event::Apply(instance));
-    let reconciled: Vec<Result<(), BenchError>> = stream::iter(&paths)
-        .map(|path| {
-            let (api, ctx) = (api.clone(), Arc::clone(&ctx));
-            async move {
-                let webhook: StrapiWebhook =
-                    serde_json::from_value(api.get(path).unwrap_or_default())
-                        .map_err(|error| BenchError::step("reading a StrapiWebhook", error))?;
-                controller::reconcile_webhook(Arc::new(webhook), ctx)
-                    .await
-                    .map(drop)
-                    .map_err(|error| BenchError::step("reconciling a StrapiWebhook", error))
-            }
-        })
-        .buffer_unordered(RECONCILE_CONCURRENCY)
-        .collect()
-        .await;
-    reconciled.into_iter().collect::<Result<Vec<()>, _>>()?;
+    receiver.route(&key, &secret, compiled);
+    let reconcile_all = || reconcile_webhooks(&api, &ctx, &paths);
+    reconcile_all().await?;
     let seconds = started.elapsed().as_secs_f64();
+    let routing_calls = count_routing_calls(&ctx);
     let (strapi_calls, kube_calls) = (
         proxy.calls() - strapi_before,
         api.requests().len() - kube_before,
@@ -450,6 +471,11 @@ async fn scale(
             ),
         ));
     }
+    // A resync: every webhook reconciled again, none changed, after the controller stopped
+    // reusing the receiver's last answer (as the periodic resync a minute later would).
+    tokio::time::sleep(controller::ROUTING_REPORT_TTL).await;
+    reconcile_all().await?;
+    let resync_routing_calls = count_routing_calls(&ctx) - routing_calls;
 
     // `kubectl delete`: the finalizer removes the registration, leaving Strapi as it was.
     let mut object = api.get(&instance_path).unwrap_or_default();
@@ -462,7 +488,51 @@ async fn scale(
         seconds,
         strapi_calls,
         kube_calls,
+        routing_calls,
+        resync_routing_calls,
     })
+}
+
+/// Calls the controller made to the receiver asking what it routes, whatever the outcome.
+fn count_routing_calls(ctx: &Context) -> u64 {
+    ["ok", "ReceiverUnreachable", "ReceiverError"]
+        .into_iter()
+        .map(|outcome| {
+            ctx.metrics
+                .receiver_calls
+                .get_or_create(&ReceiverCallLabels {
+                    call: "routing",
+                    outcome,
+                })
+                .get()
+        })
+        .sum()
+}
+
+/// Reconciles every webhook once, [`RECONCILE_CONCURRENCY`] at a time.
+async fn reconcile_webhooks(
+    api: &FakeApi,
+    ctx: &Arc<Context>,
+    paths: &[String],
+) -> Result<(), BenchError> {
+    let reconciled: Vec<Result<(), BenchError>> = stream::iter(paths)
+        .map(|path| {
+            let (api, ctx) = (api.clone(), Arc::clone(ctx));
+            async move {
+                let webhook: StrapiWebhook =
+                    serde_json::from_value(api.get(path).unwrap_or_default())
+                        .map_err(|error| BenchError::step("reading a StrapiWebhook", error))?;
+                controller::reconcile_webhook(Arc::new(webhook), ctx)
+                    .await
+                    .map(drop)
+                    .map_err(|error| BenchError::step("reconciling a StrapiWebhook", error))
+            }
+        })
+        .buffer_unordered(RECONCILE_CONCURRENCY)
+        .collect()
+        .await;
+    reconciled.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
 }
 
 fn is_ready(object: &Value) -> bool {
@@ -493,7 +563,7 @@ async fn throughput(
 
     let key = format!("{INSTANCE_NAMESPACE}/throughput");
     let secret = uuid::Uuid::now_v7().simple().to_string();
-    receiver.accept(&key, &secret);
+    receiver.route(&key, &secret, Vec::new());
     let registration = client
         .create_webhook(&WebhookSpec {
             name: "strapi-webhook-operator benchmark".into(),

@@ -69,9 +69,16 @@ struct ControllerArgs {
     /// `spec.receiverUrl`).
     #[arg(long, env = "RECEIVER_URL")]
     receiver_url: String,
-    /// Base URL of the receiver's admin API, used to verify registrations end to end.
+    /// Base URL of the receiver's admin API, used to verify registrations end to end and to
+    /// read delivery counters; also the one receiver asked what it routes unless
+    /// `--receiver-replicas` is set.
     #[arg(long, env = "RECEIVER_ADMIN_URL")]
     receiver_admin_url: String,
+    /// `<namespace>/<service>` of the receiver's admin Service: every ready endpoint of its
+    /// EndpointSlices is a replica that must route a StrapiWebhook's current generation before
+    /// the webhook is Ready (needs list/watch on EndpointSlices in that namespace).
+    #[arg(long, env = "RECEIVER_REPLICAS")]
+    receiver_replicas: Option<crate::controller::ServiceRef>,
     /// Address for `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
@@ -101,6 +108,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
     let options = Options {
         receiver_url: args.receiver_url,
         receiver_admin_url: args.receiver_admin_url,
+        receiver_replicas: args.receiver_replicas,
         secret_header: crate::event::SECRET_HEADER.to_owned(),
         secret_grace: std::time::Duration::from(args.secret_grace).try_into()?,
         verify_timeout: args.verify_timeout.into(),

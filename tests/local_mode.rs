@@ -303,6 +303,16 @@ async fn local_mode_registers_delivers_reloads_and_keeps_the_last_good_config() 
     local
         .wait_for_line(logged, "registration in Strapi verified")
         .await;
+    let live = local
+        .wait_for_line(
+            logged,
+            "configuration live: the next event is routed with it",
+        )
+        .await;
+    assert!(
+        live.contains("local/articles"),
+        "the changed webhook is named: {live}"
+    );
     let registered = managed(&client.list_webhooks().await.unwrap(), &key);
     assert_eq!(registered[0].events, ["entry.publish", "entry.unpublish"]);
     publish_and_expect(&client, &sink, "v2").await;

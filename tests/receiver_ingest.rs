@@ -13,6 +13,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
+    config::{InMemorySecrets, compile_webhook},
+    receiver::source::Snapshot,
+};
+use strapi_webhook_operator::{
     queue::DeliveryFilter,
     receiver::{
         ReceiverSettings, ReceiverState, admin,
@@ -25,6 +29,7 @@ use tower::ServiceExt;
 
 struct Harness {
     state: Arc<ReceiverState>,
+    source: StaticSource,
     _store: support::TestStore,
 }
 
@@ -40,6 +45,7 @@ impl Harness {
         };
         Self {
             state: ReceiverState::new(queue, &source, settings).unwrap(),
+            source,
             _store: store,
         }
     }
@@ -292,4 +298,61 @@ async fn metrics_count_rejections_by_reason_with_bounded_labels() {
         !text.contains("attacker"),
         "request data must not become a label: {text}"
     );
+}
+
+#[tokio::test]
+async fn routing_reports_the_generation_the_next_event_is_routed_with_and_waits_for_one_asked() {
+    let harness = Harness::new(1024 * 1024).await;
+    let (status, routing) = harness.admin_get("/v1/routing").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        routing,
+        json!({ "synced": true, "instances": { INSTANCE: 0 }, "webhooks": { "cms/site": 1 } })
+    );
+
+    // Asked for generation 2, the answer waits until the receiver routes it.
+    let asked = harness.admin_get(
+        "/v1/routing?webhook=cms/site&generation=2&instance=cms/strapi&instanceGeneration=4\
+         &timeoutSeconds=10",
+    );
+    let publish = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let spec = webhook_spec(&[
+            ("crm", "http://127.0.0.1:9/hook".to_owned()),
+            ("erp", "http://127.0.0.1:9/erp".to_owned()),
+        ]);
+        let webhook = compile_webhook("cms", "site", 2, &spec, &InMemorySecrets::new()).unwrap();
+        let instances =
+            std::collections::BTreeMap::from([(INSTANCE.to_owned(), vec![SECRET.to_owned()])]);
+        let generations = std::collections::BTreeMap::from([(INSTANCE.to_owned(), 4)]);
+        harness
+            .source
+            .publish(Snapshot::new(instances, [webhook]).with_instance_generations(generations));
+    };
+    let started = std::time::Instant::now();
+    let ((status, routing), ()) = tokio::join!(asked, publish);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(routing["webhooks"]["cms/site"], json!(2));
+    assert_eq!(routing["instances"][INSTANCE], json!(4));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered when generation 2 was loaded, not at the timeout"
+    );
+    // The ingest routes the next event with what the report showed: both sinks of generation 2.
+    let (status, _) = harness
+        .ingest(strapi_call(
+            Some(SECRET),
+            "application/json",
+            article_event(1).to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(harness.stored().await, 2);
+
+    // A generation the receiver never gets: after the timeout, what it has.
+    let (status, routing) = harness
+        .admin_get("/v1/routing?webhook=cms/site&generation=9&timeoutSeconds=1")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(routing["webhooks"]["cms/site"], json!(2));
 }

@@ -449,7 +449,11 @@ pub struct HttpRoute {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StrapiWebhookStatus {
-    /// `Ready`, `RoutesValid`, `SinksResolved` and `Registered`, each with a reason and message.
+    /// `Ready`, `RoutesValid`, `SinksResolved`, `Registered` and `Routed`, each with a reason
+    /// and message, plus `ModelsKnown` (a warning, not part of `Ready`). `Routed` is true once
+    /// every live receiver routes events with this `metadata.generation`, so `Ready` means the
+    /// next event is routed with the current spec; until then `Ready` is false with reason
+    /// `WaitingForReceiver`. `Routed` is reported once the webhook is valid and registered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

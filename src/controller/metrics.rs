@@ -55,6 +55,15 @@ pub struct InstanceConditionLabels {
     pub condition: String,
 }
 
+/// Labels of a call to the receiver's admin API.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverCallLabels {
+    /// What the controller asked, e.g. `routing`.
+    pub call: &'static str,
+    /// `ok`, or the failure's reason.
+    pub outcome: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and outcome.
@@ -69,6 +78,8 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     /// 1 while a StrapiInstance's condition is True, 0 otherwise, as last written to its status.
     pub instance_conditions: Family<InstanceConditionLabels, Gauge>,
+    /// Calls to the receiver replicas' admin API by call and outcome.
+    pub receiver_calls: Family<ReceiverCallLabels, Counter>,
 }
 
 impl Metrics {
@@ -83,6 +94,7 @@ impl Metrics {
             strapi_calls: Family::default(),
             drift_repairs: Counter::default(),
             instance_conditions: Family::default(),
+            receiver_calls: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("strapi_operator");
         registry.register(
@@ -114,6 +126,11 @@ impl Metrics {
             "instance_condition",
             "1 while the StrapiInstance's condition is True",
             metrics.instance_conditions.clone(),
+        );
+        registry.register(
+            "receiver_api_calls",
+            "Calls to the receiver replicas' admin API by call and outcome",
+            metrics.receiver_calls.clone(),
         );
         metrics
     }

@@ -14,6 +14,7 @@ mod events;
 mod instance;
 pub mod metrics;
 mod receiver_admin;
+mod routing;
 mod secrets;
 mod webhook;
 
@@ -41,8 +42,9 @@ use prometheus_client::registry::Registry;
 pub use conditions::Reported;
 pub use error::Error;
 pub use events::{Notice, Publisher};
-pub use metrics::Metrics;
-pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Stats};
+pub use metrics::{Metrics, ReceiverCallLabels};
+pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Routing, Stats};
+pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ServiceRef};
 pub use webhook::{unknown_models, validation_conditions};
 
 use crate::{
@@ -67,8 +69,12 @@ type ListedContentTypes = (Instant, Arc<Vec<ContentType>>);
 pub struct Options {
     /// Base URL at which Strapi reaches the receiver (unless an instance overrides it).
     pub receiver_url: String,
-    /// Base URL of the receiver's admin API, for verification.
+    /// Base URL of the receiver's admin API, for verification and delivery counters; also the
+    /// one replica asked what it routes unless `receiver_replicas` is set.
     pub receiver_admin_url: String,
+    /// The receiver's admin Service: with it, every ready endpoint of its EndpointSlices is a
+    /// replica that must route a webhook's generation before the webhook is `Routed`.
+    pub receiver_replicas: Option<ServiceRef>,
     /// Header that carries the shared secret to the receiver.
     pub secret_header: String,
     /// How long the previous shared secret stays valid after a rotation.
@@ -100,10 +106,14 @@ pub struct Context {
     content_types: tokio::sync::Mutex<HashMap<String, ListedContentTypes>>,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<Option<(Instant, Arc<Stats>)>>,
+    receiver_replicas: Option<routing::ReceiverReplicas>,
+    routing_reports: routing::Reports,
+    routing_waits: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// A context over the given stores.
+    /// A context over the given stores; with `options.receiver_replicas` it starts watching
+    /// the receiver's endpoints (so it needs a Tokio runtime).
     pub fn new(
         client: Client,
         options: Options,
@@ -114,6 +124,12 @@ impl Context {
         Context {
             events: Publisher::new(client.clone(), std::env::var("POD_NAME").ok()),
             receiver: ReceiverAdmin::new(&options.receiver_admin_url),
+            receiver_replicas: options
+                .receiver_replicas
+                .clone()
+                .map(|service| routing::ReceiverReplicas::watch(client.clone(), service)),
+            routing_reports: routing::Reports::default(),
+            routing_waits: Mutex::default(),
             client,
             options,
             metrics,

@@ -1,6 +1,7 @@
 //! The controller's view of the receiver: its admin HTTP API, the only channel between the two
 //! besides the custom resources. The controller asks it whether Strapi's `trigger-test` arrived
-//! (verification) and for delivery counters (status).
+//! (verification), for delivery counters (status), and which generation of each resource a
+//! replica routes with (`Routed`).
 
 use std::time::Duration;
 
@@ -22,6 +23,12 @@ pub enum ReceiverError {
         #[source]
         source: reqwest::Error,
     },
+    /// The receiver's admin URL is not a URL.
+    #[error("{url} is not a valid URL")]
+    BadUrl {
+        /// The base URL.
+        url: String,
+    },
     /// The receiver answered something else than expected.
     #[error("{url} answered {status}")]
     Unexpected {
@@ -37,7 +44,7 @@ impl ReceiverError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReceiverError::Unreachable { .. } => "ReceiverUnreachable",
-            ReceiverError::Unexpected { .. } => "ReceiverError",
+            ReceiverError::Unexpected { .. } | ReceiverError::BadUrl { .. } => "ReceiverError",
         }
     }
 }
@@ -54,6 +61,17 @@ pub struct Handshake {
 pub struct Stats {
     /// Sink counters by webhook `namespace/name`.
     pub webhooks: BTreeMap<String, Vec<SinkStatus>>,
+}
+
+/// What one receiver replica routes with, as `GET /v1/routing` reports it.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// False until the replica has loaded its configuration.
+    pub synced: bool,
+    /// The `metadata.generation` of each `StrapiInstance` (`namespace/name`) it accepts.
+    pub instances: BTreeMap<String, i64>,
+    /// The `metadata.generation` of each `StrapiWebhook` (`namespace/name`) it routes with.
+    pub webhooks: BTreeMap<String, i64>,
 }
 
 /// A client for the receiver's admin API.
@@ -74,6 +92,31 @@ impl ReceiverAdmin {
             http,
             base: base.trim_end_matches('/').to_owned(),
         }
+    }
+
+    /// A client for another replica's admin API at `base`, sharing this client's connections.
+    pub fn at(&self, base: &str) -> Self {
+        ReceiverAdmin {
+            http: self.http.clone(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The base URL this client calls.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// What this replica routes with; `query` may ask it to wait until it routes given
+    /// generations (see the receiver's `GET /v1/routing`).
+    pub async fn routing(&self, query: &[(&str, String)]) -> Result<Routing, ReceiverError> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/routing", self.base)).map_err(|_| {
+            ReceiverError::BadUrl {
+                url: self.base.clone(),
+            }
+        })?;
+        url.query_pairs_mut().extend_pairs(query);
+        self.get(url.as_str()).await
     }
 
     /// The handshakes recorded for `namespace/name`.

@@ -243,6 +243,11 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         }
         Some(instance) => {
             reported.push(registration_condition(webhook, instance));
+            // Only a valid, registered webhook is worth waiting for: the receivers keep the last
+            // valid generation of an invalid one.
+            if reported.iter().all(|condition| condition.status) {
+                reported.push(ctx.routed_condition(webhook, instance).await);
+            }
             let ready_parts = reported.clone();
             reported.push(models_condition(ctx, instance, &webhook.spec).await);
             (
@@ -256,19 +261,35 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     };
     let ready = conditions::ready(
         &ready_parts,
-        "routes compile, sinks resolve and Strapi sends the events",
+        "routes compile, sinks resolve, Strapi sends the events and every receiver routes them \
+         with this generation",
     );
     reported.push(ready);
+    let key = format!("{namespace}/{name}");
+    let next_check = match reported.iter().find(|condition| condition.kind == "Routed") {
+        Some(routed) if !routed.status => ctx.routing_retry(&key),
+        _ => {
+            ctx.routing_settled(&key);
+            STATUS_REFRESH
+        }
+    };
 
-    // Status. Counters come from the receiver at a bounded rate; when it cannot be asked, the
-    // last known counters stay.
+    write_status(ctx, webhook, &key, &reported, endpoint).await?;
+    Ok(Action::requeue(next_check))
+}
+
+/// Writes the status by server-side apply. Counters come from the receiver at a bounded rate;
+/// when it cannot be asked, the last known counters stay.
+async fn write_status(
+    ctx: &Context,
+    webhook: &StrapiWebhook,
+    key: &str,
+    reported: &[Reported],
+    endpoint: Option<String>,
+) -> Result<(), Error> {
     let previous = webhook.status.clone().unwrap_or_default();
     let sinks = match ctx.receiver_stats().await {
-        Ok(stats) => stats
-            .webhooks
-            .get(&format!("{namespace}/{name}"))
-            .cloned()
-            .unwrap_or_default(),
+        Ok(stats) => stats.webhooks.get(key).cloned().unwrap_or_default(),
         Err(error) => {
             tracing::debug!(%error, "delivery counters unavailable");
             previous.sinks.clone()
@@ -277,7 +298,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     let status = StrapiWebhookStatus {
         conditions: conditions::merge(
             &previous.conditions,
-            &reported,
+            reported,
             webhook.meta().generation,
             Timestamp::now(),
         ),
@@ -290,15 +311,16 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         "kind": StrapiWebhook::kind(&()),
         "status": status,
     });
+    let namespace = webhook.namespace().unwrap_or_default();
     Api::<StrapiWebhook>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(
-            &name,
+            &webhook.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await
         .map_err(Error::kube("write StrapiWebhook status"))?;
-    Ok(Action::requeue(STATUS_REFRESH))
+    Ok(())
 }
 
 async fn namespace_allowed(

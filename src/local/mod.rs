@@ -110,6 +110,20 @@ pub struct Config {
     pub snapshot: Snapshot,
     /// The instances to register.
     pub instances: Vec<LocalInstance>,
+    /// Each compiled webhook's spec (as JSON), to tell which ones a reload changed.
+    pub specs: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// The webhooks added, changed or removed since `previous`, by `namespace/name`.
+    pub fn changed_since(&self, previous: &Config) -> Vec<String> {
+        let keys: std::collections::BTreeSet<&String> =
+            self.specs.keys().chain(previous.specs.keys()).collect();
+        keys.into_iter()
+            .filter(|key| self.specs.get(*key) != previous.specs.get(*key))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Reads and compiles the files. `env` supplies `SWO_SECRET_*` overrides; shared secrets come
@@ -124,6 +138,7 @@ pub fn load(
     let mut problems = Vec::new();
     let mut accepted = Vec::new();
     let mut compiled = Vec::new();
+    let mut specs = BTreeMap::new();
     for webhook in &manifests.webhooks {
         let meta = &webhook.object.metadata;
         let (namespace, key) = (namespace_of(meta), key_of(meta));
@@ -158,6 +173,8 @@ pub fn load(
                 }
                 compiled.push(webhook_config);
                 accepted.push(&webhook.object);
+                let spec = serde_json::to_string(&webhook.object.spec).unwrap_or_default();
+                specs.insert(key.clone(), spec);
             }
             Err(errors) => problems.extend(errors.0.iter().map(|error| {
                 webhook.problem_at(&error.field, format!("StrapiWebhook {key}: {error}"))
@@ -202,6 +219,7 @@ pub fn load(
     Ok(Config {
         snapshot: Snapshot::new(accepted_secrets, compiled),
         instances,
+        specs,
     })
 }
 
@@ -355,6 +373,7 @@ pub async fn run(
                 while changes.try_recv().is_ok() {}
                 match load(&options.paths, &env, &mut shared) {
                     Ok(loaded) => {
+                        let changed = loaded.changed_since(&config);
                         config = loaded;
                         source.publish(config.snapshot.clone());
                         tracing::info!(
@@ -363,6 +382,12 @@ pub async fn run(
                             "configuration reloaded and applied"
                         );
                         next_sync = sync_all(&mut registrar, &config.instances).await;
+                        // The ingest reads the published snapshot for its next event, and Strapi
+                        // now subscribes to what it routes: from here on the change is in effect.
+                        tracing::info!(
+                            changed = ?changed,
+                            "configuration live: the next event is routed with it"
+                        );
                     }
                     Err(problems) => tracing::error!(
                         "configuration rejected; the last good configuration keeps running:\n{problems}"

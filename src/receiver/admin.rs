@@ -9,6 +9,10 @@
 //! - `POST /v1/deliveries/{id}/replay` — re-queue one dead or delivered delivery.
 //! - `POST /v1/deliveries/replay?webhook=&sink=` — re-queue every matching dead letter.
 //! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`.
+//! - `GET /v1/routing` — the generation of each instance and webhook this replica routes with
+//!   ([`routing::Routing`]).
+
+pub mod routing;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -58,6 +62,7 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .route("/v1/deliveries/{id}", get(show))
         .route("/v1/deliveries/{id}/replay", post(replay_one))
         .route("/v1/stats", get(stats))
+        .route("/v1/routing", get(routing::routing))
         .with_state(state)
 }
 

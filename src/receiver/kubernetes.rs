@@ -151,6 +151,15 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
         let snapshot = Snapshot {
             synced: true,
             instances: accepted(&by_key, &secrets),
+            instance_generations: by_key
+                .iter()
+                .map(|(key, instance)| {
+                    (
+                        key.clone(),
+                        instance.metadata.generation.unwrap_or_default(),
+                    )
+                })
+                .collect(),
             webhooks: compiled
                 .iter()
                 .map(|(key, (_, webhook))| (key.clone(), Arc::clone(webhook)))

@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub synced: bool,
     /// Instances by `namespace/name`, with the shared secrets accepted from them.
     pub instances: BTreeMap<String, Vec<String>>,
+    /// The `metadata.generation` of each instance in [`Snapshot::instances`], where known
+    /// (reported on the admin API so the controller knows what the receiver routes with).
+    pub instance_generations: BTreeMap<String, i64>,
     /// Compiled webhooks by `namespace/name`.
     pub webhooks: BTreeMap<String, Arc<CompiledWebhook>>,
 }
@@ -44,8 +47,15 @@ impl Snapshot {
         Self {
             synced: true,
             instances,
+            instance_generations: BTreeMap::new(),
             webhooks,
         }
+    }
+
+    /// This snapshot, recording the `metadata.generation` of its instances.
+    pub fn with_instance_generations(mut self, generations: BTreeMap<String, i64>) -> Self {
+        self.instance_generations = generations;
+        self
     }
 
     /// The webhooks that route events of `instance`.
@@ -205,9 +215,14 @@ impl ManifestFile {
             }
         }
         let mut accepted = BTreeMap::new();
+        let mut generations = BTreeMap::new();
         for instance in instances {
             let namespace = namespace_of(&instance.metadata);
             let name = instance.metadata.name.clone().unwrap_or_default();
+            generations.insert(
+                format!("{namespace}/{name}"),
+                instance.metadata.generation.unwrap_or_default(),
+            );
             let secret_name = shared_secret::name(&name);
             let read = |key: &str| {
                 secrets.resolve(
@@ -250,7 +265,9 @@ impl ManifestFile {
             );
         }
         Ok(Self {
-            source: StaticSource::new(Snapshot::new(accepted, compiled)),
+            source: StaticSource::new(
+                Snapshot::new(accepted, compiled).with_instance_generations(generations),
+            ),
         })
     }
 }

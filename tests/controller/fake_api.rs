@@ -1,6 +1,9 @@
 //! An in-memory Kubernetes API server behind `kube::Client`, just rich enough for the
 //! controller's calls: GET of single objects, JSON patches (finalizers), merge patches
-//! (Deployment restarts), server-side apply of objects and of `/status`, and Event creation.
+//! (Deployment restarts), server-side apply of objects and of `/status`, and Event creation —
+//! and for reflectors (the receiver's configuration source, the controller's view of the
+//! receiver's EndpointSlices): lists with a label selector, and watches that stream every later
+//! change from the list's `resourceVersion`.
 //!
 //! It keeps state instead of scripting an exact request sequence (tower-test's style), so the
 //! tests assert on outcomes — objects, statuses, Events — and survive harmless reordering of
@@ -12,10 +15,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use axum::body::{Body as ResponseBody, Bytes};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
@@ -29,12 +34,64 @@ pub struct Recorded {
 struct State {
     objects: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
+    revision: u64,
+    // The last change of each object: its revision and whether it was added or modified. A
+    // watch sends the object as it is now, so intermediate versions are skipped, as a compacted
+    // watch cache does; keeping no history keeps the benchmark's memory honest.
+    changes: BTreeMap<String, (u64, &'static str)>,
+}
+
+impl State {
+    /// Stores `object` under `path` with the next `resourceVersion`, for lists and watches.
+    fn store(&mut self, path: &str, mut object: Value) -> Value {
+        self.revision += 1;
+        if object.is_object() {
+            object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        }
+        let kind = match self.objects.insert(path.to_owned(), object.clone()) {
+            Some(_) => "MODIFIED",
+            None => "ADDED",
+        };
+        self.changes.insert(path.to_owned(), (self.revision, kind));
+        object
+    }
+
+    /// The earliest change after `seen` that `path` and `query` select: its revision, kind
+    /// and the object now.
+    fn next_change(
+        &self,
+        seen: u64,
+        path: &str,
+        query: &Query,
+    ) -> Option<(u64, &'static str, Value)> {
+        self.changes
+            .iter()
+            .filter(|(_, (revision, _))| *revision > seen)
+            .filter(|(object_path, _)| in_collection(object_path, path))
+            .filter_map(|(object_path, (revision, kind))| {
+                let object = self.objects.get(object_path)?;
+                query
+                    .selects(object)
+                    .then(|| (*revision, *kind, object.clone()))
+            })
+            .min_by_key(|(revision, _, _)| *revision)
+    }
 }
 
 /// The fake API server; clones share state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
+    revisions: Arc<watch::Sender<u64>>,
+}
+
+impl Default for FakeApi {
+    fn default() -> Self {
+        FakeApi {
+            state: Arc::default(),
+            revisions: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 /// The API path of a namespaced object (`/api/v1/...` for core kinds).
@@ -60,11 +117,12 @@ impl FakeApi {
 
     /// Stores an object under `path`.
     pub fn put(&self, path: &str, object: Value) {
-        self.state
-            .lock()
-            .unwrap()
-            .objects
-            .insert(path.to_owned(), object);
+        let revision = {
+            let mut state = self.state.lock().unwrap();
+            state.store(path, object);
+            state.revision
+        };
+        self.revisions.send_replace(revision);
     }
 
     /// Stores a Secret with string data.
@@ -109,55 +167,203 @@ impl FakeApi {
             .collect()
     }
 
-    async fn handle(&self, request: Request<Body>) -> Response<Body> {
+    async fn handle(&self, request: Request<Body>) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let path = parts.uri.path().to_owned();
+        let query = Query::parse(parts.uri.query().unwrap_or_default());
         let content_type = parts
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let mut state = self.state.lock().unwrap();
-        state.requests.push(Recorded {
-            method: parts.method.clone(),
-            path: path.clone(),
-            body: body.clone(),
-        });
-        let (status, answer) = match parts.method {
-            Method::GET => match state.objects.get(&path) {
-                Some(object) => (StatusCode::OK, object.clone()),
-                None => not_found(&path),
-            },
-            Method::POST => {
-                let name = body["metadata"]["name"].as_str().unwrap_or_default();
-                state.objects.insert(format!("{path}/{name}"), body.clone());
-                (StatusCode::CREATED, body)
-            }
-            Method::PATCH => {
-                let (object_path, subresource) = match path.strip_suffix("/status") {
-                    Some(object_path) => (object_path.to_owned(), true),
-                    None => (path.clone(), false),
-                };
-                let existing = state.objects.get(&object_path).cloned();
-                match patch(existing, &content_type, body, subresource) {
-                    Ok(updated) => {
-                        state.objects.insert(object_path, updated.clone());
-                        (StatusCode::OK, updated)
-                    }
-                    Err(status) => not_found_or(status, &path),
+        if parts.method == Method::GET && query.watch {
+            return self.watch(path, query);
+        }
+        let (status, answer, revision) = {
+            let mut state = self.state.lock().unwrap();
+            state.requests.push(Recorded {
+                method: parts.method.clone(),
+                path: path.clone(),
+                body: body.clone(),
+            });
+            let (status, answer) = match parts.method {
+                Method::GET => match state.objects.get(&path) {
+                    Some(object) => (StatusCode::OK, object.clone()),
+                    None if is_collection(&path) => (StatusCode::OK, list(&state, &path, &query)),
+                    None => not_found(&path),
+                },
+                Method::POST => {
+                    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                    let stored = state.store(&format!("{path}/{name}"), body.clone());
+                    (StatusCode::CREATED, stored)
                 }
-            }
-            _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
+                Method::PATCH => {
+                    let (object_path, subresource) = match path.strip_suffix("/status") {
+                        Some(object_path) => (object_path.to_owned(), true),
+                        None => (path.clone(), false),
+                    };
+                    let existing = state.objects.get(&object_path).cloned();
+                    match patch(existing, &content_type, body, subresource) {
+                        Ok(updated) => (StatusCode::OK, state.store(&object_path, updated)),
+                        Err(status) => not_found_or(status, &path),
+                    }
+                }
+                _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
+            };
+            (status, answer, state.revision)
         };
+        self.revisions.send_replace(revision);
         Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .body(ResponseBody::from(serde_json::to_vec(&answer).unwrap()))
             .unwrap()
     }
+
+    /// A watch of the collection at `path`: every change after the query's `resourceVersion`
+    /// that matches its label selector, as JSON lines, and the stream stays open.
+    fn watch(&self, path: String, query: Query) -> Response<ResponseBody> {
+        let from: u64 = query.resource_version.parse().unwrap_or_default();
+        let state = Arc::clone(&self.state);
+        let revisions = self.revisions.subscribe();
+        let lines = futures::stream::unfold((from, revisions), move |(mut seen, mut revisions)| {
+            let (state, path, query) = (Arc::clone(&state), path.clone(), query.clone());
+            async move {
+                loop {
+                    let next = {
+                        let state = state.lock().unwrap();
+                        state.next_change(seen, &path, &query).ok_or(state.revision)
+                    };
+                    match next {
+                        Ok((revision, kind, object)) => {
+                            let mut line = json!({ "type": kind, "object": object }).to_string();
+                            line.push('\n');
+                            let chunk = Ok::<_, Infallible>(Bytes::from(line));
+                            return Some((chunk, (revision, revisions)));
+                        }
+                        Err(latest) => {
+                            seen = seen.max(latest);
+                            if *revisions.borrow_and_update() <= seen
+                                && revisions.changed().await.is_err()
+                            {
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(ResponseBody::from_stream(lines))
+            .unwrap()
+    }
+}
+
+/// What a list or watch asks for.
+#[derive(Clone, Debug, Default)]
+struct Query {
+    watch: bool,
+    resource_version: String,
+    labels: Vec<(String, Option<String>)>,
+}
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        let mut parsed = Query::default();
+        for (key, value) in form_urlencoded(query) {
+            match key.as_str() {
+                "watch" => parsed.watch = value == "true" || value == "1",
+                "resourceVersion" => parsed.resource_version = value,
+                "labelSelector" => {
+                    parsed.labels = value
+                        .split(',')
+                        .filter(|term| !term.is_empty())
+                        .map(|term| match term.split_once('=') {
+                            Some((key, value)) => (
+                                key.to_owned(),
+                                Some(value.trim_start_matches('=').to_owned()),
+                            ),
+                            None => (term.to_owned(), None),
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        parsed
+    }
+
+    /// True when `object` has every label the selector asks for (`key` or `key=value`).
+    fn selects(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        self.labels.iter().all(|(key, value)| match value {
+            None => labels.get(key).is_some(),
+            Some(value) => labels[key] == json!(value),
+        })
+    }
+}
+
+fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://fake/?{query}"))
+        .map(|url| url.query_pairs().into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// Splits an API path into its group-version prefix and the rest.
+fn split_path(path: &str) -> Option<(&str, Vec<&str>)> {
+    let prefix_segments = if path.starts_with("/apis/") { 3 } else { 2 };
+    let mut cut = 0;
+    for _ in 0..=prefix_segments {
+        cut += path[cut..].find('/').map(|found| found + 1)?;
+    }
+    let (prefix, rest) = path.split_at(cut - 1);
+    Some((
+        prefix,
+        rest.split('/').filter(|part| !part.is_empty()).collect(),
+    ))
+}
+
+/// `/api/v1/secrets` or `/api/v1/namespaces/web/secrets`, not an object's path.
+fn is_collection(path: &str) -> bool {
+    match split_path(path) {
+        Some((_, rest)) => rest.len() == 1 || (rest.len() == 3 && rest[0] == "namespaces"),
+        None => false,
+    }
+}
+
+/// True when the object stored at `object_path` is listed by `collection`.
+fn in_collection(object_path: &str, collection: &str) -> bool {
+    let (Some((prefix, rest)), Some((wanted_prefix, wanted))) =
+        (split_path(object_path), split_path(collection))
+    else {
+        return false;
+    };
+    if prefix != wanted_prefix {
+        return false;
+    }
+    match (rest.as_slice(), wanted.as_slice()) {
+        (["namespaces", namespace, plural, _], ["namespaces", wanted_namespace, wanted_plural]) => {
+            namespace == wanted_namespace && plural == wanted_plural
+        }
+        (["namespaces", _, plural, _], [wanted_plural]) => plural == wanted_plural,
+        ([plural, _], [wanted_plural]) => plural == wanted_plural,
+        _ => false,
+    }
+}
+
+fn list(state: &State, path: &str, query: &Query) -> Value {
+    let items: Vec<&Value> = state
+        .objects
+        .iter()
+        .filter(|(object_path, object)| in_collection(object_path, path) && query.selects(object))
+        .map(|(_, object)| object)
+        .collect();
+    json!({ "metadata": { "resourceVersion": state.revision.to_string() }, "items": items })
 }
 
 fn not_found(path: &str) -> (StatusCode, Value) {

@@ -6,6 +6,7 @@
 mod fake_api;
 #[path = "../support/receiver.rs"]
 mod receiver_support;
+mod routed;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -37,12 +38,26 @@ struct World {
     name: String,
     strapi: StrapiClient,
     receiver: TestReceiver,
+    ingest: std::net::SocketAddr,
 }
 
 impl World {
     async fn new(strapi: &StrapiServer) -> Self {
         let receiver = TestReceiver::start(Snapshot::new(BTreeMap::new(), [])).await;
-        let api = FakeApi::default();
+        let (ingest, admin) = (receiver.ingest, receiver.admin);
+        Self::with_receivers(strapi, FakeApi::default(), receiver, ingest, admin, None)
+    }
+
+    /// A world whose controller sends Strapi to `ingest` and asks the receiver at `admin`
+    /// (and, with `replicas`, every ready endpoint of that Service) what it routes.
+    fn with_receivers(
+        strapi: &StrapiServer,
+        api: FakeApi,
+        receiver: TestReceiver,
+        ingest: std::net::SocketAddr,
+        admin: std::net::SocketAddr,
+        replicas: Option<controller::ServiceRef>,
+    ) -> Self {
         let name = format!("cms-{}", uuid::Uuid::now_v7().simple());
         api.put_secret(
             NAMESPACE,
@@ -52,8 +67,9 @@ impl World {
         let (instance_store, instances) = reflector::store();
         let (webhook_store, webhooks) = reflector::store();
         let options = Options {
-            receiver_url: format!("http://{}", receiver.ingest),
-            receiver_admin_url: format!("http://{}", receiver.admin),
+            receiver_url: format!("http://{ingest}"),
+            receiver_admin_url: format!("http://{admin}"),
+            receiver_replicas: replicas,
             secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
             secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
             verify_timeout: Duration::from_secs(10),
@@ -74,12 +90,13 @@ impl World {
             name,
             strapi: strapi.client().clone(),
             receiver,
+            ingest,
         }
     }
 
     /// Where Strapi reaches the receiver.
     fn ingest_url(&self) -> String {
-        format!("http://{}", self.receiver.ingest)
+        format!("http://{}", self.ingest)
     }
 
     fn key(&self) -> String {
@@ -443,8 +460,37 @@ async fn a_valid_webhook_becomes_ready_once_its_events_are_registered() {
     world.reconcile().await.unwrap();
     world.reconcile().await.unwrap();
     world.sync_instance();
-    let status = world.reconcile_webhook(webhook).await;
+    let status = world.reconcile_webhook(webhook.clone()).await;
     assert_eq!(condition_of(&status, "Registered").0, "True", "{status:#}");
+    // Registered, but the receiver does not route it yet: events would miss it.
+    let (ready, reason, message) = condition_of(&status, "Ready");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "WaitingForReceiver"),
+        "{message}"
+    );
+    assert!(
+        message.contains("does not route this webhook yet"),
+        "{message}"
+    );
+
+    // The receiver loads it, as the cluster source would once it sees the webhook.
+    let compiled = strapi_webhook_operator::config::compile_webhook(
+        NAMESPACE,
+        "articles",
+        3,
+        &webhook.spec,
+        &strapi_webhook_operator::config::InMemorySecrets::new(),
+    )
+    .unwrap();
+    let instances = BTreeMap::from([(world.key(), vec![world.shared_secret()])]);
+    let generations = BTreeMap::from([(world.key(), 1)]);
+    world
+        .receiver
+        .source
+        .publish(Snapshot::new(instances, [compiled]).with_instance_generations(generations));
+    let status = world.reconcile_webhook(webhook).await;
+    assert_eq!(condition_of(&status, "Routed").0, "True", "{status:#}");
     assert_eq!(condition_of(&status, "Ready").0, "True", "{status:#}");
     // `article` exists in the test Strapi.
     assert_eq!(condition_of(&status, "ModelsKnown").0, "True", "{status:#}");

@@ -32,7 +32,7 @@ use strapi_webhook_operator::{
         QueueSpec, ReceiverSettings, ReceiverState,
         engine::EngineSettings,
         serve,
-        source::{Snapshot, StaticSource},
+        source::{ConfigSource, Snapshot, StaticSource},
     },
 };
 use tokio::{net::TcpListener, sync::oneshot};
@@ -268,23 +268,34 @@ impl TestStore {
     }
 }
 
-/// A receiver serving on loopback ports, with its queue in a temporary folder.
-pub struct TestReceiver {
+/// A receiver serving on loopback ports, with its queue in a temporary folder (or on a queue
+/// the test shares between several receivers), routing with the configuration `source` gives.
+pub struct TestReceiver<S = StaticSource> {
     pub ingest: SocketAddr,
     pub admin: SocketAddr,
     pub state: Arc<ReceiverState>,
-    pub source: Arc<StaticSource>,
+    pub source: Arc<S>,
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
-    _store: TestStore,
+    _store: Option<TestStore>,
 }
 
 impl TestReceiver {
-    /// Starts a receiver routing with `snapshot`.
+    /// Starts a receiver routing with `snapshot`, which the test can replace through
+    /// [`TestReceiver::source`].
     pub async fn start(snapshot: Snapshot) -> Self {
         let store = TestStore::start();
-        let queue = store.open().await;
-        let source = Arc::new(StaticSource::new(snapshot));
+        let queue = store.spec();
+        Self::start_with(&queue, Some(store), Arc::new(StaticSource::new(snapshot))).await
+    }
+}
+
+impl<S: ConfigSource> TestReceiver<S> {
+    /// Starts a receiver on the queue `queue` (a `--queue` value; `store` is kept until the
+    /// receiver is dropped) with its configuration from `source`.
+    pub async fn start_with(queue: &str, store: Option<TestStore>, source: Arc<S>) -> Self {
+        let spec: QueueSpec = queue.parse().unwrap();
+        let queue = spec.open(Durability::default()).await.unwrap();
         let settings = ReceiverSettings {
             engine: EngineSettings {
                 shutdown_grace: Duration::from_secs(1),
