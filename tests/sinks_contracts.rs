@@ -377,8 +377,10 @@ async fn http_statuses_are_classified() {
             .await;
         match (retried, &outcome) {
             (true, Outcome::Retry { reason, .. }) | (false, Outcome::DeadLetter { reason }) => {
+                // The status, never the answer's body: it may hold what the sink must not
+                // show to whoever reads the delivery's last error.
                 assert!(
-                    reason.contains(status.as_str()) && reason.contains("nope"),
+                    reason.contains(status.as_str()) && !reason.contains("nope"),
                     "{reason}"
                 )
             }
@@ -392,7 +394,7 @@ async fn redirects_are_not_followed() {
     let crm = Loopback::start(|| {
         (
             StatusCode::MOVED_PERMANENTLY,
-            [("location", "https://crm.example.com/api")],
+            [("location", "https://crm.example.com/api?token=t0k3n")],
         )
             .into_response()
     })
@@ -409,7 +411,8 @@ async fn redirects_are_not_followed() {
         )
         .await;
     assert!(
-        matches!(&outcome, Outcome::DeadLetter { reason } if reason.contains("https://crm.example.com/api")),
+        matches!(&outcome, Outcome::DeadLetter { reason }
+            if reason.contains("https://crm.example.com/…") && !reason.contains("t0k3n")),
         "{outcome:?}"
     );
     assert_eq!(crm.seen().len(), 1);

@@ -73,7 +73,7 @@ impl SinkClient {
         };
         match request.send().await {
             Ok(response) => classify(sink.kind(), &read_answer(response).await),
-            Err(error) => transport_failure(&error, policy.timeout),
+            Err(error) => transport_failure(error, policy.timeout),
         }
     }
 
@@ -233,35 +233,26 @@ async fn read_answer(mut response: reqwest::Response) -> Answer {
     )
 }
 
-fn transport_failure(error: &reqwest::Error, timeout: Duration) -> Outcome {
+fn transport_failure(error: reqwest::Error, timeout: Duration) -> Outcome {
     if error.is_builder() {
         return Outcome::DeadLetter {
-            reason: format!("the request could not be built: {error}"),
+            reason: format!(
+                "the request could not be built: {}",
+                crate::http::describe_error(error)
+            ),
         };
     }
     let reason = if error.is_timeout() {
         format!("no answer within {timeout:?}")
     } else if error.is_connect() {
-        format!("could not connect: {}", source_chain(error))
+        format!("could not connect: {}", crate::http::describe_error(error))
     } else {
-        format!("the request failed: {}", source_chain(error))
+        format!("the request failed: {}", crate::http::describe_error(error))
     };
     Outcome::Retry {
         reason,
         retry_after: None,
     }
-}
-
-// reqwest's own message is just "error sending request"; the cause is further down.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -313,6 +313,18 @@ impl TestReceiver {
         }
     }
 
+    /// The files of a SQLite queue (the database, its WAL and shared memory); none for NATS.
+    pub fn queue_files(&self) -> Vec<std::path::PathBuf> {
+        if self._store.nats.is_some() {
+            return Vec::new();
+        }
+        let db = self._store.dir.path().join("queue.db");
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| db.with_file_name(format!("queue.db{suffix}")))
+            .collect()
+    }
+
     /// The admin port's base URL.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
