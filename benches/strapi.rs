@@ -43,6 +43,7 @@ use strapi_webhook_operator::{
     api::{StrapiInstance, StrapiWebhook, shared_secret},
     controller::{self, Context, Metrics, Options},
     event::SECRET_HEADER,
+    http::AdminToken,
     queue::sqlite::SqliteQueue,
     receiver::{
         self, ReceiverSettings, ReceiverState,
@@ -238,6 +239,7 @@ struct InProcessReceiver {
     source: StaticSource,
     ingest_url: String,
     admin_url: String,
+    admin_token: AdminToken,
     _dir: tempfile::TempDir,
 }
 
@@ -247,7 +249,12 @@ impl InProcessReceiver {
         let queue = SqliteQueue::open(&dir.path().join("queue.db"))
             .map_err(|error| BenchError::step("opening the receiver's queue", error))?;
         let source = StaticSource::new(Snapshot::new(BTreeMap::new(), []));
-        let state = ReceiverState::new(Arc::new(queue), &source, ReceiverSettings::default())
+        let admin_token = AdminToken::generate();
+        let settings = ReceiverSettings {
+            admin_token: Some(admin_token.clone()),
+            ..ReceiverSettings::default()
+        };
+        let state = ReceiverState::new(Arc::new(queue), &source, settings)
             .map_err(|error| BenchError::step("starting the receiver", error))?;
         let bind = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -273,6 +280,7 @@ impl InProcessReceiver {
             source,
             ingest_url,
             admin_url,
+            admin_token,
             _dir: dir,
         })
     }
@@ -378,6 +386,8 @@ async fn scale(
         secret_header: SECRET_HEADER.into(),
         secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
         verify_timeout: Duration::from_secs(10),
+        allow_loopback_sinks: true,
+        receiver_admin_token: Some(receiver.admin_token.clone()),
     };
     let metrics = Metrics::register(&mut Registry::default());
     let ctx = Arc::new(Context::new(

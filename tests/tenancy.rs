@@ -18,8 +18,10 @@ use axum::http::StatusCode;
 use receiver::{INSTANCE, SECRET, TestReceiver, article_event, client, free_port};
 use serde_json::json;
 use strapi_webhook_operator::{
-    api::StrapiWebhookSpec, config::InMemorySecrets, config::compile_webhook,
+    api::StrapiWebhookSpec,
+    config::{InMemorySecrets, Reason, apply_egress, compile_webhook, egress_rules},
     receiver::source::Snapshot,
+    sinks::{EgressBase, EgressPolicy},
 };
 use support::CaptureServer;
 
@@ -147,6 +149,7 @@ fn find_secrets(place: &str, text: &str) -> Vec<String> {
 fn deliveries_command(admin: &str, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
         .args(["deliveries", "--admin-url", admin])
+        .env("RECEIVER_ADMIN_TOKEN", receiver::ADMIN_TOKEN)
         .args(args)
         .output()
         .expect("running the deliveries command");
@@ -275,4 +278,226 @@ async fn no_secret_reaches_any_output() {
         found.is_empty(),
         "secrets leaked: {found:#?}\nlast errors: {last_errors:#?}"
     );
+}
+
+/// A webhook `cms/site` with one HTTP sink at `url` taking every event, compiled and held to
+/// the receiver's policy the way local mode and the controller do.
+fn one_sink(url: &str, headers: serde_json::Value) -> StrapiWebhookSpec {
+    serde_json::from_value(json!({
+        "instanceRef": { "name": "strapi" },
+        "events": ["entry.create"],
+        "sinks": [{ "name": "crm", "http": { "url": url, "headers": headers },
+                    "delivery": { "maxAttempts": 1 } }],
+        "routes": [{ "name": "all", "sink": "crm" }],
+    }))
+    .unwrap()
+}
+
+#[test]
+fn metadata_addresses_in_every_spelling_are_refused_naming_the_field() {
+    // Even an instance that opens private ranges and lists link-local as allowed.
+    let policy = EgressPolicy {
+        base: EgressBase::default(),
+        rules: egress_rules(Some(
+            &serde_json::from_value(json!({
+                "allowPrivateNetworks": true,
+                "allowedCIDRs": ["169.254.0.0/16"],
+            }))
+            .unwrap(),
+        ))
+        .unwrap(),
+    };
+    for url in [
+        "http://169.254.169.254/latest/meta-data/iam/",
+        "http://2852039166/",
+        "http://0xa9.0xfe.0xa9.0xfe/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[fd00:ec2::254]/",
+        "http://127.0.0.1:9091/v1/deliveries/replay",
+        "http://localhost/",
+        "http://0.0.0.0:8080/",
+    ] {
+        let spec = one_sink(url, json!([]));
+        let mut webhook = compile_webhook("cms", "site", 1, &spec, &InMemorySecrets::new())
+            .expect("the URL itself is well formed");
+        let errors = apply_egress(&mut webhook, &spec, &policy).expect_err(url);
+        let error = &errors.0[0];
+        assert_eq!(error.field, "spec.sinks[0].http.url", "{url}");
+        assert_eq!(error.reason, Reason::EgressRefused, "{url}");
+    }
+    let spec = one_sink("http://10.0.0.7/", json!([]));
+    let mut webhook = compile_webhook("cms", "site", 1, &spec, &InMemorySecrets::new()).unwrap();
+    apply_egress(&mut webhook, &spec, &policy).expect("private ranges are allowed here");
+}
+
+#[test]
+fn host_and_hop_by_hop_headers_cannot_be_set_by_a_sink() {
+    for name in [
+        "Host",
+        "Connection",
+        "Transfer-Encoding",
+        "Upgrade",
+        "TE",
+        "webhook-id",
+    ] {
+        let spec = one_sink(
+            "https://crm.example.com/api",
+            json!([{ "name": name, "value": "x" }]),
+        );
+        let errors =
+            compile_webhook("cms", "site", 1, &spec, &InMemorySecrets::new()).expect_err(name);
+        assert_eq!(
+            errors.0[0].field, "spec.sinks[0].http.headers[0].name",
+            "{name}"
+        );
+        assert_eq!(errors.0[0].reason, Reason::SinkInvalid, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_sink_at_the_receivers_own_admin_port_is_dead_lettered_without_a_call() {
+    let receiver = TestReceiver::start(Snapshot::new(
+        [(INSTANCE.to_owned(), vec![SECRET.to_owned()])].into(),
+        [],
+    ))
+    .await;
+    // Loopback is allowed for the test's sinks, but never the receiver's own ports.
+    let spec = one_sink(
+        &format!("http://{}/v1/deliveries/replay", receiver.admin),
+        json!([]),
+    );
+    let webhook = compile_webhook("cms", "site", 1, &spec, &InMemorySecrets::new()).unwrap();
+    receiver.source.publish(Snapshot::new(
+        [(INSTANCE.to_owned(), vec![SECRET.to_owned()])].into(),
+        [webhook],
+    ));
+    let http = client();
+    assert_eq!(
+        receiver.post(&http, &article_event(1)).await,
+        StatusCode::OK
+    );
+    let list_url = format!("{}/v1/deliveries?state=dead", receiver.admin_url());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let dead = loop {
+        let dead: Vec<serde_json::Value> = http
+            .get(&list_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = dead[0]["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("egress policy") && error.contains("the receiver's own port"),
+        "{dead:#?}"
+    );
+    receiver.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_a_json_body_and_no_origin() {
+    let receiver = TestReceiver::start(Snapshot::new(
+        [(INSTANCE.to_owned(), vec![SECRET.to_owned()])].into(),
+        [],
+    ))
+    .await;
+    let base = receiver.admin_url();
+    // No token at all: the tests' `client()` sends one.
+    let anonymous = strapi_webhook_operator::http::client_builder()
+        .build()
+        .unwrap();
+    let status = |response: reqwest::Response| response.status().as_u16();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = anonymous.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(status(response), 200, "{path} stays open");
+    }
+    for path in [
+        "/v1/deliveries",
+        "/v1/deliveries/0195d2a0-0000-7000-8000-000000000000",
+        "/v1/stats",
+        "/v1/instances/cms/strapi/handshake",
+    ] {
+        let response = anonymous.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(status(response), 401, "{path} without a token");
+        let response = anonymous
+            .get(format!("{base}{path}"))
+            .bearer_auth("test-admin-token-0123456780")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(response), 401, "{path} with a wrong token");
+    }
+    let response = anonymous
+        .post(format!("{base}/v1/deliveries/replay"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(response), 401, "replay without a token");
+
+    let admin = client();
+    let replay = format!("{base}/v1/deliveries/replay");
+    assert_eq!(
+        status(admin.post(&replay).send().await.unwrap()),
+        415,
+        "no body"
+    );
+    let form = admin
+        .post(&replay)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("webhook=cms/site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(form), 415, "a form post");
+    let from_a_page = admin
+        .post(&replay)
+        .header("origin", "http://attacker.example")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(from_a_page), 403, "a request from a web page");
+    let replayed = admin
+        .post(&replay)
+        .json(&json!({"sink": "crm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(replayed), 200);
+    let unknown = admin
+        .post(&replay)
+        .json(&json!({"sinks": "crm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status(unknown),
+        422,
+        "a misspelt selector is refused, not read as 'all'"
+    );
+
+    let too_many = admin
+        .get(format!("{base}/v1/deliveries?limit=4294967295"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(too_many), 400);
+    let listed = admin
+        .get(format!("{base}/v1/deliveries?limit=1000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(listed), 200);
+    receiver.shutdown().await;
 }

@@ -25,6 +25,7 @@ use crate::{
     api::{NamespacesFrom, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
     config::{self, Reason, ValidationError, ValidationErrors},
     config::{allows_namespace, instance_key, referenced_instance, secret_refs},
+    sinks::{EgressBase, EgressPolicy},
     strapi::ContentType,
 };
 
@@ -75,11 +76,12 @@ pub fn unknown_models(spec: &StrapiWebhookSpec, content_types: &[ContentType]) -
 
 /// The `RoutesValid` and `SinksResolved` conditions for a compile result (pure).
 pub fn validation_conditions(errors: Option<&ValidationErrors>) -> [Reported; 2] {
-    const SINK_REASONS: [Reason; 4] = [
+    const SINK_REASONS: [Reason; 5] = [
         Reason::SinkUnresolved,
         Reason::SecretMissing,
         Reason::SinkInvalid,
         Reason::DeliveryInvalid,
+        Reason::EgressRefused,
     ];
     let (sink_problems, route_problems): (Vec<&ValidationError>, Vec<&ValidationError>) = errors
         .map(|errors| {
@@ -156,6 +158,31 @@ pub fn registration_condition(webhook: &StrapiWebhook, instance: &StrapiInstance
     )
 }
 
+/// The sinks' URLs against the instance's `spec.egress` and the receiver's part of the policy,
+/// as the receiver will hold them, so a refused sink is reported before any event is sent.
+fn check_egress(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    spec: &StrapiWebhookSpec,
+    compiled: &mut config::CompiledWebhook,
+) -> Result<(), ValidationErrors> {
+    let rules = config::egress_rules(instance.spec.egress.as_ref()).map_err(|message| {
+        ValidationErrors(vec![ValidationError {
+            field: "spec.instanceRef".to_owned(),
+            reason: Reason::EgressRefused,
+            message: format!("StrapiInstance {}: {message}", instance_key(instance)),
+        }])
+    })?;
+    let policy = EgressPolicy {
+        base: EgressBase {
+            allow_loopback: ctx.options.allow_loopback_sinks,
+            ..EgressBase::default()
+        },
+        rules,
+    };
+    config::apply_egress(compiled, spec, &policy)
+}
+
 async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Action, Error> {
     let namespace = webhook
         .namespace()
@@ -179,7 +206,13 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         webhook.meta().generation.unwrap_or_default(),
         &webhook.spec,
         &fetched,
-    );
+    )
+    .and_then(|mut compiled| match &instance {
+        Some(instance) => {
+            check_egress(ctx, instance, &webhook.spec, &mut compiled).map(|()| compiled)
+        }
+        None => Ok(compiled),
+    });
     let mut reported = Vec::from(validation_conditions(compiled.as_ref().err()));
     if let Err(errors) = &compiled {
         ctx.events

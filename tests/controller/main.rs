@@ -57,6 +57,9 @@ impl World {
             secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
             secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
             verify_timeout: Duration::from_secs(10),
+            // The fixtures' sinks are loopback URLs, as the test receiver allows.
+            allow_loopback_sinks: true,
+            receiver_admin_token: Some(receiver_support::admin_token()),
         };
         let metrics = Metrics::register(&mut Registry::default());
         let ctx = Arc::new(Context::new(
@@ -620,4 +623,43 @@ async fn restart_on_change_rolls_the_strapi_deployment_once_per_change() {
         .filter(|request| request.method == http::Method::PATCH && request.path == deployment)
         .count();
     assert_eq!(patches, 1);
+}
+
+#[tokio::test]
+async fn a_sink_the_egress_policy_refuses_is_reported_before_any_event() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance_with(
+        strapi.base_url(),
+        json!({"egress": {"allowPrivateNetworks": true, "deniedHosts": ["*.internal"]}}),
+    );
+    let mut webhook = world.apply_webhook(ARTICLES, "metadata", NAMESPACE);
+    let mut sink = webhook.spec.sinks[0].clone();
+    webhook.spec.sinks[0].nextjs.as_mut().unwrap().url =
+        "http://[::ffff:169.254.169.254]/computeMetadata/v1/".into();
+    sink.name = "internal".into();
+    sink.nextjs.as_mut().unwrap().url = "http://metadata.google.internal/".into();
+    webhook.spec.sinks.push(sink);
+    world.api.put(
+        &world.webhook_path("metadata"),
+        serde_json::to_value(&webhook).unwrap(),
+    );
+
+    let status = world.reconcile_webhook(webhook).await;
+    let (sinks, reason, message) = condition_of(&status, "SinksResolved");
+    assert_eq!(
+        (sinks.as_str(), reason.as_str()),
+        ("False", "EgressRefused"),
+        "{status:#}"
+    );
+    assert!(
+        message.contains("spec.sinks[0].nextjs.url") && message.contains("169.254.169.254"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.sinks[1].nextjs.url") && message.contains("*.internal")
+            || message.contains("metadata.google.internal is denied"),
+        "{message}"
+    );
+    assert_eq!(condition_of(&status, "Ready").0, "False", "{status:#}");
 }
