@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::{CompiledWebhook, Reason, ValidationError, ValidationErrors};
 use crate::{
-    api::{SinkEgress, StrapiWebhookSpec},
+    api::{Sink, SinkEgress, StrapiWebhookSpec},
     sinks::{EgressPolicy, EgressRules},
 };
 
@@ -48,6 +48,23 @@ pub fn egress_rules(egress: Option<&SinkEgress>) -> Result<EgressRules, String> 
     })
 }
 
+/// The problem of sink `index` of a spec whose URL the policy refuses for `why`, on the field
+/// that holds the URL (for Slack, the Secret reference: the URL is a credential).
+pub fn egress_refused(index: usize, sink: &Sink, why: &str) -> ValidationError {
+    let field = if sink.nextjs.is_some() {
+        "nextjs.url"
+    } else if sink.slack.is_some() {
+        "slack.webhookUrlSecretRef"
+    } else {
+        "http.url"
+    };
+    ValidationError {
+        field: format!("spec.sinks[{index}].{field}"),
+        reason: Reason::EgressRefused,
+        message: format!("the egress policy refuses this sink: {why}"),
+    }
+}
+
 /// Holds every sink of `webhook` to `policy.rules` and checks each sink's URL against the whole
 /// policy. `spec` is the spec `webhook` was compiled from, for the field names.
 pub fn apply_egress(
@@ -61,19 +78,8 @@ pub fn apply_egress(
         let Some((config, _)) = webhook.sinks.get(&sink.name) else {
             continue;
         };
-        let field = if sink.nextjs.is_some() {
-            "nextjs.url"
-        } else if sink.slack.is_some() {
-            "slack.webhookUrlSecretRef"
-        } else {
-            "http.url"
-        };
         if let Err(why) = policy.check_url(config.url()) {
-            errors.push(ValidationError {
-                field: format!("spec.sinks[{index}].{field}"),
-                reason: Reason::EgressRefused,
-                message: format!("the egress policy refuses this sink: {why}"),
-            });
+            errors.push(egress_refused(index, sink, &why));
         }
     }
     if errors.is_empty() {

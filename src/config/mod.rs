@@ -9,7 +9,7 @@ mod references;
 mod secrets;
 mod webhook;
 
-pub use egress::{apply_egress, egress_rules};
+pub use egress::{apply_egress, egress_refused, egress_rules};
 pub use references::{
     allows_namespace, instance_key, referenced_instance, secret_refs, subscribed_events,
 };

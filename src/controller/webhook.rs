@@ -159,8 +159,10 @@ pub fn registration_condition(webhook: &StrapiWebhook, instance: &StrapiInstance
 }
 
 /// The sinks' URLs against the instance's `spec.egress` and the receiver's part of the policy,
-/// as the receiver will hold them, so a refused sink is reported before any event is sent.
-fn check_egress(
+/// as the receiver will hold them, so a refused sink is reported before any event is sent: the
+/// URL itself, then the addresses its host name resolves to (the receiver checks them again on
+/// every connection; a name that does not resolve yet is not an egress problem).
+async fn check_egress(
     ctx: &Context,
     instance: &StrapiInstance,
     spec: &StrapiWebhookSpec,
@@ -180,7 +182,47 @@ fn check_egress(
         },
         rules,
     };
-    config::apply_egress(compiled, spec, &policy)
+    config::apply_egress(compiled, spec, &policy)?;
+    let mut refused = Vec::new();
+    for (index, sink) in spec.sinks.iter().enumerate() {
+        let Some((config, _)) = compiled.sink(&sink.name) else {
+            continue;
+        };
+        if let Some(why) = resolves_only_to_refused(config.url(), &policy).await {
+            refused.push(config::egress_refused(index, sink, &why));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(refused))
+    }
+}
+
+// A lookup that hangs must not hold the reconcile up.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why `url`'s host name resolves only to addresses the policy refuses; `None` when one is
+/// allowed, the host is an IP literal (already checked), or the name does not resolve.
+async fn resolves_only_to_refused(url: &url::Url, policy: &EgressPolicy) -> Option<String> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return None;
+    };
+    let port = url.port_or_known_default().unwrap_or(0);
+    let lookup = tokio::net::lookup_host((host, port));
+    let addresses: Vec<_> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+        .await
+        .ok()?
+        .ok()?
+        .collect();
+    let mut last = None;
+    for address in addresses {
+        match policy.check_address(address) {
+            Ok(()) => return None,
+            Err(why) => last = Some(why),
+        }
+    }
+    last.map(|why| format!("{host} resolves only to refused addresses: {why}"))
 }
 
 async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Action, Error> {
@@ -206,13 +248,15 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         webhook.meta().generation.unwrap_or_default(),
         &webhook.spec,
         &fetched,
-    )
-    .and_then(|mut compiled| match &instance {
-        Some(instance) => {
-            check_egress(ctx, instance, &webhook.spec, &mut compiled).map(|()| compiled)
+    );
+    let compiled = match (compiled, &instance) {
+        (Ok(mut compiled), Some(instance)) => {
+            check_egress(ctx, instance, &webhook.spec, &mut compiled)
+                .await
+                .map(|()| compiled)
         }
-        None => Ok(compiled),
-    });
+        (compiled, _) => compiled,
+    };
     let mut reported = Vec::from(validation_conditions(compiled.as_ref().err()));
     if let Err(errors) = &compiled {
         ctx.events
@@ -356,6 +400,32 @@ mod tests {
 
     fn webhook(yaml: &str) -> StrapiWebhook {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_refused_when_every_address_it_resolves_to_is() {
+        let url = url::Url::parse("http://localhost:3000/api/revalidate").unwrap();
+        let why = resolves_only_to_refused(&url, &EgressPolicy::default())
+            .await
+            .expect("localhost resolves to loopback only");
+        assert!(
+            why.starts_with("localhost resolves only to refused addresses"),
+            "{why}"
+        );
+        let local = EgressPolicy {
+            base: EgressBase {
+                allow_loopback: true,
+                ..EgressBase::default()
+            },
+            ..EgressPolicy::default()
+        };
+        assert_eq!(resolves_only_to_refused(&url, &local).await, None);
+        let unknown = url::Url::parse("http://no-such-host.invalid/").unwrap();
+        assert_eq!(
+            resolves_only_to_refused(&unknown, &EgressPolicy::default()).await,
+            None,
+            "a name that does not resolve is not refused here"
+        );
     }
 
     fn content_type(uid: &str, singular: &str) -> ContentType {
