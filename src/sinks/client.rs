@@ -56,7 +56,8 @@ impl SinkClient {
     }
 
     // Redirects are not followed: a redirected POST loses its body, and a redirect would be a
-    // connection the URL check never saw.
+    // connection the URL check never saw. No proxy from HTTP(S)_PROXY either: through a proxy,
+    // the address connected to is the proxy's and the policy could not see the sink's.
     fn http(&self, rules: &EgressRules) -> Result<reqwest::Client, SinkClientError> {
         let mut clients = self
             .clients
@@ -68,6 +69,7 @@ impl SinkClient {
         let policy = Arc::new(self.policy(rules));
         let client = crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .dns_resolver(Arc::new(PolicyResolver { policy }))
             .build()
             .map_err(SinkClientError::Build)?;
