@@ -8,6 +8,7 @@ mod support;
 mod receiver;
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     process::Command,
     sync::{Arc, Mutex},
@@ -20,7 +21,10 @@ use serde_json::json;
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{InMemorySecrets, Reason, apply_egress, compile_webhook, egress_rules},
-    receiver::source::Snapshot,
+    receiver::{
+        ReceiverSettings, ReceiverState, admin,
+        source::{Snapshot, StaticSource},
+    },
     sinks::{EgressBase, EgressPolicy},
 };
 use support::CaptureServer;
@@ -500,4 +504,29 @@ async fn the_admin_api_needs_the_token_a_json_body_and_no_origin() {
         .unwrap();
     assert_eq!(status(listed), 200);
     receiver.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_configured_token_the_admin_api_is_off_and_probes_stay_open() {
+    use tower::ServiceExt;
+    let store = receiver::TestStore::start();
+    let source = StaticSource::new(Snapshot::new(BTreeMap::new(), []));
+    let state = ReceiverState::new(store.open().await, &source, ReceiverSettings::default())
+        .expect("a receiver");
+    let call = |path: &str| {
+        let request = axum::http::Request::get(path)
+            .header("authorization", "Bearer anything-at-all-0123456789")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        admin::app(Arc::clone(&state)).oneshot(request)
+    };
+    assert_eq!(call("/healthz").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(call("/metrics").await.unwrap().status(), StatusCode::OK);
+    for path in ["/v1/deliveries", "/v1/stats"] {
+        assert_eq!(
+            call(path).await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}"
+        );
+    }
 }
