@@ -380,6 +380,8 @@ impl Receiver {
             .arg(format!("--ingest-addr=127.0.0.1:{ingest}"))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
             .arg(format!("--config-source=file:{}", manifest_path.display()))
+            // The sinks are loopback servers in this process.
+            .arg("--allow-loopback-sinks")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

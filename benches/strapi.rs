@@ -46,6 +46,7 @@ use strapi_webhook_operator::{
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
     controller::{self, Context, Metrics, Options, ReceiverCallLabels},
     event::SECRET_HEADER,
+    http::AdminToken,
     queue::sqlite::SqliteQueue,
     receiver::{
         self, ReceiverSettings, ReceiverState,
@@ -255,6 +256,7 @@ struct InProcessReceiver {
     source: StaticSource,
     ingest_url: String,
     admin_url: String,
+    admin_token: AdminToken,
     _dir: tempfile::TempDir,
 }
 
@@ -264,7 +266,12 @@ impl InProcessReceiver {
         let queue = SqliteQueue::open(&dir.path().join("queue.db"))
             .map_err(|error| BenchError::step("opening the receiver's queue", error))?;
         let source = StaticSource::new(Snapshot::new(BTreeMap::new(), []));
-        let state = ReceiverState::new(Arc::new(queue), &source, ReceiverSettings::default())
+        let admin_token = AdminToken::generate();
+        let settings = ReceiverSettings {
+            admin_token: Some(admin_token.clone()),
+            ..ReceiverSettings::default()
+        };
+        let state = ReceiverState::new(Arc::new(queue), &source, settings)
             .map_err(|error| BenchError::step("starting the receiver", error))?;
         let bind = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -290,6 +297,7 @@ impl InProcessReceiver {
             source,
             ingest_url,
             admin_url,
+            admin_token,
             _dir: dir,
         })
     }
@@ -412,6 +420,8 @@ async fn scale(
         secret_header: SECRET_HEADER.into(),
         secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
         verify_timeout: Duration::from_secs(10),
+        allow_loopback_sinks: true,
+        receiver_admin_token: Some(receiver.admin_token.clone()),
     };
     let metrics = Metrics::register(&mut Registry::default());
     let ctx = Arc::new(Context::new(

@@ -273,8 +273,12 @@ async fn summary(admin_url: &str) -> Result<(), Box<dyn std::error::Error>> {
     // client refuses to build until one is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
+    // Local mode keeps the admin API token in <data-dir>/admin-token; demo.sh names the file.
+    let token_file = std::env::var("RECEIVER_ADMIN_TOKEN_FILE")?;
+    let token = std::fs::read_to_string(&token_file)?;
     let stats: Stats = http
         .get(format!("{base}/v1/stats"))
+        .bearer_auth(token.trim())
         .send()
         .await?
         .error_for_status()?

@@ -115,6 +115,8 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 grep -q "registration in Strapi verified" "$work/local.log" || fail "Strapi's webhook was not verified within 60s"
+# The admin API needs the token local mode generated; `deliveries` and the summary read it here.
+export RECEIVER_ADMIN_TOKEN_FILE="$work/data/admin-token"
 echo "    Strapi holds one catch-all webhook to http://127.0.0.1:$ingest_port/v1/instances/web/cms;"
 echo "    its test call reached the receiver with the shared secret."
 

@@ -34,7 +34,10 @@ YAML
 
 {
   echo "$header"
-  .tools/bin/helm template "$release" "$chart" --namespace "$namespace" --kube-version 1.33.0
+  # A rendered token would be the same, public, value in every cluster: the plain manifests
+  # name a Secret the installer creates (docs/install.md).
+  .tools/bin/helm template "$release" "$chart" --namespace "$namespace" --kube-version 1.33.0 \
+    --set adminToken.existingSecret=$release-admin-token
 } > "$out/$release.yaml"
 
 # The alert rules as a plain Prometheus rule file (`rule_files:`), for clusters without the

@@ -79,6 +79,9 @@ struct ControllerArgs {
     /// the webhook is Ready (needs list/watch on EndpointSlices in that namespace).
     #[arg(long, env = "RECEIVER_REPLICAS")]
     receiver_replicas: Option<crate::controller::ServiceRef>,
+    /// The receiver's admin API token (the chart mounts it from a Secret).
+    #[command(flatten)]
+    admin_token: AdminTokenArgs,
     /// Address for `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
@@ -100,6 +103,9 @@ struct ControllerArgs {
     /// How long to wait for the receiver to see Strapi's trigger.
     #[arg(long, env = "VERIFY_TIMEOUT", default_value = "10s")]
     verify_timeout: kube::core::Duration,
+    /// Accept loopback sinks, as a receiver started with `--allow-loopback-sinks` does.
+    #[arg(long, env = "ALLOW_LOOPBACK_SINKS")]
+    allow_loopback_sinks: bool,
 }
 
 async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
@@ -109,9 +115,11 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
         receiver_url: args.receiver_url,
         receiver_admin_url: args.receiver_admin_url,
         receiver_replicas: args.receiver_replicas,
+        receiver_admin_token: args.admin_token.token()?,
         secret_header: crate::event::SECRET_HEADER.to_owned(),
         secret_grace: std::time::Duration::from(args.secret_grace).try_into()?,
         verify_timeout: args.verify_timeout.into(),
+        allow_loopback_sinks: args.allow_loopback_sinks,
     };
     let election = args.leader_elect.then_some(LeaderElection {
         namespace: args.lease_namespace,
@@ -160,6 +168,54 @@ struct ReceiverArgs {
     /// until replayed).
     #[arg(long, env = "RETENTION", default_value = "24h")]
     retention: kube::core::Duration,
+    /// Let sinks call loopback addresses (never the receiver's own ports). For development and
+    /// tests where sinks run on the same machine; off in a cluster.
+    #[arg(long, env = "ALLOW_LOOPBACK_SINKS")]
+    allow_loopback_sinks: bool,
+    /// The receiver's pod IP (the chart sets it from the downward API); sinks may not call it.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
+    /// The admin API's bearer token; without one the delivery API is off.
+    #[command(flatten)]
+    admin_token: AdminTokenArgs,
+}
+
+/// Where the receiver's admin API token comes from.
+#[derive(Args, Debug)]
+struct AdminTokenArgs {
+    /// The token itself.
+    #[arg(
+        long,
+        env = "RECEIVER_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+    /// A file holding the token, e.g. a mounted Secret or local mode's `<data-dir>/admin-token`.
+    #[arg(
+        long,
+        env = "RECEIVER_ADMIN_TOKEN_FILE",
+        global = true,
+        conflicts_with = "admin_token"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminTokenArgs {
+    fn token(&self) -> Result<Option<crate::http::AdminToken>, Box<dyn Error>> {
+        use crate::http::AdminToken;
+        if let Some(text) = &self.admin_token {
+            return Ok(Some(AdminToken::new(text)?));
+        }
+        match &self.admin_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| format!("reading {}: {error}", path.display()))?;
+                Ok(Some(AdminToken::new(&text)?))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
@@ -178,6 +234,12 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
                 retention: args.retention.into(),
                 ..EngineSettings::default()
             },
+            egress: crate::sinks::EgressBase {
+                allow_loopback: args.allow_loopback_sinks,
+                own_ports: Vec::new(),
+                own_addresses: args.pod_ip.into_iter().collect(),
+            },
+            admin_token: args.admin_token.token()?,
         },
     };
     receiver::run(options).await?;
@@ -195,6 +257,9 @@ struct DeliveriesArgs {
         default_value = "http://127.0.0.1:9091"
     )]
     admin_url: String,
+    /// The admin API token (local mode keeps it in `<data-dir>/admin-token`).
+    #[command(flatten)]
+    admin_token: AdminTokenArgs,
     #[command(subcommand)]
     command: DeliveriesCommand,
 }
@@ -254,7 +319,11 @@ fn parse_state(name: &str) -> Result<crate::queue::DeliveryState, String> {
 
 async fn run_deliveries(args: DeliveriesArgs) -> Result<(), Box<dyn Error>> {
     use crate::receiver::deliveries::{AdminClient, ListQuery, table};
-    let client = AdminClient::new(&args.admin_url)?;
+    let token = args.admin_token.token()?.ok_or(
+        "the admin API needs a token: set RECEIVER_ADMIN_TOKEN or RECEIVER_ADMIN_TOKEN_FILE \
+         (local mode keeps it in <data-dir>/admin-token)",
+    )?;
+    let client = AdminClient::new(&args.admin_url, &token)?;
     match args.command {
         DeliveriesCommand::List {
             dead,
@@ -334,6 +403,9 @@ struct LocalArgs {
     /// How long to wait for the receiver to record Strapi's test call.
     #[arg(long, env = "VERIFY_TIMEOUT", default_value = "10s")]
     verify_timeout: kube::core::Duration,
+    /// The admin API token [default: generated once into <data-dir>/admin-token].
+    #[command(flatten)]
+    admin_token: AdminTokenArgs,
 }
 
 async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
@@ -345,7 +417,10 @@ async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
         receiver_url: args.receiver_url,
         cleanup: args.cleanup,
         verify_timeout: args.verify_timeout.into(),
-        settings: crate::receiver::ReceiverSettings::default(),
+        settings: crate::receiver::ReceiverSettings {
+            admin_token: args.admin_token.token()?,
+            ..crate::receiver::ReceiverSettings::default()
+        },
     };
     let env = std::env::vars().collect();
     crate::local::run(options, env, crate::receiver::shutdown_signal()).await?;

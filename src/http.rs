@@ -12,3 +12,156 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         env!("CARGO_PKG_VERSION")
     ))
 }
+
+/// The one way an error that may hold a URL becomes text: reqwest's URL is dropped and the
+/// causes are joined (reqwest's own message is just "error sending request"), then any URL
+/// left in the text is cut to its scheme and host. Sink URLs are credentials (a Slack webhook's
+/// path, `?token=` query strings, `user:password@`), and this text ends up in logs, the queue
+/// and `StrapiWebhook.status`.
+pub fn describe_error(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    redact_urls(&text)
+}
+
+/// `text` with every `scheme://…` URL in it cut to `scheme://host[:port]`: no userinfo, path,
+/// query or fragment, any of which may carry a secret.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let after = &rest[at + 3..];
+        // A URL ends at white space or a quote; anything else, even `)`, may belong to it.
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(after.len());
+        let url = &after[..end];
+        let authority = &url[..url.find(['/', '?', '#']).unwrap_or(url.len())];
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        out.push_str(&rest[..at + 3]);
+        out.push_str(host);
+        if host.len() < url.len() {
+            out.push_str("/…");
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The bearer token of the receiver's admin API, shared by the receiver, the controller and
+/// the `deliveries` command. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+/// An admin token that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    /// Empty, or not printable ASCII (it travels in a header).
+    #[error("the admin token must be 16 to 512 printable ASCII characters without spaces")]
+    Invalid,
+    /// The token file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl AdminToken {
+    /// A token from its text, surrounding white space (a trailing newline in a file or Secret)
+    /// removed.
+    pub fn new(text: &str) -> Result<Self, AdminTokenError> {
+        let text = text.trim();
+        if (16..=512).contains(&text.len()) && text.bytes().all(|byte| byte.is_ascii_graphic()) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(AdminTokenError::Invalid)
+        }
+    }
+
+    /// A new random token: 32 bytes, hex-encoded.
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Self(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+    }
+
+    /// Reads the token kept in `path`, or creates the file (readable only by its owner) with a
+    /// new one.
+    pub fn load_or_create(path: &std::path::Path) -> Result<Self, AdminTokenError> {
+        let failed = |source| AdminTokenError::File {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::new(&text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                use std::{io::Write, os::unix::fs::OpenOptionsExt};
+                let token = Self::generate();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .and_then(|mut file| file.write_all(token.0.as_bytes()))
+                    .map_err(failed)?;
+                Ok(token)
+            }
+            Err(error) => Err(failed(error)),
+        }
+    }
+
+    /// Whether `given` is this token, compared in constant time.
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(given.as_bytes()))
+    }
+
+    /// `Authorization: Bearer <token>`, marked sensitive so it never shows in `Debug` output.
+    pub fn authorization(&self) -> reqwest::header::HeaderMap {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0))
+            .expect("checked to be printable ASCII");
+        value.set_sensitive(true);
+        reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)])
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn urls_keep_only_scheme_and_host() {
+        assert_eq!(
+            redact_urls(
+                "error sending request for url (https://hooks.slack.com/services/T0/B0/XYZ)"
+            ),
+            "error sending request for url (https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redact_urls("GET http://user:pa55@api.example.com:8443/x?token=abc#f failed"),
+            "GET http://api.example.com:8443/… failed"
+        );
+        assert_eq!(
+            redact_urls("see \"http://h/?token=t\" and https://other"),
+            "see \"http://h/…\" and https://other"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+    }
+}

@@ -40,9 +40,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+// Both processes share the admin token, as the chart's Secret gives it to both; the sink is a
+// loopback server, which both must accept.
 fn operator(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
         .args(args)
+        .arg("--allow-loopback-sinks")
+        .env("RECEIVER_ADMIN_TOKEN", "e2e-admin-token-0123456789")
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -290,6 +290,37 @@ async fn local_mode_registers_delivers_reloads_and_keeps_the_last_good_config() 
     let delivered = publish_and_expect(&client, &sink, "v1").await;
     assert_eq!(delivered.header("authorization"), Some("Bearer sink-token"));
 
+    // `deliveries` lists it with the admin token local mode generated, and nothing without it.
+    let running = local.wait_for_line(0, "local mode running").await;
+    let running: serde_json::Value = serde_json::from_str(&running).unwrap();
+    let admin = format!("http://{}", running["fields"]["admin"].as_str().unwrap());
+    let token_file = dir.path().join("data/admin-token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only the owner may read the token");
+    let deliveries = |token_file: Option<&Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"));
+        command.args(["deliveries", "--admin-url", &admin, "list", "--json"]);
+        command.env_remove("RECEIVER_ADMIN_TOKEN");
+        match token_file {
+            Some(file) => command.env("RECEIVER_ADMIN_TOKEN_FILE", file),
+            None => command.env_remove("RECEIVER_ADMIN_TOKEN_FILE"),
+        };
+        command.output().unwrap()
+    };
+    let listed = deliveries(Some(&token_file));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(!listed.is_empty());
+    assert!(
+        !deliveries(None).status.success(),
+        "no token, no deliveries"
+    );
+
     // An edit takes effect without a restart: the payload changes, and so does the
     // registration's union of events.
     let logged = local.logged();

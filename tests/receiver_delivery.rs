@@ -115,6 +115,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     sink.answer(Answer::Status(200));
     let cli = env!("CARGO_BIN_EXE_strapi-webhook-operator");
     let listed = Command::new(cli)
+        .env("RECEIVER_ADMIN_TOKEN", support::ADMIN_TOKEN)
         .args([
             "deliveries",
             "--admin-url",
@@ -138,6 +139,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     assert!(table.contains(&dead[0].id), "{table}");
 
     let replayed = Command::new(cli)
+        .env("RECEIVER_ADMIN_TOKEN", support::ADMIN_TOKEN)
         .args([
             "deliveries",
             "--admin-url",
@@ -172,6 +174,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     );
 
     let refused = Command::new(cli)
+        .env("RECEIVER_ADMIN_TOKEN", support::ADMIN_TOKEN)
         .args([
             "deliveries",
             "--admin-url",

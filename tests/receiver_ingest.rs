@@ -41,6 +41,7 @@ impl Harness {
         let source = StaticSource::new(snapshot(&spec));
         let settings = ReceiverSettings {
             max_body_bytes,
+            admin_token: Some(support::admin_token()),
             ..ReceiverSettings::default()
         };
         Self {
@@ -66,7 +67,10 @@ impl Harness {
     }
 
     async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
-        let request = Request::get(path).body(Body::empty()).unwrap();
+        let request = Request::get(path)
+            .header("authorization", format!("Bearer {}", support::ADMIN_TOKEN))
+            .body(Body::empty())
+            .unwrap();
         self.call(admin::app(Arc::clone(&self.state)), request)
             .await
     }

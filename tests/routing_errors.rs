@@ -7,7 +7,8 @@ use strapi_webhook_operator::{
     config::{CompiledWebhook, InMemorySecrets, Reason, ValidationErrors, compile_webhook},
     event::EventBody,
     routing::{
-        CompiledRoute, FilterError, Payload, PayloadTemplate, RenderError, RouteConfig, RouteMatch,
+        CompiledRoute, FilterError, PathTemplate, Payload, PayloadTemplate, RenderError,
+        RouteConfig, RouteMatch,
     },
 };
 
@@ -408,10 +409,11 @@ fn render_failures_say_which_template_and_why() {
         })
     );
 
+    // Values print as JSON, so quoting them again makes the body invalid.
     let not_json = route(
         None,
         PayloadTemplate::Http {
-            body: Some(r#"{"name": {{ entry.name }}}"#.to_owned()),
+            body: Some(r#"{"name": "{{ entry.name }}"}"#.to_owned()),
         },
     );
     assert!(matches!(
@@ -478,4 +480,108 @@ fn a_revalidation_with_nothing_left_is_an_error_with_every_reason() {
             .any(|reason| reason.contains("empty segment")),
         "{skipped:?}"
     );
+}
+
+#[test]
+fn entry_data_cannot_escape_a_json_body() {
+    let name = r#"Bob", "admin": true, "x": ""#;
+    let (lead, raw) =
+        event(json!({"event": "entry.create", "model": "lead", "entry": {"name": name}}));
+    let body = |template: &str| {
+        route(
+            None,
+            PayloadTemplate::Http {
+                body: Some(template.to_owned()),
+            },
+        )
+        .render(&lead, &raw)
+    };
+    // Printed values are JSON: the name stays one string.
+    let Ok(Payload::Http { body: sent }) = body(r#"{"name": {{ entry.name }}, "role": "user"}"#)
+    else {
+        panic!("the body renders")
+    };
+    let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(sent, json!({"name": name, "role": "user"}));
+    // Quoting a printed value (the habit from unescaped templates) is refused, never sent.
+    assert!(matches!(
+        body(r#"{"name": "{{ entry.name }}", "role": "user"}"#),
+        Err(RenderError::NotJson { .. })
+    ));
+}
+
+#[test]
+fn entry_data_cannot_mention_or_link_in_slack_text() {
+    let (comment, raw) = event(json!({"event": "entry.create", "model": "comment",
+        "entry": {"author": "<!channel> & <https://evil.example|your bank>"}}));
+    let slack = route(
+        None,
+        PayloadTemplate::Slack {
+            text: "<https://cms.example/admin|New comment> from {{ entry.author }}".to_owned(),
+            blocks: Some(
+                r#"[{"type": "section", "text": {"type": "mrkdwn", "text": {{ entry.author | slack_escape }}}}]"#
+                    .to_owned(),
+            ),
+        },
+    );
+    let Ok(Payload::Slack { text, blocks }) = slack.render(&comment, &raw) else {
+        panic!("the message renders")
+    };
+    assert_eq!(
+        text,
+        "<https://cms.example/admin|New comment> from &lt;!channel&gt; &amp; \
+         &lt;https://evil.example|your bank&gt;"
+    );
+    assert_eq!(
+        blocks.unwrap()[0]["text"]["text"],
+        "&lt;!channel&gt; &amp; &lt;https://evil.example|your bank&gt;"
+    );
+}
+
+#[test]
+fn rendered_paths_cannot_leave_their_segment() {
+    for slug in [
+        "../../admin",
+        "..",
+        "%2E%2E",
+        "x?preview=1",
+        "x#top",
+        "x\\..\\admin",
+    ] {
+        let (article, raw) = event(json!({"event": "entry.publish", "model": "article",
+            "entry": {"slug": slug}}));
+        let revalidate = route(
+            None,
+            PayloadTemplate::Revalidate {
+                tags: Vec::new(),
+                paths: vec![PathTemplate {
+                    path: "/articles/{{ entry.slug }}".to_owned(),
+                    kind: None,
+                }],
+            },
+        );
+        match revalidate.render(&article, &raw) {
+            Err(RenderError::NothingToRevalidate { skipped }) => assert!(
+                skipped[0].starts_with("nextjs.paths[0].path: rendered"),
+                "{slug}: {skipped:?}"
+            ),
+            other => panic!("{slug}: {other:?}"),
+        }
+    }
+    let (article, raw) = event(json!({"event": "entry.publish", "model": "article",
+        "entry": {"slug": "https://evil.example/x"}}));
+    let absolute = route(
+        None,
+        PayloadTemplate::Revalidate {
+            tags: Vec::new(),
+            paths: vec![PathTemplate {
+                path: "{{ entry.slug }}".to_owned(),
+                kind: None,
+            }],
+        },
+    );
+    assert!(matches!(
+        absolute.render(&article, &raw),
+        Err(RenderError::NothingToRevalidate { .. })
+    ));
 }

@@ -56,6 +56,13 @@ pub struct StrapiInstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_on_change: Option<RestartTarget>,
 
+    /// Where the sinks of this instance's `StrapiWebhook`s may connect. Loopback, link-local
+    /// (including cloud metadata addresses), unspecified addresses and the receiver itself are
+    /// always refused; private ranges are refused unless allowed here. Checked on the address
+    /// the receiver actually connects to, after DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<SinkEgress>,
+
     /// How often the operator compares the registration in Strapi with the desired one and
     /// repairs drift (Strapi has no watch API). Go duration format, e.g. `5m`.
     #[serde(default = "default_resync_interval")]
@@ -137,6 +144,40 @@ pub enum NamespacesFrom {
     All,
     /// Namespaces that match the selector.
     Selector,
+}
+
+/// Where sinks may connect; see `StrapiInstance.spec.egress`. Whoever may edit the instance
+/// decides this for every `StrapiWebhook` that uses it, so keep the instance in the hands of
+/// cluster admins.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkEgress {
+    /// Allow private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10,
+    /// fc00::/7), where in-cluster Services live. Off by default.
+    #[serde(default)]
+    pub allow_private_networks: bool,
+    /// Ranges allowed even though they are private, e.g. a Service CIDR: a narrower way to reach
+    /// in-cluster sinks than `allowPrivateNetworks`.
+    #[serde(
+        default,
+        rename = "allowedCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    pub allowed_cidrs: Vec<String>,
+    /// Ranges refused even when otherwise allowed.
+    #[serde(default, rename = "deniedCIDRs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    pub denied_cidrs: Vec<String>,
+    /// When set, sinks may only use these hosts: exact names, or `*.example.com` for any
+    /// subdomain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub allowed_hosts: Vec<String>,
+    /// Hosts sinks may not use, in the same forms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub denied_hosts: Vec<String>,
 }
 
 /// A Deployment in the instance's namespace to roll when the registration changes.

@@ -6,12 +6,33 @@ use crate::{
     api::{self, HttpHeader, StrapiWebhookSpec},
     routing::{CompiledRoute, PathKind, PathTemplate, PayloadTemplate, RouteConfig, RouteMatch},
     sinks::{
-        DeliveryPolicy, HeaderName, HeaderValue, HttpSink, Method, NextjsMode, NextjsSink,
-        SigningKey, SinkConfig, SinkKind, SlackSink, Url,
+        DeliveryPolicy, EgressRules, HeaderName, HeaderValue, HttpSink, Method, NextjsMode,
+        NextjsSink, SigningKey, SinkConfig, SinkKind, SlackSink, Url,
     },
 };
 
 use super::SecretResolver;
+
+/// Headers a sink may not set (lower case, as `HeaderName` keeps them): `Host`, the hop-by-hop
+/// headers of RFC 9110 section 7.6.1, the framing headers, and the Standard Webhooks headers the
+/// receiver sets on every request.
+const RESERVED_HEADERS: [&str; 15] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
 
 /// A `StrapiWebhook` ready for the receiver: routes compiled, sinks resolved.
 #[derive(Debug)]
@@ -45,6 +66,14 @@ impl CompiledWebhook {
     pub fn sink(&self, name: &str) -> Option<&(SinkConfig, DeliveryPolicy)> {
         self.sinks.get(name)
     }
+
+    /// Holds every sink to its instance's egress rules (see [`super::apply_egress`], which also
+    /// checks the URLs); the receiver's sink client enforces them on every connection.
+    pub fn hold_to(&mut self, rules: &EgressRules) {
+        for (_, policy) in self.sinks.values_mut() {
+            policy.egress = rules.clone();
+        }
+    }
 }
 
 /// The kind of a validation problem, bounded so it can be a condition reason or a metric label.
@@ -64,6 +93,8 @@ pub enum Reason {
     DuplicateName,
     /// A warning: a templated literal path carries a `type`, so Next.js revalidates nothing.
     PathTypeIgnored,
+    /// A sink's URL is one the instance's egress policy refuses.
+    EgressRefused,
 }
 
 impl Reason {
@@ -77,6 +108,7 @@ impl Reason {
             Reason::DeliveryInvalid => "DeliveryInvalid",
             Reason::DuplicateName => "DuplicateName",
             Reason::PathTypeIgnored => "PathTypeIgnored",
+            Reason::EgressRefused => "EgressRefused",
         }
     }
 }
@@ -298,17 +330,10 @@ impl Problems<'_> {
 
     fn nextjs(&mut self, field: &str, nextjs: &api::NextjsSink) -> Option<SinkConfig> {
         let url = self.url(format!("{field}.nextjs.url"), &nextjs.url);
-        let header = match HeaderName::from_bytes(nextjs.secret_header.as_bytes()) {
-            Ok(header) => Some(header),
-            Err(_) => {
-                self.push(
-                    format!("{field}.nextjs.secretHeader"),
-                    Reason::SinkInvalid,
-                    "not a valid header name".to_owned(),
-                );
-                None
-            }
-        };
+        let header = self.header_name(
+            format!("{field}.nextjs.secretHeader"),
+            &nextjs.secret_header,
+        );
         let secret = match &nextjs.secret_ref {
             Some(reference) => {
                 let field = format!("{field}.nextjs.secretRef");
@@ -406,14 +431,7 @@ impl Problems<'_> {
         field: &str,
         header: &HttpHeader,
     ) -> Option<(HeaderName, HeaderValue)> {
-        let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
-            self.push(
-                format!("{field}.name"),
-                Reason::SinkInvalid,
-                "not a valid header name".to_owned(),
-            );
-            return None;
-        };
+        let name = self.header_name(format!("{field}.name"), &header.name)?;
         match (&header.value, &header.value_from) {
             (Some(value), None) => {
                 let value = self.header_value(format!("{field}.value"), value)?;
@@ -441,6 +459,31 @@ impl Problems<'_> {
                 None
             }
         }
+    }
+
+    /// A header name a sink may set: not `Host` (which would send the request to another
+    /// virtual host than the URL names), not a hop-by-hop or framing header, and not one the
+    /// receiver sets itself.
+    fn header_name(&mut self, field: String, name: &str) -> Option<HeaderName> {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            self.push(
+                field,
+                Reason::SinkInvalid,
+                "not a valid header name".to_owned(),
+            );
+            return None;
+        };
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            self.push(
+                field,
+                Reason::SinkInvalid,
+                format!(
+                    "{name} is set by the receiver or the connection and cannot be set by a sink"
+                ),
+            );
+            return None;
+        }
+        Some(name)
     }
 
     /// A header value read from a Secret, marked sensitive so `Debug` output never shows it.

@@ -75,12 +75,17 @@ pub struct Options {
     /// The receiver's admin Service: with it, every ready endpoint of its EndpointSlices is a
     /// replica that must route a webhook's generation before the webhook is `Routed`.
     pub receiver_replicas: Option<ServiceRef>,
+    /// The bearer token of the receiver's admin API.
+    pub receiver_admin_token: Option<crate::http::AdminToken>,
     /// Header that carries the shared secret to the receiver.
     pub secret_header: String,
     /// How long the previous shared secret stays valid after a rotation.
     pub secret_grace: SignedDuration,
     /// How long to wait for the receiver to see Strapi's trigger.
     pub verify_timeout: Duration,
+    /// Whether the receiver lets sinks call loopback addresses (its `--allow-loopback-sinks`),
+    /// so validation refuses the same sinks the receiver will.
+    pub allow_loopback_sinks: bool,
 }
 
 /// What every reconcile shares.
@@ -123,7 +128,10 @@ impl Context {
     ) -> Self {
         Context {
             events: Publisher::new(client.clone(), std::env::var("POD_NAME").ok()),
-            receiver: ReceiverAdmin::new(&options.receiver_admin_url),
+            receiver: ReceiverAdmin::new(
+                &options.receiver_admin_url,
+                options.receiver_admin_token.as_ref(),
+            ),
             receiver_replicas: options
                 .receiver_replicas
                 .clone()

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::api::SinkStatus;
+use crate::{api::SinkStatus, http::AdminToken};
 
 /// Why the receiver's admin API could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +82,11 @@ pub struct ReceiverAdmin {
 }
 
 impl ReceiverAdmin {
-    /// A client for the admin API at `base`, e.g. `http://receiver:9091`.
-    pub fn new(base: &str) -> Self {
+    /// A client for the admin API at `base`, e.g. `http://receiver:9091`, authenticated with
+    /// `token` (the receiver refuses the API without one).
+    pub fn new(base: &str, token: Option<&AdminToken>) -> Self {
         let http = crate::http::client_builder()
+            .default_headers(token.map(AdminToken::authorization).unwrap_or_default())
             .timeout(Duration::from_secs(5))
             .build()
             .expect("the HTTP client builds once the crypto provider is installed");

@@ -25,6 +25,7 @@ use crate::{
     api::{NamespacesFrom, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
     config::{self, Reason, ValidationError, ValidationErrors},
     config::{allows_namespace, instance_key, referenced_instance, secret_refs},
+    sinks::{EgressBase, EgressPolicy},
     strapi::ContentType,
 };
 
@@ -79,11 +80,12 @@ pub fn validation_conditions(
     errors: Option<&ValidationErrors>,
     warnings: &[ValidationError],
 ) -> [Reported; 2] {
-    const SINK_REASONS: [Reason; 4] = [
+    const SINK_REASONS: [Reason; 5] = [
         Reason::SinkUnresolved,
         Reason::SecretMissing,
         Reason::SinkInvalid,
         Reason::DeliveryInvalid,
+        Reason::EgressRefused,
     ];
     let (sink_problems, route_problems): (Vec<&ValidationError>, Vec<&ValidationError>) = errors
         .map(|errors| {
@@ -174,6 +176,73 @@ pub fn registration_condition(webhook: &StrapiWebhook, instance: &StrapiInstance
     )
 }
 
+/// The sinks' URLs against the instance's `spec.egress` and the receiver's part of the policy,
+/// as the receiver will hold them, so a refused sink is reported before any event is sent: the
+/// URL itself, then the addresses its host name resolves to (the receiver checks them again on
+/// every connection; a name that does not resolve yet is not an egress problem).
+async fn check_egress(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    spec: &StrapiWebhookSpec,
+    compiled: &mut config::CompiledWebhook,
+) -> Result<(), ValidationErrors> {
+    let rules = config::egress_rules(instance.spec.egress.as_ref()).map_err(|message| {
+        ValidationErrors(vec![ValidationError {
+            field: "spec.instanceRef".to_owned(),
+            reason: Reason::EgressRefused,
+            message: format!("StrapiInstance {}: {message}", instance_key(instance)),
+        }])
+    })?;
+    let policy = EgressPolicy {
+        base: EgressBase {
+            allow_loopback: ctx.options.allow_loopback_sinks,
+            ..EgressBase::default()
+        },
+        rules,
+    };
+    config::apply_egress(compiled, spec, &policy)?;
+    let mut refused = Vec::new();
+    for (index, sink) in spec.sinks.iter().enumerate() {
+        let Some((config, _)) = compiled.sink(&sink.name) else {
+            continue;
+        };
+        if let Some(why) = resolves_only_to_refused(config.url(), &policy).await {
+            refused.push(config::egress_refused(index, sink, &why));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(refused))
+    }
+}
+
+// A lookup that hangs must not hold the reconcile up.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why `url`'s host name resolves only to addresses the policy refuses; `None` when one is
+/// allowed, the host is an IP literal (already checked), or the name does not resolve.
+async fn resolves_only_to_refused(url: &url::Url, policy: &EgressPolicy) -> Option<String> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return None;
+    };
+    let port = url.port_or_known_default().unwrap_or(0);
+    let lookup = tokio::net::lookup_host((host, port));
+    let addresses: Vec<_> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+        .await
+        .ok()?
+        .ok()?
+        .collect();
+    let mut last = None;
+    for address in addresses {
+        match policy.check_address(address) {
+            Ok(()) => return None,
+            Err(why) => last = Some(why),
+        }
+    }
+    last.map(|why| format!("{host} resolves only to refused addresses: {why}"))
+}
+
 async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Action, Error> {
     let namespace = webhook
         .namespace()
@@ -198,6 +267,14 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         &webhook.spec,
         &fetched,
     );
+    let compiled = match (compiled, &instance) {
+        (Ok(mut compiled), Some(instance)) => {
+            check_egress(ctx, instance, &webhook.spec, &mut compiled)
+                .await
+                .map(|()| compiled)
+        }
+        (compiled, _) => compiled,
+    };
     let warnings = compiled
         .as_ref()
         .map_or(&[][..], |compiled| &compiled.warnings);
@@ -375,6 +452,32 @@ mod tests {
 
     fn webhook(yaml: &str) -> StrapiWebhook {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_refused_when_every_address_it_resolves_to_is() {
+        let url = url::Url::parse("http://localhost:3000/api/revalidate").unwrap();
+        let why = resolves_only_to_refused(&url, &EgressPolicy::default())
+            .await
+            .expect("localhost resolves to loopback only");
+        assert!(
+            why.starts_with("localhost resolves only to refused addresses"),
+            "{why}"
+        );
+        let local = EgressPolicy {
+            base: EgressBase {
+                allow_loopback: true,
+                ..EgressBase::default()
+            },
+            ..EgressPolicy::default()
+        };
+        assert_eq!(resolves_only_to_refused(&url, &local).await, None);
+        let unknown = url::Url::parse("http://no-such-host.invalid/").unwrap();
+        assert_eq!(
+            resolves_only_to_refused(&unknown, &EgressPolicy::default()).await,
+            None,
+            "a name that does not resolve is not refused here"
+        );
     }
 
     fn content_type(uid: &str, singular: &str) -> ContentType {

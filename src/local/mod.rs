@@ -27,18 +27,23 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     api::{SecretKeyRef, StrapiInstance},
-    config::{SecretResolver, compile_webhook},
+    config::{SecretResolver, apply_egress, compile_webhook, egress_rules},
     config::{allows_namespace, referenced_instance, subscribed_events},
+    http::AdminToken,
     queue::{QueueError, sqlite::SqliteQueue},
     receiver::{
         self, ReceiverError, ReceiverSettings, ReceiverState,
         source::{Snapshot, StaticSource},
     },
+    sinks::{EgressBase, EgressPolicy},
     strapi::Credentials,
 };
 use manifests::{Located, Manifests, Problems, key_of, namespace_of};
 use register::{LocalInstance, Registrar};
 use secrets::{LocalSecrets, SharedSecrets, SharedSecretsError};
+
+/// The file in the data folder holding the admin API token, unless one is given.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// After a failed registration, how long until the next attempt.
 const RETRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -77,6 +82,9 @@ pub enum LocalError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The admin API token could not be read or saved.
+    #[error("keeping the admin API token: {0}")]
+    AdminToken(#[source] crate::http::AdminTokenError),
     /// The generated shared secrets could not be read or saved.
     #[error("keeping the shared secrets: {0}")]
     SharedSecrets(#[from] SharedSecretsError),
@@ -166,7 +174,28 @@ pub fn load(
         }
         let name = meta.name.as_deref().unwrap_or_default();
         let generation = meta.generation.unwrap_or_default();
-        match compile_webhook(&namespace, name, generation, &webhook.object.spec, &secrets) {
+        let rules = match egress_rules(instance.object.spec.egress.as_ref()) {
+            Ok(rules) => rules,
+            Err(error) => {
+                problems.push(
+                    instance.problem_at("spec.egress", format!("StrapiInstance {target}: {error}")),
+                );
+                continue;
+            }
+        };
+        // Every sink of a local setup runs on this machine, so loopback is allowed; the
+        // receiver's own ports are refused when it connects.
+        let policy = EgressPolicy {
+            base: EgressBase {
+                allow_loopback: true,
+                ..EgressBase::default()
+            },
+            rules,
+        };
+        let spec = &webhook.object.spec;
+        match compile_webhook(&namespace, name, generation, spec, &secrets)
+            .and_then(|mut config| apply_egress(&mut config, spec, &policy).map(|()| config))
+        {
             Ok(webhook_config) => {
                 for warning in &webhook_config.warnings {
                     tracing::warn!(webhook = %key, %warning, "configuration warning");
@@ -330,9 +359,21 @@ pub async fn run(
     let queue: Arc<dyn crate::queue::Queue> =
         Arc::new(SqliteQueue::open(&options.data_dir.join("queue.db"))?);
     let source = StaticSource::new(config.snapshot.clone());
-    let state = ReceiverState::new(Arc::clone(&queue), &source, options.settings.clone())?;
     let ingest = receiver::bind("ingest", &options.ingest_addr).await?;
     let admin = receiver::bind("admin", &options.admin_addr).await?;
+    let mut settings = options.settings.clone();
+    settings.egress.allow_loopback = true;
+    // The delivery API needs a token here too: any local process or web page could call it.
+    let token_file = options.data_dir.join(ADMIN_TOKEN_FILE);
+    if settings.admin_token.is_none() {
+        settings.admin_token =
+            Some(AdminToken::load_or_create(&token_file).map_err(LocalError::AdminToken)?);
+    }
+    settings
+        .egress
+        .own_ports
+        .extend(receiver::own_ports(&ingest, &admin));
+    let state = ReceiverState::new(Arc::clone(&queue), &source, settings)?;
     let ingest_address = ingest.local_addr().map_err(|source| ReceiverError::Bind {
         what: "ingest",
         address: options.ingest_addr.clone(),
@@ -356,6 +397,7 @@ pub async fn run(
         admin = %admin_address,
         receiver_url = %receiver_base,
         data = %options.data_dir.display(),
+        admin_token = %token_file.display(),
         instances = config.instances.len(),
         webhooks = config.snapshot.webhooks.len(),
         "local mode running"

@@ -1,13 +1,19 @@
 //! The admin port: probes, metrics and the delivery API, kept off the port Strapi reaches.
 //!
+//! Open to anyone who reaches the port (the kubelet, Prometheus):
 //! - `GET /healthz` — the process is up.
 //! - `GET /readyz` — 200 once the configuration is loaded, 503 before.
 //! - `GET /metrics` — Prometheus text format.
+//!
+//! Everything else needs `Authorization: Bearer <admin token>` ([`authorize`]); requests that
+//! carry an `Origin` (browsers) are refused, and a POST must send a JSON body:
 //! - `GET /v1/instances/{namespace}/{name}/handshake` — Strapi's `trigger-test` calls seen.
-//! - `GET /v1/deliveries?state=&webhook=&sink=&event=&limit=` — newest first.
+//! - `GET /v1/deliveries?state=&webhook=&sink=&event=&limit=` — newest first, at most
+//!   [`MAX_LIST_LIMIT`].
 //! - `GET /v1/deliveries/{id}` — one delivery with the event it carries.
-//! - `POST /v1/deliveries/{id}/replay` — re-queue one dead or delivered delivery.
-//! - `POST /v1/deliveries/replay?webhook=&sink=` — re-queue every matching dead letter.
+//! - `POST /v1/deliveries/{id}/replay` with `{}` — re-queue one dead or delivered delivery.
+//! - `POST /v1/deliveries/replay` with `{"webhook": …, "sink": …}` (both optional) — re-queue
+//!   every matching dead letter.
 //! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`.
 //! - `GET /v1/routing` — the generation of each instance and webhook this replica routes with
 //!   ([`routing::Routing`]).
@@ -18,8 +24,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
-    http::{StatusCode, header},
+    extract::{Path, Query, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -35,6 +42,12 @@ use crate::{
 
 /// Deliveries listed when the caller sets no limit.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// The most deliveries one list call returns.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Paths served without the admin token: the probes and the metrics scrape.
+const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// The answer of `GET /v1/stats`: sink counters by webhook (`namespace/name`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -63,7 +76,55 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .route("/v1/deliveries/{id}/replay", post(replay_one))
         .route("/v1/stats", get(stats))
         .route("/v1/routing", get(routing::routing))
+        // A layer over every route, so a route added later is authenticated too.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
         .with_state(state)
+}
+
+/// Lets a request through to anything but [`OPEN_PATHS`] only with the admin token, without an
+/// `Origin` (no page in a browser may drive the API, whatever DNS says its host is) and, for a
+/// POST, with a JSON body (which a cross-site form cannot send).
+async fn authorize(
+    State(state): State<Arc<ReceiverState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    if headers.contains_key(header::ORIGIN) {
+        let message = "requests from web pages (with an Origin header) are refused".to_owned();
+        return error_response(StatusCode::FORBIDDEN, message);
+    }
+    let Some(token) = &state.settings.admin_token else {
+        let message = "the admin API is off: no admin token is configured (RECEIVER_ADMIN_TOKEN)";
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, message.to_owned());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if !given.is_some_and(|given| token.matches(given)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "a valid admin token is required (Authorization: Bearer)" })),
+        )
+            .into_response();
+    }
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if request.method() == Method::POST && !json_body {
+        let message = "send a JSON body (Content-Type: application/json)".to_owned();
+        return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
+    }
+    next.run(request).await
 }
 
 /// Whether the receiver answers ingest, or why not: the one rule behind `/readyz` and the
@@ -164,12 +225,17 @@ async fn list(State(state): State<Arc<ReceiverState>>, Query(query): Query<ListQ
             return error_response(StatusCode::BAD_REQUEST, message);
         }
     };
+    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        let message = format!("limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}");
+        return error_response(StatusCode::BAD_REQUEST, message);
+    }
     let filter = DeliveryFilter {
         state: delivery_state,
         webhook: query.webhook,
         sink: query.sink,
         event: query.event,
-        limit: query.limit.unwrap_or(DEFAULT_LIST_LIMIT),
+        limit,
     };
     match state.queue.list(filter).await {
         Ok(deliveries) => Json(deliveries).into_response(),
@@ -184,26 +250,40 @@ async fn show(State(state): State<Arc<ReceiverState>>, Path(id): Path<String>) -
     }
 }
 
-async fn replay_one(State(state): State<Arc<ReceiverState>>, Path(id): Path<String>) -> Response {
+/// Body of `POST /v1/deliveries/{id}/replay`: nothing to say yet, but a JSON body all the same.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayOne {}
+
+async fn replay_one(
+    State(state): State<Arc<ReceiverState>>,
+    Path(id): Path<String>,
+    Json(ReplayOne {}): Json<ReplayOne>,
+) -> Response {
     replay(&state, ReplaySelector::Id(id)).await
 }
 
-/// Query of `POST /v1/deliveries/replay`.
-#[derive(Debug, Deserialize)]
-struct ReplayQuery {
-    webhook: Option<String>,
-    sink: Option<String>,
+/// Body of `POST /v1/deliveries/replay`: which dead letters; both unset means all of them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayDead {
+    /// Only this webhook (`namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// Only sinks of this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
 }
 
 async fn replay_dead(
     State(state): State<Arc<ReceiverState>>,
-    Query(query): Query<ReplayQuery>,
+    Json(body): Json<ReplayDead>,
 ) -> Response {
     replay(
         &state,
         ReplaySelector::DeadLetters {
-            webhook: query.webhook,
-            sink: query.sink,
+            webhook: body.webhook,
+            sink: body.sink,
         },
     )
     .await

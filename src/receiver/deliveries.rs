@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
 
-use super::admin::Replayed;
+use super::admin::{ReplayDead, ReplayOne, Replayed};
+use crate::http::AdminToken;
 use crate::queue::{DeliveryDetail, DeliveryState, DeliverySummary};
 
 /// Why a `deliveries` command failed. Each variant names the step.
@@ -66,9 +67,10 @@ pub struct ListQuery {
 }
 
 impl AdminClient {
-    /// A client of the admin port at `base`, e.g. `http://127.0.0.1:9091`.
-    pub fn new(base: &str) -> Result<Self, DeliveriesError> {
+    /// A client of the admin port at `base`, e.g. `http://127.0.0.1:9091`, sending `token`.
+    pub fn new(base: &str, token: &AdminToken) -> Result<Self, DeliveriesError> {
         let http = crate::http::client_builder()
+            .default_headers(token.authorization())
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(DeliveriesError::Client)?;
@@ -109,7 +111,8 @@ impl AdminClient {
     /// `POST /v1/deliveries/{id}/replay`: re-queues one dead or delivered delivery.
     pub async fn replay(&self, id: &str) -> Result<Replayed, DeliveriesError> {
         let url = format!("{}/v1/deliveries/{id}/replay", self.base);
-        self.call(self.http.post(&url), &url).await
+        self.call(self.http.post(&url).json(&ReplayOne {}), &url)
+            .await
     }
 
     /// `POST /v1/deliveries/replay`: re-queues every dead letter, optionally of one webhook
@@ -119,12 +122,12 @@ impl AdminClient {
         webhook: Option<&str>,
         sink: Option<&str>,
     ) -> Result<Replayed, DeliveriesError> {
-        let params: Vec<(&str, String)> = [("webhook", webhook), ("sink", sink)]
-            .into_iter()
-            .filter_map(|(name, value)| Some((name, value?.to_owned())))
-            .collect();
-        let url = self.url("/v1/deliveries/replay", &params)?;
-        self.call(self.http.post(url.clone()), url.as_str()).await
+        let url = format!("{}/v1/deliveries/replay", self.base);
+        let body = ReplayDead {
+            webhook: webhook.map(str::to_owned),
+            sink: sink.map(str::to_owned),
+        };
+        self.call(self.http.post(&url).json(&body), &url).await
     }
 
     fn url(&self, path: &str, params: &[(&str, String)]) -> Result<reqwest::Url, DeliveriesError> {

@@ -725,6 +725,7 @@ mod tests {
             rate_per_second: 10,
             burst: 10,
             concurrency: 4,
+            egress: crate::sinks::EgressRules::default(),
         }
     }
 

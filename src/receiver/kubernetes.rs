@@ -36,10 +36,10 @@ use tokio::sync::{Notify, watch};
 use super::source::{ConfigSource, Snapshot};
 use crate::{
     api::{
-        NamespacesFrom, StrapiInstance, StrapiWebhook,
+        NamespacesFrom, SinkEgress, StrapiInstance, StrapiWebhook,
         shared_secret::{self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
     },
-    config::{CompiledWebhook, InMemorySecrets, compile_webhook},
+    config::{CompiledWebhook, InMemorySecrets, compile_webhook, egress_rules},
     config::{allows_namespace, referenced_instance, secret_refs},
 };
 
@@ -227,6 +227,7 @@ async fn compile_all(
         let inputs = Inputs {
             generation,
             secrets: values.clone(),
+            egress: instance.spec.egress.clone(),
         };
         if let Some((old_inputs, old)) = previous.get(&key)
             && *old_inputs == inputs
@@ -240,6 +241,16 @@ async fn compile_all(
         for ((name, item), value) in values {
             secrets.insert(&namespace, &name, &item, value);
         }
+        let rules = match egress_rules(instance.spec.egress.as_ref()) {
+            Ok(rules) => rules,
+            Err(error) => {
+                tracing::warn!(webhook = %key, %error, "the instance's egress policy does not parse; keeping the webhook's last good version");
+                if let Some(old) = previous.get(&key) {
+                    compiled.insert(key, old.clone());
+                }
+                continue;
+            }
+        };
         match compile_webhook(
             &namespace,
             &webhook.name_any(),
@@ -247,7 +258,8 @@ async fn compile_all(
             &webhook.spec,
             &secrets,
         ) {
-            Ok(webhook) => {
+            Ok(mut webhook) => {
+                webhook.hold_to(&rules);
                 compiled.insert(key, (inputs, Arc::new(webhook)));
             }
             Err(errors) => {
@@ -289,6 +301,8 @@ async fn namespace_labels(
 struct Inputs {
     generation: i64,
     secrets: BTreeMap<(String, String), String>,
+    // The instance's egress rules apply to the webhook's sinks, so a change recompiles it.
+    egress: Option<SinkEgress>,
 }
 
 type Compiled = BTreeMap<String, (Inputs, Arc<CompiledWebhook>)>;

@@ -28,12 +28,13 @@ use std::{
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    http::AdminToken,
     queue::{
         Queue, QueueError,
         nats::{NatsQueue, NatsSpec},
         sqlite::{Durability, SqliteQueue},
     },
-    sinks::{SinkClient, SinkClientError},
+    sinks::{EgressBase, SinkClient, SinkClientError},
 };
 use engine::{Engine, EngineSettings};
 use metrics::Metrics;
@@ -158,6 +159,10 @@ pub struct ReceiverSettings {
     pub dedup_window: Duration,
     /// Delivery engine knobs.
     pub engine: EngineSettings,
+    /// The receiver's part of the sink egress policy. [`run`] adds its own ports.
+    pub egress: EgressBase,
+    /// The bearer token of the admin API; without one, only probes and metrics are served.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Default for ReceiverSettings {
@@ -166,6 +171,8 @@ impl Default for ReceiverSettings {
             max_body_bytes: 1024 * 1024,
             dedup_window: Duration::from_secs(2),
             engine: EngineSettings::default(),
+            egress: EgressBase::default(),
+            admin_token: None,
         }
     }
 }
@@ -196,7 +203,7 @@ impl ReceiverState {
         let metrics = Arc::new(Metrics::new());
         let engine = Engine::new(
             Arc::clone(&queue),
-            SinkClient::new()?,
+            SinkClient::new(settings.egress.clone())?,
             config.clone(),
             Arc::clone(&metrics),
             settings.engine.clone(),
@@ -291,12 +298,17 @@ pub struct RunOptions {
 }
 
 /// Opens the queue, loads the configuration, binds both ports and serves until SIGTERM.
-pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
+pub async fn run(mut options: RunOptions) -> Result<(), ReceiverError> {
+    let ingest = bind("ingest", &options.ingest_addr).await?;
+    let admin = bind("admin", &options.admin_addr).await?;
+    options
+        .settings
+        .egress
+        .own_ports
+        .extend(own_ports(&ingest, &admin));
     let queue = options.queue.open(options.durability).await?;
     let source = options.config_source.load().await?;
     let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;
-    let ingest = bind("ingest", &options.ingest_addr).await?;
-    let admin = bind("admin", &options.admin_addr).await?;
     tracing::info!(
         ingest = %options.ingest_addr,
         admin = %options.admin_addr,
@@ -304,6 +316,15 @@ pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
         "receiver listening"
     );
     serve(state, ingest, admin, shutdown_signal()).await
+}
+
+/// The ports of the ingest and admin listeners, which no sink may call.
+pub fn own_ports(ingest: &TcpListener, admin: &TcpListener) -> Vec<u16> {
+    [ingest, admin]
+        .iter()
+        .filter_map(|listener| listener.local_addr().ok())
+        .map(|address| address.port())
+        .collect()
 }
 
 /// Binds a listener, naming what for in the error.

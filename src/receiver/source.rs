@@ -16,7 +16,10 @@ use tokio::sync::watch;
 use crate::{
     api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
     api::{SecretKeyRef, StrapiInstance, StrapiWebhook},
-    config::{CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook},
+    config::{
+        CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook,
+        egress_rules,
+    },
 };
 
 /// Everything the receiver needs to authenticate, route and deliver, at one moment.
@@ -130,6 +133,16 @@ pub enum ManifestError {
         /// What is missing.
         message: String,
     },
+    /// An instance's `spec.egress` does not parse.
+    #[error("{path}: StrapiInstance {instance}: {message}")]
+    Egress {
+        /// The file.
+        path: PathBuf,
+        /// The instance.
+        instance: String,
+        /// Which entry is wrong.
+        message: String,
+    },
     /// A webhook does not compile.
     #[error("{path}: StrapiWebhook {webhook}: {errors}")]
     Webhook {
@@ -216,6 +229,7 @@ impl ManifestFile {
         }
         let mut accepted = BTreeMap::new();
         let mut generations = BTreeMap::new();
+        let mut egress = BTreeMap::new();
         for instance in instances {
             let namespace = namespace_of(&instance.metadata);
             let name = instance.metadata.name.clone().unwrap_or_default();
@@ -247,6 +261,14 @@ impl ManifestFile {
             if previous_valid {
                 shared.extend(read(PREVIOUS_KEY).ok());
             }
+            let rules = egress_rules(instance.spec.egress.as_ref()).map_err(|message| {
+                ManifestError::Egress {
+                    path: path.to_owned(),
+                    instance: format!("{namespace}/{name}"),
+                    message,
+                }
+            })?;
+            egress.insert(format!("{namespace}/{name}"), rules);
             accepted.insert(format!("{namespace}/{name}"), shared);
         }
         let mut compiled = Vec::new();
@@ -254,15 +276,18 @@ impl ManifestFile {
             let namespace = namespace_of(&webhook.metadata);
             let name = webhook.metadata.name.clone().unwrap_or_default();
             let generation = webhook.metadata.generation.unwrap_or_default();
-            compiled.push(
+            let mut webhook =
                 compile_webhook(&namespace, &name, generation, &webhook.spec, &secrets).map_err(
                     |errors| ManifestError::Webhook {
                         path: path.to_owned(),
                         webhook: format!("{namespace}/{name}"),
                         errors,
                     },
-                )?,
-            );
+                )?;
+            if let Some(rules) = egress.get(&webhook.instance) {
+                webhook.hold_to(rules);
+            }
+            compiled.push(webhook);
         }
         Ok(Self {
             source: StaticSource::new(

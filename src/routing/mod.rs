@@ -391,11 +391,22 @@ impl CompiledRoute {
 const NO_ENTRY: &str = "the event has no entry (Strapi sent `entry: null`, strapi/strapi#25387)";
 
 // An empty segment means a field rendered empty: revalidating `/articles/` would be wrong.
+// Entry data must not steer the path elsewhere: no `..` (even percent-encoded), no query or
+// fragment, no backslash (some routers read it as `/`), and `//host` is an empty segment.
 fn check_path(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
-        Err("which does not start with /")
+        Err("which does not start with / (a URL with a scheme is not a path)")
     } else if path.len() > 1 && (path.contains("//") || path.ends_with('/')) {
         Err("which has an empty segment")
+    } else if path.contains(['?', '#']) {
+        Err("which has a query (?) or a fragment (#)")
+    } else if path.contains('\\') {
+        Err("which has a backslash")
+    } else if path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == ".." || segment == "."
+    }) {
+        Err("which has a . or .. segment")
     } else {
         Ok(())
     }

@@ -4,10 +4,17 @@
 //! printing a `null` field is an error too, so a typo or a missing value is reported (a path is
 //! skipped with the reason, any other template dead-letters its delivery) rather than producing
 //! `/articles/none` or an empty Slack message. Besides minijinja's built-ins (`default`, `lower`,
-//! `replace`, ...) templates get `truncate` and a `tojson` that rejects missing fields.
+//! `replace`, ...) templates get `truncate`, `slack_escape` and a `tojson` that rejects missing
+//! fields.
+//!
+//! Printed values are escaped for where they land ([`escaping_for`]), because entry data is
+//! written by whoever edits content in Strapi: a JSON template prints every value as JSON, so a
+//! name like `Bob", "admin": true` stays one string; Slack text escapes `&`, `<` and `>`, so
+//! entry data cannot mention `<!channel>` or forge links. `| safe` opts one value out.
 
 use minijinja::{
-    Environment, Error, ErrorKind, Output, State, UndefinedBehavior, Value, value::Kwargs,
+    AutoEscape, Environment, Error, ErrorKind, Output, State, UndefinedBehavior, Value,
+    value::Kwargs,
 };
 
 use super::{CompileError, Position};
@@ -24,6 +31,8 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("truncate", truncate);
         env.add_filter("tojson", strict_tojson);
+        env.add_filter("slack_escape", |text: &str| slack_escape(text));
+        env.set_auto_escape_callback(escaping_for);
         env.set_formatter(refuse_null);
         Self { env }
     }
@@ -63,14 +72,39 @@ fn position(source: &str, error: &minijinja::Error) -> Option<Position> {
     }
 }
 
-/// Prints values as minijinja does, except `null`: Strapi sends unset fields as `null`, and
-/// `/articles/none` or "New comment from none" is never what a template meant.
+// The escaping of Slack text, which minijinja's own formatter does not know.
+const SLACK_TEXT: AutoEscape = AutoEscape::Custom("slack");
+
+/// How a template's printed values are escaped, by the route field it came from.
+fn escaping_for(field: &str) -> AutoEscape {
+    match field {
+        "http.body" | "slack.blocks" => AutoEscape::Json,
+        "slack.text" => SLACK_TEXT,
+        _ => AutoEscape::None,
+    }
+}
+
+/// Slack's escaping of message text: `&`, `<` and `>` are its control characters (mentions such
+/// as `<!channel>`, links `<url|label>`), so data must reach Slack as `&amp;`, `&lt;`, `&gt;`.
+pub(crate) fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Prints values escaped as [`escaping_for`] says, except `null`: Strapi sends unset fields as
+/// `null`, and `/articles/none` or "New comment from none" is never what a template meant.
 fn refuse_null(out: &mut Output, state: &State, value: &Value) -> Result<(), Error> {
     if value.is_none() {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
             "a null field was printed; write `{{ field or '' }}` where null is expected",
         ));
+    }
+    if state.auto_escape() == SLACK_TEXT && !value.is_safe() {
+        return out
+            .write_str(&slack_escape(&value.to_string()))
+            .map_err(Error::from);
     }
     minijinja::escape_formatter(out, state, value)
 }
@@ -107,6 +141,34 @@ mod tests {
         assert_eq!(truncate("héllo wörld", Some(5), None), "héllo...");
         assert_eq!(truncate("héllo", Some(5), None), "héllo");
         assert_eq!(truncate("abcdef", Some(2), Some("…")), "ab…");
+    }
+
+    #[test]
+    fn values_are_escaped_for_json_and_slack_unless_marked_safe() {
+        let mut templates = Templates::new();
+        templates
+            .add(
+                "http.body",
+                r#"{"name": {{ name }}, "raw": {{ raw | safe }}}"#,
+            )
+            .unwrap();
+        templates
+            .add(
+                "slack.text",
+                "<https://cms|CMS>: {{ name }} {{ raw | safe }}",
+            )
+            .unwrap();
+        let context =
+            minijinja::context! { name => r#"Bob", "admin": true, "x": "<!channel>"#, raw => "1" };
+        let body = templates.render("http.body", &context).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["name"], r#"Bob", "admin": true, "x": "<!channel>"#);
+        assert_eq!(parsed.get("admin"), None);
+        assert_eq!(parsed["raw"], 1);
+        assert_eq!(
+            templates.render("slack.text", &context).unwrap(),
+            r#"<https://cms|CMS>: Bob", "admin": true, "x": "&lt;!channel&gt; 1"#
+        );
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The shared HTTP client and the requests it builds for each kind of sink.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use reqwest::{RequestBuilder, header};
 use serde::Serialize;
 
 use super::{
-    DeliveryPolicy, HttpSink, NextjsMode, NextjsSink, Payload, SinkConfig, SlackSink,
+    DeliveryPolicy, EgressBase, EgressPolicy, EgressRules, HttpSink, NextjsMode, NextjsSink,
+    Payload, SinkConfig, SlackSink,
     contract::{Answer, Outcome, classify},
+    egress::PolicyResolver,
 };
 use crate::routing::RevalidatePath;
 
@@ -18,11 +24,16 @@ pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
 // Only the start of an answer decides the outcome; a sink streaming megabytes must not.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
-/// Sends payloads to sinks over one pooled `reqwest::Client`. Cheap to clone.
+/// Sends payloads to sinks over pooled `reqwest::Client`s, one per distinct egress policy (a
+/// client's resolver enforces one policy). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SinkClient {
-    http: reqwest::Client,
+    base: EgressBase,
+    clients: Arc<Mutex<HashMap<EgressRules, reqwest::Client>>>,
 }
+
+// Policies come from StrapiInstances; past this many, clients of removed policies are dropped.
+const MAX_CLIENTS: usize = 64;
 
 /// The client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +44,48 @@ pub enum SinkClientError {
 }
 
 impl SinkClient {
-    /// A client that does not follow redirects (a redirected POST loses its body).
-    pub fn new() -> Result<Self, SinkClientError> {
-        crate::http::client_builder()
+    /// A client holding every sink to `base` plus its instance's rules. Checks that a client
+    /// can be built, so a broken TLS setup fails at start rather than at the first delivery.
+    pub fn new(base: EgressBase) -> Result<Self, SinkClientError> {
+        let client = Self {
+            base,
+            clients: Arc::default(),
+        };
+        client.http(&EgressRules::default())?;
+        Ok(client)
+    }
+
+    // Redirects are not followed: a redirected POST loses its body, and a redirect would be a
+    // connection the URL check never saw. No proxy from HTTP(S)_PROXY either: through a proxy,
+    // the address connected to is the proxy's and the policy could not see the sink's.
+    fn http(&self, rules: &EgressRules) -> Result<reqwest::Client, SinkClientError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(client) = clients.get(rules) {
+            return Ok(client.clone());
+        }
+        let policy = Arc::new(self.policy(rules));
+        let client = crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver { policy }))
             .build()
-            .map(|http| Self { http })
-            .map_err(SinkClientError::Build)
+            .map_err(SinkClientError::Build)?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(rules.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// The whole policy a sink with these instance rules is held to.
+    pub fn policy(&self, rules: &EgressRules) -> EgressPolicy {
+        EgressPolicy {
+            base: self.base.clone(),
+            rules: rules.clone(),
+        }
     }
 
     /// Makes one attempt to deliver `payloads` to `sink` and says what to do next.
@@ -65,7 +111,21 @@ impl SinkClient {
                 tracing::info!(?skipped, "revalidating without some tags or paths");
             }
         }
-        let request = match self.request(sink, delivery_id, payloads) {
+        if let Err(why) = self.policy(&policy.egress).check_url(sink.url()) {
+            return Outcome::DeadLetter {
+                reason: format!("the egress policy refuses this sink: {why}"),
+            };
+        }
+        let http = match self.http(&policy.egress) {
+            Ok(http) => http,
+            Err(error) => {
+                return Outcome::Retry {
+                    reason: error.to_string(),
+                    retry_after: None,
+                };
+            }
+        };
+        let request = match request(&http, sink, delivery_id, payloads) {
             Ok(request) => request
                 .header(WEBHOOK_ID_HEADER, delivery_id)
                 .timeout(policy.timeout),
@@ -73,87 +133,95 @@ impl SinkClient {
         };
         match request.send().await {
             Ok(response) => classify(sink.kind(), &read_answer(response).await),
-            Err(error) => transport_failure(&error, policy.timeout),
+            Err(error) => transport_failure(error, policy.timeout),
         }
     }
+}
 
-    fn request(
-        &self,
-        sink: &SinkConfig,
-        delivery_id: &str,
-        payloads: &[Payload],
-    ) -> Result<RequestBuilder, String> {
-        match sink {
-            SinkConfig::Nextjs(nextjs) => self.nextjs(nextjs, payloads),
-            SinkConfig::Slack(slack) => self.slack(slack, payloads),
-            SinkConfig::Http(http) => self.http_sink(http, delivery_id, payloads),
-        }
+fn request(
+    http: &reqwest::Client,
+    sink: &SinkConfig,
+    delivery_id: &str,
+    payloads: &[Payload],
+) -> Result<RequestBuilder, String> {
+    match sink {
+        SinkConfig::Nextjs(sink) => nextjs_request(http, sink, payloads),
+        SinkConfig::Slack(sink) => slack_request(http, sink, payloads),
+        SinkConfig::Http(sink) => http_request(http, sink, delivery_id, payloads),
     }
+}
 
-    fn nextjs(&self, sink: &NextjsSink, payloads: &[Payload]) -> Result<RequestBuilder, String> {
-        let body = match sink.mode {
-            NextjsMode::Forward => match single(payloads)? {
-                Payload::Forward(raw) => raw.clone(),
-                other => return Err(mismatch("a Next.js sink in Forward mode", other)),
-            },
-            NextjsMode::Revalidate => merge_revalidations(payloads)?,
-        };
-        let request = json_post(self.http.post(sink.url.clone()), body);
-        Ok(match &sink.secret {
-            Some((name, value)) => request.header(name, value),
-            None => request,
-        })
-    }
+fn nextjs_request(
+    http: &reqwest::Client,
+    sink: &NextjsSink,
+    payloads: &[Payload],
+) -> Result<RequestBuilder, String> {
+    let body = match sink.mode {
+        NextjsMode::Forward => match single(payloads)? {
+            Payload::Forward(raw) => raw.clone(),
+            other => return Err(mismatch("a Next.js sink in Forward mode", other)),
+        },
+        NextjsMode::Revalidate => merge_revalidations(payloads)?,
+    };
+    let request = json_post(http.post(sink.url.clone()), body);
+    Ok(match &sink.secret {
+        Some((name, value)) => request.header(name, value),
+        None => request,
+    })
+}
 
-    fn slack(&self, sink: &SlackSink, payloads: &[Payload]) -> Result<RequestBuilder, String> {
-        let Payload::Slack { text, blocks } = single(payloads)? else {
-            return Err(mismatch("a Slack sink", single(payloads)?));
-        };
-        #[derive(Serialize)]
-        struct Message<'a> {
-            text: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            blocks: Option<&'a serde_json::Value>,
-        }
-        let body = serde_json::to_vec(&Message {
-            text,
-            blocks: blocks.as_ref(),
-        })
-        .map_err(|error| format!("encoding the Slack message failed: {error}"))?;
-        Ok(json_post(self.http.post(sink.webhook_url.clone()), body))
+fn slack_request(
+    http: &reqwest::Client,
+    sink: &SlackSink,
+    payloads: &[Payload],
+) -> Result<RequestBuilder, String> {
+    let Payload::Slack { text, blocks } = single(payloads)? else {
+        return Err(mismatch("a Slack sink", single(payloads)?));
+    };
+    #[derive(Serialize)]
+    struct Message<'a> {
+        text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        blocks: Option<&'a serde_json::Value>,
     }
+    let body = serde_json::to_vec(&Message {
+        text,
+        blocks: blocks.as_ref(),
+    })
+    .map_err(|error| format!("encoding the Slack message failed: {error}"))?;
+    Ok(json_post(http.post(sink.webhook_url.clone()), body))
+}
 
-    fn http_sink(
-        &self,
-        sink: &HttpSink,
-        delivery_id: &str,
-        payloads: &[Payload],
-    ) -> Result<RequestBuilder, String> {
-        let Payload::Http { body } = single(payloads)? else {
-            return Err(mismatch("an HTTP sink", single(payloads)?));
-        };
-        let mut request = self.http.request(sink.method.clone(), sink.url.clone());
-        for (name, value) in &sink.headers {
-            request = request.header(name, value);
-        }
-        if !sink.signing.is_empty() {
-            let timestamp = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_secs())
-                .try_into()
-                .unwrap_or(i64::MAX);
-            let signatures = sink
-                .signing
-                .iter()
-                .map(|key| key.sign(delivery_id, timestamp, body))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| format!("signing the request failed: {error}"))?;
-            request = request
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signatures.join(" "));
-        }
-        Ok(json_post(request, body.clone()))
+fn http_request(
+    http: &reqwest::Client,
+    sink: &HttpSink,
+    delivery_id: &str,
+    payloads: &[Payload],
+) -> Result<RequestBuilder, String> {
+    let Payload::Http { body } = single(payloads)? else {
+        return Err(mismatch("an HTTP sink", single(payloads)?));
+    };
+    let mut request = http.request(sink.method.clone(), sink.url.clone());
+    for (name, value) in &sink.headers {
+        request = request.header(name, value);
     }
+    if !sink.signing.is_empty() {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs())
+            .try_into()
+            .unwrap_or(i64::MAX);
+        let signatures = sink
+            .signing
+            .iter()
+            .map(|key| key.sign(delivery_id, timestamp, body))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("signing the request failed: {error}"))?;
+        request = request
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signatures.join(" "));
+    }
+    Ok(json_post(request, body.clone()))
 }
 
 fn json_post(request: RequestBuilder, body: Vec<u8>) -> RequestBuilder {
@@ -233,35 +301,26 @@ async fn read_answer(mut response: reqwest::Response) -> Answer {
     )
 }
 
-fn transport_failure(error: &reqwest::Error, timeout: Duration) -> Outcome {
+fn transport_failure(error: reqwest::Error, timeout: Duration) -> Outcome {
     if error.is_builder() {
         return Outcome::DeadLetter {
-            reason: format!("the request could not be built: {error}"),
+            reason: format!(
+                "the request could not be built: {}",
+                crate::http::describe_error(error)
+            ),
         };
     }
     let reason = if error.is_timeout() {
         format!("no answer within {timeout:?}")
     } else if error.is_connect() {
-        format!("could not connect: {}", source_chain(error))
+        format!("could not connect: {}", crate::http::describe_error(error))
     } else {
-        format!("the request failed: {}", source_chain(error))
+        format!("the request failed: {}", crate::http::describe_error(error))
     };
     Outcome::Retry {
         reason,
         retry_after: None,
     }
-}
-
-// reqwest's own message is just "error sending request"; the cause is further down.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

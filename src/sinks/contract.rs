@@ -47,9 +47,6 @@ const SLACK_GONE: [&str; 6] = [
 /// Slack error codes that mean this message is malformed; other messages may still go through.
 const SLACK_BAD_MESSAGE: [&str; 2] = ["invalid_payload", "no_text"];
 
-// Error bodies are quoted in reasons; a bound keeps a chatty error page out of the store.
-const REASON_BODY_CHARS: usize = 200;
-
 /// The parts of a sink's answer that decide the outcome.
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -74,14 +71,11 @@ impl Answer {
         }
     }
 
+    /// The status only. The body is never quoted: reasons reach logs, the queue and
+    /// `StrapiWebhook.status`, which the sink's owner can read, and an internal service's
+    /// answer (or a body echoing the request's secrets) must not travel that way.
     fn describe(&self) -> String {
-        let body: String = self.body.trim().chars().take(REASON_BODY_CHARS).collect();
-        let body = body.replace(['\n', '\r'], " ");
-        if body.is_empty() {
-            format!("HTTP {}", self.status)
-        } else {
-            format!("HTTP {}: {body}", self.status)
-        }
+        format!("HTTP {}", self.status)
     }
 }
 
@@ -125,7 +119,10 @@ fn generic(answer: &Answer) -> Outcome {
             reason: format!(
                 "{} redirects to {}; configure the final URL",
                 answer.describe(),
-                answer.location.as_deref().unwrap_or("an unnamed location")
+                answer.location.as_deref().map_or_else(
+                    || "an unnamed location".to_owned(),
+                    crate::http::redact_urls
+                )
             ),
         }
     } else {
@@ -148,8 +145,12 @@ fn nextjs(answer: &Answer) -> Outcome {
         // next attempt may succeed, and the attempt limit bounds it.
         Some(other) => Outcome::Retry {
             reason: format!(
-                "{}: the handler answered revalidated: {other}",
-                answer.describe()
+                "{}: the handler answered revalidated: {}",
+                answer.describe(),
+                match other {
+                    serde_json::Value::Bool(_) | serde_json::Value::Null => other.to_string(),
+                    _ => "something other than true".to_owned(),
+                }
             ),
             retry_after: answer.retry_after,
         },
@@ -280,13 +281,13 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds_are_kept_and_long_bodies_are_cut() {
+    fn retry_after_seconds_are_kept_and_bodies_are_never_quoted() {
         let mut headers = header::HeaderMap::new();
         headers.insert(header::RETRY_AFTER, "7".parse().unwrap());
-        let long = "x".repeat(5000);
+        let echo = "internal: Authorization: Bearer tok-123".to_owned();
         let outcome = classify(
             SinkKind::Http,
-            &Answer::from_headers(StatusCode::SERVICE_UNAVAILABLE, &headers, long),
+            &Answer::from_headers(StatusCode::SERVICE_UNAVAILABLE, &headers, echo),
         );
         let Outcome::Retry {
             reason,
@@ -296,6 +297,6 @@ mod tests {
             panic!("503 retries")
         };
         assert_eq!(retry_after, Some(Duration::from_secs(7)));
-        assert!(reason.len() < 300, "{}", reason.len());
+        assert_eq!(reason, "HTTP 503 Service Unavailable");
     }
 }

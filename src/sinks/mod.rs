@@ -6,11 +6,13 @@
 
 mod client;
 mod contract;
+mod egress;
 
 use std::{fmt, time::Duration};
 
 pub use client::{SinkClient, SinkClientError};
 pub use contract::Outcome;
+pub use egress::{EgressBase, EgressPolicy, EgressRules};
 pub use reqwest::{
     Method, Url,
     header::{HeaderName, HeaderValue},
@@ -47,6 +49,15 @@ impl SinkConfig {
             SinkConfig::Nextjs(_) => SinkKind::Nextjs,
             SinkConfig::Slack(_) => SinkKind::Slack,
             SinkConfig::Http(_) => SinkKind::Http,
+        }
+    }
+
+    /// The URL requests go to.
+    pub fn url(&self) -> &Url {
+        match self {
+            SinkConfig::Nextjs(sink) => &sink.url,
+            SinkConfig::Slack(sink) => &sink.webhook_url,
+            SinkConfig::Http(sink) => &sink.url,
         }
     }
 
@@ -174,6 +185,8 @@ pub struct DeliveryPolicy {
     pub burst: u32,
     /// Requests in flight at once.
     pub concurrency: u32,
+    /// Where the sink may connect, as its `StrapiInstance` allows (see [`EgressRules`]).
+    pub egress: EgressRules,
 }
 
 impl DeliveryPolicy {
@@ -195,6 +208,7 @@ impl DeliveryPolicy {
                 rate_per_second: 10,
                 burst: 20,
                 concurrency: 4,
+                egress: EgressRules::default(),
             },
             SinkKind::Slack => Self {
                 timeout: Duration::from_secs(10),
@@ -205,6 +219,7 @@ impl DeliveryPolicy {
                 rate_per_second: 1,
                 burst: 3,
                 concurrency: 1,
+                egress: EgressRules::default(),
             },
             SinkKind::Http => Self {
                 timeout: Duration::from_secs(15),
@@ -215,6 +230,7 @@ impl DeliveryPolicy {
                 rate_per_second: 20,
                 burst: 40,
                 concurrency: 8,
+                egress: EgressRules::default(),
             },
         }
     }

@@ -73,6 +73,9 @@ impl World {
             secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
             secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
             verify_timeout: Duration::from_secs(10),
+            // The fixtures' sinks are loopback URLs, as the test receiver allows.
+            allow_loopback_sinks: true,
+            receiver_admin_token: Some(receiver_support::admin_token()),
         };
         let metrics = Metrics::register(&mut Registry::default());
         let ctx = Arc::new(Context::new(
@@ -703,4 +706,190 @@ async fn restart_on_change_rolls_the_strapi_deployment_once_per_change() {
         .filter(|request| request.method == http::Method::PATCH && request.path == deployment)
         .count();
     assert_eq!(patches, 1);
+}
+
+#[tokio::test]
+async fn a_sink_the_egress_policy_refuses_is_reported_before_any_event() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance_with(
+        strapi.base_url(),
+        json!({"egress": {"allowPrivateNetworks": true, "deniedHosts": ["*.internal"]}}),
+    );
+    let mut webhook = world.apply_webhook(ARTICLES, "metadata", NAMESPACE);
+    let mut sink = webhook.spec.sinks[0].clone();
+    webhook.spec.sinks[0].nextjs.as_mut().unwrap().url =
+        "http://[::ffff:169.254.169.254]/computeMetadata/v1/".into();
+    sink.name = "internal".into();
+    sink.nextjs.as_mut().unwrap().url = "http://metadata.google.internal/".into();
+    webhook.spec.sinks.push(sink);
+    world.api.put(
+        &world.webhook_path("metadata"),
+        serde_json::to_value(&webhook).unwrap(),
+    );
+
+    let status = world.reconcile_webhook(webhook).await;
+    let (sinks, reason, message) = condition_of(&status, "SinksResolved");
+    assert_eq!(
+        (sinks.as_str(), reason.as_str()),
+        ("False", "EgressRefused"),
+        "{status:#}"
+    );
+    assert!(
+        message.contains("spec.sinks[0].nextjs.url") && message.contains("169.254.169.254"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.sinks[1].nextjs.url") && message.contains("*.internal")
+            || message.contains("metadata.google.internal is denied"),
+        "{message}"
+    );
+    assert_eq!(condition_of(&status, "Ready").0, "False", "{status:#}");
+}
+
+/// Everything this test process logs, at every level.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn failing_sinks_leave_no_secret_in_the_status_events_or_logs() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    let slack_path = "T0CTRL/B0CTRL/slackPathSecret4c1d";
+    let bearer = "bearerSecretCtrl90aa";
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.apply_instance(strapi.base_url());
+    let closed = receiver_support::free_port();
+    let echo = support::CaptureServer::echoing(http::StatusCode::INTERNAL_SERVER_ERROR).await;
+    world.api.put_secret(
+        NAMESPACE,
+        "leaky",
+        &[
+            (
+                "slack",
+                &format!("http://127.0.0.1:{closed}/services/{slack_path}"),
+            ),
+            ("token", bearer),
+        ],
+    );
+    let webhook: StrapiWebhook = serde_json::from_value(json!({
+        "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
+        "kind": "StrapiWebhook",
+        "metadata": {"name": "leaky", "namespace": NAMESPACE, "generation": 1,
+                     "uid": uuid::Uuid::now_v7().to_string()},
+        "spec": {
+            "instanceRef": {"name": world.name},
+            "events": ["entry.create"],
+            "sinks": [
+                {"name": "chat", "slack": {"webhookUrlSecretRef": {"name": "leaky", "key": "slack"}},
+                 "delivery": {"backoff": {"initial": "50ms", "max": "100ms"}}},
+                {"name": "crm", "http": {"url": format!("{}/crm", echo.url()), "headers": [
+                    {"name": "Authorization", "valueFrom": {
+                        "secretKeyRef": {"name": "leaky", "key": "token"}, "prefix": "Bearer "}}]},
+                 "delivery": {"backoff": {"initial": "50ms", "max": "100ms"}}},
+            ],
+            "routes": [
+                {"name": "to-chat", "sink": "chat", "slack": {"text": "{{ entry.title }}"}},
+                {"name": "to-crm", "sink": "crm"},
+            ],
+        },
+    }))
+    .unwrap();
+    world.api.put(
+        &world.webhook_path("leaky"),
+        serde_json::to_value(&webhook).unwrap(),
+    );
+    world
+        .webhooks
+        .apply_watcher_event(&watcher::Event::Apply(webhook.clone()));
+
+    // The receiver routes the same webhook, as its cluster source would.
+    let mut secrets = strapi_webhook_operator::config::InMemorySecrets::new();
+    secrets
+        .insert(
+            NAMESPACE,
+            "leaky",
+            "slack",
+            format!("http://127.0.0.1:{closed}/services/{slack_path}"),
+        )
+        .insert(NAMESPACE, "leaky", "token", bearer);
+    let compiled = strapi_webhook_operator::config::compile_webhook(
+        NAMESPACE,
+        "leaky",
+        1,
+        &webhook.spec,
+        &secrets,
+    )
+    .unwrap();
+    let shared = "shared-secret-for-the-leak-test";
+    world.receiver.source.publish(Snapshot::new(
+        BTreeMap::from([(world.key(), vec![shared.to_owned()])]),
+        [compiled],
+    ));
+    let http = receiver_support::client();
+    let posted = http
+        .post(format!(
+            "http://{}/v1/instances/{}",
+            world.receiver.ingest,
+            world.key()
+        ))
+        .header(strapi_webhook_operator::event::SECRET_HEADER, shared)
+        .json(
+            &json!({"event": "entry.create", "model": "article", "entry": {"id": 1, "title": "t"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success(), "{}", posted.status());
+
+    // Both sinks fail a few times; the controller copies their counters into the status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = world.reconcile_webhook(webhook.clone()).await;
+        let sinks = status["sinks"].as_array().cloned().unwrap_or_default();
+        if sinks.len() == 2 && sinks.iter().all(|sink| sink["lastError"].is_string()) {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no errors in {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let written: String = world
+        .api
+        .requests()
+        .iter()
+        .map(|request| request.body.to_string())
+        .collect();
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("TRACE"),
+        "trace-level logging was not captured"
+    );
+    for (place, text) in [
+        ("the status", status.to_string()),
+        ("what the controller wrote to the API server", written),
+        ("the logs", logs),
+    ] {
+        for secret in [slack_path, bearer, shared] {
+            assert!(!text.contains(secret), "{secret} in {place}: {status:#}");
+        }
+    }
 }

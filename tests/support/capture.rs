@@ -51,6 +51,8 @@ impl CapturedRequest {
 #[derive(Clone)]
 struct Shared {
     status: StatusCode,
+    // Answer with the request (path, headers, body) as the body, like a chatty error page.
+    echo: bool,
     requests: Arc<Mutex<Vec<CapturedRequest>>>,
     // The number of requests so far, so waiters wake on each new one.
     count: watch::Sender<usize>,
@@ -71,12 +73,23 @@ impl CaptureServer {
 
     /// A listener that answers every request with `status` and an empty body.
     pub async fn answering(status: StatusCode) -> Self {
+        Self::serve(status, false).await
+    }
+
+    /// A listener that answers every request with `status` and a body quoting the request's
+    /// path, headers and body, as debugging error pages and reflecting proxies do.
+    pub async fn echoing(status: StatusCode) -> Self {
+        Self::serve(status, true).await
+    }
+
+    async fn serve(status: StatusCode, echo: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let shared = Shared {
             status,
+            echo,
             requests: Arc::default(),
             count: watch::channel(0).0,
         };
@@ -161,7 +174,12 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, String) {
+    let echoed = if shared.echo {
+        format!("{uri}\n{headers:?}\n{}", String::from_utf8_lossy(&body))
+    } else {
+        String::new()
+    };
     let path = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
@@ -176,5 +194,5 @@ async fn record(
         requests.len()
     };
     shared.count.send_replace(total);
-    shared.status
+    (shared.status, echoed)
 }

@@ -27,19 +27,28 @@ use serde_json::{Value, json};
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{InMemorySecrets, compile_webhook},
+    http::AdminToken,
     queue::{Queue, sqlite::Durability},
     receiver::{
         QueueSpec, ReceiverSettings, ReceiverState,
         engine::EngineSettings,
-        serve,
+        own_ports, serve,
         source::{ConfigSource, Snapshot, StaticSource},
     },
+    sinks::EgressBase,
 };
 use tokio::{net::TcpListener, sync::oneshot};
 
 /// The instance every test routes through, and its shared secret.
 pub const INSTANCE: &str = "cms/strapi";
 pub const SECRET: &str = "s3cret-shared-with-strapi";
+/// The admin API token of every test receiver; [`client`] sends it.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The admin API token as the receiver and its clients take it.
+pub fn admin_token() -> AdminToken {
+    AdminToken::new(ADMIN_TOKEN).unwrap()
+}
 
 /// A request a capture sink received.
 #[derive(Clone, Debug)]
@@ -296,17 +305,24 @@ impl<S: ConfigSource> TestReceiver<S> {
     pub async fn start_with(queue: &str, store: Option<TestStore>, source: Arc<S>) -> Self {
         let spec: QueueSpec = queue.parse().unwrap();
         let queue = spec.open(Durability::default()).await.unwrap();
+        let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let settings = ReceiverSettings {
             engine: EngineSettings {
                 shutdown_grace: Duration::from_secs(1),
                 sweep_interval: Duration::from_secs(1),
                 ..EngineSettings::default()
             },
+            // Every test sink is a loopback server; the receiver's own ports stay refused.
+            egress: EgressBase {
+                allow_loopback: true,
+                own_ports: own_ports(&ingest, &admin),
+                own_addresses: Vec::new(),
+            },
+            admin_token: Some(admin_token()),
             ..ReceiverSettings::default()
         };
         let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
-        let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(Arc::clone(&state), ingest, admin, async move {
@@ -322,6 +338,18 @@ impl<S: ConfigSource> TestReceiver<S> {
             served,
             _store: store,
         }
+    }
+
+    /// The files of a SQLite queue (the database, its WAL and shared memory); none for NATS.
+    pub fn queue_files(&self) -> Vec<std::path::PathBuf> {
+        let Some(store) = self._store.as_ref().filter(|store| store.nats.is_none()) else {
+            return Vec::new();
+        };
+        let db = store.dir.path().join("queue.db");
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| db.with_file_name(format!("queue.db{suffix}")))
+            .collect()
     }
 
     /// The admin port's base URL.
@@ -352,9 +380,11 @@ impl<S: ConfigSource> TestReceiver<S> {
     }
 }
 
-/// A plain HTTP client for the tests.
+/// An HTTP client for the tests, sending the test receivers' admin token (which the ingest
+/// port ignores).
 pub fn client() -> reqwest::Client {
     strapi_webhook_operator::http::client_builder()
+        .default_headers(admin_token().authorization())
         .build()
         .expect("an HTTP client")
 }
@@ -452,6 +482,8 @@ impl BinaryReceiver {
                 "--config-source=file:{}",
                 dir.join("manifests.yaml").display()
             ))
+            .arg("--allow-loopback-sinks")
+            .env("RECEIVER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

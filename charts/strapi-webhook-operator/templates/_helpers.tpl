@@ -73,3 +73,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "swo.receiverUrl" -}}
 {{- default (printf "http://%s.%s.svc:%v" (include "swo.receiverService" .) .Release.Namespace .Values.receiver.service.ingestPort) .Values.controller.receiverUrl -}}
 {{- end -}}
+
+{{/* The Secret holding the admin API token (key `token`). */}}
+{{- define "swo.adminTokenSecret" -}}
+{{- default (printf "%s-admin-token" (include "swo.fullname" .)) .Values.adminToken.existingSecret -}}
+{{- end -}}
