@@ -349,9 +349,11 @@ impl Engine {
 
     async fn until_next_due(&self, worker: &Worker) -> Duration {
         match self.queue.next_due(worker.key.clone()).await {
-            Ok(Some(due)) => {
-                Duration::from_millis(u64::try_from(due - now_millis()).unwrap_or(0).max(1))
-            }
+            Ok(Some(due)) => Duration::from_millis(
+                u64::try_from(due.saturating_sub(now_millis()))
+                    .unwrap_or(0)
+                    .max(1),
+            ),
             Ok(None) => IDLE_RECHECK,
             Err(error) => {
                 tracing::error!(%error, "reading the next due delivery failed");
@@ -485,7 +487,7 @@ fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
         webhook = %delivery.sink.webhook,
         sink = %delivery.sink.sink,
         route = %delivery.route,
-        attempt = delivery.attempts + 1,
+        attempt = delivery.attempts.saturating_add(1),
     )
 }
 
@@ -497,11 +499,11 @@ fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {
             error,
         } => tracing::info!(
             %error,
-            retry_in_ms = next_attempt_at - now_millis(),
+            retry_in_ms = next_attempt_at.saturating_sub(now_millis()),
             "attempt failed; will retry"
         ),
         Completion::DeadLetter { error } => {
-            tracing::warn!(%error, attempts = delivery.attempts + 1, "dead-lettered")
+            tracing::warn!(%error, attempts = delivery.attempts.saturating_add(1), "dead-lettered")
         }
         Completion::Release { .. } => tracing::info!("held back: the sink is paused"),
     }
@@ -528,7 +530,7 @@ fn decide(
     policy: &DeliveryPolicy,
     now: UnixMillis,
 ) -> Completion {
-    let attempts = delivery.attempts + 1;
+    let attempts = delivery.attempts.saturating_add(1);
     match outcome {
         Outcome::Delivered => Completion::Delivered,
         Outcome::DeadLetter { reason } => Completion::DeadLetter {
@@ -542,14 +544,21 @@ fn decide(
             reason,
             retry_after,
         } => {
-            let age = Duration::from_millis(u64::try_from(now - delivery.enqueued_at).unwrap_or(0));
+            let age = Duration::from_millis(
+                u64::try_from(now.saturating_sub(delivery.enqueued_at)).unwrap_or(0),
+            );
             if attempts >= policy.max_attempts {
                 return Completion::DeadLetter {
                     error: format!("gave up after {attempts} attempts: {reason}"),
                 };
             }
-            let delay = retry_after.unwrap_or_else(|| backoff(policy, delivery.attempts));
-            if age + delay > policy.max_age {
+            // A sink's `Retry-After` is honoured up to the policy's longest backoff: a sink
+            // (or whatever answers at its address) must not park a delivery for ever.
+            let delay = retry_after.map_or_else(
+                || backoff(policy, delivery.attempts),
+                |asked| asked.min(policy.backoff_max),
+            );
+            if age.saturating_add(delay) > policy.max_age {
                 return Completion::DeadLetter {
                     error: format!(
                         "gave up after {attempts} attempts, older than {:?}: {reason}",
@@ -558,7 +567,7 @@ fn decide(
                 };
             }
             Completion::Retry {
-                next_attempt_at: now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                next_attempt_at: now.saturating_add(millis(delay)),
                 error: reason.clone(),
             }
         }
@@ -573,7 +582,14 @@ fn backoff(policy: &DeliveryPolicy, previous_attempts: u32) -> Duration {
         .saturating_mul(2u32.saturating_pow(previous_attempts.min(20)))
         .min(policy.backoff_max);
     let half = nominal / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    // Rounding through f64 may land a hair above `half` for the largest durations.
+    half.saturating_add(half.mul_f64(rand::rng().random::<f64>()))
+        .min(nominal)
+}
+
+/// A duration in the queue's milliseconds, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn lease_ms(policy: &DeliveryPolicy, claimed: u32) -> i64 {
@@ -581,8 +597,12 @@ fn lease_ms(policy: &DeliveryPolicy, claimed: u32) -> i64 {
     // once; a lease that runs out only means a second attempt, never a lost delivery.
     let pacing =
         Duration::from_secs_f64(f64::from(claimed) / f64::from(policy.rate_per_second.max(1)));
-    let lease = policy.timeout * 2 + pacing + Duration::from_secs(30);
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+    let lease = policy
+        .timeout
+        .saturating_mul(2)
+        .saturating_add(pacing)
+        .saturating_add(Duration::from_secs(30));
+    millis(lease)
 }
 
 fn rate_limiter(policy: &DeliveryPolicy) -> DefaultDirectRateLimiter {
@@ -681,7 +701,11 @@ impl Worker {
                             Duration::from_secs(1),
                             policy.backoff_max.max(Duration::from_secs(1)),
                         );
-                    state.open_until = Some(Instant::now() + cooldown);
+                    let now = Instant::now();
+                    // An unrepresentable instant (a backoff max of centuries) means a year.
+                    state.open_until = now
+                        .checked_add(cooldown)
+                        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)));
                     tracing::warn!(cooldown_ms = cooldown.as_millis(), "circuit opened");
                 }
             }
@@ -713,6 +737,8 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn policy() -> DeliveryPolicy {
@@ -778,6 +804,91 @@ mod tests {
             panic!("{completion:?}")
         };
         assert_eq!(next_attempt_at, now + 7_000);
+    }
+
+    #[test]
+    fn a_retry_after_beyond_any_clock_is_capped_at_the_max_backoff() {
+        let now = 1_000_000;
+        let completion = decide(
+            &retry(Some(Duration::from_secs(u64::MAX))),
+            &delivery(0, now),
+            &policy(),
+            now,
+        );
+        let Completion::Retry {
+            next_attempt_at, ..
+        } = completion
+        else {
+            panic!("{completion:?}")
+        };
+        assert_eq!(next_attempt_at, now + 60_000);
+    }
+
+    fn any_policy() -> impl Strategy<Value = DeliveryPolicy> {
+        // Edges and everyday values both: uniform u64s are almost all centuries long.
+        let duration = || {
+            prop_oneof![Just(u64::MAX), 1..10_000_000u64, any::<u64>()]
+                .prop_map(Duration::from_millis)
+        };
+        (
+            duration(),
+            any::<u32>(),
+            duration(),
+            duration(),
+            duration(),
+            any::<u32>(),
+        )
+            .prop_map(|(timeout, max_attempts, max_age, initial, max, rate)| {
+                DeliveryPolicy {
+                    timeout,
+                    max_attempts,
+                    max_age,
+                    backoff_initial: initial.min(max),
+                    backoff_max: max,
+                    rate_per_second: rate,
+                    burst: rate,
+                    concurrency: 1,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decide_never_panics_and_never_waits_past_the_max_backoff(
+            policy in any_policy(),
+            attempts in any::<u32>(),
+            enqueued_at in prop_oneof![Just(i64::MIN), 0..2_000_000_000_000i64, any::<i64>()],
+            now in prop_oneof![Just(i64::MAX), 1_000_000_000_000..3_000_000_000_000i64, any::<i64>()],
+            retry_after in proptest::option::of(
+                (prop_oneof![Just(u64::MAX), 0..100_000u64, any::<u64>()], 0u32..1_000_000_000)
+                    .prop_map(|(s, n)| Duration::new(s, n))
+            ),
+        ) {
+            let outcome = retry(retry_after);
+            match decide(&outcome, &delivery(attempts, enqueued_at), &policy, now) {
+                Completion::Retry { next_attempt_at, .. } => {
+                    prop_assert!(next_attempt_at >= now);
+                    let waited = u128::try_from(i128::from(next_attempt_at) - i128::from(now)).unwrap();
+                    prop_assert!(
+                        next_attempt_at == i64::MAX || waited <= policy.backoff_max.as_millis(),
+                        "waits {waited} ms, max backoff {:?}", policy.backoff_max
+                    );
+                }
+                Completion::DeadLetter { error } => prop_assert!(error.starts_with("gave up")),
+                other => prop_assert!(false, "{other:?}"),
+            }
+            let _ = lease_ms(&policy, attempts);
+        }
+
+        #[test]
+        fn backoff_stays_between_half_and_the_whole_nominal_delay(
+            policy in any_policy(),
+            attempts in any::<u32>(),
+        ) {
+            let delay = backoff(&policy, attempts);
+            prop_assert!(delay <= policy.backoff_max);
+            prop_assert!(delay >= policy.backoff_initial.min(policy.backoff_max) / 2);
+        }
     }
 
     #[test]

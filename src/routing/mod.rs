@@ -484,3 +484,26 @@ impl EventVars {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn check_path_accepts_exactly_slash_separated_non_empty_segments(path in ".*") {
+            let accepted = check_path(&path).is_ok();
+            let expected = path == "/"
+                || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|segment| !segment.is_empty()));
+            prop_assert_eq!(accepted, expected, "{:?}", path);
+        }
+
+        #[test]
+        fn check_path_accepts_any_joined_segments(segments in prop::collection::vec("[^/]+", 1..6)) {
+            let path = format!("/{}", segments.join("/"));
+            prop_assert!(check_path(&path).is_ok(), "{:?}", path);
+        }
+    }
+}
