@@ -184,7 +184,8 @@ pub struct ClaimedDelivery {
     pub raw: Vec<u8>,
 }
 
-/// How an attempt ended. Every variant but [`Completion::Release`] counts as one attempt.
+/// How an attempt ended. The attempt was counted when the delivery was claimed, so one that
+/// never ends (the receiver crashed) counts too; [`Completion::Release`] takes it back.
 #[derive(Clone, Debug)]
 pub enum Completion {
     /// The sink accepted it.
@@ -198,6 +199,12 @@ pub enum Completion {
     },
     /// Give up; the error is kept for `deliveries show`.
     DeadLetter {
+        /// Why.
+        error: String,
+    },
+    /// Give up without trying it again (its earlier attempts never ended: it is poison); the
+    /// claim that found it does not count as an attempt.
+    DeadLetterUntried {
         /// Why.
         error: String,
     },
@@ -325,7 +332,8 @@ pub trait Queue: Send + Sync + 'static {
     fn handshake(&self, instance: String) -> BoxFuture<'_, Result<Handshake, QueueError>>;
 
     /// Claims up to `limit` deliveries of `sink` due at `now`, oldest first, for `lease_ms`. A
-    /// claim that is not completed within the lease becomes claimable again.
+    /// claim that is not completed within the lease becomes claimable again. Each claim counts
+    /// as an attempt; [`ClaimedDelivery::attempts`] are those made before this one.
     fn claim(
         &self,
         sink: SinkKey,

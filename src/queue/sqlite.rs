@@ -480,7 +480,10 @@ impl Queue for SqliteQueue {
             }
             let mut lease = connection
                 .prepare_cached(
-                    "UPDATE deliveries SET state = 'inflight', lease_until = ?2 WHERE id = ?1",
+                    // The attempt counts now, not when it ends: a delivery that crashes the
+                    // receiver every time it is tried still reaches max attempts.
+                    "UPDATE deliveries SET state = 'inflight', lease_until = ?2,
+                       attempts = attempts + 1 WHERE id = ?1",
                 )
                 .map_err(&map)?;
             for delivery in &claimed {
@@ -543,7 +546,7 @@ impl Queue for SqliteQueue {
             match &completion {
                 Completion::Delivered => execute_cached(
                     connection,
-                    "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
+                    "UPDATE deliveries SET state = 'delivered',
                            delivered_at = ?2, lease_until = NULL WHERE id = ?1",
                     params![id, now],
                 ),
@@ -552,20 +555,27 @@ impl Queue for SqliteQueue {
                     error,
                 } => execute_cached(
                     connection,
-                    "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,
+                    "UPDATE deliveries SET state = 'pending',
                        next_attempt_at = ?2, last_error = ?3, lease_until = NULL WHERE id = ?1",
                     params![id, next_attempt_at, error],
                 ),
                 Completion::DeadLetter { error } => execute_cached(
                     connection,
-                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1,
+                    "UPDATE deliveries SET state = 'dead',
+                       last_error = ?2, lease_until = NULL WHERE id = ?1",
+                    params![id, error],
+                ),
+                Completion::DeadLetterUntried { error } => execute_cached(
+                    connection,
+                    "UPDATE deliveries SET state = 'dead', attempts = MAX(attempts - 1, 0),
                        last_error = ?2, lease_until = NULL WHERE id = ?1",
                     params![id, error],
                 ),
                 Completion::Release { next_attempt_at } => execute_cached(
                     connection,
+                    // Handed back untried: the attempt counted at the claim is taken back.
                     "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2,
-                       lease_until = NULL WHERE id = ?1",
+                       attempts = MAX(attempts - 1, 0), lease_until = NULL WHERE id = ?1",
                     params![id, next_attempt_at],
                 ),
             }
@@ -575,7 +585,7 @@ impl Queue for SqliteQueue {
                 Completion::Retry { error, .. } => {
                     bump_counters(connection, &sink, Counter::Failed, Some(error))
                 }
-                Completion::DeadLetter { error } => {
+                Completion::DeadLetter { error } | Completion::DeadLetterUntried { error } => {
                     bump_counters(connection, &sink, Counter::DeadLettered(1), Some(error))
                 }
                 Completion::Release { .. } => Ok(()),
@@ -1001,6 +1011,48 @@ mod tests {
             claimed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
             ["e1-next"]
         );
+        // The attempt the crashed process claimed counts.
+        assert_eq!(claimed[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_counts_as_an_attempt_and_a_hand_back_takes_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
+        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        let attempts = || async {
+            queue
+                .list(DeliveryFilter {
+                    limit: 10,
+                    ..DeliveryFilter::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|delivery| delivery.attempts)
+                .collect::<Vec<_>>()
+        };
+        let claimed = queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].attempts, 0, "attempts before this one");
+        assert_eq!(attempts().await, [1]);
+        let release = Completion::Release {
+            next_attempt_at: now_millis(),
+        };
+        queue.complete("e1-next".into(), release).await.unwrap();
+        assert_eq!(attempts().await, [0]);
+        queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        let retry = Completion::Retry {
+            next_attempt_at: now_millis(),
+            error: "503".into(),
+        };
+        queue.complete("e1-next".into(), retry).await.unwrap();
+        assert_eq!(attempts().await, [1], "an attempt counts once");
     }
 
     #[tokio::test]

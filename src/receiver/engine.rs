@@ -422,6 +422,12 @@ impl Engine {
         let mut ready = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let span = delivery_span(&delivery);
+            if let Some(error) = unfinished(&delivery, policy) {
+                span.in_scope(|| tracing::warn!(%error, "dead-lettered: poison delivery"));
+                self.finish(&worker, &delivery, Completion::DeadLetterUntried { error })
+                    .await;
+                continue;
+            }
             match render(webhook, &delivery) {
                 Ok(payload) => ready.push((delivery, payload, span)),
                 Err(error) => {
@@ -466,7 +472,7 @@ impl Engine {
         match &completion {
             Completion::Delivered => self.metrics.delivered.get_or_create(&labels).inc(),
             Completion::Retry { .. } => self.metrics.retried.get_or_create(&labels).inc(),
-            Completion::DeadLetter { .. } => {
+            Completion::DeadLetter { .. } | Completion::DeadLetterUntried { .. } => {
                 self.metrics.dead_lettered.get_or_create(&labels).inc()
             }
             Completion::Release { .. } => 0,
@@ -502,7 +508,7 @@ fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {
             retry_in_ms = next_attempt_at.saturating_sub(now_millis()),
             "attempt failed; will retry"
         ),
-        Completion::DeadLetter { error } => {
+        Completion::DeadLetter { error } | Completion::DeadLetterUntried { error } => {
             tracing::warn!(%error, attempts = delivery.attempts.saturating_add(1), "dead-lettered")
         }
         Completion::Release { .. } => tracing::info!("held back: the sink is paused"),
@@ -521,6 +527,20 @@ fn render(webhook: &CompiledWebhook, delivery: &ClaimedDelivery) -> Result<Paylo
     route
         .render(&event, &delivery.raw)
         .map_err(|error| error.to_string())
+}
+
+/// Why a delivery is given up before it is tried again, if it is: every attempt is counted
+/// when it is claimed, and an attempt that ended normally below max attempts was retried, so a
+/// delivery already claimed max-attempts times ended its last attempt without any outcome. The
+/// receiver crashed (or was killed) while delivering it, perhaps because of it; trying again
+/// would only crash it again.
+fn unfinished(delivery: &ClaimedDelivery, policy: &DeliveryPolicy) -> Option<String> {
+    (delivery.attempts >= policy.max_attempts).then(|| {
+        format!(
+            "gave up after {} attempts: the receiver stopped while delivering",
+            delivery.attempts
+        )
+    })
 }
 
 /// What to record after an attempt that ended in `outcome`.

@@ -284,6 +284,11 @@ impl TestReceiver {
     pub async fn start(snapshot: Snapshot) -> Self {
         let store = TestStore::start();
         let queue = store.open().await;
+        Self::start_on(store, queue, snapshot).await
+    }
+
+    /// Starts a receiver on a store the test has already opened (and perhaps filled).
+    pub async fn start_on(store: TestStore, queue: Arc<dyn Queue>, snapshot: Snapshot) -> Self {
         let source = Arc::new(StaticSource::new(snapshot));
         let settings = ReceiverSettings {
             engine: EngineSettings {
