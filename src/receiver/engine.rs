@@ -32,6 +32,7 @@ use tracing::{Instrument, info_span};
 use super::{
     metrics::{Metrics, sink_labels},
     source::Snapshot,
+    tenant,
 };
 use crate::{
     config::CompiledWebhook,
@@ -41,6 +42,9 @@ use crate::{
     sinks::{DeliveryPolicy, Outcome, SinkClient, SinkConfig},
 };
 
+// How long a delivery's templates may take to render (they are bounded by minijinja fuel, so
+// this only catches what fuel does not count, such as one huge built-in operation).
+const RENDER_TIME_LIMIT: Duration = Duration::from_secs(1);
 // Consecutive failed attempts after which a sink's circuit opens.
 const TRIP_AFTER: u32 = 5;
 // Most deliveries merged into one call of a coalescing sink.
@@ -428,7 +432,7 @@ impl Engine {
                     .await;
                 continue;
             }
-            match render(webhook, &delivery) {
+            match render_off_workers(webhook, &delivery).await {
                 Ok(payload) => ready.push((delivery, payload, span)),
                 Err(error) => {
                     span.in_scope(|| tracing::warn!(%error, "dead-lettered: cannot render"));
@@ -513,6 +517,30 @@ fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {
         }
         Completion::Release { .. } => tracing::info!("held back: the sink is paused"),
     }
+}
+
+/// Renders a delivery; a route with templates renders as tenant code, off the async workers.
+async fn render_off_workers(
+    webhook: &Arc<CompiledWebhook>,
+    delivery: &ClaimedDelivery,
+) -> Result<Payload, String> {
+    let templated = webhook
+        .route(&delivery.route)
+        .is_some_and(|route| route.has_templates());
+    if !templated {
+        return render(webhook, delivery);
+    }
+    let (webhook, delivery) = (Arc::clone(webhook), delivery.clone());
+    tenant::run(tenant::Kind::Template, RENDER_TIME_LIMIT, move || {
+        render(&webhook, &delivery)
+    })
+    .await
+    .unwrap_or_else(|| {
+        Err(format!(
+            "rendering exceeded its time limit of {} ms",
+            RENDER_TIME_LIMIT.as_millis()
+        ))
+    })
 }
 
 fn render(webhook: &CompiledWebhook, delivery: &ClaimedDelivery) -> Result<Payload, String> {

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod kubernetes;
 pub mod metrics;
 pub mod source;
+pub mod tenant;
 
 use std::{
     future::{Future, IntoFuture},
