@@ -152,10 +152,23 @@ struct ReceiverArgs {
     /// until replayed).
     #[arg(long, env = "RETENTION", default_value = "24h")]
     retention: kube::core::Duration,
+    /// On both ports, how long a client has to send a request's headers; a keep-alive
+    /// connection idle this long is closed too (the idle timeout).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    header_read_timeout: kube::core::Duration,
+    /// On both ports, how long a request's body may take to arrive.
+    #[arg(long, env = "BODY_TIMEOUT", default_value = "30s")]
+    body_timeout: kube::core::Duration,
+    /// Connections each port serves at once; more wait in the accept backlog. Keep it well
+    /// under the open-files limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512)]
+    max_connections: usize,
 }
 
 async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
-    use crate::receiver::{self, ReceiverSettings, RunOptions, engine::EngineSettings};
+    use crate::receiver::{
+        self, ReceiverSettings, RunOptions, engine::EngineSettings, server::ServerLimits,
+    };
     let options = RunOptions {
         ingest_addr: args.ingest_addr,
         admin_addr: args.admin_addr,
@@ -169,6 +182,11 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
                 shutdown_grace: args.shutdown_grace.into(),
                 retention: args.retention.into(),
                 ..EngineSettings::default()
+            },
+            server: ServerLimits {
+                header_read_timeout: args.header_read_timeout.into(),
+                body_timeout: args.body_timeout.into(),
+                max_connections: args.max_connections,
             },
         },
     };

@@ -205,3 +205,108 @@ async fn a_bomb_webhook_beside_a_normal_one_neither_delays_nor_loses_the_normal_
     assert!(peak_rss < 256 * 1024, "peak RSS {peak_rss} KiB");
     receiver.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_connections_are_closed_after_the_header_timeout_and_ingest_still_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 1_000;
+    let header_timeout = Duration::from_secs(2);
+    let sink = CaptureSink::start().await;
+    let mut settings = TestReceiver::settings();
+    settings.server.header_read_timeout = header_timeout;
+    settings.server.max_connections = 2 * SLOW;
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let receiver = TestReceiver::start_with(
+        store,
+        queue,
+        snapshot(&webhook_spec(&[("crm", sink.url())])),
+        settings,
+    )
+    .await;
+
+    let opened = std::time::Instant::now();
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut stream = tokio::net::TcpStream::connect(receiver.ingest)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"POST /v1/instances/cms/strapi HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // One more header byte on every connection, as a slow-loris client keeps them alive.
+    for stream in &mut slow {
+        stream.write_all(b"a").await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let status = receiver.post(&support::client(), &article_event(1)).await;
+    let answered = started.elapsed();
+    assert!(status.is_success(), "{status}");
+
+    tokio::time::sleep((header_timeout + Duration::from_secs(2)).saturating_sub(opened.elapsed()))
+        .await;
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut buffer = [0u8; 512];
+        // A closed connection reads its end (after any error response hyper wrote).
+        let read = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        closed += usize::from(read == Ok(true));
+    }
+    eprintln!(
+        "with {SLOW} slow connections open, an ingest answered in {answered:?}; \
+         {closed} slow connections closed after the {header_timeout:?} header timeout"
+    );
+    assert_eq!(closed, SLOW, "every slow connection is closed");
+    // Generous for a debug build on a shared machine; the target is 100 ms.
+    assert!(answered < Duration::from_secs(1), "{answered:?}");
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_while_storage_writes_fail_and_ready_again_after() {
+    let store = TestStore::start();
+    if store.nats.is_some() {
+        return; // The SQLite file is what this test blocks.
+    }
+    let path = store.dir.path().join("queue.db");
+    let queue = store.open().await;
+    let sink = CaptureSink::start().await;
+    let receiver = TestReceiver::start_on(
+        store,
+        queue,
+        snapshot(&webhook_spec(&[("crm", sink.url())])),
+    )
+    .await;
+    let http = support::client();
+    let ready = format!("{}/readyz", receiver.admin_url());
+    let readiness = || async { http.get(&ready).send().await.unwrap().status().as_u16() };
+    assert_eq!(readiness().await, 200);
+
+    // Another process holding the write lock makes every write fail, as a full disk does.
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let status = receiver.post(&http, &article_event(1)).await;
+    assert_eq!(status.as_u16(), 503);
+    assert_eq!(readiness().await, 503, "not ready while writes fail");
+
+    blocker.execute_batch("COMMIT;").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while readiness().await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = receiver.post(&http, &article_event(2)).await;
+    assert!(status.is_success(), "{status}");
+    receiver.shutdown().await;
+}

@@ -381,6 +381,19 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Deletes delivered deliveries older than `before`, and events left without deliveries.
     fn prune(&self, before: UnixMillis) -> BoxFuture<'_, Result<u64, QueueError>>;
+
+    /// Why the last write to local storage failed, while it keeps failing (a full disk, a
+    /// locked or read-only file); `None` once a write succeeded again. Backends without local
+    /// storage report their failures per call instead.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
+    /// Makes one small write, so [`Queue::write_failure`] clears once storage works again even
+    /// when nothing else writes (an unready receiver gets no traffic).
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl fmt::Debug for dyn Queue {

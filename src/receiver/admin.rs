@@ -61,16 +61,31 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .with_state(state)
 }
 
+/// Ready once the configuration is loaded, and not while storage writes fail: every ingest
+/// would answer 503 then. A failing store is probed with a small write in the background, so
+/// readiness comes back once writes work again, without waiting for traffic.
 async fn ready(State(state): State<Arc<ReceiverState>>) -> Response {
-    if state.config.borrow().synced {
-        "ready".into_response()
-    } else {
-        (
+    if !state.config.borrow().synced {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "configuration not loaded yet",
         )
-            .into_response()
+            .into_response();
     }
+    let Some(failure) = state.queue.write_failure() else {
+        return "ready".into_response();
+    };
+    let queue = Arc::clone(&state.queue);
+    tokio::spawn(async move {
+        if let Err(error) = queue.probe_write().await {
+            tracing::warn!(%error, "storage writes still fail");
+        }
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("storage writes are failing: {failure}"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {

@@ -289,15 +289,29 @@ impl TestReceiver {
 
     /// Starts a receiver on a store the test has already opened (and perhaps filled).
     pub async fn start_on(store: TestStore, queue: Arc<dyn Queue>, snapshot: Snapshot) -> Self {
-        let source = Arc::new(StaticSource::new(snapshot));
-        let settings = ReceiverSettings {
+        Self::start_with(store, queue, snapshot, Self::settings()).await
+    }
+
+    /// The settings [`TestReceiver::start`] uses: quick shutdown and sweeps.
+    pub fn settings() -> ReceiverSettings {
+        ReceiverSettings {
             engine: EngineSettings {
                 shutdown_grace: Duration::from_secs(1),
                 sweep_interval: Duration::from_secs(1),
                 ..EngineSettings::default()
             },
             ..ReceiverSettings::default()
-        };
+        }
+    }
+
+    /// Starts a receiver with the given settings.
+    pub async fn start_with(
+        store: TestStore,
+        queue: Arc<dyn Queue>,
+        snapshot: Snapshot,
+        settings: ReceiverSettings,
+    ) -> Self {
+        let source = Arc::new(StaticSource::new(snapshot));
         let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
         let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
