@@ -53,10 +53,15 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
         .unwrap();
     // Earlier runs of the receiver claimed it and died before any outcome, three times (the
     // lease running out is what a crash looks like to the queue).
+    // JetStream keeps the first lease as its consumer's ack wait, also for the receiver started
+    // below, so the lease is long enough for that receiver to finish with the delivery.
     for _ in 0..3 {
-        let claimed = queue.claim(crm.clone(), now_millis(), 1, 1).await.unwrap();
+        let claimed = queue
+            .claim(crm.clone(), now_millis(), 1, 1_000)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
     }
 
     let receiver = TestReceiver::start_on(store, queue, snapshot(&spec)).await;
