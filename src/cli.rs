@@ -159,9 +159,9 @@ struct ReceiverArgs {
     /// On both ports, how long a request's body may take to arrive.
     #[arg(long, env = "BODY_TIMEOUT", default_value = "30s")]
     body_timeout: kube::core::Duration,
-    /// Connections each port serves at once; more wait in the accept backlog. Keep it well
-    /// under the open-files limit.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512)]
+    /// Connections each port serves at once; more wait in the accept backlog. Lowered at start
+    /// if both ports would not fit in the open-files limit (raised to its hard limit first).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
 }
 

@@ -315,3 +315,55 @@ async fn readyz_is_not_ready_while_storage_writes_fail_and_ready_again_after() {
     assert!(status.is_success(), "{status}");
     receiver.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_ingest() {
+    const IDLE: usize = 1_100;
+    let store = TestStore::start();
+    let sink = CaptureSink::start().await;
+    std::fs::write(
+        store.dir.path().join("manifests.yaml"),
+        support::manifests(&sink.url()),
+    )
+    .unwrap();
+    let receiver =
+        support::BinaryReceiver::start_with_open_files(store.dir.path(), &store.spec(), 1024).await;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(
+            tokio::net::TcpStream::connect(&receiver.ingest)
+                .await
+                .unwrap(),
+        );
+    }
+    let http = support::client();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.post(format!(
+            "http://{}/v1/instances/cms/strapi",
+            receiver.ingest
+        ))
+        .header("content-type", "application/json")
+        .header("x-strapi-webhook-secret", support::SECRET)
+        .body(article_event(1).to_string())
+        .send(),
+    )
+    .await
+    .expect("ingest answers with 1,100 idle connections open")
+    .unwrap();
+    let answered = started.elapsed();
+    assert!(response.status().is_success(), "{}", response.status());
+    let ready = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.get(format!("http://{}/readyz", receiver.admin)).send(),
+    )
+    .await
+    .expect("readyz answers")
+    .unwrap();
+    assert!(ready.status().is_success());
+    eprintln!(
+        "with {IDLE} idle connections and a soft limit of 1,024 files, ingest answered in {answered:?}"
+    );
+    drop(idle);
+}

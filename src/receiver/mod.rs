@@ -276,7 +276,8 @@ pub struct RunOptions {
 }
 
 /// Opens the queue, loads the configuration, binds both ports and serves until SIGTERM.
-pub async fn run(options: RunOptions) -> Result<(), ReceiverError> {
+pub async fn run(mut options: RunOptions) -> Result<(), ReceiverError> {
+    options.settings.server.fit_open_files_limit();
     let queue = options.queue.open(options.durability).await?;
     let source = options.config_source.load().await?;
     let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;

@@ -38,8 +38,42 @@ impl Default for ServerLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            // Well under the usual 1,024 open files, leaving room for the queue and sinks.
-            max_connections: 512,
+            max_connections: 4096,
+        }
+    }
+}
+
+// Open files kept for everything but the two ports' connections: the queue, sink connections,
+// the Kubernetes watch, logs.
+const RESERVED_FILES: u64 = 256;
+
+impl ServerLimits {
+    /// Raises the process's soft open-files limit to its hard limit (as Go's runtime does; the
+    /// usual soft limit of 1,024 is what a thousand idle clients exhausted), then lowers
+    /// `max_connections` if both ports at their cap would still not fit in it, so accepting
+    /// connections can never take the files the queue and the sinks need.
+    pub fn fit_open_files_limit(&mut self) {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current != limit.maximum {
+            let raised = rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => limit = getrlimit(Resource::Nofile),
+                Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+            }
+        }
+        let Some(files) = limit.current else { return };
+        let room = usize::try_from(files.saturating_sub(RESERVED_FILES) / 2).unwrap_or(usize::MAX);
+        if self.max_connections > room {
+            tracing::warn!(
+                open_files = files,
+                max_connections = room,
+                "--max-connections lowered to fit both ports in the open-files limit"
+            );
+            self.max_connections = room.max(1);
         }
     }
 }
@@ -89,4 +123,35 @@ pub async fn serve(
         });
     }
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    use super::*;
+
+    // nextest runs each test in its own process, so changing this one's limit is contained.
+    #[test]
+    fn the_open_files_limit_is_raised_and_the_cap_fits_in_it() {
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let Some(hard_files) = hard else { return };
+        let low = Rlimit {
+            current: Some(hard_files.min(1024)),
+            maximum: hard,
+        };
+        setrlimit(Resource::Nofile, low).unwrap();
+        let mut limits = ServerLimits {
+            max_connections: usize::MAX,
+            ..ServerLimits::default()
+        };
+        limits.fit_open_files_limit();
+        assert_eq!(
+            getrlimit(Resource::Nofile).current,
+            hard,
+            "raised to the hard limit"
+        );
+        let fits = usize::try_from((hard_files - RESERVED_FILES) / 2).unwrap();
+        assert_eq!(limits.max_connections, fits.max(1));
+    }
 }

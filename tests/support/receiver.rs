@@ -453,7 +453,30 @@ impl BinaryReceiver {
 
     /// Starts it on the given addresses (a restart on the same ports).
     pub async fn start_on(dir: &Path, queue: &str, ingest: String, admin: String) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        let command = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"));
+        Self::start_command(command, dir, queue, ingest, admin).await
+    }
+
+    /// Starts it with a soft open-files limit of `files`, as a default `ulimit -n` would.
+    pub async fn start_with_open_files(dir: &Path, queue: &str, files: u32) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -S -n {files} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_strapi-webhook-operator"));
+        let ingest = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        Self::start_command(command, dir, queue, ingest, admin).await
+    }
+
+    async fn start_command(
+        mut command: Command,
+        dir: &Path,
+        queue: &str,
+        ingest: String,
+        admin: String,
+    ) -> Self {
+        let child = command
             .args(["receiver", "--ingest-addr", &ingest, "--admin-addr", &admin])
             .arg(format!("--queue={queue}"))
             .arg(format!(
