@@ -367,3 +367,37 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
     );
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_receiver_on_the_same_sqlite_file_exits_naming_it() {
+    let store = TestStore::start();
+    if store.nats.is_some() {
+        return; // Several receivers on one JetStream is the supported setup.
+    }
+    let sink = CaptureSink::start().await;
+    let dir = store.dir.path();
+    std::fs::write(dir.join("manifests.yaml"), support::manifests(&sink.url())).unwrap();
+    let _first = support::BinaryReceiver::start(dir, &store.spec()).await;
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        .args([
+            "receiver",
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .arg(format!("--queue={}", store.spec()))
+        .arg(format!(
+            "--config-source=file:{}",
+            dir.join("manifests.yaml").display()
+        ))
+        .output()
+        .expect("running a second receiver");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second receiver kept running");
+    let path = dir.join("queue.db").display().to_string();
+    assert!(
+        stderr.contains("another receiver holds") && stderr.contains(&path),
+        "{stderr}"
+    );
+}
