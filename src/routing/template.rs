@@ -112,12 +112,7 @@ impl io::Write for Capped {
 /// data; they have no need to repeat or multiply. A template that does not tokenize is left
 /// for minijinja to report.
 fn refuse_multiplication(source: &str) -> Result<(), usize> {
-    let tokens = tokenize(
-        source,
-        false,
-        SyntaxConfig,
-        WhitespaceConfig::default(),
-    );
+    let tokens = tokenize(source, false, SyntaxConfig, WhitespaceConfig::default());
     for token in tokens {
         match token {
             Ok((Token::Mul, span)) => return Err(usize::try_from(span.start_offset).unwrap_or(0)),
