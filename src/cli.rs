@@ -178,6 +178,17 @@ struct ReceiverArgs {
     /// The admin API's bearer token; without one the delivery API is off.
     #[command(flatten)]
     admin_token: AdminTokenArgs,
+    /// On both ports, how long a client has to send a request's headers; a keep-alive
+    /// connection idle this long is closed too (the idle timeout).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    header_read_timeout: kube::core::Duration,
+    /// On both ports, how long a request's body may take to arrive.
+    #[arg(long, env = "BODY_TIMEOUT", default_value = "30s")]
+    body_timeout: kube::core::Duration,
+    /// Connections each port serves at once; more wait in the accept backlog. Lowered at start
+    /// if both ports would not fit in the open-files limit (raised to its hard limit first).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
 }
 
 /// Where the receiver's admin API token comes from.
@@ -219,7 +230,9 @@ impl AdminTokenArgs {
 }
 
 async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
-    use crate::receiver::{self, ReceiverSettings, RunOptions, engine::EngineSettings};
+    use crate::receiver::{
+        self, ReceiverSettings, RunOptions, engine::EngineSettings, server::ServerLimits,
+    };
     let options = RunOptions {
         ingest_addr: args.ingest_addr,
         admin_addr: args.admin_addr,
@@ -240,6 +253,11 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
                 own_addresses: args.pod_ip.into_iter().collect(),
             },
             admin_token: args.admin_token.token()?,
+            server: ServerLimits {
+                header_read_timeout: args.header_read_timeout.into(),
+                body_timeout: args.body_timeout.into(),
+                max_connections: args.max_connections,
+            },
         },
     };
     receiver::run(options).await?;

@@ -79,6 +79,44 @@ mod tests {
         assert_eq!(body.entry_field("slug"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_any_bytes(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = EventBody::parse(&raw);
+        }
+
+        #[test]
+        fn parse_keeps_any_event_name_and_fields(
+            event in ".*",
+            model in proptest::option::of(".*"),
+            extra in proptest::collection::btree_map("[a-z]{1,8}", ".*", 0..4),
+        ) {
+            let mut body = serde_json::json!({ "event": event, "entry": { "id": 1 } });
+            if let Some(model) = &model {
+                body["model"] = Value::from(model.clone());
+            }
+            for (key, value) in &extra {
+                if !["event", "model", "entry", "uid", "media", "createdAt"].contains(&key.as_str()) {
+                    body[key] = Value::from(value.clone());
+                }
+            }
+            let parsed = EventBody::parse(body.to_string().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(&parsed.event, &event);
+            proptest::prop_assert_eq!(&parsed.model, &model);
+            proptest::prop_assert_eq!(serde_json::to_value(&parsed).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn deeply_nested_bodies_are_an_error_not_a_stack_overflow() {
+        let raw = format!(
+            "{{\"event\":\"x\",\"entry\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(EventBody::parse(raw.as_bytes()).is_err());
+    }
+
     #[test]
     fn rejects_a_body_without_an_event_name() {
         let error = EventBody::parse(br#"{"model":"article"}"#).unwrap_err();

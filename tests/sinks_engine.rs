@@ -204,6 +204,35 @@ async fn slack_429_waits_for_retry_after_then_posts_the_comment() {
 }
 
 #[tokio::test]
+async fn a_retry_after_beyond_any_clock_waits_the_max_backoff_instead() {
+    let hook = Recorder::start(vec![
+        || {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "18446744073709551615")],
+            )
+                .into_response()
+        },
+        || "ok".into_response(),
+    ])
+    .await;
+    // One HTTP sink whose backoff max is 400 ms.
+    let spec = support::webhook_spec(&[("crm", hook.url.clone())]);
+    let receiver = TestReceiver::start(support::snapshot(&spec)).await;
+    let status = receiver.post(&client(), &article_update("hello")).await;
+    assert!(status.is_success(), "{status}");
+
+    hook.wait_for(|seen| seen.len() >= 2).await;
+    let seen = hook.seen();
+    let waited = seen[1].0.duration_since(seen[0].0);
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(10),
+        "retried after {waited:?}"
+    );
+    receiver.shutdown().await;
+}
+
+#[tokio::test]
 async fn slack_no_service_pauses_the_sink_and_sends_nothing_more() {
     let hook = Recorder::start(vec![|| {
         (axum::http::StatusCode::NOT_FOUND, "no_service").into_response()

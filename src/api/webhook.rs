@@ -10,7 +10,7 @@ use super::{DNS_LABEL_PATTERN, DURATION_PATTERN, NAME_MAX_LENGTH, SecretKeyRef, 
 pub(crate) const MAX_SINKS: u32 = 16;
 pub(crate) const MAX_ROUTES: u32 = 64;
 pub(crate) const MAX_TEMPLATE_LENGTH: u32 = 8192;
-pub(crate) const MAX_FILTER_LENGTH: u32 = 2048;
+pub(crate) const MAX_FILTER_LENGTH: u32 = crate::routing::MAX_FILTER_CHARS as u32;
 
 /// Sends Strapi events to Next.js, Slack and HTTP sinks, chosen and shaped by routes.
 ///

@@ -572,6 +572,42 @@ mod tests {
     }
 
     #[test]
+    fn filters_and_templates_over_the_static_budget_fail_routes_valid_with_the_field() {
+        let list = format!("[{}]", vec!["1"; 100].join(", "));
+        let cel_bomb = format!(
+            "{list}.all(event, {list}.all(model, {list}.all(uid, {list}.all(media, event + model + uid + media >= 0))))"
+        );
+        let template_bomb = r#"{{ "a"*100000000 ~ "b"*100000000 ~ "c"*100000000 }}"#;
+        let mut secrets = InMemorySecrets::new();
+        secrets.insert("web", "crm-api", "token", "t").insert(
+            "web",
+            "crm-api",
+            "signing-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        for (field, expected) in [
+            ("spec.routes[0].filter", "budget"),
+            ("spec.routes[0].http.body", "uses `*`"),
+        ] {
+            let mut crm = webhook(include_str!("../../examples/crm-sync.yaml"));
+            if field.ends_with("filter") {
+                crm.spec.routes[0].filter = Some(cel_bomb.clone());
+            } else if let Some(http) = crm.spec.routes[0].http.as_mut() {
+                http.body = Some(template_bomb.to_owned());
+            }
+            let errors =
+                config::compile_webhook("web", "crm-sync", 1, &crm.spec, &secrets).unwrap_err();
+            let [routes, _] = validation_conditions(Some(&errors), &[]);
+            assert!(!routes.status);
+            assert!(
+                routes.message.contains(field) && routes.message.contains(expected),
+                "{}",
+                routes.message
+            );
+        }
+    }
+
+    #[test]
     fn registered_needs_every_event_in_the_instance_registration() {
         let site = webhook(include_str!(
             "../../tests/fixtures/controller/webhook-articles.yaml"

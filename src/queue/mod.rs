@@ -184,7 +184,8 @@ pub struct ClaimedDelivery {
     pub raw: Vec<u8>,
 }
 
-/// How an attempt ended. Every variant but [`Completion::Release`] counts as one attempt.
+/// How an attempt ended. The attempt was counted when the delivery was claimed, so one that
+/// never ends (the receiver crashed) counts too; [`Completion::Release`] takes it back.
 #[derive(Clone, Debug)]
 pub enum Completion {
     /// The sink accepted it.
@@ -198,6 +199,12 @@ pub enum Completion {
     },
     /// Give up; the error is kept for `deliveries show`.
     DeadLetter {
+        /// Why.
+        error: String,
+    },
+    /// Give up without trying it again (its earlier attempts never ended: it is poison); the
+    /// claim that found it does not count as an attempt.
+    DeadLetterUntried {
         /// Why.
         error: String,
     },
@@ -328,7 +335,8 @@ pub trait Queue: Send + Sync + 'static {
     fn handshake(&self, instance: String) -> BoxFuture<'_, Result<Handshake, QueueError>>;
 
     /// Claims up to `limit` deliveries of `sink` due at `now`, oldest first, for `lease_ms`. A
-    /// claim that is not completed within the lease becomes claimable again.
+    /// claim that is not completed within the lease becomes claimable again. Each claim counts
+    /// as an attempt; [`ClaimedDelivery::attempts`] are those made before this one.
     fn claim(
         &self,
         sink: SinkKey,
@@ -376,6 +384,19 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Deletes delivered deliveries older than `before`, and events left without deliveries.
     fn prune(&self, before: UnixMillis) -> BoxFuture<'_, Result<u64, QueueError>>;
+
+    /// Why the last write to local storage failed, while it keeps failing (a full disk, a
+    /// locked or read-only file); `None` once a write succeeded again. Backends without local
+    /// storage report their failures per call instead.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
+    /// Makes one small write, so [`Queue::write_failure`] clears once storage works again even
+    /// when nothing else writes (an unready receiver gets no traffic).
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl fmt::Debug for dyn Queue {

@@ -560,6 +560,11 @@ impl NatsQueue {
             + message
                 .info()
                 .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(1));
+        // The claim that found a poison delivery is not an attempt.
+        let dead_attempts = match completion {
+            Completion::DeadLetterUntried { .. } => attempts - 1,
+            _ => attempts,
+        };
         let sink = record.sink_key();
         let now = now_millis();
         let message = &message;
@@ -600,8 +605,8 @@ impl NatsQueue {
                 })
                 .await;
             }
-            Completion::DeadLetter { error } => {
-                record.attempts = attempts;
+            Completion::DeadLetter { error } | Completion::DeadLetterUntried { error } => {
+                record.attempts = dead_attempts;
                 record.last_error = Some(error.clone());
                 // Stored dead first: a crash in between leaves the delivery in the work queue
                 // (sent again), never in neither stream.

@@ -113,6 +113,11 @@ pub struct SqliteQueue {
     writer: mpsc::UnboundedSender<Box<dyn WriteJob>>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    // The error of the writer's last commit, if it failed.
+    write_failure: Arc<Mutex<Option<String>>>,
+    // An exclusive lock on the file for as long as this queue lives: a second receiver on the
+    // same file would reset this one's in-flight deliveries and send them twice.
+    _lock: std::fs::File,
 }
 
 impl SqliteQueue {
@@ -138,6 +143,7 @@ impl SqliteQueue {
                 message: format!("creating {}: {error}", parent.display()),
             })?;
         }
+        let lock = lock_exclusively(path)?;
         let mut writer = Connection::open(path).map_err(open_error)?;
         writer
             .execute_batch(&format!(
@@ -146,6 +152,7 @@ impl SqliteQueue {
                 durability.pragma()
             ))
             .map_err(open_error)?;
+        check_integrity(&writer, path)?;
         writer.execute_batch(SCHEMA).map_err(open_error)?;
         writer
             .execute(
@@ -160,9 +167,11 @@ impl SqliteQueue {
 
         let (sender, jobs) = mpsc::unbounded_channel();
         let thread_path = path.display().to_string();
+        let write_failure = Arc::new(Mutex::new(None));
+        let failure = Arc::clone(&write_failure);
         thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || run_writer(&mut writer, jobs, &thread_path))
+            .spawn(move || run_writer(&mut writer, jobs, &thread_path, &failure))
             .map_err(|error| QueueError::Open {
                 location: path.display().to_string(),
                 message: format!("starting the writer thread: {error}"),
@@ -171,6 +180,8 @@ impl SqliteQueue {
             writer: sender,
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_owned(),
+            write_failure,
+            _lock: lock,
         })
     }
 
@@ -220,6 +231,59 @@ impl SqliteQueue {
     }
 }
 
+/// Takes an exclusive advisory lock on the queue file itself (SQLite's own locks are
+/// separate), released when the process exits however it exits.
+fn lock_exclusively(path: &Path) -> Result<std::fs::File, QueueError> {
+    let refuse = |message: String| QueueError::Open {
+        location: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| refuse(error.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(refuse(format!(
+            "another receiver holds {}; one receiver owns one SQLite queue (several replicas \
+             need --queue nats://…)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(refuse(format!("locking {}: {error}", path.display())))
+        }
+    }
+}
+
+/// `PRAGMA quick_check`: refuses a file with damaged pages at start, rather than answering
+/// Strapi 200 and failing later when the damaged pages are read.
+fn check_integrity(connection: &Connection, path: &Path) -> Result<(), QueueError> {
+    let problems = connection
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut check| {
+            check
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap_or_else(|error| vec![error.to_string()]);
+    if problems == ["ok"] {
+        return Ok(());
+    }
+    let shown = path.display();
+    Err(QueueError::Open {
+        location: shown.to_string(),
+        message: format!(
+            "the queue file is damaged ({}); stop, keep a copy, and recover what is readable \
+             with `sqlite3 {shown} .recover | sqlite3 {shown}.recovered`, then start on \
+             {shown}.recovered (or move the file aside to start empty)",
+            problems.join("; ")
+        ),
+    })
+}
+
 fn storage(step: &'static str, error: impl ToString) -> QueueError {
     QueueError::Storage {
         step,
@@ -233,6 +297,9 @@ trait WriteJob: Send {
     fn run(&mut self, transaction: &mut Transaction<'_>);
     /// Answers the caller once the batch's commit (or its failure to start) is known.
     fn finish(self: Box<Self>, batch: Result<(), &str>);
+    /// The storage error the request failed with, if it did (not a refusal such as a replay
+    /// of a queued delivery).
+    fn storage_failure(&self) -> Option<String>;
 }
 
 struct Job<T, F> {
@@ -266,6 +333,13 @@ where
         self.result = Some(result);
     }
 
+    fn storage_failure(&self) -> Option<String> {
+        match &self.result {
+            Some(Err(error @ QueueError::Storage { .. })) => Some(error.to_string()),
+            _ => None,
+        }
+    }
+
     fn finish(self: Box<Self>, batch: Result<(), &str>) {
         let step = self.step;
         let answer = match (batch, self.result) {
@@ -282,6 +356,7 @@ fn run_writer(
     connection: &mut Connection,
     mut jobs: mpsc::UnboundedReceiver<Box<dyn WriteJob>>,
     path: &str,
+    write_failure: &Mutex<Option<String>>,
 ) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -303,6 +378,13 @@ fn run_writer(
         if let Err(message) = &outcome {
             tracing::error!(path, batch = batch.len(), error = %message, "queue commit failed");
         }
+        let failure = outcome
+            .clone()
+            .err()
+            .or_else(|| batch.iter().find_map(|job| job.storage_failure()));
+        *write_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = failure;
         for job in batch {
             job.finish(outcome.as_ref().map(|_| ()).map_err(String::as_str));
         }
@@ -322,6 +404,24 @@ fn sql(step: &'static str) -> impl Fn(rusqlite::Error) -> QueueError {
 }
 
 impl Queue for SqliteQueue {
+    fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.write("probe", |connection| {
+            connection
+                .execute_batch(
+                    "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at INTEGER);
+                     INSERT OR REPLACE INTO write_probe VALUES (1, unixepoch());",
+                )
+                .map_err(sql("probe"))
+        })
+    }
+
     fn ingest(&self, event: NewEvent) -> BoxFuture<'_, Result<IngestOutcome, QueueError>> {
         self.write("ingest", move |connection| {
             let map = sql("ingest");
@@ -480,7 +580,10 @@ impl Queue for SqliteQueue {
             }
             let mut lease = connection
                 .prepare_cached(
-                    "UPDATE deliveries SET state = 'inflight', lease_until = ?2 WHERE id = ?1",
+                    // The attempt counts now, not when it ends: a delivery that crashes the
+                    // receiver every time it is tried still reaches max attempts.
+                    "UPDATE deliveries SET state = 'inflight', lease_until = ?2,
+                       attempts = attempts + 1 WHERE id = ?1",
                 )
                 .map_err(&map)?;
             for delivery in &claimed {
@@ -543,7 +646,7 @@ impl Queue for SqliteQueue {
             match &completion {
                 Completion::Delivered => execute_cached(
                     connection,
-                    "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
+                    "UPDATE deliveries SET state = 'delivered',
                            delivered_at = ?2, lease_until = NULL WHERE id = ?1",
                     params![id, now],
                 ),
@@ -552,20 +655,27 @@ impl Queue for SqliteQueue {
                     error,
                 } => execute_cached(
                     connection,
-                    "UPDATE deliveries SET state = 'pending', attempts = attempts + 1,
+                    "UPDATE deliveries SET state = 'pending',
                        next_attempt_at = ?2, last_error = ?3, lease_until = NULL WHERE id = ?1",
                     params![id, next_attempt_at, error],
                 ),
                 Completion::DeadLetter { error } => execute_cached(
                     connection,
-                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1,
+                    "UPDATE deliveries SET state = 'dead',
+                       last_error = ?2, lease_until = NULL WHERE id = ?1",
+                    params![id, error],
+                ),
+                Completion::DeadLetterUntried { error } => execute_cached(
+                    connection,
+                    "UPDATE deliveries SET state = 'dead', attempts = MAX(attempts - 1, 0),
                        last_error = ?2, lease_until = NULL WHERE id = ?1",
                     params![id, error],
                 ),
                 Completion::Release { next_attempt_at } => execute_cached(
                     connection,
+                    // Handed back untried: the attempt counted at the claim is taken back.
                     "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2,
-                       lease_until = NULL WHERE id = ?1",
+                       attempts = MAX(attempts - 1, 0), lease_until = NULL WHERE id = ?1",
                     params![id, next_attempt_at],
                 ),
             }
@@ -575,7 +685,7 @@ impl Queue for SqliteQueue {
                 Completion::Retry { error, .. } => {
                     bump_counters(connection, &sink, Counter::Failed, Some(error))
                 }
-                Completion::DeadLetter { error } => {
+                Completion::DeadLetter { error } | Completion::DeadLetterUntried { error } => {
                     bump_counters(connection, &sink, Counter::DeadLettered(1), Some(error))
                 }
                 Completion::Release { .. } => Ok(()),
@@ -1004,6 +1114,123 @@ mod tests {
             claimed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
             ["e1-next"]
         );
+        // The attempt the crashed process claimed counts.
+        assert_eq!(claimed[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_queue_on_the_same_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let first = SqliteQueue::open(&path).unwrap();
+        let Err(error) = SqliteQueue::open(&path) else {
+            panic!("a second queue opened the same file")
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("another receiver holds")
+                && message.contains(&path.display().to_string()),
+            "{message}"
+        );
+        drop(first);
+        SqliteQueue::open(&path).expect("the lock goes with the first queue");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_refused_with_the_recovery_command() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            for n in 0..300 {
+                let mut stored = event(&format!("e{n}"), None, &["next"]);
+                stored.raw =
+                    format!(r#"{{"event":"x","pad":"{}"}}"#, "x".repeat(2000)).into_bytes();
+                queue.ingest(stored).await.unwrap();
+            }
+        }
+        // Checkpoint the WAL into the file, then damage pages in its middle.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        let length = std::fs::metadata(&path).unwrap().len();
+        assert!(length > 64 * 1024, "{length}");
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(length / 2 - 16 * 1024)).unwrap();
+        let noise: Vec<u8> = (0..32 * 1024u32)
+            .map(|n| (n.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        file.write_all(&noise).unwrap();
+        drop(file);
+        let Err(error) = SqliteQueue::open(&path) else {
+            panic!("a damaged file opened")
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("damaged") && message.contains(".recover"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_writes_are_reported_until_a_write_succeeds_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let queue = SqliteQueue::open(&path).unwrap();
+        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        assert_eq!(queue.write_failure(), None);
+        // Another connection holding the write lock makes every commit fail (after the busy
+        // timeout), as a full disk or a read-only file would.
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+        assert!(queue.ingest(event("e2", None, &["next"])).await.is_err());
+        assert!(queue.write_failure().is_some());
+        assert!(queue.probe_write().await.is_err());
+        blocker.execute_batch("COMMIT;").unwrap();
+        queue.probe_write().await.unwrap();
+        assert_eq!(queue.write_failure(), None);
+    }
+
+    #[tokio::test]
+    async fn a_claim_counts_as_an_attempt_and_a_hand_back_takes_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
+        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        let attempts = || async {
+            queue
+                .list(DeliveryFilter {
+                    limit: 10,
+                    ..DeliveryFilter::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|delivery| delivery.attempts)
+                .collect::<Vec<_>>()
+        };
+        let claimed = queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].attempts, 0, "attempts before this one");
+        assert_eq!(attempts().await, [1]);
+        let release = Completion::Release {
+            next_attempt_at: now_millis(),
+        };
+        queue.complete("e1-next".into(), release).await.unwrap();
+        assert_eq!(attempts().await, [0]);
+        queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        let retry = Completion::Retry {
+            next_attempt_at: now_millis(),
+            error: "503".into(),
+        };
+        queue.complete("e1-next".into(), retry).await.unwrap();
+        assert_eq!(attempts().await, [1], "an attempt counts once");
     }
 
     #[tokio::test]

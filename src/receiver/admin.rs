@@ -128,20 +128,33 @@ async fn authorize(
 }
 
 /// Whether the receiver answers ingest, or why not: the one rule behind `/readyz` and the
-/// `ready` metric.
-fn readiness(state: &ReceiverState) -> Result<(), &'static str> {
-    if state.config.borrow().synced {
-        Ok(())
-    } else {
-        Err("configuration not loaded yet")
+/// `ready` metric. Not before the configuration is loaded, nor while storage writes fail (every
+/// ingest would answer 503 then).
+fn readiness(state: &ReceiverState) -> Result<(), String> {
+    if !state.config.borrow().synced {
+        return Err("configuration not loaded yet".to_owned());
+    }
+    match state.queue.write_failure() {
+        None => Ok(()),
+        Some(failure) => Err(format!("storage writes are failing: {failure}")),
     }
 }
 
+/// `/readyz`. A failing store is probed with a small write in the background, so readiness
+/// comes back once writes work again, without waiting for traffic.
 async fn ready(State(state): State<Arc<ReceiverState>>) -> Response {
-    match readiness(&state) {
-        Ok(()) => "ready".into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    let Err(reason) = readiness(&state) else {
+        return "ready".into_response();
+    };
+    if state.queue.write_failure().is_some() {
+        let queue = Arc::clone(&state.queue);
+        tokio::spawn(async move {
+            if let Err(error) = queue.probe_write().await {
+                tracing::warn!(%error, "storage writes still fail");
+            }
+        });
     }
+    (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {

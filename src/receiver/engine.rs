@@ -32,6 +32,7 @@ use tracing::{Instrument, info_span};
 use super::{
     metrics::{Metrics, sink_labels},
     source::Snapshot,
+    tenant,
 };
 use crate::{
     config::CompiledWebhook,
@@ -41,6 +42,9 @@ use crate::{
     sinks::{DeliveryPolicy, Outcome, SinkClient, SinkConfig},
 };
 
+// How long a delivery's templates may take to render (they are bounded by minijinja fuel, so
+// this only catches what fuel does not count, such as one huge built-in operation).
+const RENDER_TIME_LIMIT: Duration = Duration::from_secs(1);
 // Consecutive failed attempts after which a sink's circuit opens.
 const TRIP_AFTER: u32 = 5;
 // Most deliveries merged into one call of a coalescing sink.
@@ -349,9 +353,11 @@ impl Engine {
 
     async fn until_next_due(&self, worker: &Worker) -> Duration {
         match self.queue.next_due(worker.key.clone()).await {
-            Ok(Some(due)) => {
-                Duration::from_millis(u64::try_from(due - now_millis()).unwrap_or(0).max(1))
-            }
+            Ok(Some(due)) => Duration::from_millis(
+                u64::try_from(due.saturating_sub(now_millis()))
+                    .unwrap_or(0)
+                    .max(1),
+            ),
             Ok(None) => IDLE_RECHECK,
             Err(error) => {
                 tracing::error!(%error, "reading the next due delivery failed");
@@ -420,7 +426,13 @@ impl Engine {
         let mut ready = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let span = delivery_span(&delivery);
-            match render(webhook, &delivery) {
+            if let Some(error) = unfinished(&delivery, policy) {
+                span.in_scope(|| tracing::warn!(%error, "dead-lettered: poison delivery"));
+                self.finish(&worker, &delivery, Completion::DeadLetterUntried { error })
+                    .await;
+                continue;
+            }
+            match render_off_workers(webhook, &delivery).await {
                 Ok(payload) => ready.push((delivery, payload, span)),
                 Err(error) => {
                     span.in_scope(|| tracing::warn!(%error, "dead-lettered: cannot render"));
@@ -464,7 +476,7 @@ impl Engine {
         match &completion {
             Completion::Delivered => self.metrics.delivered.get_or_create(&labels).inc(),
             Completion::Retry { .. } => self.metrics.retried.get_or_create(&labels).inc(),
-            Completion::DeadLetter { .. } => {
+            Completion::DeadLetter { .. } | Completion::DeadLetterUntried { .. } => {
                 self.metrics.dead_lettered.get_or_create(&labels).inc()
             }
             Completion::Release { .. } => 0,
@@ -485,7 +497,7 @@ fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
         webhook = %delivery.sink.webhook,
         sink = %delivery.sink.sink,
         route = %delivery.route,
-        attempt = delivery.attempts + 1,
+        attempt = delivery.attempts.saturating_add(1),
     )
 }
 
@@ -497,14 +509,38 @@ fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {
             error,
         } => tracing::info!(
             %error,
-            retry_in_ms = next_attempt_at - now_millis(),
+            retry_in_ms = next_attempt_at.saturating_sub(now_millis()),
             "attempt failed; will retry"
         ),
-        Completion::DeadLetter { error } => {
-            tracing::warn!(%error, attempts = delivery.attempts + 1, "dead-lettered")
+        Completion::DeadLetter { error } | Completion::DeadLetterUntried { error } => {
+            tracing::warn!(%error, attempts = delivery.attempts.saturating_add(1), "dead-lettered")
         }
         Completion::Release { .. } => tracing::info!("held back: the sink is paused"),
     }
+}
+
+/// Renders a delivery; a route with templates renders as tenant code, off the async workers.
+async fn render_off_workers(
+    webhook: &Arc<CompiledWebhook>,
+    delivery: &ClaimedDelivery,
+) -> Result<Payload, String> {
+    let templated = webhook
+        .route(&delivery.route)
+        .is_some_and(|route| route.has_templates());
+    if !templated {
+        return render(webhook, delivery);
+    }
+    let (webhook, delivery) = (Arc::clone(webhook), delivery.clone());
+    tenant::run(tenant::Kind::Template, RENDER_TIME_LIMIT, move || {
+        render(&webhook, &delivery)
+    })
+    .await
+    .unwrap_or_else(|| {
+        Err(format!(
+            "rendering exceeded its time limit of {} ms",
+            RENDER_TIME_LIMIT.as_millis()
+        ))
+    })
 }
 
 fn render(webhook: &CompiledWebhook, delivery: &ClaimedDelivery) -> Result<Payload, String> {
@@ -521,6 +557,20 @@ fn render(webhook: &CompiledWebhook, delivery: &ClaimedDelivery) -> Result<Paylo
         .map_err(|error| error.to_string())
 }
 
+/// Why a delivery is given up before it is tried again, if it is: every attempt is counted
+/// when it is claimed, and an attempt that ended normally below max attempts was retried, so a
+/// delivery already claimed max-attempts times ended its last attempt without any outcome. The
+/// receiver crashed (or was killed) while delivering it, perhaps because of it; trying again
+/// would only crash it again.
+fn unfinished(delivery: &ClaimedDelivery, policy: &DeliveryPolicy) -> Option<String> {
+    (delivery.attempts >= policy.max_attempts).then(|| {
+        format!(
+            "gave up after {} attempts: the receiver stopped while delivering",
+            delivery.attempts
+        )
+    })
+}
+
 /// What to record after an attempt that ended in `outcome`.
 fn decide(
     outcome: &Outcome,
@@ -528,7 +578,7 @@ fn decide(
     policy: &DeliveryPolicy,
     now: UnixMillis,
 ) -> Completion {
-    let attempts = delivery.attempts + 1;
+    let attempts = delivery.attempts.saturating_add(1);
     match outcome {
         Outcome::Delivered => Completion::Delivered,
         Outcome::DeadLetter { reason } => Completion::DeadLetter {
@@ -542,14 +592,21 @@ fn decide(
             reason,
             retry_after,
         } => {
-            let age = Duration::from_millis(u64::try_from(now - delivery.enqueued_at).unwrap_or(0));
+            let age = Duration::from_millis(
+                u64::try_from(now.saturating_sub(delivery.enqueued_at)).unwrap_or(0),
+            );
             if attempts >= policy.max_attempts {
                 return Completion::DeadLetter {
                     error: format!("gave up after {attempts} attempts: {reason}"),
                 };
             }
-            let delay = retry_after.unwrap_or_else(|| backoff(policy, delivery.attempts));
-            if age + delay > policy.max_age {
+            // A sink's `Retry-After` is honoured up to the policy's longest backoff: a sink
+            // (or whatever answers at its address) must not park a delivery for ever.
+            let delay = retry_after.map_or_else(
+                || backoff(policy, delivery.attempts),
+                |asked| asked.min(policy.backoff_max),
+            );
+            if age.saturating_add(delay) > policy.max_age {
                 return Completion::DeadLetter {
                     error: format!(
                         "gave up after {attempts} attempts, older than {:?}: {reason}",
@@ -558,7 +615,7 @@ fn decide(
                 };
             }
             Completion::Retry {
-                next_attempt_at: now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                next_attempt_at: now.saturating_add(millis(delay)),
                 error: reason.clone(),
             }
         }
@@ -573,7 +630,14 @@ fn backoff(policy: &DeliveryPolicy, previous_attempts: u32) -> Duration {
         .saturating_mul(2u32.saturating_pow(previous_attempts.min(20)))
         .min(policy.backoff_max);
     let half = nominal / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    // Rounding through f64 may land a hair above `half` for the largest durations.
+    half.saturating_add(half.mul_f64(rand::rng().random::<f64>()))
+        .min(nominal)
+}
+
+/// A duration in the queue's milliseconds, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn lease_ms(policy: &DeliveryPolicy, claimed: u32) -> i64 {
@@ -581,8 +645,12 @@ fn lease_ms(policy: &DeliveryPolicy, claimed: u32) -> i64 {
     // once; a lease that runs out only means a second attempt, never a lost delivery.
     let pacing =
         Duration::from_secs_f64(f64::from(claimed) / f64::from(policy.rate_per_second.max(1)));
-    let lease = policy.timeout * 2 + pacing + Duration::from_secs(30);
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+    let lease = policy
+        .timeout
+        .saturating_mul(2)
+        .saturating_add(pacing)
+        .saturating_add(Duration::from_secs(30));
+    millis(lease)
 }
 
 fn rate_limiter(policy: &DeliveryPolicy) -> DefaultDirectRateLimiter {
@@ -681,7 +749,11 @@ impl Worker {
                             Duration::from_secs(1),
                             policy.backoff_max.max(Duration::from_secs(1)),
                         );
-                    state.open_until = Some(Instant::now() + cooldown);
+                    let now = Instant::now();
+                    // An unrepresentable instant (a backoff max of centuries) means a year.
+                    state.open_until = now
+                        .checked_add(cooldown)
+                        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)));
                     tracing::warn!(cooldown_ms = cooldown.as_millis(), "circuit opened");
                 }
             }
@@ -713,6 +785,8 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn policy() -> DeliveryPolicy {
@@ -779,6 +853,92 @@ mod tests {
             panic!("{completion:?}")
         };
         assert_eq!(next_attempt_at, now + 7_000);
+    }
+
+    #[test]
+    fn a_retry_after_beyond_any_clock_is_capped_at_the_max_backoff() {
+        let now = 1_000_000;
+        let completion = decide(
+            &retry(Some(Duration::from_secs(u64::MAX))),
+            &delivery(0, now),
+            &policy(),
+            now,
+        );
+        let Completion::Retry {
+            next_attempt_at, ..
+        } = completion
+        else {
+            panic!("{completion:?}")
+        };
+        assert_eq!(next_attempt_at, now + 60_000);
+    }
+
+    fn any_policy() -> impl Strategy<Value = DeliveryPolicy> {
+        // Edges and everyday values both: uniform u64s are almost all centuries long.
+        let duration = || {
+            prop_oneof![Just(u64::MAX), 1..10_000_000u64, any::<u64>()]
+                .prop_map(Duration::from_millis)
+        };
+        (
+            duration(),
+            any::<u32>(),
+            duration(),
+            duration(),
+            duration(),
+            any::<u32>(),
+        )
+            .prop_map(|(timeout, max_attempts, max_age, initial, max, rate)| {
+                DeliveryPolicy {
+                    timeout,
+                    max_attempts,
+                    max_age,
+                    backoff_initial: initial.min(max),
+                    backoff_max: max,
+                    rate_per_second: rate,
+                    burst: rate,
+                    concurrency: 1,
+                    egress: crate::sinks::EgressRules::default(),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decide_never_panics_and_never_waits_past_the_max_backoff(
+            policy in any_policy(),
+            attempts in any::<u32>(),
+            enqueued_at in prop_oneof![Just(i64::MIN), 0..2_000_000_000_000i64, any::<i64>()],
+            now in prop_oneof![Just(i64::MAX), 1_000_000_000_000..3_000_000_000_000i64, any::<i64>()],
+            retry_after in proptest::option::of(
+                (prop_oneof![Just(u64::MAX), 0..100_000u64, any::<u64>()], 0u32..1_000_000_000)
+                    .prop_map(|(s, n)| Duration::new(s, n))
+            ),
+        ) {
+            let outcome = retry(retry_after);
+            match decide(&outcome, &delivery(attempts, enqueued_at), &policy, now) {
+                Completion::Retry { next_attempt_at, .. } => {
+                    prop_assert!(next_attempt_at >= now);
+                    let waited = u128::try_from(i128::from(next_attempt_at) - i128::from(now)).unwrap();
+                    prop_assert!(
+                        next_attempt_at == i64::MAX || waited <= policy.backoff_max.as_millis(),
+                        "waits {waited} ms, max backoff {:?}", policy.backoff_max
+                    );
+                }
+                Completion::DeadLetter { error } => prop_assert!(error.starts_with("gave up")),
+                other => prop_assert!(false, "{other:?}"),
+            }
+            let _ = lease_ms(&policy, attempts);
+        }
+
+        #[test]
+        fn backoff_stays_between_half_and_the_whole_nominal_delay(
+            policy in any_policy(),
+            attempts in any::<u32>(),
+        ) {
+            let delay = backoff(&policy, attempts);
+            prop_assert!(delay <= policy.backoff_max);
+            prop_assert!(delay >= policy.backoff_initial.min(policy.backoff_max) / 2);
+        }
     }
 
     #[test]

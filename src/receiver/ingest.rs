@@ -7,7 +7,10 @@
 //! (400, saying what is wrong). A `trigger-test` is recorded as a handshake and not routed. If
 //! the store fails the answer is 503 and the failure is logged and counted.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -25,10 +28,13 @@ use super::{
     ReceiverState,
     metrics::{InstanceLabels, RejectLabels, RejectReason, UNKNOWN_INSTANCE},
     source::Snapshot,
+    tenant,
 };
 use crate::{
+    config::CompiledWebhook,
     event::EventBody,
     queue::{IngestOutcome, NewDelivery, NewEvent, SinkKey, now_millis},
+    routing::CompiledRoute,
 };
 
 pub use crate::event::SECRET_HEADER;
@@ -37,6 +43,10 @@ pub use crate::event::SECRET_HEADER;
 /// copy within the dedup window carries nothing new: Strapi 5 fires `entry.delete` for the draft
 /// and the published row. Creates and updates carry content and are never collapsed.
 const DEDUPLICATED_EVENTS: [&str; 3] = ["entry.delete", "entry.publish", "entry.unpublish"];
+
+/// How long an ingest waits for one webhook's route filters. Filters are bounded by their cost
+/// budget when loaded, so this only catches one that is slow on a pathological event.
+pub const FILTER_TIME_LIMIT: Duration = Duration::from_millis(100);
 
 /// The ingest router.
 pub fn app(state: Arc<ReceiverState>) -> Router {
@@ -163,7 +173,8 @@ async fn ingest(
 
     let id = uuid::Uuid::now_v7().to_string();
     let span = tracing::info_span!("event", event_id = %id, %instance, event = %event.event);
-    let deliveries = fan_out(&snapshot, &instance, &event);
+    let event = Arc::new(event);
+    let deliveries = fan_out(&snapshot, &instance, &event).await;
     let sinks: Vec<SinkKey> = deliveries
         .iter()
         .map(|delivery| delivery.sink.clone())
@@ -243,31 +254,82 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// One delivery per (enabled webhook subscribed to the event, matching route). A route whose
 /// filter fails on this event gets a delivery stored dead with the reason, so the failure is
-/// visible and replayable rather than a silent drop.
-fn fan_out(snapshot: &Snapshot, instance: &str, event: &EventBody) -> Vec<NewDelivery> {
-    let mut deliveries = Vec::new();
-    for webhook in snapshot.webhooks_of(instance) {
-        if !webhook.enabled || !webhook.events.contains(&event.event) {
-            continue;
-        }
-        for route in &webhook.routes {
+/// visible and replayable rather than a silent drop. Each webhook's filters are tenant code:
+/// they run off the async workers, all webhooks at once, and a webhook whose filters do not
+/// finish within [`FILTER_TIME_LIMIT`] gets its filtered deliveries stored dead with that reason.
+async fn fan_out(snapshot: &Snapshot, instance: &str, event: &Arc<EventBody>) -> Vec<NewDelivery> {
+    let webhooks = snapshot
+        .webhooks_of(instance)
+        .filter(|webhook| webhook.enabled && webhook.events.contains(&event.event))
+        .map(|webhook| route_webhook(Arc::clone(webhook), Arc::clone(event)));
+    futures::future::join_all(webhooks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+async fn route_webhook(webhook: Arc<CompiledWebhook>, event: Arc<EventBody>) -> Vec<NewDelivery> {
+    let filtered = |route: &CompiledRoute| route.has_filter() && route.listed(&event);
+    if !webhook.routes.iter().any(filtered) {
+        return deliveries(&webhook, &event);
+    }
+    let evaluated = {
+        let (webhook, event) = (Arc::clone(&webhook), Arc::clone(&event));
+        tenant::run(tenant::Kind::Filter, FILTER_TIME_LIMIT, move || {
+            deliveries(&webhook, &event)
+        })
+        .await
+    };
+    evaluated.unwrap_or_else(|| {
+        tracing::warn!(webhook = %webhook.key, "route filters exceeded their time limit");
+        webhook
+            .routes
+            .iter()
+            .filter(|route| route.listed(&event))
+            .map(|route| {
+                let dead = route.has_filter().then(|| {
+                    format!(
+                        "filter of route {} exceeded its time limit of {} ms",
+                        route.name(),
+                        FILTER_TIME_LIMIT.as_millis()
+                    )
+                });
+                delivery(&webhook, route, dead)
+            })
+            .collect()
+    })
+}
+
+fn deliveries(webhook: &CompiledWebhook, event: &EventBody) -> Vec<NewDelivery> {
+    webhook
+        .routes
+        .iter()
+        .filter_map(|route| {
             let dead_on_arrival = match route.matches(event) {
                 Ok(true) => None,
-                Ok(false) => continue,
+                Ok(false) => return None,
                 Err(error) => Some(format!("filter of route {} failed: {error}", route.name())),
             };
-            deliveries.push(NewDelivery {
-                id: uuid::Uuid::now_v7().to_string(),
-                sink: SinkKey {
-                    webhook: webhook.key.clone(),
-                    sink: route.sink().to_owned(),
-                },
-                route: route.name().to_owned(),
-                dead_on_arrival,
-            });
-        }
+            Some(delivery(webhook, route, dead_on_arrival))
+        })
+        .collect()
+}
+
+fn delivery(
+    webhook: &CompiledWebhook,
+    route: &CompiledRoute,
+    dead_on_arrival: Option<String>,
+) -> NewDelivery {
+    NewDelivery {
+        id: uuid::Uuid::now_v7().to_string(),
+        sink: SinkKey {
+            webhook: webhook.key.clone(),
+            sink: route.sink().to_owned(),
+        },
+        route: route.name().to_owned(),
+        dead_on_arrival,
     }
-    deliveries
 }
 
 fn dedup_key(instance: &str, event: &EventBody) -> Option<String> {

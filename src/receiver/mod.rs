@@ -15,15 +15,11 @@ pub mod engine;
 pub mod ingest;
 pub mod kubernetes;
 pub mod metrics;
+pub mod server;
 pub mod source;
+pub mod tenant;
 
-use std::{
-    future::{Future, IntoFuture},
-    path::PathBuf,
-    str::FromStr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
 
@@ -68,14 +64,6 @@ pub enum ReceiverError {
         what: &'static str,
         /// The address.
         address: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A server failed while running.
-    #[error("serving {what}: {source}")]
-    Serve {
-        /// `ingest` or `admin`.
-        what: &'static str,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -163,6 +151,8 @@ pub struct ReceiverSettings {
     pub egress: EgressBase,
     /// The bearer token of the admin API; without one, only probes and metrics are served.
     pub admin_token: Option<AdminToken>,
+    /// Timeouts and connection cap of both ports.
+    pub server: server::ServerLimits,
 }
 
 impl Default for ReceiverSettings {
@@ -173,6 +163,7 @@ impl Default for ReceiverSettings {
             engine: EngineSettings::default(),
             egress: EgressBase::default(),
             admin_token: None,
+            server: server::ServerLimits::default(),
         }
     }
 }
@@ -228,22 +219,22 @@ pub async fn serve(
 ) -> Result<(), ReceiverError> {
     let (stop, stopping) = watch::channel(false);
     let engine = tokio::spawn(Arc::clone(&state.engine).run(stopping.clone()));
-    let admin_server = {
-        let mut stopping = stopping.clone();
-        let app = admin::app(Arc::clone(&state));
-        tokio::spawn(async move {
-            axum::serve(admin, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
-    };
-    let mut ingest_stopping = stopping.clone();
-    let ingest_server = axum::serve(ingest, ingest::app(Arc::clone(&state)))
-        .with_graceful_shutdown(async move {
-            let _ = ingest_stopping.wait_for(|stop| *stop).await;
-        });
+    let limits = state.settings.server.clone();
+    let admin_server = tokio::spawn({
+        let (app, limits, stopping) = (
+            admin::app(Arc::clone(&state)),
+            limits.clone(),
+            stopping.clone(),
+        );
+        async move { server::serve("admin", admin, app, &limits, stopping).await }
+    });
+    let ingest_server = server::serve(
+        "ingest",
+        ingest,
+        ingest::app(Arc::clone(&state)),
+        &limits,
+        stopping.clone(),
+    );
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new events; finishing in-flight work");
@@ -253,29 +244,23 @@ pub async fn serve(
     // open longer than the grace period (a trickling body) does not hold the shutdown up.
     let grace = state.settings.engine.shutdown_grace;
     let mut bound = stopping.clone();
-    let served = tokio::select! {
-        served = ingest_server.into_future() => served,
+    tokio::select! {
+        () = ingest_server => {}
         () = async move {
             let _ = bound.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!("ingest requests still open after the grace period; closing them");
-            Ok(())
         }
-    };
+    }
     // The engine's workers bound their own drain by the grace period.
     let _ = engine.await;
-    let admin_served = admin_server.await;
-    served.map_err(|source| ReceiverError::Serve {
-        what: "ingest",
-        source,
-    })?;
-    if let Ok(admin_served) = admin_served {
-        admin_served.map_err(|source| ReceiverError::Serve {
-            what: "admin",
-            source,
-        })?;
-    }
+    let mut bound = stopping;
+    let _ = tokio::time::timeout(grace, async {
+        let _ = bound.wait_for(|stop| *stop).await;
+        let _ = admin_server.await;
+    })
+    .await;
     tracing::info!("receiver stopped");
     Ok(())
 }
@@ -306,6 +291,7 @@ pub async fn run(mut options: RunOptions) -> Result<(), ReceiverError> {
         .egress
         .own_ports
         .extend(own_ports(&ingest, &admin));
+    options.settings.server.fit_open_files_limit();
     let queue = options.queue.open(options.durability).await?;
     let source = options.config_source.load().await?;
     let state = ReceiverState::new(queue, source.as_ref(), options.settings)?;

@@ -7,13 +7,27 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use cel::{Context, ExecutionError, Program, Value};
+use cel::{
+    Context, ExecutionError, IdedExpr, Program, Value,
+    common::ast::{EntryExpr, Expr, LiteralValue},
+};
 use serde_json::Value as Json;
 
 use super::{CompileError, EventVars, Position};
 
 /// The variables a filter may use, in the order the CRD documents them.
 pub const FILTER_VARIABLES: [&str; 6] = ["event", "model", "uid", "entry", "media", "createdAt"];
+
+/// Longest filter, in characters (the CRD's limit too): it bounds the parser's work and the
+/// depth of the expression tree it builds.
+pub const MAX_FILTER_CHARS: usize = 2048;
+/// Most levels of nested expressions in a filter.
+pub const MAX_FILTER_DEPTH: usize = 250;
+/// Most evaluation steps a filter may be estimated to take on any event, like the API server's
+/// cost budget for CRD validation rules; a filter over it is refused when it is loaded.
+pub const FILTER_COST_BUDGET: u64 = 1_000_000;
+/// How many elements a list, map or string taken from the event counts as when estimating.
+pub const ASSUMED_EVENT_LIST_LENGTH: u64 = 1_000;
 
 /// A compiled CEL filter.
 #[derive(Debug)]
@@ -36,6 +50,19 @@ pub enum FilterError {
 impl Filter {
     /// Compiles `source`; `field` names it in errors (e.g. `filter`).
     pub(crate) fn compile(field: &str, source: &str) -> Result<Self, Vec<CompileError>> {
+        let refuse = |message: String| {
+            vec![CompileError {
+                field: field.to_owned(),
+                position: None,
+                message,
+            }]
+        };
+        let length = source.chars().count();
+        if length > MAX_FILTER_CHARS {
+            return Err(refuse(format!(
+                "is {length} characters long; the limit is {MAX_FILTER_CHARS}"
+            )));
+        }
         let program = Program::compile(source).map_err(|errors| {
             errors
                 .errors
@@ -68,7 +95,18 @@ impl Filter {
         if !unknown.is_empty() {
             return Err(unknown);
         }
-        Ok(Self { program })
+        match estimate(program.expression(), 0) {
+            Err(depth) => Err(refuse(format!(
+                "nests expressions deeper than {depth} levels (the limit)"
+            ))),
+            Ok(estimate) if estimate.cost > FILTER_COST_BUDGET => Err(refuse(format!(
+                "estimated cost {} exceeds the budget of {FILTER_COST_BUDGET} evaluation steps \
+                 (lists from the event count as {ASSUMED_EVENT_LIST_LENGTH} elements); \
+                 nest fewer macros such as all() or exists() over long lists",
+                estimate.cost
+            ))),
+            Ok(_) => Ok(Self { program }),
+        }
     }
 
     /// Evaluates the filter against one event.
@@ -83,6 +121,107 @@ impl Filter {
             Err(error) => Err(FilterError::Evaluation(explain(error))),
         }
     }
+}
+
+/// A worst-case estimate of an expression: evaluation steps, and the length of its value when
+/// it is a list, map or string (what a macro over it iterates).
+#[derive(Clone, Copy)]
+struct Estimate {
+    cost: u64,
+    size: u64,
+}
+
+/// Estimates `expr`, or returns the depth limit it exceeds. Macros (`all`, `exists`, `map`,
+/// `filter`) are comprehensions: their body runs once per element of the range.
+fn estimate(expr: &IdedExpr, depth: usize) -> Result<Estimate, usize> {
+    if depth >= MAX_FILTER_DEPTH {
+        return Err(MAX_FILTER_DEPTH);
+    }
+    let sub = |expr: &IdedExpr| estimate(expr, depth + 1);
+    let sum = |parts: &[Estimate]| {
+        parts
+            .iter()
+            .fold(1u64, |total, part| total.saturating_add(part.cost))
+    };
+    let from_event = |cost| Estimate {
+        cost,
+        size: ASSUMED_EVENT_LIST_LENGTH,
+    };
+    Ok(match &expr.expr {
+        Expr::Literal(LiteralValue::String(text)) => Estimate {
+            cost: 1,
+            size: u64::try_from(text.inner().len()).unwrap_or(u64::MAX),
+        },
+        Expr::Literal(_) | Expr::Unspecified => Estimate { cost: 1, size: 1 },
+        Expr::Ident(_) => from_event(1),
+        Expr::Select(select) => from_event(sub(&select.operand)?.cost.saturating_add(1)),
+        Expr::List(list) => {
+            let items = list
+                .elements
+                .iter()
+                .map(sub)
+                .collect::<Result<Vec<_>, _>>()?;
+            Estimate {
+                cost: sum(&items),
+                size: u64::try_from(items.len()).unwrap_or(u64::MAX),
+            }
+        }
+        Expr::Map(map) => entries(&map.entries, sub)?,
+        Expr::Struct(structure) => entries(&structure.entries, sub)?,
+        Expr::Call(call) => {
+            let parts = call
+                .target
+                .iter()
+                .map(|target| sub(target))
+                .chain(call.args.iter().map(sub))
+                .collect::<Result<Vec<_>, _>>()?;
+            let size = if call.func_name == "_+_" {
+                parts
+                    .iter()
+                    .fold(0u64, |total, part| total.saturating_add(part.size))
+            } else {
+                ASSUMED_EVENT_LIST_LENGTH
+            };
+            Estimate {
+                cost: sum(&parts),
+                size,
+            }
+        }
+        Expr::Comprehension(comprehension) => {
+            let range = sub(&comprehension.iter_range)?;
+            let per_element = sub(&comprehension.loop_cond)?
+                .cost
+                .saturating_add(sub(&comprehension.loop_step)?.cost);
+            Estimate {
+                cost: range
+                    .cost
+                    .saturating_add(sub(&comprehension.accu_init)?.cost)
+                    .saturating_add(range.size.saturating_mul(per_element))
+                    .saturating_add(sub(&comprehension.result)?.cost),
+                size: range.size,
+            }
+        }
+    })
+}
+
+fn entries(
+    entries: &[cel::common::ast::IdedEntryExpr],
+    sub: impl Fn(&IdedExpr) -> Result<Estimate, usize>,
+) -> Result<Estimate, usize> {
+    let mut cost = 1u64;
+    for entry in entries {
+        let parts = match &entry.expr {
+            EntryExpr::StructField(field) => [sub(&field.value)?.cost, 0],
+            EntryExpr::MapEntry(pair) => [sub(&pair.key)?.cost, sub(&pair.value)?.cost],
+        };
+        cost = parts
+            .iter()
+            .fold(cost, |total, part| total.saturating_add(*part));
+    }
+    Ok(Estimate {
+        cost,
+        size: u64::try_from(entries.len()).unwrap_or(u64::MAX),
+    })
 }
 
 // Not `cel::to_value`: serde hands positive JSON integers over as `uint`, and CEL does not mix
@@ -142,6 +281,42 @@ fn explain(error: ExecutionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn list(length: usize) -> String {
+        format!("[{}]", vec!["1"; length].join(", "))
+    }
+
+    #[test]
+    fn nested_macros_over_long_lists_exceed_the_cost_budget() {
+        let l = list(100);
+        // Loop variables are named after filter variables: other names are refused today.
+        let bomb = format!(
+            "{l}.all(event, {l}.all(model, {l}.all(uid, {l}.all(media, event + model + uid + media >= 0))))"
+        );
+        assert!(bomb.len() < MAX_FILTER_CHARS, "{}", bomb.len());
+        let errors = Filter::compile("filter", &bomb).unwrap_err();
+        assert!(
+            errors[0].message.contains("exceeds the budget"),
+            "{errors:?}"
+        );
+        // A macro over the event's own list, or two nested over short literals, are fine.
+        Filter::compile("filter", "entry.tags.exists(uid, uid == 'news')").unwrap();
+        let two = format!("{l}.all(uid, {}.exists(media, uid == media))", list(10));
+        Filter::compile("filter", &two).unwrap();
+    }
+
+    #[test]
+    fn long_or_deeply_nested_filters_are_refused_not_a_stack_overflow() {
+        let long = format!("entry{} == 1", ".a".repeat(32_000));
+        let errors = Filter::compile("filter", &long).unwrap_err();
+        assert!(
+            errors[0].message.contains("the limit is 2048"),
+            "{errors:?}"
+        );
+        let deep = format!("entry{} == 1", ".a".repeat(500));
+        let errors = Filter::compile("filter", &deep).unwrap_err();
+        assert!(errors[0].message.contains("deeper than"), "{errors:?}");
+    }
 
     #[test]
     fn malformed_expressions_are_errors_with_positions_not_panics() {

@@ -15,8 +15,12 @@ use serde_json::Value as Json;
 
 use crate::event::EventBody;
 use filter::Filter;
-pub use filter::{FILTER_VARIABLES, FilterError};
+pub use filter::{
+    ASSUMED_EVENT_LIST_LENGTH, FILTER_COST_BUDGET, FILTER_VARIABLES, FilterError, MAX_FILTER_CHARS,
+    MAX_FILTER_DEPTH,
+};
 use template::Templates;
+pub use template::{MAX_RENDERED_BYTES, TEMPLATE_FUEL};
 
 /// A route as configured: where it sends, which events it takes and what it renders.
 #[derive(Clone, Debug, PartialEq)]
@@ -270,16 +274,30 @@ impl CompiledRoute {
         &self.sink
     }
 
-    /// True when the event passes the match lists and the filter.
-    pub fn matches(&self, event: &EventBody) -> Result<bool, FilterError> {
+    /// True when the route has a CEL filter (tenant code, see [`CompiledRoute::matches`]).
+    pub fn has_filter(&self) -> bool {
+        self.filter.is_some()
+    }
+
+    /// True when rendering runs templates (tenant code, see [`CompiledRoute::render`]).
+    pub fn has_templates(&self) -> bool {
+        !template_fields(&self.payload).is_empty()
+    }
+
+    /// True when the event passes the match lists (the filter aside); cheap.
+    pub fn listed(&self, event: &EventBody) -> bool {
         let listed = |list: &Option<Vec<String>>, value: Option<&str>| match list {
             None => true,
             Some(list) => value.is_some_and(|value| list.iter().any(|item| item == value)),
         };
-        if !listed(&self.matches.events, Some(&event.event))
-            || !listed(&self.matches.models, event.model.as_deref())
-            || !listed(&self.matches.uids, event.uid.as_deref())
-        {
+        listed(&self.matches.events, Some(&event.event))
+            && listed(&self.matches.models, event.model.as_deref())
+            && listed(&self.matches.uids, event.uid.as_deref())
+    }
+
+    /// True when the event passes the match lists and the filter.
+    pub fn matches(&self, event: &EventBody) -> Result<bool, FilterError> {
+        if !self.listed(event) {
             return Ok(false);
         }
         match &self.filter {
@@ -493,5 +511,28 @@ impl EventVars {
                 .map(|(name, value)| (*name, value))
                 .collect::<std::collections::BTreeMap<_, _>>(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn check_path_accepts_exactly_slash_separated_non_empty_segments(path in ".*") {
+            let accepted = check_path(&path).is_ok();
+            let expected = path == "/"
+                || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|segment| !segment.is_empty()));
+            prop_assert_eq!(accepted, expected, "{:?}", path);
+        }
+
+        #[test]
+        fn check_path_accepts_any_joined_segments(segments in prop::collection::vec("[^/]+", 1..6)) {
+            let path = format!("/{}", segments.join("/"));
+            prop_assert!(check_path(&path).is_ok(), "{:?}", path);
+        }
     }
 }

@@ -12,12 +12,22 @@
 //! name like `Bob", "admin": true` stays one string; Slack text escapes `&`, `<` and `>`, so
 //! entry data cannot mention `<!channel>` or forge links. `| safe` opts one value out.
 
+use std::io;
+
 use minijinja::{
     AutoEscape, Environment, Error, ErrorKind, Output, State, UndefinedBehavior, Value,
+    machinery::{Token, WhitespaceConfig, tokenize},
+    syntax::SyntaxConfig,
     value::Kwargs,
 };
 
 use super::{CompileError, Position};
+
+/// Instructions one render may run (minijinja's fuel): far above what a payload template
+/// needs, far below a loop that would hold a worker for seconds.
+pub const TEMPLATE_FUEL: u64 = 100_000;
+/// Largest text one template may render.
+pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
 
 /// A route's templates, each registered under the field it came from (e.g. `slack.text`).
 #[derive(Debug)]
@@ -34,11 +44,19 @@ impl Templates {
         env.add_filter("slack_escape", |text: &str| slack_escape(text));
         env.set_auto_escape_callback(escaping_for);
         env.set_formatter(refuse_null);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         Self { env }
     }
 
     /// Compiles `source` and keeps it under `field`.
     pub(crate) fn add(&mut self, field: &str, source: &str) -> Result<(), CompileError> {
+        refuse_multiplication(source).map_err(|offset| CompileError {
+            field: field.to_owned(),
+            position: Some(Position::of_offset(source, offset)),
+            message: "uses `*`, which templates may not: repeating a string can exhaust the \
+                      receiver's memory (even while loading the template)"
+                .to_owned(),
+        })?;
         self.env
             .add_template_owned(field.to_owned(), source.to_owned())
             .map_err(|error| CompileError {
@@ -56,13 +74,61 @@ impl Templates {
             .env
             .get_template(field)
             .map_err(|error| error.to_string())?;
-        template
-            .render(context)
-            .map_err(|error| match error.detail() {
+        let mut output = Capped::default();
+        match template.render_captured_to(context, &mut output) {
+            Ok(_) => String::from_utf8(output.bytes).map_err(|error| error.to_string()),
+            Err(_) if output.overflowed => Err(format!(
+                "exceeded the output limit of {MAX_RENDERED_BYTES} bytes"
+            )),
+            Err(error) if error.kind() == ErrorKind::OutOfFuel => Err(format!(
+                "exceeded the CPU limit of {TEMPLATE_FUEL} instructions (minijinja fuel)"
+            )),
+            Err(error) => Err(match error.detail() {
                 Some(detail) => format!("{}: {detail}", error.kind()),
                 None => error.kind().to_string(),
-            })
+            }),
+        }
     }
+}
+
+/// A render target that refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(io::Error::other("output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses the `*` operator, returning its byte offset. On a string it repeats it: minijinja
+/// folds constant expressions while compiling, so `"a" * 100000000` allocates its result when
+/// the route is loaded, and at render time `entry.title * 10000000` allocates up to 100 MB in
+/// one instruction, before fuel or the output limit can stop it. Payload templates format
+/// data; they have no need to repeat or multiply. A template that does not tokenize is left
+/// for minijinja to report.
+fn refuse_multiplication(source: &str) -> Result<(), usize> {
+    let tokens = tokenize(source, false, SyntaxConfig, WhitespaceConfig::default());
+    for token in tokens {
+        match token {
+            Ok((Token::Mul, span)) => return Err(usize::try_from(span.start_offset).unwrap_or(0)),
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 fn position(source: &str, error: &minijinja::Error) -> Option<Position> {
@@ -169,6 +235,48 @@ mod tests {
             templates.render("slack.text", &context).unwrap(),
             r#"<https://cms|CMS>: Bob", "admin": true, "x": "&lt;!channel&gt; 1"#
         );
+    }
+
+    #[test]
+    fn repetition_is_refused_at_compile_time() {
+        for bomb in [
+            r#"{{ "a"*100000000 ~ "b"*100000000 ~ "c"*100000000 }}"#,
+            r#"{% for i in range(100000) %}{{ "x" * 100000000 }}{% endfor %}"#,
+            "{{ entry.title * 10000000 }}",
+        ] {
+            let error = Templates::new().add("http.body", bomb).unwrap_err();
+            assert!(error.message.contains("uses `*`"), "{bomb}: {error}");
+            assert!(error.position.is_some(), "{bomb}");
+        }
+        for fine in ["{{ entry.views ** 2 }}", "{# a * b #}{{ '*' }}"] {
+            Templates::new().add("http.body", fine).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_runaway_loop_runs_out_of_fuel() {
+        let mut templates = Templates::new();
+        let cpu_bomb =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}";
+        templates.add("http.body", cpu_bomb).unwrap();
+        let error = templates
+            .render("http.body", &Value::UNDEFINED)
+            .unwrap_err();
+        assert!(error.contains("CPU limit"), "{error}");
+    }
+
+    #[test]
+    fn output_past_the_limit_is_refused() {
+        let mut templates = Templates::new();
+        templates
+            .add(
+                "http.body",
+                "{% for i in range(5000) %}{{ entry }}{% endfor %}",
+            )
+            .unwrap();
+        let context = Value::from_serialize(serde_json::json!({ "entry": "x".repeat(1000) }));
+        let error = templates.render("http.body", &context).unwrap_err();
+        assert!(error.contains("output limit"), "{error}");
     }
 
     #[test]

@@ -280,6 +280,31 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics_on_any_header_value(value in ".*") {
+            let _ = parse_retry_after(&value);
+        }
+
+        #[test]
+        fn retry_after_keeps_any_number_of_seconds(seconds in proptest::num::u64::ANY) {
+            proptest::prop_assert_eq!(
+                parse_retry_after(&seconds.to_string()),
+                Some(Duration::from_secs(seconds))
+            );
+        }
+
+        #[test]
+        fn retry_after_dates_wait_at_most_until_the_date(
+            // HTTP dates end with the year 9999.
+            ahead in 0u64..(7_000 * 365 * 24 * 3600),
+        ) {
+            let at = std::time::SystemTime::now() + Duration::from_secs(ahead);
+            let delay = parse_retry_after(&httpdate::fmt_http_date(at));
+            proptest::prop_assert!(delay.is_some_and(|delay| delay <= Duration::from_secs(ahead)));
+        }
+    }
+
     #[test]
     fn retry_after_seconds_are_kept_and_bodies_are_never_quoted() {
         let mut headers = header::HeaderMap::new();

@@ -294,8 +294,44 @@ impl TestReceiver {
     /// [`TestReceiver::source`].
     pub async fn start(snapshot: Snapshot) -> Self {
         let store = TestStore::start();
-        let queue = store.spec();
-        Self::start_with(&queue, Some(store), Arc::new(StaticSource::new(snapshot))).await
+        let queue = store.open().await;
+        Self::start_on(store, queue, snapshot).await
+    }
+
+    /// Starts a receiver on a store the test has already opened (and perhaps filled).
+    pub async fn start_on(store: TestStore, queue: Arc<dyn Queue>, snapshot: Snapshot) -> Self {
+        Self::start_with_settings(store, queue, snapshot, Self::settings()).await
+    }
+
+    /// Starts a receiver with the given settings.
+    pub async fn start_with_settings(
+        store: TestStore,
+        queue: Arc<dyn Queue>,
+        snapshot: Snapshot,
+        settings: ReceiverSettings,
+    ) -> Self {
+        let source = Arc::new(StaticSource::new(snapshot));
+        Self::launch(queue, Some(store), source, settings).await
+    }
+
+    /// The settings test receivers use: quick shutdown and sweeps, sinks on loopback allowed
+    /// (every test sink is a loopback server; the receiver's own ports stay refused) and the
+    /// test admin token.
+    pub fn settings() -> ReceiverSettings {
+        ReceiverSettings {
+            engine: EngineSettings {
+                shutdown_grace: Duration::from_secs(1),
+                sweep_interval: Duration::from_secs(1),
+                ..EngineSettings::default()
+            },
+            egress: EgressBase {
+                allow_loopback: true,
+                own_ports: Vec::new(),
+                own_addresses: Vec::new(),
+            },
+            admin_token: Some(admin_token()),
+            ..ReceiverSettings::default()
+        }
     }
 }
 
@@ -305,23 +341,24 @@ impl<S: ConfigSource> TestReceiver<S> {
     pub async fn start_with(queue: &str, store: Option<TestStore>, source: Arc<S>) -> Self {
         let spec: QueueSpec = queue.parse().unwrap();
         let queue = spec.open(Durability::default()).await.unwrap();
+        Self::launch(
+            queue,
+            store,
+            source,
+            TestReceiver::<StaticSource>::settings(),
+        )
+        .await
+    }
+
+    async fn launch(
+        queue: Arc<dyn Queue>,
+        store: Option<TestStore>,
+        source: Arc<S>,
+        mut settings: ReceiverSettings,
+    ) -> Self {
         let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let settings = ReceiverSettings {
-            engine: EngineSettings {
-                shutdown_grace: Duration::from_secs(1),
-                sweep_interval: Duration::from_secs(1),
-                ..EngineSettings::default()
-            },
-            // Every test sink is a loopback server; the receiver's own ports stay refused.
-            egress: EgressBase {
-                allow_loopback: true,
-                own_ports: own_ports(&ingest, &admin),
-                own_addresses: Vec::new(),
-            },
-            admin_token: Some(admin_token()),
-            ..ReceiverSettings::default()
-        };
+        settings.egress.own_ports.extend(own_ports(&ingest, &admin));
         let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
         let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -475,7 +512,30 @@ impl BinaryReceiver {
 
     /// Starts it on the given addresses (a restart on the same ports).
     pub async fn start_on(dir: &Path, queue: &str, ingest: String, admin: String) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        let command = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"));
+        Self::start_command(command, dir, queue, ingest, admin).await
+    }
+
+    /// Starts it with a soft open-files limit of `files`, as a default `ulimit -n` would.
+    pub async fn start_with_open_files(dir: &Path, queue: &str, files: u32) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -S -n {files} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_strapi-webhook-operator"));
+        let ingest = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        Self::start_command(command, dir, queue, ingest, admin).await
+    }
+
+    async fn start_command(
+        mut command: Command,
+        dir: &Path,
+        queue: &str,
+        ingest: String,
+        admin: String,
+    ) -> Self {
+        let child = command
             .args(["receiver", "--ingest-addr", &ingest, "--admin-addr", &admin])
             .arg(format!("--queue={queue}"))
             .arg(format!(

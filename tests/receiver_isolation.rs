@@ -1,0 +1,403 @@
+//! Isolation: what one tenant's webhook, one sink or one client does never stalls, crashes or
+//! wedges the receiver for the others (issue 13). Each test reproduces a way the receiver was
+//! taken down and checks it no longer is.
+
+#[path = "support/receiver.rs"]
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde_json::json;
+use strapi_webhook_operator::{
+    api::StrapiWebhookSpec,
+    config::{CompiledWebhook, InMemorySecrets, compile_webhook},
+    queue::{DeliveryFilter, DeliveryState, NewDelivery, NewEvent, SinkKey, now_millis},
+    receiver::source::Snapshot,
+};
+use support::{CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec};
+
+/// [`webhook_spec`] with its first sink's max attempts set.
+fn spec_with_max_attempts(sink_url: String, max_attempts: u32) -> StrapiWebhookSpec {
+    let mut spec = serde_json::to_value(webhook_spec(&[("crm", sink_url)])).unwrap();
+    spec["sinks"][0]["delivery"]["maxAttempts"] = json!(max_attempts);
+    serde_json::from_value(spec).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered() {
+    let sink = CaptureSink::start().await;
+    let spec = spec_with_max_attempts(sink.url(), 3);
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let crm = SinkKey {
+        webhook: "cms/site".into(),
+        sink: "crm".into(),
+    };
+    queue
+        .ingest(NewEvent {
+            id: "poison-event".into(),
+            instance: support::INSTANCE.into(),
+            event: "entry.create".into(),
+            received_at: now_millis(),
+            raw: article_event(1).to_string().into_bytes(),
+            dedup_key: None,
+            dedup_window_ms: 0,
+            deliveries: vec![NewDelivery {
+                id: "poison".into(),
+                sink: crm.clone(),
+                route: "to-crm".into(),
+                dead_on_arrival: None,
+            }],
+        })
+        .await
+        .unwrap();
+    // Earlier runs of the receiver claimed it and died before any outcome, three times (the
+    // lease running out is what a crash looks like to the queue).
+    // JetStream keeps the first lease as its consumer's ack wait, also for the receiver started
+    // below, so the lease is long enough for that receiver to finish with the delivery.
+    for _ in 0..3 {
+        let claimed = queue
+            .claim(crm.clone(), now_millis(), 1, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+
+    let receiver = TestReceiver::start_on(store, queue, snapshot(&spec)).await;
+    let dead = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        limit: 10,
+        ..DeliveryFilter::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = receiver.state.queue.list(dead.clone()).await.unwrap();
+        if !dead.is_empty() || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.len(), 1, "the poison delivery is dead-lettered");
+    let error = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("the receiver stopped while delivering"),
+        "{error}"
+    );
+    assert_eq!(dead[0].attempts, 3);
+    assert!(sink.received().is_empty(), "it is not tried a fourth time");
+    receiver.shutdown().await;
+}
+
+/// A webhook `cms/bomb` whose templates are hostile but compile: a CPU bomb (nested loops) and
+/// an output bomb (the entry printed 100,000 times), each on its own route and sink, plus a
+/// filter near the cost budget. (The issue's memory and compile bombs repeat strings with `*`,
+/// which no longer compiles.)
+fn bomb_webhook(sink_url: &str) -> CompiledWebhook {
+    let cpu = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}";
+    let memory = "{% for i in range(100000) %}{{ entry | tojson }}{% endfor %}";
+    let list = format!("[{}]", vec!["1"; 100].join(", "));
+    let heavy_filter = format!("{list}.all(uid, {list}.exists(media, uid == media))");
+    let spec: StrapiWebhookSpec = serde_json::from_value(json!({
+        "instanceRef": { "name": "strapi" },
+        "events": ["entry.create"],
+        "sinks": [
+            { "name": "cpu", "http": { "url": sink_url } },
+            { "name": "memory", "http": { "url": sink_url } },
+        ],
+        "routes": [
+            { "name": "cpu", "sink": "cpu", "filter": heavy_filter, "http": { "body": cpu } },
+            { "name": "memory", "sink": "memory", "http": { "body": memory } },
+        ],
+    }))
+    .unwrap();
+    compile_webhook("cms", "bomb", 1, &spec, &InMemorySecrets::new()).expect("the bombs compile")
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bomb_webhook_beside_a_normal_one_neither_delays_nor_loses_the_normal_events() {
+    const EVENTS: usize = 1_000;
+    let normal_sink = CaptureSink::start().await;
+    let bomb_sink = CaptureSink::start().await;
+    let normal = compile_webhook(
+        "cms",
+        "site",
+        1,
+        &webhook_spec(&[("crm", normal_sink.url())]),
+        &InMemorySecrets::new(),
+    )
+    .unwrap();
+    let snapshot = Snapshot::new(
+        BTreeMap::from([(
+            support::INSTANCE.to_owned(),
+            vec![support::SECRET.to_owned()],
+        )]),
+        [normal, bomb_webhook(&bomb_sink.url())],
+    );
+    let receiver = TestReceiver::start(snapshot).await;
+    let http = support::client();
+    let rss_before = rss_kib();
+    let mut peak_rss = rss_before;
+    let mut latencies = Vec::with_capacity(EVENTS);
+    for n in 0..EVENTS {
+        let started = std::time::Instant::now();
+        let status = receiver.post(&http, &article_event(n)).await;
+        latencies.push(started.elapsed());
+        assert!(status.is_success(), "event {n}: {status}");
+        peak_rss = peak_rss.max(rss_kib());
+    }
+    latencies.sort();
+    let p99 = latencies[EVENTS * 99 / 100];
+    let p50 = latencies[EVENTS / 2];
+
+    normal_sink
+        .wait_for(Duration::from_secs(120), |received| {
+            received.len() >= EVENTS
+        })
+        .await;
+    let dead_filter = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        webhook: Some("cms/bomb".into()),
+        limit: 10 * EVENTS as u32,
+        ..DeliveryFilter::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let dead = loop {
+        let dead = receiver
+            .state
+            .queue
+            .list(dead_filter.clone())
+            .await
+            .unwrap();
+        peak_rss = peak_rss.max(rss_kib());
+        if dead.len() >= 2 * EVENTS || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "ingest latency p50 {p50:?} p99 {p99:?}; RSS {rss_before} KiB before, peak {peak_rss} KiB; \
+         {} normal deliveries, {} bomb deliveries dead-lettered",
+        normal_sink.received().len(),
+        dead.len()
+    );
+    assert_eq!(
+        dead.len(),
+        2 * EVENTS,
+        "every bomb delivery is dead-lettered"
+    );
+    for delivery in &dead {
+        let error = delivery.last_error.as_deref().unwrap_or_default();
+        let expected = match delivery.sink.as_str() {
+            "cpu" => "exceeded the CPU limit",
+            _ => "exceeded the output limit",
+        };
+        assert!(error.contains(expected), "{}: {error}", delivery.sink);
+    }
+    assert!(bomb_sink.received().is_empty());
+    // Generous bounds for a debug build on a shared machine; the issue's targets (p99 under
+    // 50 ms, RSS under 128 MiB) are what the numbers printed above are compared with.
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+    assert!(peak_rss < 256 * 1024, "peak RSS {peak_rss} KiB");
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_connections_are_closed_after_the_header_timeout_and_ingest_still_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 1_000;
+    let header_timeout = Duration::from_secs(2);
+    let sink = CaptureSink::start().await;
+    let mut settings = TestReceiver::settings();
+    settings.server.header_read_timeout = header_timeout;
+    settings.server.max_connections = 2 * SLOW;
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let receiver = TestReceiver::start_with_settings(
+        store,
+        queue,
+        snapshot(&webhook_spec(&[("crm", sink.url())])),
+        settings,
+    )
+    .await;
+
+    let opened = std::time::Instant::now();
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut stream = tokio::net::TcpStream::connect(receiver.ingest)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"POST /v1/instances/cms/strapi HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // One more header byte on every connection, as a slow-loris client keeps them alive.
+    for stream in &mut slow {
+        stream.write_all(b"a").await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let status = receiver.post(&support::client(), &article_event(1)).await;
+    let answered = started.elapsed();
+    assert!(status.is_success(), "{status}");
+
+    tokio::time::sleep((header_timeout + Duration::from_secs(2)).saturating_sub(opened.elapsed()))
+        .await;
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut buffer = [0u8; 512];
+        // A closed connection reads its end (after any error response hyper wrote).
+        let read = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        closed += usize::from(read == Ok(true));
+    }
+    eprintln!(
+        "with {SLOW} slow connections open, an ingest answered in {answered:?}; \
+         {closed} slow connections closed after the {header_timeout:?} header timeout"
+    );
+    assert_eq!(closed, SLOW, "every slow connection is closed");
+    // Generous for a debug build on a shared machine; the target is 100 ms.
+    assert!(answered < Duration::from_secs(1), "{answered:?}");
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_while_storage_writes_fail_and_ready_again_after() {
+    let store = TestStore::start();
+    if store.nats.is_some() {
+        return; // The SQLite file is what this test blocks.
+    }
+    let path = store.dir.path().join("queue.db");
+    let queue = store.open().await;
+    let sink = CaptureSink::start().await;
+    let receiver = TestReceiver::start_on(
+        store,
+        queue,
+        snapshot(&webhook_spec(&[("crm", sink.url())])),
+    )
+    .await;
+    let http = support::client();
+    let ready = format!("{}/readyz", receiver.admin_url());
+    let readiness = || async { http.get(&ready).send().await.unwrap().status().as_u16() };
+    assert_eq!(readiness().await, 200);
+
+    // Another process holding the write lock makes every write fail, as a full disk does.
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let status = receiver.post(&http, &article_event(1)).await;
+    assert_eq!(status.as_u16(), 503);
+    assert_eq!(readiness().await, 503, "not ready while writes fail");
+
+    blocker.execute_batch("COMMIT;").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while readiness().await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = receiver.post(&http, &article_event(2)).await;
+    assert!(status.is_success(), "{status}");
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_ingest() {
+    const IDLE: usize = 1_100;
+    let store = TestStore::start();
+    let sink = CaptureSink::start().await;
+    std::fs::write(
+        store.dir.path().join("manifests.yaml"),
+        support::manifests(&sink.url()),
+    )
+    .unwrap();
+    let receiver =
+        support::BinaryReceiver::start_with_open_files(store.dir.path(), &store.spec(), 1024).await;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(
+            tokio::net::TcpStream::connect(&receiver.ingest)
+                .await
+                .unwrap(),
+        );
+    }
+    let http = support::client();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.post(format!(
+            "http://{}/v1/instances/cms/strapi",
+            receiver.ingest
+        ))
+        .header("content-type", "application/json")
+        .header("x-strapi-webhook-secret", support::SECRET)
+        .body(article_event(1).to_string())
+        .send(),
+    )
+    .await
+    .expect("ingest answers with 1,100 idle connections open")
+    .unwrap();
+    let answered = started.elapsed();
+    assert!(response.status().is_success(), "{}", response.status());
+    let ready = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.get(format!("http://{}/readyz", receiver.admin)).send(),
+    )
+    .await
+    .expect("readyz answers")
+    .unwrap();
+    assert!(ready.status().is_success());
+    eprintln!(
+        "with {IDLE} idle connections and a soft limit of 1,024 files, ingest answered in {answered:?}"
+    );
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_receiver_on_the_same_sqlite_file_exits_naming_it() {
+    let store = TestStore::start();
+    if store.nats.is_some() {
+        return; // Several receivers on one JetStream is the supported setup.
+    }
+    let sink = CaptureSink::start().await;
+    let dir = store.dir.path();
+    std::fs::write(dir.join("manifests.yaml"), support::manifests(&sink.url())).unwrap();
+    let _first = support::BinaryReceiver::start(dir, &store.spec()).await;
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        .args([
+            "receiver",
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .arg(format!("--queue={}", store.spec()))
+        .arg(format!(
+            "--config-source=file:{}",
+            dir.join("manifests.yaml").display()
+        ))
+        .output()
+        .expect("running a second receiver");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second receiver kept running");
+    let path = dir.join("queue.db").display().to_string();
+    assert!(
+        stderr.contains("another receiver holds") && stderr.contains(&path),
+        "{stderr}"
+    );
+}
