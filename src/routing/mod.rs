@@ -522,15 +522,22 @@ mod tests {
 
     proptest! {
         #[test]
-        fn check_path_accepts_exactly_slash_separated_non_empty_segments(path in ".*") {
+        fn check_path_accepts_exactly_slash_separated_plain_segments(path in ".*") {
             let accepted = check_path(&path).is_ok();
-            let expected = path == "/"
-                || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|segment| !segment.is_empty()));
+            // A plain segment: not empty, no query, fragment or backslash, not `.` or `..` in
+            // any spelling.
+            let plain = |segment: &str| {
+                let dots = segment.to_ascii_lowercase().replace("%2e", ".");
+                !segment.is_empty() && !segment.contains(['?', '#', '\\']) && dots != "." && dots != ".."
+            };
+            let expected = path == "/" || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(plain));
             prop_assert_eq!(accepted, expected, "{:?}", path);
         }
 
         #[test]
-        fn check_path_accepts_any_joined_segments(segments in prop::collection::vec("[^/]+", 1..6)) {
+        fn check_path_accepts_any_joined_plain_segments(
+            segments in prop::collection::vec("[^/?#\\\\.%][^/?#\\\\]*", 1..6)
+        ) {
             let path = format!("/{}", segments.join("/"));
             prop_assert!(check_path(&path).is_ok(), "{:?}", path);
         }
