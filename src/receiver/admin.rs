@@ -9,6 +9,7 @@
 //! - `POST /v1/deliveries/{id}/replay` — re-queue one dead or delivered delivery.
 //! - `POST /v1/deliveries/replay?webhook=&sink=` — re-queue every matching dead letter.
 //! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`.
+//! - The gap repair's routes, see [`super::repair`].
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -58,6 +59,7 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .route("/v1/deliveries/{id}", get(show))
         .route("/v1/deliveries/{id}/replay", post(replay_one))
         .route("/v1/stats", get(stats))
+        .merge(super::repair::routes())
         .with_state(state)
 }
 
@@ -233,7 +235,7 @@ async fn stats(State(state): State<Arc<ReceiverState>>) -> Response {
     Json(stats).into_response()
 }
 
-fn queue_error(error: QueueError) -> Response {
+pub(super) fn queue_error(error: QueueError) -> Response {
     let status = match &error {
         QueueError::NotFound(_) => StatusCode::NOT_FOUND,
         QueueError::NotReplayable { .. } => StatusCode::CONFLICT,

@@ -32,7 +32,7 @@ use strapi_webhook_operator::{
         QueueSpec, ReceiverSettings, ReceiverState,
         engine::EngineSettings,
         serve,
-        source::{Snapshot, StaticSource},
+        source::{ConfigSource, Snapshot, StaticSource},
     },
 };
 use tokio::{net::TcpListener, sync::oneshot};
@@ -282,7 +282,31 @@ pub struct TestReceiver {
 impl TestReceiver {
     /// Starts a receiver routing with `snapshot`.
     pub async fn start(snapshot: Snapshot) -> Self {
-        let store = TestStore::start();
+        let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(TestStore::start(), snapshot, ingest, admin).await
+    }
+
+    /// Stops it the way SIGTERM does, keeping what it needs to come back as a restarted pod
+    /// would: the same ports, queue and configuration.
+    pub async fn stop_for_restart(self) -> StoppedReceiver {
+        let (ingest, admin) = (self.ingest, self.admin);
+        let snapshot = self.source.snapshots().borrow().as_ref().clone();
+        let store = self.stop().await;
+        StoppedReceiver {
+            store,
+            snapshot,
+            ingest,
+            admin,
+        }
+    }
+
+    async fn serve_on(
+        store: TestStore,
+        snapshot: Snapshot,
+        ingest: TcpListener,
+        admin: TcpListener,
+    ) -> Self {
         let queue = store.open().await;
         let source = Arc::new(StaticSource::new(snapshot));
         let settings = ReceiverSettings {
@@ -294,8 +318,6 @@ impl TestReceiver {
             ..ReceiverSettings::default()
         };
         let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
-        let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(Arc::clone(&state), ingest, admin, async move {
@@ -333,12 +355,45 @@ impl TestReceiver {
     }
 
     /// Stops the receiver the way SIGTERM does and waits for it.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// Stops the receiver and hands back its queue.
+    pub async fn stop(mut self) -> TestStore {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         (&mut self.served).await.unwrap();
+        self._store
     }
+}
+
+/// A [`TestReceiver`] stopped by [`TestReceiver::stop_for_restart`].
+pub struct StoppedReceiver {
+    store: TestStore,
+    snapshot: Snapshot,
+    ingest: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl StoppedReceiver {
+    /// Starts it again on the same ports and queue.
+    pub async fn start(self) -> TestReceiver {
+        let (ingest, admin) = (rebind(self.ingest).await, rebind(self.admin).await);
+        TestReceiver::serve_on(self.store, self.snapshot, ingest, admin).await
+    }
+}
+
+/// Binds `address` again; the previous listener may still be closing its last connection.
+async fn rebind(address: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = TcpListener::bind(address).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("binding {address} again failed");
 }
 
 /// A plain HTTP client for the tests.

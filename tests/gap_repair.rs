@@ -1,0 +1,337 @@
+//! Gap repair against the real test Strapi: what Strapi fired while the receiver was down
+//! reaches the sinks as recovered events, and nothing that arrived normally is recovered again.
+//!
+//! Each test registers a catch-all webhook of its own instance (`cms/gap-<id>`) in the shared
+//! Strapi, pointing at an in-process receiver on loopback, and looks only at its own documents:
+//! other tests change content in the same Strapi at the same time.
+
+#[path = "support/receiver.rs"]
+mod receiver_support;
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt, stream};
+use receiver_support::{SECRET, TestReceiver, webhook_spec};
+use serde_json::{Value, json};
+use strapi_webhook_operator::{
+    config::{InMemorySecrets, compile_webhook},
+    event::SECRET_HEADER,
+    receiver::{repair::RECOVERED_HEADER, source::Snapshot},
+    registration::{self, Desired},
+    repair::{self, CheckSettings, RepairClient, Report, Target},
+    strapi::{Document, StrapiClient},
+};
+use support::{CaptureServer, CapturedRequest, StrapiServer};
+
+const ARTICLE: &str = "api::article.article";
+const PAGE: &str = "api::page.page";
+const COMMENT: &str = "api::comment.comment";
+// Strapi's calls trail its writes by well under this on the test machine.
+const SETTLE: Duration = Duration::from_secs(3);
+const EVENTS: [&str; 4] = [
+    "entry.create",
+    "entry.update",
+    "entry.delete",
+    "entry.publish",
+];
+
+/// One test's instance: its receiver, its registration in Strapi and its sink.
+struct Setup {
+    strapi: StrapiServer,
+    client: StrapiClient,
+    receiver: Option<TestReceiver>,
+    admin_url: String,
+    sink: CaptureServer,
+    instance: String,
+    tag: String,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let strapi = StrapiServer::shared().await;
+        let client = strapi.client();
+        let sink = CaptureServer::start().await;
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        let name = format!("gap-{}", &tag[tag.len() - 10..]);
+        let instance = format!("cms/{name}");
+        let mut spec = webhook_spec(&[("site", sink.url().to_owned())]);
+        spec.instance_ref.name = name.clone();
+        let webhook = compile_webhook("cms", "site", 1, &spec, &InMemorySecrets::new()).unwrap();
+        let snapshot = Snapshot::new(
+            BTreeMap::from([(instance.clone(), vec![SECRET.to_owned()])]),
+            [webhook],
+        );
+        let receiver = TestReceiver::start(snapshot).await;
+        let desired = Desired {
+            instance: instance.clone(),
+            endpoint: registration::endpoint(&format!("http://{}", receiver.ingest), "cms", &name),
+            secret: (SECRET_HEADER.to_owned(), SECRET.to_owned()),
+            events: EVENTS.iter().map(|event| (*event).to_owned()).collect(),
+        };
+        registration::ensure(&client, &desired).await.unwrap();
+        Self {
+            strapi,
+            client,
+            admin_url: receiver.admin_url(),
+            receiver: Some(receiver),
+            sink,
+            instance,
+            tag,
+        }
+    }
+
+    async fn check(&self) -> Report {
+        let events: BTreeSet<String> = EVENTS.iter().map(|event| (*event).to_owned()).collect();
+        let target = Target {
+            instance: &self.instance,
+            strapi: &self.client,
+            events: &events,
+            models: None,
+        };
+        let settings = CheckSettings {
+            settle: SETTLE,
+            ..CheckSettings::default()
+        };
+        repair::check(&target, &RepairClient::new(&self.admin_url), &settings)
+            .await
+            .unwrap()
+    }
+
+    /// What the sink received for this test's documents (their text carries the tag).
+    fn mine(&self) -> Vec<CapturedRequest> {
+        self.sink
+            .requests()
+            .into_iter()
+            .filter(|request| request.json()["entry"].to_string().contains(&self.tag))
+            .collect()
+    }
+
+    async fn wait_for_mine(&self, count: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.mine().len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sink got {} of {count} events of this test within {limit:?}",
+                self.mine().len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn finish(self) {
+        registration::remove(&self.client, &self.instance)
+            .await
+            .unwrap();
+        if let Some(receiver) = self.receiver {
+            receiver.shutdown().await;
+        }
+        drop(self.strapi);
+    }
+}
+
+/// Creates a document of `uid` whose text carries `tag`; returns its documentId.
+async fn create(client: &StrapiClient, uid: &str, text: &str) -> String {
+    let data = match uid {
+        COMMENT => json!({"author": "reader", "text": text}),
+        _ => json!({ "title": text }),
+    };
+    client.create_entry(uid, &data).await.unwrap().document_id
+}
+
+async fn update(client: &StrapiClient, uid: &str, document_id: &str, text: &str) {
+    let data = match uid {
+        COMMENT => json!({ "text": text }),
+        _ => json!({ "title": text }),
+    };
+    client
+        .update_document(Document::Entry { uid, document_id }, &data)
+        .await
+        .unwrap();
+}
+
+fn text_of(body: &Value) -> String {
+    let entry = &body["entry"];
+    entry["title"]
+        .as_str()
+        .or_else(|| entry["text"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn is_recovered(request: &CapturedRequest) -> bool {
+    request.header(RECOVERED_HEADER) == Some("true")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_recovered() {
+    let mut setup = Setup::start().await;
+    let tag = setup.tag.clone();
+    let types = [ARTICLE, PAGE, COMMENT];
+    // Documents to change later: 20 to update, 3 drafts to publish.
+    let mut existing = Vec::new();
+    for n in 0..20 {
+        let uid = types[n % 3];
+        let document_id = create(&setup.client, uid, &format!("{n} {tag}")).await;
+        existing.push((uid, document_id));
+    }
+    let mut drafts = Vec::new();
+    for n in 0..3 {
+        let uid = [ARTICLE, PAGE][n % 2];
+        let document_id = create(&setup.client, uid, &format!("draft {n} {tag}")).await;
+        drafts.push((uid, document_id));
+    }
+    setup.wait_for_mine(23, Duration::from_secs(30)).await;
+    let first = setup.check().await;
+    assert_eq!(first.baselined, first.content_types, "{first:?}");
+    let quiet = setup.check().await;
+    assert!(quiet.recovered.is_empty(), "{quiet:?}");
+    let normal = setup.mine().len();
+
+    let stopped = setup.receiver.take().unwrap().stop_for_restart().await;
+    // The final text each document must have at the sink, and the event that carries it.
+    let mut expected: BTreeMap<String, (&str, String)> = BTreeMap::new();
+    for (n, (uid, document_id)) in existing.iter().enumerate() {
+        let text = format!("updated {n} {tag}");
+        update(&setup.client, uid, document_id, &text).await;
+        expected.insert(document_id.clone(), ("entry.update", text));
+    }
+    for n in 0..5 {
+        let text = format!("created {n} {tag}");
+        let document_id = create(&setup.client, types[n % 3], &text).await;
+        expected.insert(document_id, ("entry.create", text));
+    }
+    for (n, (uid, document_id)) in drafts.iter().enumerate() {
+        setup
+            .client
+            .publish(Document::Entry { uid, document_id })
+            .await
+            .unwrap();
+        expected.insert(
+            document_id.clone(),
+            ("entry.publish", format!("draft {n} {tag}")),
+        );
+    }
+    assert_eq!(expected.len(), 28);
+    assert_eq!(setup.mine().len(), normal, "the receiver was down");
+
+    setup.receiver = Some(stopped.start().await);
+    // A check right after the restart recovers what is older than the settle time; the next
+    // one, the rest.
+    let mut reports = vec![setup.check().await];
+    tokio::time::sleep(SETTLE).await;
+    reports.push(setup.check().await);
+    let mine: Vec<_> = reports
+        .iter()
+        .flat_map(|report| &report.recovered)
+        .filter(|recovered| expected.contains_key(&recovered.document_id))
+        .collect();
+    assert_eq!(mine.len(), 28, "{reports:#?}");
+    setup
+        .wait_for_mine(normal + 28, Duration::from_secs(30))
+        .await;
+    let delivered = setup.mine();
+    let after: Vec<&CapturedRequest> = delivered[normal..].iter().collect();
+    assert!(after.iter().all(|request| is_recovered(request)));
+    let mut seen = BTreeMap::new();
+    for request in &after {
+        let body = request.json();
+        let document_id = body["entry"]["documentId"].as_str().unwrap().to_owned();
+        seen.insert(
+            document_id,
+            (body["event"].as_str().unwrap().to_owned(), text_of(&body)),
+        );
+    }
+    for (document_id, (event, text)) in &expected {
+        assert_eq!(
+            seen.get(document_id),
+            Some(&((*event).to_owned(), text.clone())),
+            "document {document_id}"
+        );
+    }
+    // Nothing more is recovered: each change was recovered once.
+    let again = setup.check().await;
+    assert!(
+        again
+            .recovered
+            .iter()
+            .all(|recovered| !expected.contains_key(&recovered.document_id)),
+        "{again:#?}"
+    );
+    setup.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twice() {
+    const CHANGES: usize = 200;
+    const CLIENTS: usize = 8;
+    let setup = Arc::new(Setup::start().await);
+    let tag = setup.tag.clone();
+    let mut documents = Vec::new();
+    for n in 0..CLIENTS {
+        let uid = [ARTICLE, PAGE, COMMENT][n % 3];
+        documents.push((uid, create(&setup.client, uid, &format!("{n} {tag}")).await));
+    }
+    setup.wait_for_mine(CLIENTS, Duration::from_secs(30)).await;
+    setup.check().await;
+    // Checks run back to back while editors change the documents.
+    let editing = Arc::new(AtomicBool::new(true));
+    let checker = {
+        let (setup, editing) = (Arc::clone(&setup), Arc::clone(&editing));
+        tokio::spawn(async move {
+            let mut reports = Vec::new();
+            while editing.load(Ordering::Relaxed) {
+                reports.push(setup.check().await);
+            }
+            reports
+        })
+    };
+    stream::iter(0..CHANGES)
+        .for_each_concurrent(CLIENTS, |n| {
+            let (setup, documents, tag) = (&setup, &documents, &tag);
+            async move {
+                let (uid, document_id) = &documents[n % CLIENTS];
+                update(&setup.client, uid, document_id, &format!("edit {n} {tag}")).await;
+            }
+        })
+        .await;
+    setup
+        .wait_for_mine(CLIENTS + CHANGES, Duration::from_secs(60))
+        .await;
+    editing.store(false, Ordering::Relaxed);
+    let mut reports = checker.await.unwrap();
+    reports.push(setup.check().await);
+    let recovered: Vec<_> = reports
+        .iter()
+        .flat_map(|report| &report.recovered)
+        .filter(|recovered| documents.iter().any(|(_, id)| *id == recovered.document_id))
+        .collect();
+    let recovering: Vec<&Report> = reports
+        .iter()
+        .filter(|report| !report.recovered.is_empty())
+        .collect();
+    assert!(recovered.is_empty(), "{recovering:#?}");
+    assert!(reports.len() > 1, "checks ran while the editors worked");
+    let mine = setup.mine();
+    assert_eq!(mine.len(), CLIENTS + CHANGES);
+    assert!(mine.iter().all(|request| !is_recovered(request)));
+    let versions: BTreeSet<String> = mine
+        .iter()
+        .map(|request| {
+            let body = request.json();
+            format!(
+                "{}@{}",
+                body["entry"]["documentId"], body["entry"]["updatedAt"]
+            )
+        })
+        .collect();
+    assert_eq!(versions.len(), mine.len(), "an event was delivered twice");
+    Arc::into_inner(setup).unwrap().finish().await;
+}
