@@ -378,6 +378,7 @@ async fn scale(
         secret_header: SECRET_HEADER.into(),
         secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
         verify_timeout: Duration::from_secs(10),
+        repair: strapi_webhook_operator::repair::CheckSettings::default(),
     };
     let metrics = Metrics::register(&mut Registry::default());
     let ctx = Arc::new(Context::new(

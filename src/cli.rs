@@ -93,6 +93,10 @@ struct ControllerArgs {
     /// How long to wait for the receiver to see Strapi's trigger.
     #[arg(long, env = "VERIFY_TIMEOUT", default_value = "10s")]
     verify_timeout: kube::core::Duration,
+    /// Gap repair: how long Strapi's calls must have stopped before a change that no call
+    /// showed is taken for lost (a newer call from Strapi proves it sooner).
+    #[arg(long, env = "REPAIR_SETTLE", default_value = "15s")]
+    repair_settle: kube::core::Duration,
 }
 
 async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
@@ -104,6 +108,10 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
         secret_header: crate::event::SECRET_HEADER.to_owned(),
         secret_grace: std::time::Duration::from(args.secret_grace).try_into()?,
         verify_timeout: args.verify_timeout.into(),
+        repair: crate::repair::CheckSettings {
+            settle: args.repair_settle.into(),
+            ..crate::repair::CheckSettings::default()
+        },
     };
     let election = args.leader_elect.then_some(LeaderElection {
         namespace: args.lease_namespace,
@@ -326,6 +334,10 @@ struct LocalArgs {
     /// How long to wait for the receiver to record Strapi's test call.
     #[arg(long, default_value = "10s")]
     verify_timeout: kube::core::Duration,
+    /// Gap repair: how long Strapi's calls must have stopped before a change that no call
+    /// showed is taken for lost (a newer call from Strapi proves it sooner).
+    #[arg(long, env = "REPAIR_SETTLE", default_value = "15s")]
+    repair_settle: kube::core::Duration,
 }
 
 async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
@@ -337,6 +349,10 @@ async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
         receiver_url: args.receiver_url,
         cleanup: args.cleanup,
         verify_timeout: args.verify_timeout.into(),
+        repair: crate::repair::CheckSettings {
+            settle: args.repair_settle.into(),
+            ..crate::repair::CheckSettings::default()
+        },
         settings: crate::receiver::ReceiverSettings::default(),
     };
     let env = std::env::vars().collect();

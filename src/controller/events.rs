@@ -27,6 +27,10 @@ pub enum Notice {
     CleanupSkipped(String),
     /// A StrapiWebhook's spec is invalid.
     InvalidSpec(String),
+    /// Gap repair found a window in which Strapi's calls did not reach the receiver.
+    GapRepaired(String),
+    /// A gap repair check failed.
+    RepairFailed(String),
 }
 
 impl Notice {
@@ -90,6 +94,15 @@ impl Notice {
                 EventType::Warning,
                 "InvalidSpec",
                 "Validate",
+                message.clone(),
+            ),
+            Notice::GapRepaired(message) => {
+                (EventType::Warning, "GapRepaired", "Repair", message.clone())
+            }
+            Notice::RepairFailed(message) => (
+                EventType::Warning,
+                "RepairFailed",
+                "Repair",
                 message.clone(),
             ),
         };

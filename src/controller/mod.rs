@@ -14,6 +14,7 @@ mod events;
 mod instance;
 mod metrics;
 mod receiver_admin;
+mod repair;
 mod secrets;
 mod webhook;
 
@@ -75,6 +76,8 @@ pub struct Options {
     pub secret_grace: SignedDuration,
     /// How long to wait for the receiver to see Strapi's trigger.
     pub verify_timeout: Duration,
+    /// How gap repair checks compare.
+    pub repair: crate::repair::CheckSettings,
 }
 
 /// What every reconcile shares.
@@ -93,6 +96,10 @@ pub struct Context {
     pub webhooks: Store<StrapiWebhook>,
     /// The receiver's admin API.
     pub receiver: ReceiverAdmin,
+    /// The receiver's gap repair routes.
+    pub repair_client: crate::repair::RepairClient,
+    // When each instance's next gap repair check is due.
+    repair_schedule: Mutex<crate::repair::Schedule>,
     // One client per instance, so its admin session survives between reconciles.
     strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
     // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
@@ -114,6 +121,8 @@ impl Context {
         Context {
             events: Publisher::new(client.clone(), std::env::var("POD_NAME").ok()),
             receiver: ReceiverAdmin::new(&options.receiver_admin_url),
+            repair_client: crate::repair::RepairClient::new(&options.receiver_admin_url),
+            repair_schedule: Mutex::default(),
             client,
             options,
             metrics,
@@ -289,7 +298,10 @@ pub async fn run(
     ));
 
     let instance_store = ctx.instances.clone();
+    let (repair_due, receiver_changes) = futures::channel::mpsc::unbounded();
+    tokio::spawn(repair::watch_receiver(ctx.clone(), repair_due));
     let instance_controller = instances
+        .reconcile_all_on(receiver_changes)
         .watches(webhook_api, watcher::Config::default(), |webhook| {
             let (namespace, name) = split_key(&referenced_instance(&webhook));
             Some(ObjectRef::new(&name).within(&namespace))

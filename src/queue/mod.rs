@@ -197,9 +197,20 @@ impl DocumentVersion {
     }
 }
 
-/// Per content type uid, the Strapi time up to which the gap repair has compared Strapi's
-/// content with what was stored.
-pub type Watermarks = BTreeMap<String, UnixMillis>;
+/// How far the gap repair has compared one content type of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watermark {
+    /// The Strapi time up to which Strapi's content was compared with what was stored; only
+    /// moves forward.
+    pub at: UnixMillis,
+    /// When the repair first saw the content type: nothing older is ever compared (the
+    /// receiver may not have existed then). Set once.
+    pub floor: UnixMillis,
+}
+
+/// Watermarks by content type uid.
+pub type Watermarks = BTreeMap<String, Watermark>;
 
 /// One delivery of a new event.
 #[derive(Clone, Debug)]

@@ -1173,9 +1173,9 @@ impl Queue for NatsQueue {
                     .as_ref()
                     .and_then(|entry| serde_json::from_slice(&entry.value).ok())
                     .unwrap_or_default();
-                for (uid, at) in &marks {
-                    let mark = current.entry(uid.clone()).or_insert(*at);
-                    *mark = (*mark).max(*at);
+                for (uid, mark) in &marks {
+                    let current = current.entry(uid.clone()).or_insert(*mark);
+                    current.at = current.at.max(mark.at);
                 }
                 let value =
                     serde_json::to_vec(&current).map_err(|error| failed(error.to_string()))?;

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
     DocumentVersion, Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector,
-    SinkCounters, SinkKey, UnixMillis, VersionSeen, Watermarks, is_stored_copy, now_millis,
+    SinkCounters, SinkKey, UnixMillis, VersionSeen, Watermark, Watermarks, is_stored_copy,
+    now_millis,
 };
 
 // Requests folded into one commit at most; bounds the latency one batch adds to the next.
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS repair_watermarks (
     instance TEXT NOT NULL,
     uid      TEXT NOT NULL,
     at       INTEGER NOT NULL,
+    floor    INTEGER NOT NULL,
     PRIMARY KEY (instance, uid)
 );
 ";
@@ -931,9 +933,17 @@ impl Queue for SqliteQueue {
         self.read("watermarks", move |connection| {
             let map = sql("watermarks");
             connection
-                .prepare_cached("SELECT uid, at FROM repair_watermarks WHERE instance = ?1")
+                .prepare_cached("SELECT uid, at, floor FROM repair_watermarks WHERE instance = ?1")
                 .map_err(&map)?
-                .query_map(params![instance], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_map(params![instance], |row| {
+                    Ok((
+                        row.get(0)?,
+                        Watermark {
+                            at: row.get(1)?,
+                            floor: row.get(2)?,
+                        },
+                    ))
+                })
                 .map_err(&map)?
                 .collect::<Result<Watermarks, _>>()
                 .map_err(&map)
@@ -949,12 +959,14 @@ impl Queue for SqliteQueue {
             let map = sql("advance watermarks");
             let mut upsert = connection
                 .prepare_cached(
-                    "INSERT INTO repair_watermarks (instance, uid, at) VALUES (?1, ?2, ?3)
+                    "INSERT INTO repair_watermarks (instance, uid, at, floor) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO UPDATE SET at = MAX(at, ?3)",
                 )
                 .map_err(&map)?;
-            for (uid, at) in &marks {
-                upsert.execute(params![instance, uid, at]).map_err(&map)?;
+            for (uid, mark) in &marks {
+                upsert
+                    .execute(params![instance, uid, mark.at, mark.floor])
+                    .map_err(&map)?;
             }
             Ok(())
         })

@@ -223,6 +223,7 @@ pub(super) async fn store(
         .map(|delivery| delivery.sink.clone())
         .collect();
     let count = deliveries.len();
+    let versions = super::repair::versions(event);
     let new = NewEvent {
         id: id.clone(),
         instance: instance.to_owned(),
@@ -233,10 +234,13 @@ pub(super) async fn store(
         dedup_window_ms: i64::try_from(state.settings.dedup_window.as_millis()).unwrap_or(0),
         deliveries,
         recovered,
-        versions: super::repair::versions(event),
+        versions: versions.clone(),
     };
     let stored = state.queue.ingest(new).instrument(span.clone()).await;
     let _entered = span.enter();
+    if !recovered && stored.is_ok() {
+        state.repair.note_progress(instance, &versions);
+    }
     match &stored {
         Ok(IngestOutcome::Stored) => {
             state.metrics.stored.get_or_create(&labels).inc();

@@ -7,6 +7,8 @@
 //! - `GET /v1/instances/{namespace}/{name}/watermarks` — per content type uid, the Strapi time
 //!   up to which the repair has compared Strapi's content with what was stored.
 //! - `POST /v1/instances/{namespace}/{name}/watermarks` — moves watermarks forward.
+//! - `GET /v1/instances/{namespace}/{name}/progress` — how far Strapi's calls have got
+//!   ([`Progress`]), so that a change Strapi is still sending is not taken for a lost one.
 //! - `POST /v1/instances/{namespace}/{name}/versions` — for a list of document versions, whether
 //!   an event showing that version (or a newer one) was stored.
 //! - `POST /v1/instances/{namespace}/{name}/recovered` — stores a recovered event in Strapi's
@@ -14,8 +16,9 @@
 //!   `duplicateOf` when the versions it shows were stored meanwhile.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -51,6 +54,8 @@ pub struct RepairState {
     boot_id: String,
     started_at: UnixMillis,
     ingest_failures: AtomicU64,
+    // Per instance: the newest version time Strapi's calls showed, and when the last one came.
+    progress: Mutex<HashMap<String, (UnixMillis, Instant)>>,
 }
 
 impl Default for RepairState {
@@ -59,6 +64,7 @@ impl Default for RepairState {
             boot_id: uuid::Uuid::now_v7().to_string(),
             started_at: now_millis(),
             ingest_failures: AtomicU64::new(0),
+            progress: Mutex::default(),
         }
     }
 }
@@ -68,6 +74,30 @@ impl RepairState {
     /// it again, so the repair should look now.
     pub fn note_ingest_failure(&self) {
         self.ingest_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes a stored call from Strapi showing `versions`: Strapi's webhook queue has got this
+    /// far.
+    pub fn note_progress(&self, instance: &str, versions: &[DocumentVersion]) {
+        let Some(newest) = versions.iter().map(|version| version.at).max() else {
+            return;
+        };
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = progress
+            .entry(instance.to_owned())
+            .or_insert((newest, Instant::now()));
+        *entry = (entry.0.max(newest), Instant::now());
+    }
+
+    /// How far Strapi's calls of `instance` have got, as seen by this process.
+    pub fn progress(&self, instance: &str) -> Progress {
+        let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        progress
+            .get(instance)
+            .map_or_else(Progress::default, |(newest, last)| Progress {
+                strapi_time: Some(*newest),
+                idle_ms: Some(u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            })
     }
 
     /// The answer of `GET /v1/repair`.
@@ -90,6 +120,21 @@ pub struct ReceiverRepairState {
     pub started_at: UnixMillis,
     /// Strapi calls this process answered without storing them (503).
     pub ingest_failures: u64,
+}
+
+/// The answer of `GET .../progress`: how far Strapi's webhook queue has got for an instance,
+/// as far as this process saw since it started. Strapi sends its calls from an in-memory queue
+/// in about the order of its writes, so a change older than `strapiTime` that was not stored is
+/// not in flight any more; after `idleMs` without any call, nothing is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// The newest version time (Strapi's clock) a stored call from Strapi showed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strapi_time: Option<UnixMillis>,
+    /// Milliseconds since the last stored call from Strapi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
 }
 
 /// The answer of `POST .../recovered`.
@@ -116,6 +161,7 @@ pub fn routes() -> Router<Arc<ReceiverState>> {
             get(watermarks).post(advance_watermarks),
         )
         .route("/v1/instances/{namespace}/{name}/versions", post(covered))
+        .route("/v1/instances/{namespace}/{name}/progress", get(progress))
         .route(
             "/v1/instances/{namespace}/{name}/recovered",
             post(recovered),
@@ -171,6 +217,13 @@ pub fn strapi_millis(text: &str) -> Option<UnixMillis> {
 
 async fn repair_state(State(state): State<Arc<ReceiverState>>) -> Response {
     Json(state.repair.report()).into_response()
+}
+
+async fn progress(
+    State(state): State<Arc<ReceiverState>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    Json(state.repair.progress(&format!("{namespace}/{name}"))).into_response()
 }
 
 async fn watermarks(
@@ -314,9 +367,9 @@ mod tests {
         let shown = versions(&publish);
         assert_eq!(shown.len(), 2);
         assert_eq!(shown[0].kind, VersionKind::Publication);
-        assert_eq!(shown[0].at, 1_795_462_355_350);
+        assert_eq!(shown[0].at, 1_795_980_755_350);
         assert_eq!(shown[1].kind, VersionKind::Content);
-        assert_eq!(shown[1].at, 1_795_462_355_343);
+        assert_eq!(shown[1].at, 1_795_980_755_343);
         assert_eq!(shown[1].locale, "fr");
     }
 

@@ -7,13 +7,17 @@
 //! instance, for every content type an enabled webhook may route:
 //!
 //! 1. reads the receiver's watermark of the type (the Strapi time up to which earlier checks
-//!    compared); without one the check only sets it to now (a first check repairs nothing);
-//! 2. lists through the content manager what changed since the watermark minus an overlap:
-//!    drafts by `updatedAt` and published versions by `publishedAt`, in every locale;
-//! 3. asks the receiver which of those versions it stored, leaving out changes younger than
-//!    `settle`: Strapi sends webhooks from an in-memory queue (five at a time, every registered
-//!    webhook in turn), so under a burst its calls trail its writes by seconds, and a change
-//!    Strapi is still sending must not be taken for a lost one. Those are compared next time;
+//!    compared); without one the check only sets it, and its floor, to now: a first check
+//!    repairs nothing, and nothing from before it is ever compared;
+//! 2. lists through the content manager what changed since the watermark minus an overlap (not
+//!    before the floor): drafts by `updatedAt` and published versions by `publishedAt`, in every
+//!    locale;
+//! 3. asks the receiver which of those versions it stored, leaving out changes Strapi may still
+//!    be sending: Strapi sends webhooks from an in-memory queue (five at a time, every registered
+//!    webhook in turn), so under a burst its calls trail its writes by many seconds. A change is
+//!    compared once the receiver has stored a call from Strapi showing a newer change (the queue
+//!    got past it), or, when no call came for `settle`, once it is older than `settle`. The
+//!    others are compared at the next check;
 //! 4. posts each version still missing as a recovered `entry.publish` (publications first: a
 //!    publish moves the draft's `updatedAt` too), `entry.create` (created after the watermark) or
 //!    `entry.update`; the receiver routes it like Strapi's call and marks it recovered;
@@ -31,8 +35,8 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    queue::{DocumentVersion, UnixMillis, VersionKind, Watermarks, now_millis},
-    receiver::repair::{ReceiverRepairState, RecoveredAnswer, strapi_millis},
+    queue::{DocumentVersion, UnixMillis, VersionKind, Watermark, Watermarks, now_millis},
+    receiver::repair::{Progress, ReceiverRepairState, RecoveredAnswer, strapi_millis},
     strapi::{ContentType, ContentTypeKind, Entry, StrapiClient, StrapiError, VersionStatus},
 };
 
@@ -83,6 +87,12 @@ impl RepairClient {
     /// The receiver process's boot id, start and ingest failures.
     pub async fn state(&self) -> Result<ReceiverRepairState, RepairError> {
         let url = format!("{}/v1/repair", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// How far Strapi's calls of `instance` have got.
+    pub async fn progress(&self, instance: &str) -> Result<Progress, RepairError> {
+        let url = format!("{}/v1/instances/{instance}/progress", self.base);
         self.send(self.http.get(&url), &url).await
     }
 
@@ -152,8 +162,8 @@ impl RepairClient {
 /// How a check compares.
 #[derive(Clone, Debug)]
 pub struct CheckSettings {
-    /// How old a change must be before it is compared: Strapi's own call gets this long to
-    /// arrive. Changes younger than this wait for the next check.
+    /// When Strapi's calls have stopped for this long, changes older than this are compared
+    /// even if no newer call came: Strapi's queue is drained, or cannot reach the receiver.
     pub settle: Duration,
     /// How far before the watermark each listing starts: writes that commit out of order, and
     /// clock skew between Strapi and this process up to this much, are still seen.
@@ -213,7 +223,7 @@ pub struct Report {
     pub already_stored: usize,
     /// Content types seen for the first time: their watermark was set, nothing compared.
     pub baselined: usize,
-    /// Changes younger than the settle time, left for the next check.
+    /// Changes Strapi may still be sending, left for the next check.
     pub deferred: usize,
 }
 
@@ -260,26 +270,36 @@ pub async fn check(
     let marks = receiver.watermarks(target.instance).await?;
     let mut advanced = Watermarks::new();
     let mut candidates = Vec::new();
-    let cutoff = report.started_at - i64::try_from(settings.settle.as_millis()).unwrap_or(0);
+    let ripe = ripeness(
+        &receiver.progress(target.instance).await?,
+        settings,
+        report.started_at,
+    );
     for content_type in &types {
-        let Some(&mark) = marks.get(&content_type.uid) else {
-            advanced.insert(content_type.uid.clone(), report.started_at);
+        let Some(&Watermark { at: mark, floor }) = marks.get(&content_type.uid) else {
+            let now = report.started_at;
+            let first = Watermark {
+                at: now,
+                floor: now,
+            };
+            advanced.insert(content_type.uid.clone(), first);
             report.baselined += 1;
             continue;
         };
-        let since = mark - i64::try_from(settings.overlap.as_millis()).unwrap_or(0);
+        let since = (mark - i64::try_from(settings.overlap.as_millis()).unwrap_or(0)).max(floor);
         let localised: Vec<Option<&str>> = if content_type.localized {
             locales.iter().map(|code| Some(code.as_str())).collect()
         } else {
             vec![None]
         };
         // The mark moves to the newest change compared, in Strapi's own clock; deferred
-        // changes are newer than every compared one, so the next listing sees them again.
+        // changes are newer than every compared one (ripeness only grows with age), so the
+        // next listing sees them again.
         let mut newest = mark;
         for locale in localised {
             let found = changed(target, content_type, since, mark, locale, &mut report).await?;
             for candidate in found {
-                if candidate.version.at > cutoff {
+                if !ripe(candidate.version.at) {
                     report.deferred += 1;
                     continue;
                 }
@@ -287,12 +307,30 @@ pub async fn check(
                 candidates.push(candidate);
             }
         }
-        advanced.insert(content_type.uid.clone(), newest);
+        advanced.insert(content_type.uid.clone(), Watermark { at: newest, floor });
     }
     report.compared = candidates.len();
     recover_missing(target, receiver, candidates, &mut report).await?;
     receiver.advance(target.instance, &advanced).await?;
     Ok(report)
+}
+
+/// Strapi runs five calls at once, so calls for changes this close together may arrive in
+/// either order.
+const REORDERING_MS: i64 = 2_000;
+
+/// Whether a change at a time (Strapi's clock) can be compared: see the module docs, step 3.
+fn ripeness(
+    progress: &Progress,
+    settings: &CheckSettings,
+    now: UnixMillis,
+) -> impl Fn(UnixMillis) -> bool + use<> {
+    let settle = i64::try_from(settings.settle.as_millis()).unwrap_or(i64::MAX);
+    let passed = progress.strapi_time.map(|newest| newest - REORDERING_MS);
+    let quiet = progress
+        .idle_ms
+        .is_none_or(|idle| i64::try_from(idle).unwrap_or(i64::MAX) >= settle);
+    move |at| passed.is_some_and(|passed| at <= passed) || (quiet && at <= now - settle)
 }
 
 /// Whether an enabled webhook could route events of this content type.
@@ -604,7 +642,7 @@ mod tests {
         serde_json::from_value(fields).unwrap()
     }
 
-    const MARK: UnixMillis = 1_795_462_350_000; // 2026-11-29T19:32:30Z
+    const MARK: UnixMillis = 1_795_980_750_000; // 2026-11-29T19:32:30Z
 
     #[test]
     fn a_draft_created_after_the_watermark_is_a_create_and_an_older_one_an_update() {
@@ -690,6 +728,34 @@ mod tests {
         assert!(schedule.observe(state("b", 2), ["cms/strapi"]));
         assert!(schedule.checked("cms/strapi").is_some());
         assert!(schedule.checked("cms/strapi").is_none());
+    }
+
+    #[test]
+    fn a_change_is_compared_once_strapi_sent_a_newer_one_or_went_quiet() {
+        let settings = CheckSettings {
+            settle: Duration::from_secs(10),
+            ..CheckSettings::default()
+        };
+        let now = MARK + 60_000;
+        let busy = Progress {
+            strapi_time: Some(MARK),
+            idle_ms: Some(100),
+        };
+        let ripe = ripeness(&busy, &settings, now);
+        assert!(ripe(MARK - REORDERING_MS));
+        // Older than the settle time, but Strapi is still sending and has not got there.
+        assert!(!ripe(MARK + 1));
+        let quiet = Progress {
+            idle_ms: Some(10_000),
+            ..busy
+        };
+        let ripe = ripeness(&quiet, &settings, now);
+        assert!(ripe(now - 10_000));
+        assert!(!ripe(now - 9_999));
+        // A receiver that restarted and got no call yet knows nothing of Strapi's queue.
+        let ripe = ripeness(&Progress::default(), &settings, now);
+        assert!(ripe(now - 10_000));
+        assert!(!ripe(now - 9_999));
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl World {
             secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
             secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
             verify_timeout: Duration::from_secs(10),
+            repair: strapi_webhook_operator::repair::CheckSettings::default(),
         };
         let metrics = Metrics::register(&mut Registry::default());
         let ctx = Arc::new(Context::new(
