@@ -201,8 +201,8 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
     assert!(quiet.recovered.is_empty(), "{quiet:?}");
     // The cost of a check: the content-type list, then one call per content type and version
     // listed (drafts and published versions where there are drafts), each under 100 changes.
-    let types = setup.client.list_content_types().await.unwrap();
-    let listings: u32 = types
+    let content_types = setup.client.list_content_types().await.unwrap();
+    let listings: u32 = content_types
         .iter()
         .filter(|content_type| content_type.uid.starts_with("api::"))
         .map(|content_type| if content_type.draft_and_publish { 2 } else { 1 })

@@ -382,13 +382,32 @@ async fn changed(
         };
         for entry in entries {
             if let Some(candidate) = candidate(content_type, status, entry, since, mark)
-                && target.events.contains(candidate.name)
+                .and_then(|candidate| subscribed(candidate, target.events))
             {
                 candidates.push(candidate);
             }
         }
     }
     Ok(candidates)
+}
+
+/// The candidate as the webhooks subscribe to it: a document created since the watermark whose
+/// creation nobody subscribes to still carries an update for those who subscribe to updates,
+/// if it was changed after it was created.
+fn subscribed(mut candidate: Candidate, events: &BTreeSet<String>) -> Option<Candidate> {
+    if events.contains(candidate.name) {
+        return Some(candidate);
+    }
+    let entry = &candidate.event["entry"];
+    let changed_after_creation = entry["updatedAt"].as_str().and_then(strapi_millis)
+        > entry["createdAt"].as_str().and_then(strapi_millis);
+    if candidate.name == "entry.create" && changed_after_creation && events.contains("entry.update")
+    {
+        candidate.name = "entry.update";
+        candidate.event["event"] = Value::from("entry.update");
+        return Some(candidate);
+    }
+    None
 }
 
 /// The candidate an entry of a listing makes, if it changed since `since`.
@@ -667,6 +686,23 @@ mod tests {
 
     fn candidate_of(entry: Entry) -> Candidate {
         candidate(&article(true), VersionStatus::Draft, entry, MARK, MARK).unwrap()
+    }
+
+    #[test]
+    fn a_new_documents_update_is_recovered_for_webhooks_that_take_only_updates() {
+        let edited = entry(
+            json!({"documentId": "d1", "createdAt": "2026-11-29T19:32:31.000Z",
+            "updatedAt": "2026-11-29T19:32:33.000Z", "status": "draft"}),
+        );
+        let updates = BTreeSet::from(["entry.update".to_owned()]);
+        let candidate = subscribed(candidate_of(edited), &updates).unwrap();
+        assert_eq!(candidate.name, "entry.update");
+        assert_eq!(candidate.event["event"], "entry.update");
+        let untouched = entry(
+            json!({"documentId": "d2", "createdAt": "2026-11-29T19:32:31.000Z",
+            "updatedAt": "2026-11-29T19:32:31.000Z", "status": "draft"}),
+        );
+        assert!(subscribed(candidate_of(untouched), &updates).is_none());
     }
 
     #[test]
