@@ -34,10 +34,12 @@ use support::{CaptureServer, CapturedRequest, StrapiServer};
 const ARTICLE: &str = "api::article.article";
 const PAGE: &str = "api::page.page";
 const COMMENT: &str = "api::comment.comment";
-// A short settle time keeps the tests quick; under the burst Strapi's calls trail its writes by
-// far more (it calls the whole suite's webhooks one after the other for each event), which the
-// check must tell from a loss.
+// A short settle time keeps the outage test quick. Under a burst Strapi's calls trail its writes
+// by more (it calls the whole suite's webhooks one after the other for each event, and a webhook
+// of another test that stopped answering holds one of its five workers), which the check must
+// tell from a loss: `BURST_SETTLE`.
 const SETTLE: Duration = Duration::from_secs(3);
+const BURST_SETTLE: Duration = Duration::from_secs(10);
 const EVENTS: [&str; 4] = [
     "entry.create",
     "entry.update",
@@ -320,7 +322,7 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
         tokio::spawn(async move {
             let mut reports = Vec::new();
             while editing.load(Ordering::Relaxed) {
-                reports.push(setup.check_with(SETTLE).await);
+                reports.push(setup.check_with(BURST_SETTLE).await);
             }
             reports
         })
@@ -356,8 +358,8 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
         .await;
     editing.store(false, Ordering::Relaxed);
     let mut reports = checker.await.unwrap();
-    tokio::time::sleep(SETTLE).await;
-    reports.push(setup.check_with(SETTLE).await);
+    tokio::time::sleep(BURST_SETTLE).await;
+    reports.push(setup.check_with(BURST_SETTLE).await);
     let recovered: Vec<_> = reports
         .iter()
         .flat_map(|report| &report.recovered)

@@ -15,8 +15,8 @@
 //! 3. asks the receiver which of those versions it stored, leaving out changes Strapi may still
 //!    be sending: Strapi sends webhooks from an in-memory queue (five at a time, every registered
 //!    webhook in turn), so under a burst its calls trail its writes by many seconds. A change is
-//!    compared once the receiver has stored a call from Strapi showing a newer change (the queue
-//!    got past it), or, when no call came for `settle`, once it is older than `settle`. The
+//!    compared once it is older than `settle` and either the receiver has stored a call from
+//!    Strapi showing a newer change (the queue got past it) or no call came for `settle`. The
 //!    others are compared at the next check;
 //! 4. posts each version still missing as a recovered `entry.publish` (publications first: a
 //!    publish moves the draft's `updatedAt` too), `entry.create` (created after the watermark) or
@@ -330,7 +330,10 @@ fn ripeness(
     let quiet = progress
         .idle_ms
         .is_none_or(|idle| i64::try_from(idle).unwrap_or(i64::MAX) >= settle);
-    move |at| passed.is_some_and(|passed| at <= passed) || (quiet && at <= now - settle)
+    // Old enough in any case (a call can sit behind another webhook's 10 s timeout in one of
+    // Strapi's workers while the others move on), and either Strapi's queue is past it or Strapi
+    // has gone quiet.
+    move |at| at <= now - settle && (quiet || passed.is_some_and(|passed| at <= passed))
 }
 
 /// Whether an enabled webhook could route events of this content type.
@@ -781,6 +784,13 @@ mod tests {
         assert!(ripe(MARK - REORDERING_MS));
         // Older than the settle time, but Strapi is still sending and has not got there.
         assert!(!ripe(MARK + 1));
+        // Strapi is past it, but it is younger than the settle time.
+        let recent = Progress {
+            strapi_time: Some(now),
+            idle_ms: Some(100),
+        };
+        assert!(!ripeness(&recent, &settings, now)(now - 9_999));
+        assert!(ripeness(&recent, &settings, now)(now - 10_000));
         let quiet = Progress {
             idle_ms: Some(10_000),
             ..busy
