@@ -49,7 +49,8 @@ const EVENTS: [&str; 4] = [
 
 /// One test's instance: its receiver, its registration in Strapi and its sink.
 struct Setup {
-    strapi: StrapiServer,
+    // Keeps a private Strapi (outside scripts/with-strapi.sh) running for the test.
+    _strapi: StrapiServer,
     client: StrapiClient,
     receiver: Option<TestReceiver>,
     admin_url: String,
@@ -82,7 +83,7 @@ impl Setup {
         };
         registration::ensure(&client, &desired).await.unwrap();
         Self {
-            strapi,
+            _strapi: strapi,
             client,
             admin_url: receiver.admin_url(),
             receiver: Some(receiver),
@@ -134,14 +135,29 @@ impl Setup {
         }
     }
 
-    async fn finish(self) {
+    async fn finish(mut self) {
         registration::remove(&self.client, &self.instance)
             .await
             .unwrap();
-        if let Some(receiver) = self.receiver {
+        if let Some(receiver) = self.receiver.take() {
             receiver.shutdown().await;
         }
-        drop(self.strapi);
+    }
+}
+
+impl Drop for Setup {
+    // A failed test still removes its registration: Strapi calls every registered webhook one
+    // after the other for each event, so a dead one slows every later test on the shared Strapi.
+    fn drop(&mut self) {
+        if self.receiver.is_none() {
+            return;
+        }
+        let (client, instance) = (self.client.clone(), self.instance.clone());
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let _ = registration::remove(&client, &instance).await;
+            });
+        });
     }
 }
 
