@@ -599,13 +599,13 @@ impl Schedule {
             .is_none_or(|last| last.elapsed() >= interval)
     }
 
-    /// How long until `instance` is due.
+    /// How long until `instance` is due. An instance whose check could not even start (no
+    /// credentials, no client) counts as due an interval from now, never as due at once: the
+    /// caller sleeps this long, and zero would make it spin.
     pub fn due_in(&self, instance: &str, interval: Duration) -> Duration {
         self.last_check
             .get(instance)
-            .map_or(Duration::ZERO, |last| {
-                interval.saturating_sub(last.elapsed())
-            })
+            .map_or(interval, |last| interval.saturating_sub(last.elapsed()))
     }
 
     /// Records a finished check; returns the outage window noted for it, if any.
@@ -760,6 +760,11 @@ mod tests {
         assert!(!schedule.observe(state("a", 0), ["cms/strapi"]));
         schedule.checked("cms/strapi");
         assert!(!schedule.due("cms/strapi", Duration::from_secs(60)));
+        assert!(schedule.due_in("cms/strapi", Duration::from_secs(60)) > Duration::ZERO);
+        assert_eq!(
+            schedule.due_in("cms/other", Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
         assert!(!schedule.observe(state("a", 0), ["cms/strapi"]));
         assert!(schedule.observe(state("b", 0), ["cms/strapi"]));
         assert!(schedule.due("cms/strapi", Duration::from_secs(60)));
