@@ -407,3 +407,179 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
     assert_eq!(versions.len(), mine.len(), "an event was delivered twice");
     Arc::into_inner(setup).unwrap().finish().await;
 }
+
+/// The real receiver binary, killed with SIGKILL at random moments while eight editors update
+/// documents and restarted at once on the same ports and queue: every document's last state
+/// reaches the sink, through Strapi's own call or recovered.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_last_state_reaches_the_sink_when_the_receiver_is_killed_during_a_burst() {
+    const UPDATES: usize = 240;
+    const CLIENTS: usize = 8;
+    const DOCUMENTS: usize = 16;
+    let strapi = StrapiServer::shared().await;
+    let client = strapi.client();
+    let sink = CaptureServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let name = format!("gapkill-{}", &tag[tag.len() - 10..]);
+    let instance = format!("cms/{name}");
+    std::fs::write(
+        dir.path().join("manifests.yaml"),
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: {secret_name}, namespace: cms }}
+stringData: {{ secret: {SECRET} }}
+---
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiInstance
+metadata: {{ name: {name}, namespace: cms }}
+spec:
+  url: http://127.0.0.1:1337
+  auth: {{ apiToken: {{ name: strapi-admin, key: token }} }}
+---
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata: {{ name: site, namespace: cms, generation: 1 }}
+spec:
+  instanceRef: {{ name: {name} }}
+  events: [entry.create, entry.update]
+  sinks:
+    - name: site
+      http: {{ url: "{sink}" }}
+      delivery:
+        backoff: {{ initial: 50ms, max: 500ms }}
+        rateLimit: {{ perSecond: 10000, burst: 1000 }}
+        concurrency: 16
+  routes:
+    - {{ name: all, sink: site, match: {{ uids: ["{ARTICLE}"] }} }}
+"#,
+            secret_name = strapi_webhook_operator::api::shared_secret::name(&name),
+            sink = sink.url(),
+        ),
+    )
+    .unwrap();
+    let queue = format!("sqlite:{}", dir.path().join("queue.db").display());
+    let receiver = receiver_support::BinaryReceiver::start(dir.path(), &queue).await;
+    let (ingest, admin) = (receiver.ingest.clone(), receiver.admin.clone());
+    let desired = Desired {
+        instance: instance.clone(),
+        endpoint: registration::endpoint(&format!("http://{ingest}"), "cms", &name),
+        secret: (SECRET_HEADER.to_owned(), SECRET.to_owned()),
+        events: ["entry.create", "entry.update"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    };
+    registration::ensure(&client, &desired).await.unwrap();
+    let repair = RepairClient::new(&format!("http://{admin}"));
+    let events: BTreeSet<String> = desired.events.clone();
+    let target = Target {
+        instance: &instance,
+        strapi: &client,
+        events: &events,
+        models: None,
+    };
+    let settings = CheckSettings {
+        settle: SETTLE,
+        ..CheckSettings::default()
+    };
+    repair::check(&target, &repair, &settings).await.unwrap();
+    let mut documents = Vec::new();
+    for n in 0..DOCUMENTS {
+        documents.push(create(&client, ARTICLE, &format!("{n} {tag}")).await);
+    }
+
+    // The killer: SIGKILL at a random moment every 0.5 to 2.5 s, restart at once.
+    let bursting = Arc::new(AtomicBool::new(true));
+    let killer = {
+        let (bursting, dir, queue) = (Arc::clone(&bursting), dir.path().to_owned(), queue.clone());
+        tokio::spawn(async move {
+            let mut receiver = receiver;
+            let mut kills = 0;
+            while bursting.load(Ordering::Relaxed) {
+                let pause = rand::random_range(500..2_500);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                receiver.child.kill().unwrap();
+                receiver.child.wait().unwrap();
+                kills += 1;
+                receiver = receiver_support::BinaryReceiver::start_on(
+                    &dir,
+                    &queue,
+                    receiver.ingest.clone(),
+                    receiver.admin.clone(),
+                )
+                .await;
+            }
+            (receiver, kills)
+        })
+    };
+    // Each document's last update, as Strapi answered it.
+    let last = std::sync::Mutex::new(BTreeMap::<String, (i64, String)>::new());
+    stream::iter(0..UPDATES)
+        .for_each_concurrent(CLIENTS, |n| {
+            let (client, documents, tag, last) = (&client, &documents, &tag, &last);
+            async move {
+                let document_id = &documents[n % DOCUMENTS];
+                let title = format!("edit {n} {tag}");
+                let entry = client
+                    .update_document(
+                        Document::Entry {
+                            uid: ARTICLE,
+                            document_id,
+                        },
+                        &json!({ "title": title }),
+                    )
+                    .await
+                    .unwrap();
+                let at = entry.fields["updatedAt"]
+                    .as_str()
+                    .and_then(strapi_webhook_operator::receiver::repair::strapi_millis)
+                    .unwrap();
+                let mut last = last.lock().unwrap();
+                let known = last
+                    .entry(document_id.clone())
+                    .or_insert((at, title.clone()));
+                if at >= known.0 {
+                    *known = (at, title);
+                }
+            }
+        })
+        .await;
+    bursting.store(false, Ordering::Relaxed);
+    let (receiver, kills) = killer.await.unwrap();
+    assert!(kills >= 2, "the receiver was killed {kills} times");
+    let last = last.into_inner().unwrap();
+
+    let at_sink = |document_id: &str, title: &str| {
+        sink.requests().iter().any(|request| {
+            let body = request.json();
+            body["entry"]["documentId"] == document_id && body["entry"]["title"] == title
+        })
+    };
+    let missing = || -> Vec<(String, String)> {
+        last.iter()
+            .filter(|(document_id, (_, title))| !at_sink(document_id, title))
+            .map(|(document_id, (_, title))| (document_id.clone(), title.clone()))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut recovered = 0;
+    while !missing().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last states missing at the sink after {kills} kills: {:?}",
+            missing()
+        );
+        recovered += repair::check(&target, &repair, &settings)
+            .await
+            .unwrap()
+            .recovered
+            .len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("{kills} kills during {UPDATES} updates; {recovered} events recovered");
+    registration::remove(&client, &instance).await.unwrap();
+    drop(receiver);
+}
