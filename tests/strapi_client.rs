@@ -417,19 +417,13 @@ async fn editing_an_article_sends_the_documented_payloads() {
     let (drafts, published): (Vec<_>, Vec<_>) = deletes
         .iter()
         .partition(|call| call.json()["entry"]["publishedAt"].is_null());
-    let entries: Vec<Value> = deletes
-        .iter()
-        .map(|call| call.json()["entry"].clone())
-        .collect();
+    let entries: Vec<Value> = deletes.iter().map(|call| call.json()["entry"].clone()).collect();
     assert!(
         drafts.len() == 1 && published.len() == 1,
         "one draft and one published delete expected: {entries:#?}"
     );
     check_call(drafts[0], "entry.delete", "article", article);
-    assert!(
-        published[0].json()["entry"]["publishedAt"].is_string(),
-        "{entries:#?}"
-    );
+    assert!(published[0].json()["entry"]["publishedAt"].is_string(), "{entries:#?}");
     strapi.client().delete_webhook(&webhook.id).await.unwrap();
 }
 
