@@ -722,4 +722,8 @@ async fn events_strapi_fired_while_the_receiver_refused_them_are_recovered_and_r
         .await
         .unwrap();
     assert_eq!(stored, [true]);
+    // Strapi calls every registered webhook for each event, one after the other: leave none.
+    strapi_webhook_operator::registration::remove(&world.strapi, &world.key())
+        .await
+        .unwrap();
 }
