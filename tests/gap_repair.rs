@@ -212,7 +212,7 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
         let document_id = create(&setup.client, uid, &format!("draft {n} {tag}")).await;
         drafts.push((uid, document_id));
     }
-    setup.wait_for_mine(23, Duration::from_secs(30)).await;
+    setup.wait_for_mine(23, Duration::from_secs(120)).await;
     let first = setup.check().await;
     assert_eq!(first.baselined, first.content_types, "{first:?}");
     let quiet = setup.check().await;
@@ -287,7 +287,7 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
         .collect();
     assert_eq!(mine.len(), 28, "{reports:#?}");
     setup
-        .wait_for_mine(normal + 28, Duration::from_secs(30))
+        .wait_for_mine(normal + 28, Duration::from_secs(120))
         .await;
     let delivered = setup.mine();
     let after: Vec<&CapturedRequest> = delivered[normal..].iter().collect();
@@ -345,7 +345,7 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
         let uid = [ARTICLE, PAGE, COMMENT][n % 3];
         documents.push((uid, create(&setup.client, uid, &format!("{n} {tag}")).await));
     }
-    setup.wait_for_mine(CLIENTS, Duration::from_secs(30)).await;
+    setup.wait_for_mine(CLIENTS, Duration::from_secs(120)).await;
     setup.check().await;
     // Checks run back to back while editors change the documents.
     let editing = Arc::new(AtomicBool::new(true));
@@ -386,7 +386,7 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
             .map(|document_id| (ARTICLE, document_id)),
     );
     setup
-        .wait_for_mine(CLIENTS + CHANGES, Duration::from_secs(60))
+        .wait_for_mine(CLIENTS + CHANGES, Duration::from_secs(180))
         .await;
     editing.store(false, Ordering::Relaxed);
     let mut reports = checker.await.unwrap();
