@@ -422,6 +422,7 @@ async fn scale(
         verify_timeout: Duration::from_secs(10),
         allow_loopback_sinks: true,
         receiver_admin_token: Some(receiver.admin_token.clone()),
+        repair: strapi_webhook_operator::repair::CheckSettings::default(),
     };
     let metrics = Metrics::register(&mut Registry::default());
     let ctx = Arc::new(Context::new(

@@ -106,6 +106,10 @@ struct ControllerArgs {
     /// Accept loopback sinks, as a receiver started with `--allow-loopback-sinks` does.
     #[arg(long, env = "ALLOW_LOOPBACK_SINKS")]
     allow_loopback_sinks: bool,
+    /// Gap repair: how long Strapi's calls must have stopped before a change that no call
+    /// showed is taken for lost (a newer call from Strapi proves it sooner).
+    #[arg(long, env = "REPAIR_SETTLE", default_value = "15s")]
+    repair_settle: kube::core::Duration,
 }
 
 async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
@@ -120,6 +124,10 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
         secret_grace: std::time::Duration::from(args.secret_grace).try_into()?,
         verify_timeout: args.verify_timeout.into(),
         allow_loopback_sinks: args.allow_loopback_sinks,
+        repair: crate::repair::CheckSettings {
+            settle: args.repair_settle.into(),
+            ..crate::repair::CheckSettings::default()
+        },
     };
     let election = args.leader_elect.then_some(LeaderElection {
         namespace: args.lease_namespace,
@@ -424,6 +432,10 @@ struct LocalArgs {
     /// The admin API token [default: generated once into <data-dir>/admin-token].
     #[command(flatten)]
     admin_token: AdminTokenArgs,
+    /// Gap repair: how long Strapi's calls must have stopped before a change that no call
+    /// showed is taken for lost (a newer call from Strapi proves it sooner).
+    #[arg(long, env = "REPAIR_SETTLE", default_value = "15s")]
+    repair_settle: kube::core::Duration,
 }
 
 async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
@@ -435,6 +447,10 @@ async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
         receiver_url: args.receiver_url,
         cleanup: args.cleanup,
         verify_timeout: args.verify_timeout.into(),
+        repair: crate::repair::CheckSettings {
+            settle: args.repair_settle.into(),
+            ..crate::repair::CheckSettings::default()
+        },
         settings: crate::receiver::ReceiverSettings {
             admin_token: args.admin_token.token()?,
             ..crate::receiver::ReceiverSettings::default()

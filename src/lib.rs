@@ -28,6 +28,7 @@ pub mod local;
 pub mod queue;
 pub mod receiver;
 pub mod registration;
+pub mod repair;
 pub mod routing;
 pub mod sinks;
 pub mod strapi;

@@ -42,6 +42,8 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
             raw: article_event(1).to_string().into_bytes(),
             dedup_key: None,
             dedup_window_ms: 0,
+            recovered: false,
+            versions: Vec::new(),
             deliveries: vec![NewDelivery {
                 id: "poison".into(),
                 sink: crm.clone(),

@@ -68,10 +68,22 @@ pub struct StrapiInstanceSpec {
     #[serde(default = "default_resync_interval")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
     pub resync_interval: Duration,
+
+    /// How often the operator compares Strapi's content with the events the receiver stored and
+    /// recovers what Strapi fired while no receiver answered (gap repair), e.g. `60s`. A check
+    /// also runs at once when the receiver restarts or fails to store an event. `0s` turns gap
+    /// repair off.
+    #[serde(default = "default_repair_interval")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub repair_interval: Duration,
 }
 
 fn default_resync_interval() -> Duration {
     std::time::Duration::from_secs(300).into()
+}
+
+fn default_repair_interval() -> Duration {
+    std::time::Duration::from_secs(60).into()
 }
 
 /// Credentials for Strapi's admin API. Set exactly one of `apiToken` and `credentials`.
@@ -222,4 +234,46 @@ pub struct StrapiInstanceStatus {
     /// When the operator last rolled `restartOnChange`'s Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_time: Option<Time>,
+    /// Gap repair: what Strapi fired while no receiver answered, recovered from its content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairStatus>,
+}
+
+/// What gap repair found for an instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairStatus {
+    /// When the last check compared Strapi's content with the stored events. Written with the
+    /// rest of the status (at least every `resyncInterval`, and whenever a check recovers
+    /// events, finds a gap or fails); the operator's metrics show every check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+    /// Events recovered and stored, marked recovered, since gap repair started for this
+    /// instance.
+    #[serde(default)]
+    pub recovered_events: i64,
+    /// When events were last recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recovery_time: Option<Time>,
+    /// The last window in which the receiver missed, or may have missed, Strapi's calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_gap: Option<RepairGap>,
+    /// Why the last check failed; empty when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A window in which Strapi's calls did not reach the receiver. Creates, updates and
+/// publications in it were recovered; deletions and unpublications cannot be seen by listing
+/// Strapi's content and may have been missed: check the sinks for them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairGap {
+    /// Start of the window.
+    pub start: Time,
+    /// End of the window.
+    pub end: Time,
+    /// Events recovered from it.
+    #[serde(default)]
+    pub recovered_events: i64,
 }

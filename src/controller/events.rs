@@ -29,6 +29,10 @@ pub enum Notice {
     InvalidSpec(String),
     /// A StrapiWebhook's spec is valid but has settings that very likely do not do what was meant.
     SpecWarning(String),
+    /// Gap repair found a window in which Strapi's calls did not reach the receiver.
+    GapRepaired(String),
+    /// A gap repair check failed.
+    RepairFailed(String),
 }
 
 impl Notice {
@@ -98,6 +102,15 @@ impl Notice {
                 EventType::Warning,
                 "SpecWarning",
                 "Validate",
+                message.clone(),
+            ),
+            Notice::GapRepaired(message) => {
+                (EventType::Warning, "GapRepaired", "Repair", message.clone())
+            }
+            Notice::RepairFailed(message) => (
+                EventType::Warning,
+                "RepairFailed",
+                "Repair",
                 message.clone(),
             ),
         };

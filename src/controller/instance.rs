@@ -30,7 +30,10 @@ use super::{
     secrets,
 };
 use crate::{
-    api::{NamespacesFrom, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    api::{
+        NamespacesFrom, RepairStatus, StrapiAuth, StrapiInstance, StrapiInstanceStatus,
+        StrapiWebhook,
+    },
     config::{allows_namespace, instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired},
     strapi::{Credentials, StrapiClient, StrapiError},
@@ -140,6 +143,7 @@ struct Outcome {
     registration_id: Option<String>,
     verified_at: Option<Timestamp>,
     restarted_at: Option<Timestamp>,
+    repair: Option<RepairStatus>,
 }
 
 async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
@@ -163,6 +167,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
                 registration_id: previous.registration_id.clone(),
                 verified_at: None,
                 restarted_at: None,
+                repair: previous.repair.clone(),
             }
         }
         Ok(credentials) => {
@@ -174,7 +179,11 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
                 secret: (ctx.options.secret_header.clone(), shared.current.clone()),
                 events: events.clone(),
             };
-            register(ctx, instance, &client, &desired, &previous, shared.changed).await?
+            let mut outcome =
+                register(ctx, instance, &client, &desired, &previous, shared.changed).await?;
+            outcome.repair =
+                super::repair::repair(ctx, instance, &client, &webhooks, &events).await;
+            outcome
         }
     };
 
@@ -203,11 +212,13 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
             .restarted_at
             .map(Time)
             .or(previous.last_restart_time),
+        repair: outcome.repair,
     };
     let ready = conditions::is_true(&status.conditions, "Ready");
     patch_status(ctx, instance, status).await?;
     // Not ready (Strapi down, receiver not verified): look again soon rather than at the next resync.
     let resync: Duration = instance.spec.resync_interval.into();
+    let resync = super::repair::next_check(ctx, instance).map_or(resync, |due| resync.min(due));
     Ok(Action::requeue(if ready {
         resync
     } else {
@@ -264,6 +275,7 @@ async fn register(
                 registration_id: previous.registration_id.clone(),
                 verified_at: None,
                 restarted_at: None,
+                repair: previous.repair.clone(),
             });
         }
     };
@@ -320,6 +332,7 @@ async fn register(
         registration_id: Some(applied.id),
         verified_at,
         restarted_at,
+        repair: previous.repair.clone(),
     })
 }
 

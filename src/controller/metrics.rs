@@ -64,6 +64,20 @@ pub struct ReceiverCallLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a gap repair check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, or the failure's reason.
+    pub outcome: &'static str,
+}
+
+/// Labels of a recovered event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `entry.create`, `entry.update` or `entry.publish`.
+    pub event: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     /// Reconciles by kind and outcome.
@@ -80,6 +94,14 @@ pub struct Metrics {
     pub instance_conditions: Family<InstanceConditionLabels, Gauge>,
     /// Calls to the receiver replicas' admin API by call and outcome.
     pub receiver_calls: Family<ReceiverCallLabels, Counter>,
+    /// Gap repair checks by outcome.
+    pub repair_checks: Family<OutcomeLabels, Counter>,
+    /// Events recovered by gap repair, by event.
+    pub repair_recovered: Family<EventLabels, Counter>,
+    /// Age of each recovered change (from Strapi's write to its recovery), in seconds.
+    pub repair_recovered_age: Histogram,
+    /// Calls to Strapi's admin API made by gap repair checks.
+    pub repair_strapi_calls: Counter,
 }
 
 impl Metrics {
@@ -95,8 +117,34 @@ impl Metrics {
             drift_repairs: Counter::default(),
             instance_conditions: Family::default(),
             receiver_calls: Family::default(),
+            repair_checks: Family::default(),
+            repair_recovered: Family::default(),
+            repair_recovered_age: Histogram::new([
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+            ]),
+            repair_strapi_calls: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("strapi_operator");
+        registry.register(
+            "repair_checks",
+            "Gap repair checks by outcome",
+            metrics.repair_checks.clone(),
+        );
+        registry.register(
+            "repair_recovered_events",
+            "Events recovered by gap repair, by event",
+            metrics.repair_recovered.clone(),
+        );
+        registry.register(
+            "repair_recovered_age_seconds",
+            "Age of each recovered change when it was recovered",
+            metrics.repair_recovered_age.clone(),
+        );
+        registry.register(
+            "repair_strapi_api_calls",
+            "Calls to Strapi's admin API made by gap repair checks",
+            metrics.repair_strapi_calls.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by kind and outcome",

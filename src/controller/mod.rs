@@ -14,6 +14,7 @@ mod events;
 mod instance;
 pub mod metrics;
 mod receiver_admin;
+mod repair;
 mod routing;
 mod secrets;
 mod webhook;
@@ -86,6 +87,8 @@ pub struct Options {
     /// Whether the receiver lets sinks call loopback addresses (its `--allow-loopback-sinks`),
     /// so validation refuses the same sinks the receiver will.
     pub allow_loopback_sinks: bool,
+    /// How gap repair checks compare.
+    pub repair: crate::repair::CheckSettings,
 }
 
 /// What every reconcile shares.
@@ -104,6 +107,10 @@ pub struct Context {
     pub webhooks: Store<StrapiWebhook>,
     /// The receiver's admin API.
     pub receiver: ReceiverAdmin,
+    /// The receiver's gap repair routes.
+    pub repair_client: crate::repair::RepairClient,
+    // When each instance's next gap repair check is due.
+    repair_schedule: Mutex<crate::repair::Schedule>,
     // One client per instance, so its admin session survives between reconciles.
     strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
     // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
@@ -138,6 +145,11 @@ impl Context {
                 .map(|service| routing::ReceiverReplicas::watch(client.clone(), service)),
             routing_reports: routing::Reports::default(),
             routing_waits: Mutex::default(),
+            repair_client: crate::repair::RepairClient::new(
+                &options.receiver_admin_url,
+                options.receiver_admin_token.as_ref(),
+            ),
+            repair_schedule: Mutex::default(),
             client,
             options,
             metrics,
@@ -313,7 +325,10 @@ pub async fn run(
     ));
 
     let instance_store = ctx.instances.clone();
+    let (repair_due, receiver_changes) = futures::channel::mpsc::unbounded();
+    tokio::spawn(repair::watch_receiver(ctx.clone(), repair_due));
     let instance_controller = instances
+        .reconcile_all_on(receiver_changes)
         .watches(webhook_api, watcher::Config::default(), |webhook| {
             let (namespace, name) = split_key(&referenced_instance(&webhook));
             Some(ObjectRef::new(&name).within(&namespace))

@@ -489,6 +489,7 @@ mod tests {
             display_name: singular.into(),
             draft_and_publish: true,
             visible: true,
+            localized: false,
         }
     }
 

@@ -35,6 +35,7 @@ use crate::{
         self, ReceiverError, ReceiverSettings, ReceiverState,
         source::{Snapshot, StaticSource},
     },
+    repair::{self, CheckSettings, RepairClient, Schedule, Target, routed_models},
     sinks::{EgressBase, EgressPolicy},
     strapi::Credentials,
 };
@@ -69,6 +70,8 @@ pub struct Options {
     pub verify_timeout: Duration,
     /// Receiver knobs.
     pub settings: ReceiverSettings,
+    /// How gap repair checks compare.
+    pub repair: CheckSettings,
 }
 
 /// Why local mode could not start or stopped with an error. Each variant names the step.
@@ -232,8 +235,17 @@ pub fn load(
             }
         };
         accepted_secrets.insert(key.clone(), vec![shared_secret.clone()]);
+        let models = routed_models(
+            accepted
+                .iter()
+                .filter(|webhook| webhook.spec.enabled && referenced_instance(webhook) == key)
+                .flat_map(|webhook| &webhook.spec.routes)
+                .map(|route| (route.matches.models.as_ref(), route.matches.uids.as_ref())),
+        );
         instances.push(LocalInstance {
             events: subscribed_events(&key, accepted.iter().copied()),
+            repair_interval: instance.object.spec.repair_interval.into(),
+            models,
             url: instance.object.spec.url.clone(),
             credentials,
             credentials_values,
@@ -373,6 +385,7 @@ pub async fn run(
         .egress
         .own_ports
         .extend(receiver::own_ports(&ingest, &admin));
+    let admin_token = settings.admin_token.clone();
     let state = ReceiverState::new(Arc::clone(&queue), &source, settings)?;
     let ingest_address = ingest.local_addr().map_err(|source| ReceiverError::Bind {
         what: "ingest",
@@ -404,7 +417,14 @@ pub async fn run(
     );
     let (_watcher, mut changes) = watch(&options.paths)?;
     let mut registrar = Registrar::new(receiver_base, queue, options.verify_timeout);
+    let mut repairer = Repairer {
+        client: RepairClient::new(&format!("http://{admin_address}"), admin_token.as_ref()),
+        schedule: Schedule::default(),
+        settings: options.repair.clone(),
+    };
     let mut next_sync = sync_all(&mut registrar, &config.instances).await;
+    // This process's receiver just started: what Strapi fired while it was away is checked now.
+    let mut next_repair = repairer.run(&mut registrar, &config.instances).await;
     tokio::pin!(shutdown);
     let served = loop {
         tokio::select! {
@@ -439,6 +459,9 @@ pub async fn run(
             () = tokio::time::sleep(next_sync) => {
                 next_sync = sync_all(&mut registrar, &config.instances).await;
             }
+            () = tokio::time::sleep(next_repair) => {
+                next_repair = repairer.run(&mut registrar, &config.instances).await;
+            }
         }
     };
     let served = match served {
@@ -463,6 +486,82 @@ pub async fn run(
     // A panicked server task is a bug, not an operational error; surface it as one.
     served.expect("the receiver task does not panic")?;
     Ok(())
+}
+
+/// Gap repair in local mode: the same checks as the controller's, against this process's own
+/// receiver through its admin API.
+struct Repairer {
+    client: RepairClient,
+    schedule: Schedule,
+    settings: CheckSettings,
+}
+
+/// How often the receiver is asked whether it failed to store Strapi's calls.
+const RECEIVER_POLL: Duration = Duration::from_secs(5);
+
+impl Repairer {
+    /// Checks every instance that is due (all of them when the receiver failed to store calls
+    /// since the last look); returns when to look again.
+    async fn run(&mut self, registrar: &mut Registrar, instances: &[LocalInstance]) -> Duration {
+        if let Ok(state) = self.client.state().await {
+            self.schedule.observe(
+                state,
+                instances.iter().map(|instance| instance.key.as_str()),
+            );
+        }
+        let mut next = RECEIVER_POLL;
+        for instance in instances {
+            if instance.repair_interval.is_zero() {
+                continue;
+            }
+            if self.schedule.due(&instance.key, instance.repair_interval) {
+                self.check(registrar, instance).await;
+            }
+            next = next.min(
+                self.schedule
+                    .due_in(&instance.key, instance.repair_interval),
+            );
+        }
+        next
+    }
+
+    async fn check(&mut self, registrar: &mut Registrar, instance: &LocalInstance) {
+        let strapi = match registrar.client(instance) {
+            Ok(strapi) => strapi,
+            Err(error) => {
+                tracing::error!(instance = %instance.key, %error, "gap repair cannot reach Strapi");
+                return;
+            }
+        };
+        let target = Target {
+            instance: &instance.key,
+            strapi: &strapi,
+            events: &instance.events,
+            models: instance.models.as_ref(),
+        };
+        let checked = repair::check(&target, &self.client, &self.settings).await;
+        let outage = self.schedule.checked(&instance.key);
+        match checked {
+            Ok(report) => {
+                if let Some((start, end)) = repair::gap(outage, &report) {
+                    tracing::warn!(
+                        instance = %instance.key,
+                        recovered = report.recovered.len(),
+                        start = %k8s_openapi::jiff::Timestamp::from_millisecond(start).unwrap_or_default(),
+                        end = %k8s_openapi::jiff::Timestamp::from_millisecond(end).unwrap_or_default(),
+                        "Strapi's calls did not reach the receiver in this window; creates, updates \
+                         and publications were recovered, deletions and unpublications may have \
+                         been missed"
+                    );
+                } else {
+                    tracing::debug!(instance = %instance.key, compared = report.compared, "gap repair check found nothing missing");
+                }
+            }
+            Err(error) => {
+                tracing::error!(instance = %instance.key, %error, "gap repair check failed")
+            }
+        }
+    }
 }
 
 /// Registers every instance; returns when the next pass is due (sooner after a failure).

@@ -28,6 +28,11 @@ pub struct LocalInstance {
     pub events: std::collections::BTreeSet<String>,
     /// How often the registration is compared with the desired one (`spec.resyncInterval`).
     pub resync_interval: Duration,
+    /// How often gap repair compares Strapi's content with what was stored
+    /// (`spec.repairInterval`; zero turns it off).
+    pub repair_interval: Duration,
+    /// Models and uids the webhooks' routes can take, `None` when some route takes every model.
+    pub models: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Why one instance could not be registered or verified. Each variant names the step.
@@ -123,7 +128,8 @@ impl Registrar {
         }
     }
 
-    fn client(&mut self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
+    /// The Strapi client of `instance`, reused while its URL and credentials stay the same.
+    pub fn client(&mut self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
         if let Some((url, values, client)) = self.clients.get(&instance.key)
             && *url == instance.url
             && *values == instance.credentials_values

@@ -11,7 +11,7 @@
 pub mod nats;
 pub mod sqlite;
 
-use std::{fmt, time::SystemTime};
+use std::{collections::BTreeMap, fmt, time::SystemTime};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -137,7 +137,80 @@ pub struct NewEvent {
     pub dedup_window_ms: i64,
     /// One per matching (webhook, route).
     pub deliveries: Vec<NewDelivery>,
+    /// True for an event the gap repair rebuilt from Strapi's content (Strapi's own call never
+    /// arrived); its deliveries carry the mark to the sinks.
+    pub recovered: bool,
+    /// The document versions the event shows (see [`DocumentVersion`]); recorded with the event
+    /// so the gap repair can tell what was stored.
+    pub versions: Vec<DocumentVersion>,
 }
+
+/// Which timestamp of a document a [`DocumentVersion`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VersionKind {
+    /// The draft's (or, without drafts, the entry's) `updatedAt`.
+    Content,
+    /// The published version's `publishedAt`.
+    Publication,
+}
+
+impl VersionKind {
+    /// The name stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionKind::Content => "content",
+            VersionKind::Publication => "publication",
+        }
+    }
+}
+
+/// One version of one locale of a Strapi document, as an event shows it and as the content
+/// manager lists it: the gap repair asks whether an event showing a version at least this new
+/// was stored.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentVersion {
+    /// The content type's uid, e.g. `api::article.article`.
+    pub uid: String,
+    /// The document's `documentId`.
+    pub document_id: String,
+    /// The locale, empty when the content type is not localised.
+    #[serde(default)]
+    pub locale: String,
+    /// Which timestamp.
+    pub kind: VersionKind,
+    /// The timestamp, in Strapi's clock.
+    pub at: UnixMillis,
+}
+
+impl DocumentVersion {
+    /// The document and timestamp kind, without the time: versions of one key are comparable.
+    pub fn key(&self) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.uid,
+            self.document_id,
+            self.locale,
+            self.kind.as_str()
+        )
+    }
+}
+
+/// How far the gap repair has compared one content type of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watermark {
+    /// The Strapi time up to which Strapi's content was compared with what was stored; only
+    /// moves forward.
+    pub at: UnixMillis,
+    /// When the repair first saw the content type: nothing older is ever compared (the
+    /// receiver may not have existed then). Set once.
+    pub floor: UnixMillis,
+}
+
+/// Watermarks by content type uid.
+pub type Watermarks = BTreeMap<String, Watermark>;
 
 /// One delivery of a new event.
 #[derive(Clone, Debug)]
@@ -158,7 +231,9 @@ pub struct NewDelivery {
 pub enum IngestOutcome {
     /// The event and its deliveries are stored.
     Stored,
-    /// An event with the same dedup key was stored within the window; nothing new was stored.
+    /// An event with the same dedup key was stored within the window, or the versions it shows
+    /// were already stored (a late copy of a recovered event, or a recovery of a stored one);
+    /// nothing new was stored.
     Duplicate {
         /// The id of the event stored first.
         original: String,
@@ -182,6 +257,8 @@ pub struct ClaimedDelivery {
     pub enqueued_at: UnixMillis,
     /// The event's raw bytes.
     pub raw: Vec<u8>,
+    /// The event was rebuilt by the gap repair ([`NewEvent::recovered`]).
+    pub recovered: bool,
 }
 
 /// How an attempt ended. The attempt was counted when the delivery was claimed, so one that
@@ -245,6 +322,9 @@ pub struct DeliverySummary {
     pub delivered_at: Option<UnixMillis>,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The event was rebuilt by the gap repair, not sent by Strapi.
+    #[serde(default)]
+    pub recovered: bool,
 }
 
 /// `deliveries show`: a delivery and the event it carries.
@@ -396,6 +476,49 @@ pub trait Queue: Send + Sync + 'static {
     /// when nothing else writes (an unready receiver gets no traffic).
     fn probe_write(&self) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// For each version, whether an event of `instance` showing that version or a newer one of
+    /// the same document, locale and kind was stored.
+    fn covered(
+        &self,
+        instance: String,
+        versions: Vec<DocumentVersion>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, QueueError>>;
+
+    /// The gap repair's watermarks of `instance`.
+    fn watermarks(&self, instance: String) -> BoxFuture<'_, Result<Watermarks, QueueError>>;
+
+    /// Moves watermarks of `instance` forward (a watermark never moves back).
+    fn advance_watermarks(
+        &self,
+        instance: String,
+        marks: Watermarks,
+    ) -> BoxFuture<'_, Result<(), QueueError>>;
+}
+
+/// What the store knows of one version of an incoming event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionSeen {
+    /// An event showing this version or a newer one of the same key was stored.
+    pub covered: bool,
+    /// A recovered event showing exactly this version was stored.
+    pub recovered_exactly: bool,
+}
+
+/// Whether an event with versions is a copy of what is stored, the same rule for every backend:
+/// a recovered event is one when every version it shows is covered (it arrived normally, or a
+/// newer change did); an event from Strapi is one when recovered events already showed every
+/// version it shows (Strapi delivered it late, after its recovery). An event from Strapi is never
+/// dropped because of another event from Strapi: that stays the dedup key's business.
+pub fn is_stored_copy(recovered: bool, seen: &[VersionSeen]) -> bool {
+    if seen.is_empty() {
+        return false;
+    }
+    if recovered {
+        seen.iter().all(|version| version.covered)
+    } else {
+        seen.iter().all(|version| version.recovered_exactly)
     }
 }
 

@@ -54,8 +54,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector, SinkCounters, SinkKey,
-    UnixMillis, now_millis,
+    DocumentVersion, Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector,
+    SinkCounters, SinkKey, UnixMillis, VersionSeen, Watermarks, is_stored_copy, now_millis,
 };
 
 const DELIVERIES: &str = "SWO_DELIVERIES";
@@ -63,6 +63,12 @@ const DEAD: &str = "SWO_DEAD";
 const DELIVERED: &str = "SWO_DELIVERED";
 const STATE_BUCKET: &str = "swo-state";
 const DEDUP_BUCKET: &str = "swo-dedup";
+const VERSIONS_BUCKET: &str = "swo-versions";
+// The gap repair compares versions after its watermark, which moves every check (a minute by
+// default); a day of versions answers every comparison it makes.
+const VERSIONS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+// Recovered versions kept per document key, for recognising Strapi's late originals.
+const RECOVERED_KEPT: usize = 16;
 // How long a delivered delivery stays listable.
 const DELIVERED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 // Strapi's duplicates arrive within seconds; an hour bounds the bucket without cutting a window.
@@ -133,6 +139,18 @@ struct Record {
     last_error: Option<String>,
     delivered_at: Option<UnixMillis>,
     raw: String,
+    // Records written before the gap repair existed have no mark.
+    #[serde(default)]
+    recovered: bool,
+}
+
+/// What `swo-versions` holds per instance and document key: the newest version stored, and the
+/// last versions stored by recovered events.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct StoredVersions {
+    newest: UnixMillis,
+    newest_event: String,
+    recovered: Vec<(UnixMillis, String)>,
 }
 
 impl Record {
@@ -158,6 +176,7 @@ impl Record {
             next_attempt_at: (state == DeliveryState::Pending).then_some(self.enqueued_at),
             delivered_at: self.delivered_at,
             last_error: self.last_error.clone(),
+            recovered: self.recovered,
         }
     }
 
@@ -183,6 +202,7 @@ pub struct NatsQueue {
     delivered: Stream,
     state: kv::Store,
     dedup: kv::Store,
+    versions: kv::Store,
     // This replica's identity in the counter keys.
     replica: String,
     consumers: tokio::sync::Mutex<HashMap<SinkKey, PullConsumer>>,
@@ -297,6 +317,10 @@ impl NatsQueue {
             .create_or_update_key_value(bucket(DEDUP_BUCKET, DEDUP_RETENTION))
             .await
             .map_err(|error| open(format!("bucket {DEDUP_BUCKET}: {error}")))?;
+        let versions = js
+            .create_or_update_key_value(bucket(VERSIONS_BUCKET, VERSIONS_RETENTION))
+            .await
+            .map_err(|error| open(format!("bucket {VERSIONS_BUCKET}: {error}")))?;
         Ok(Self {
             js,
             deliveries,
@@ -304,6 +328,7 @@ impl NatsQueue {
             delivered,
             state,
             dedup,
+            versions,
             replica: uuid::Uuid::now_v7().simple().to_string(),
             consumers: tokio::sync::Mutex::default(),
             claimed: Mutex::default(),
@@ -639,6 +664,30 @@ impl Queue for NatsQueue {
             {
                 return Ok(IngestOutcome::Duplicate { original });
             }
+            let stored = self
+                .stored_versions(&event.instance, &event.versions)
+                .await?;
+            let seen: Vec<VersionSeen> = event
+                .versions
+                .iter()
+                .zip(&stored)
+                .map(|(version, stored)| seen(version, stored.as_ref()))
+                .collect();
+            if is_stored_copy(event.recovered, &seen) {
+                let original = stored
+                    .first()
+                    .and_then(Option::as_ref)
+                    .map(|stored| {
+                        let at = event.versions[0].at;
+                        stored
+                            .recovered
+                            .iter()
+                            .find(|(recovered_at, _)| *recovered_at == at)
+                            .map_or_else(|| stored.newest_event.clone(), |(_, id)| id.clone())
+                    })
+                    .unwrap_or_default();
+                return Ok(IngestOutcome::Duplicate { original });
+            }
             let raw = String::from_utf8_lossy(&event.raw).into_owned();
             let publishes = event.deliveries.iter().map(|delivery| {
                 let record = Record {
@@ -654,6 +703,7 @@ impl Queue for NatsQueue {
                     last_error: delivery.dead_on_arrival.clone(),
                     delivered_at: None,
                     raw: raw.clone(),
+                    recovered: event.recovered,
                 };
                 async move {
                     if delivery.dead_on_arrival.is_some() {
@@ -670,6 +720,11 @@ impl Queue for NatsQueue {
                     let _ = self.dedup.purge(hex(key.as_bytes())).await;
                 }
                 return Err(error);
+            }
+            // Recorded after the deliveries: a crash in between at worst makes the gap repair
+            // recover the event once more (at least once), never lose it.
+            for version in &event.versions {
+                self.record_version(&event, version).await?;
             }
             Ok(IngestOutcome::Stored)
         })
@@ -772,6 +827,7 @@ impl Queue for NatsQueue {
                     attempts: record.attempts + delivered - 1,
                     enqueued_at: record.enqueued_at,
                     raw: record.raw.clone().into_bytes(),
+                    recovered: record.recovered,
                 });
                 lock(&self.claimed).insert(record.id.clone(), Claimed { message, record });
             }
@@ -1076,6 +1132,90 @@ impl Queue for NatsQueue {
         // queue by themselves.
         Box::pin(async { Ok(0) })
     }
+
+    fn covered(
+        &self,
+        instance: String,
+        versions: Vec<DocumentVersion>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, QueueError>> {
+        Box::pin(async move {
+            let stored = self.stored_versions(&instance, &versions).await?;
+            Ok(versions
+                .iter()
+                .zip(&stored)
+                .map(|(version, stored)| seen(version, stored.as_ref()).covered)
+                .collect())
+        })
+    }
+
+    fn watermarks(&self, instance: String) -> BoxFuture<'_, Result<Watermarks, QueueError>> {
+        Box::pin(async move {
+            let entry = self
+                .state
+                .entry(watermark_key(&instance))
+                .await
+                .map_err(|error| storage("watermarks")(error.to_string()))?;
+            Ok(entry
+                .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+                .unwrap_or_default())
+        })
+    }
+
+    fn advance_watermarks(
+        &self,
+        instance: String,
+        marks: Watermarks,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let key = watermark_key(&instance);
+            let failed = storage("advance watermarks");
+            // Compare-and-set, retried: two controllers (or a controller and local mode) may
+            // advance one instance's marks at once.
+            loop {
+                let entry = self
+                    .state
+                    .entry(&key)
+                    .await
+                    .map_err(|error| failed(error.to_string()))?;
+                let mut current: Watermarks = entry
+                    .as_ref()
+                    .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+                    .unwrap_or_default();
+                for (uid, mark) in &marks {
+                    let current = current.entry(uid.clone()).or_insert(*mark);
+                    current.at = current.at.max(mark.at);
+                }
+                let value =
+                    serde_json::to_vec(&current).map_err(|error| failed(error.to_string()))?;
+                let written = match entry {
+                    Some(entry) => self
+                        .state
+                        .update(&key, value.into(), entry.revision)
+                        .await
+                        .is_ok(),
+                    None => self.state.create(&key, value.into()).await.is_ok(),
+                };
+                if written {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
+
+fn watermark_key(instance: &str) -> String {
+    format!("watermark.{}", hex(instance.as_bytes()))
+}
+
+fn version_key(instance: &str, version: &DocumentVersion) -> String {
+    hex(format!("{instance}\u{1f}{}", version.key()).as_bytes())
+}
+
+fn seen(version: &DocumentVersion, stored: Option<&StoredVersions>) -> VersionSeen {
+    stored.map_or_else(VersionSeen::default, |stored| VersionSeen {
+        covered: stored.newest >= version.at,
+        recovered_exactly: stored.recovered.iter().any(|(at, _)| *at == version.at),
+    })
 }
 
 impl NatsQueue {
@@ -1091,6 +1231,67 @@ impl NatsQueue {
         serde_json::from_slice::<Record>(&message.payload)
             .ok()
             .map(|record| record.enqueued_at)
+    }
+
+    /// What `swo-versions` holds for each version's document key.
+    async fn stored_versions(
+        &self,
+        instance: &str,
+        versions: &[DocumentVersion],
+    ) -> Result<Vec<Option<StoredVersions>>, QueueError> {
+        let reads = versions.iter().map(|version| async move {
+            let value = self
+                .versions
+                .get(version_key(instance, version))
+                .await
+                .map_err(|error| storage("versions")(error.to_string()))?;
+            Ok(value.and_then(|value| serde_json::from_slice(&value).ok()))
+        });
+        futures::future::try_join_all(reads).await
+    }
+
+    /// Records that `event` showed `version`, with compare-and-set: replicas may store versions
+    /// of one document at once.
+    async fn record_version(
+        &self,
+        event: &NewEvent,
+        version: &DocumentVersion,
+    ) -> Result<(), QueueError> {
+        let key = version_key(&event.instance, version);
+        let failed = storage("record version");
+        loop {
+            let entry = self
+                .versions
+                .entry(&key)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            let mut stored: StoredVersions = entry
+                .as_ref()
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+                .unwrap_or_default();
+            if version.at >= stored.newest {
+                stored.newest = version.at;
+                stored.newest_event = event.id.clone();
+            }
+            if event.recovered {
+                stored.recovered.push((version.at, event.id.clone()));
+                let excess = stored.recovered.len().saturating_sub(RECOVERED_KEPT);
+                stored.recovered.drain(..excess);
+            }
+            let value = serde_json::to_vec(&stored).map_err(|error| failed(error.to_string()))?;
+            let written = match entry {
+                Some(entry) => self
+                    .versions
+                    .update(&key, value.into(), entry.revision)
+                    .await
+                    .is_ok(),
+                None => self.versions.create(&key, value.into()).await.is_ok(),
+            };
+            if written {
+                return Ok(());
+            }
+        }
     }
 
     /// Deliveries still in the work queue, per sink. Each delivery has a subject of its own, and

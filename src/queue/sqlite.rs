@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector, SinkCounters, SinkKey,
-    UnixMillis, now_millis,
+    DocumentVersion, Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector,
+    SinkCounters, SinkKey, UnixMillis, VersionSeen, Watermark, Watermarks, is_stored_copy,
+    now_millis,
 };
 
 // Requests folded into one commit at most; bounds the latency one batch adds to the next.
@@ -71,7 +72,27 @@ CREATE TABLE IF NOT EXISTS handshakes (
     count    INTEGER NOT NULL,
     last_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS document_versions (
+    instance    TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    recovered   INTEGER NOT NULL,
+    event_id    TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (instance, key, at)
+);
+CREATE TABLE IF NOT EXISTS repair_watermarks (
+    instance TEXT NOT NULL,
+    uid      TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    floor    INTEGER NOT NULL,
+    PRIMARY KEY (instance, uid)
+);
 ";
+
+// Columns added after the first release, with their definition; added to older files on open.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] =
+    [("events", "recovered", "INTEGER NOT NULL DEFAULT 0")];
 
 /// How hard each commit is pushed to disk: SQLite's `synchronous` setting in WAL mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,6 +175,7 @@ impl SqliteQueue {
             .map_err(open_error)?;
         check_integrity(&writer, path)?;
         writer.execute_batch(SCHEMA).map_err(open_error)?;
+        add_missing_columns(&writer).map_err(open_error)?;
         writer
             .execute(
                 "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'inflight'",
@@ -282,6 +304,49 @@ fn check_integrity(connection: &Connection, path: &Path) -> Result<(), QueueErro
             problems.join("; ")
         ),
     })
+}
+
+fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let exists: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            params![table, column],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            connection.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the store knows of each version: see [`VersionSeen`].
+fn versions_seen(
+    connection: &Connection,
+    instance: &str,
+    versions: &[DocumentVersion],
+) -> rusqlite::Result<Vec<VersionSeen>> {
+    let mut newest = connection
+        .prepare_cached("SELECT MAX(at) FROM document_versions WHERE instance = ?1 AND key = ?2")?;
+    let mut exact = connection.prepare_cached(
+        "SELECT recovered FROM document_versions WHERE instance = ?1 AND key = ?2 AND at = ?3",
+    )?;
+    versions
+        .iter()
+        .map(|version| {
+            let key = version.key();
+            let newest: Option<i64> = newest.query_row(params![instance, key], |row| row.get(0))?;
+            let recovered: Option<bool> = exact
+                .query_row(params![instance, key, version.at], |row| row.get(0))
+                .optional()?;
+            Ok(VersionSeen {
+                covered: newest.is_some_and(|newest| newest >= version.at),
+                recovered_exactly: recovered == Some(true),
+            })
+        })
+        .collect()
 }
 
 fn storage(step: &'static str, error: impl ToString) -> QueueError {
@@ -441,10 +506,22 @@ impl Queue for SqliteQueue {
                     return Ok(IngestOutcome::Duplicate { original });
                 }
             }
+            let seen = versions_seen(connection, &event.instance, &event.versions).map_err(&map)?;
+            if is_stored_copy(event.recovered, &seen) {
+                let original = connection
+                    .query_row(
+                        "SELECT event_id FROM document_versions WHERE instance = ?1 AND key = ?2
+                         ORDER BY at = ?3 DESC, at DESC LIMIT 1",
+                        params![event.instance, event.versions[0].key(), event.versions[0].at],
+                        |row| row.get(0),
+                    )
+                    .map_err(&map)?;
+                return Ok(IngestOutcome::Duplicate { original });
+            }
             connection
                 .prepare_cached(
-                    "INSERT INTO events (id, instance, event, received_at, dedup_key, raw)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO events (id, instance, event, received_at, dedup_key, raw, recovered)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(&map)?
                 .execute(params![
@@ -453,9 +530,29 @@ impl Queue for SqliteQueue {
                     event.event,
                     event.received_at,
                     event.dedup_key,
-                    event.raw
+                    event.raw,
+                    event.recovered
                 ])
                 .map_err(&map)?;
+            let mut record = connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO document_versions
+                       (instance, key, at, recovered, event_id, recorded_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(&map)?;
+            for version in &event.versions {
+                record
+                    .execute(params![
+                        event.instance,
+                        version.key(),
+                        version.at,
+                        event.recovered,
+                        event.id,
+                        event.received_at
+                    ])
+                    .map_err(&map)?;
+            }
             let mut insert = connection
                 .prepare_cached(
                     "INSERT INTO deliveries
@@ -545,12 +642,12 @@ impl Queue for SqliteQueue {
             // work), then pending deliveries in due order.
             let mut claimed = Vec::new();
             for statement in [
-                "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw
+                "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw, e.recovered
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                  WHERE d.webhook = ?1 AND d.sink = ?2 AND d.state = 'inflight'
                    AND d.lease_until <= ?3
                  LIMIT ?4",
-                "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw
+                "SELECT d.id, d.event_id, d.route, d.attempts, d.enqueued_at, e.raw, e.recovered
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                  WHERE d.webhook = ?1 AND d.sink = ?2 AND d.state = 'pending'
                    AND d.next_attempt_at <= ?3
@@ -571,6 +668,7 @@ impl Queue for SqliteQueue {
                             attempts: row.get(3)?,
                             enqueued_at: row.get(4)?,
                             raw: row.get(5)?,
+                            recovered: row.get(6)?,
                         })
                     })
                     .map_err(&map)?
@@ -920,14 +1018,77 @@ impl Queue for SqliteQueue {
                     params![before],
                 )
                 .map_err(&map)?;
+            // The gap repair compares only versions after its watermark, which moves every
+            // check; older versions answer nothing any more.
+            connection
+                .execute(
+                    "DELETE FROM document_versions WHERE recorded_at < ?1",
+                    params![before],
+                )
+                .map_err(&map)?;
             Ok(deliveries as u64)
+        })
+    }
+
+    fn covered(
+        &self,
+        instance: String,
+        versions: Vec<DocumentVersion>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, QueueError>> {
+        self.read("covered", move |connection| {
+            versions_seen(connection, &instance, &versions)
+                .map(|seen| seen.iter().map(|version| version.covered).collect())
+                .map_err(sql("covered"))
+        })
+    }
+
+    fn watermarks(&self, instance: String) -> BoxFuture<'_, Result<Watermarks, QueueError>> {
+        self.read("watermarks", move |connection| {
+            let map = sql("watermarks");
+            connection
+                .prepare_cached("SELECT uid, at, floor FROM repair_watermarks WHERE instance = ?1")
+                .map_err(&map)?
+                .query_map(params![instance], |row| {
+                    Ok((
+                        row.get(0)?,
+                        Watermark {
+                            at: row.get(1)?,
+                            floor: row.get(2)?,
+                        },
+                    ))
+                })
+                .map_err(&map)?
+                .collect::<Result<Watermarks, _>>()
+                .map_err(&map)
+        })
+    }
+
+    fn advance_watermarks(
+        &self,
+        instance: String,
+        marks: Watermarks,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.write("advance watermarks", move |connection| {
+            let map = sql("advance watermarks");
+            let mut upsert = connection
+                .prepare_cached(
+                    "INSERT INTO repair_watermarks (instance, uid, at, floor) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET at = MAX(at, ?3)",
+                )
+                .map_err(&map)?;
+            for (uid, mark) in &marks {
+                upsert
+                    .execute(params![instance, uid, mark.at, mark.floor])
+                    .map_err(&map)?;
+            }
+            Ok(())
         })
     }
 }
 
 const SUMMARY_SELECT: &str = "
     SELECT d.id, d.event_id, e.instance, e.event, d.webhook, d.route, d.sink, d.state, d.attempts,
-           d.enqueued_at, d.next_attempt_at, d.delivered_at, d.last_error, e.raw
+           d.enqueued_at, d.next_attempt_at, d.delivered_at, d.last_error, e.raw, e.recovered
     FROM deliveries d JOIN events e ON e.id = d.event_id";
 
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliverySummary> {
@@ -953,6 +1114,7 @@ fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliverySummary> {
         next_attempt_at: (state == DeliveryState::Pending).then_some(row.get(10)?),
         delivered_at: row.get(11)?,
         last_error: row.get(12)?,
+        recovered: row.get(14)?,
     })
 }
 
@@ -1022,6 +1184,8 @@ mod tests {
                     dead_on_arrival: None,
                 })
                 .collect(),
+            recovered: false,
+            versions: Vec::new(),
         }
     }
 

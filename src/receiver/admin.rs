@@ -17,6 +17,7 @@
 //! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`.
 //! - `GET /v1/routing` — the generation of each instance and webhook this replica routes with
 //!   ([`routing::Routing`]).
+//! - The gap repair's routes, see [`super::repair`].
 
 pub mod routing;
 
@@ -76,6 +77,7 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .route("/v1/deliveries/{id}/replay", post(replay_one))
         .route("/v1/stats", get(stats))
         .route("/v1/routing", get(routing::routing))
+        .merge(super::repair::routes())
         // A layer over every route, so a route added later is authenticated too.
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -348,7 +350,7 @@ async fn stats(State(state): State<Arc<ReceiverState>>) -> Response {
     Json(stats).into_response()
 }
 
-fn queue_error(error: QueueError) -> Response {
+pub(super) fn queue_error(error: QueueError) -> Response {
     let status = match &error {
         QueueError::NotFound(_) => StatusCode::NOT_FOUND,
         QueueError::NotReplayable { .. } => StatusCode::CONFLICT,

@@ -170,19 +170,25 @@ pub fn table(deliveries: &[DeliverySummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<36}  {:<9}  {:>8}  {:<28}  {:<16}  {:<18}  LAST ERROR",
-        "ID", "STATE", "ATTEMPTS", "WEBHOOK/SINK", "ROUTE", "EVENT"
+        "{:<36}  {:<9}  {:>8}  {:<28}  {:<16}  {:<18}  {:<9}  LAST ERROR",
+        "ID", "STATE", "ATTEMPTS", "WEBHOOK/SINK", "ROUTE", "EVENT", "ORIGIN"
     );
     for delivery in deliveries {
         let _ = writeln!(
             out,
-            "{:<36}  {:<9}  {:>8}  {:<28}  {:<16}  {:<18}  {}",
+            "{:<36}  {:<9}  {:>8}  {:<28}  {:<16}  {:<18}  {:<9}  {}",
             delivery.id,
             delivery.state,
             delivery.attempts,
             format!("{}/{}", delivery.webhook, delivery.sink),
             delivery.route,
             delivery.event,
+            // Strapi sent it, or the gap repair rebuilt it because Strapi's call was lost.
+            if delivery.recovered {
+                "recovered"
+            } else {
+                "strapi"
+            },
             delivery.last_error.as_deref().unwrap_or("-"),
         );
     }

@@ -451,9 +451,15 @@ impl Engine {
         limiter.until_ready().await;
         let labels = sink_labels(&worker.key);
         let started = Instant::now();
+        // A merged call carries recovered content if any of its deliveries does.
+        let marks: &[(&str, &str)] = if ready.iter().any(|(delivery, _, _)| delivery.recovered) {
+            &[(super::repair::RECOVERED_HEADER, "true")]
+        } else {
+            &[]
+        };
         let outcome = self
             .client
-            .send(sink, policy, &first.id, &payloads)
+            .send_marked(sink, policy, &first.id, &payloads, marks)
             .instrument(first_span.clone())
             .await;
         self.metrics
@@ -815,6 +821,7 @@ mod tests {
             attempts,
             enqueued_at,
             raw: Vec::new(),
+            recovered: false,
         }
     }
 

@@ -67,6 +67,9 @@ async fn ingest(
     let instance = format!("{namespace}/{name}");
     let snapshot = state.config.borrow().clone();
     let reject = |reason: RejectReason, status: StatusCode, message: Option<String>| {
+        if matches!(reason, RejectReason::NotReady | RejectReason::StoreFailed) {
+            state.repair.note_ingest_failure();
+        }
         let label = match reason {
             RejectReason::UnknownInstance | RejectReason::NotReady => UNKNOWN_INSTANCE.to_owned(),
             _ => instance.clone(),
@@ -171,28 +174,85 @@ async fn ingest(
         };
     }
 
+    match store(&state, &snapshot, &instance, &raw, &event, false, started).await {
+        Ok(Stored {
+            id,
+            outcome: IngestOutcome::Stored,
+            deliveries,
+        }) => (
+            StatusCode::OK,
+            Json(json!({ "id": id, "deliveries": deliveries })),
+        )
+            .into_response(),
+        Ok(Stored {
+            outcome: IngestOutcome::Duplicate { original },
+            ..
+        }) => (StatusCode::OK, Json(json!({ "duplicateOf": original }))).into_response(),
+        Err(_) => {
+            let message = "storing the event failed".to_owned();
+            reject(
+                RejectReason::StoreFailed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(message),
+            )
+        }
+    }
+}
+
+/// What [`store`] did.
+pub(super) struct Stored {
+    /// The id the event got (unused when it was a duplicate).
+    pub id: String,
+    /// Stored, or a duplicate of what was.
+    pub outcome: IngestOutcome,
+    /// Deliveries it fanned out to.
+    pub deliveries: usize,
+}
+
+/// Stores an authenticated, parsed event of `instance` with its fan-out, counts it and wakes
+/// the sinks it goes to. Strapi's calls and the gap repair's recovered events both come through
+/// here, so they share routes, filters, dedup and coalescing.
+pub(super) async fn store(
+    state: &ReceiverState,
+    snapshot: &Snapshot,
+    instance: &str,
+    raw: &[u8],
+    event: &EventBody,
+    recovered: bool,
+    started: Instant,
+) -> Result<Stored, crate::queue::QueueError> {
+    let labels = InstanceLabels {
+        strapi_instance: instance.to_owned(),
+    };
     let id = uuid::Uuid::now_v7().to_string();
-    let span = tracing::info_span!("event", event_id = %id, %instance, event = %event.event);
-    let event = Arc::new(event);
-    let deliveries = fan_out(&snapshot, &instance, &event).await;
+    let span =
+        tracing::info_span!("event", event_id = %id, %instance, event = %event.event, recovered);
+    // Filters run on their own pool, which needs the event beyond this borrow.
+    let deliveries = fan_out(snapshot, instance, &Arc::new(event.clone())).await;
     let sinks: Vec<SinkKey> = deliveries
         .iter()
         .map(|delivery| delivery.sink.clone())
         .collect();
     let count = deliveries.len();
+    let versions = super::repair::versions(event);
     let new = NewEvent {
         id: id.clone(),
-        instance: instance.clone(),
+        instance: instance.to_owned(),
         event: event.event.clone(),
-        received_at,
+        received_at: now_millis(),
         raw: raw.to_vec(),
-        dedup_key: dedup_key(&instance, &event),
+        dedup_key: dedup_key(instance, event),
         dedup_window_ms: i64::try_from(state.settings.dedup_window.as_millis()).unwrap_or(0),
         deliveries,
+        recovered,
+        versions: versions.clone(),
     };
     let stored = state.queue.ingest(new).instrument(span.clone()).await;
     let _entered = span.enter();
-    match stored {
+    if !recovered && stored.is_ok() {
+        state.repair.note_progress(instance, &versions);
+    }
+    match &stored {
         Ok(IngestOutcome::Stored) => {
             state.metrics.stored.get_or_create(&labels).inc();
             state
@@ -208,27 +268,20 @@ async fn ingest(
             for sink in &sinks {
                 state.engine.wake(sink);
             }
-            (
-                StatusCode::OK,
-                Json(json!({ "id": id, "deliveries": count })),
-            )
-                .into_response()
         }
         Ok(IngestOutcome::Duplicate { original }) => {
             state.metrics.duplicates.get_or_create(&labels).inc();
             tracing::info!(%original, "duplicate of a stored event; not stored again");
-            (StatusCode::OK, Json(json!({ "duplicateOf": original }))).into_response()
         }
         Err(error) => {
-            tracing::error!(%error, "storing an event failed; Strapi was answered 503");
-            let message = "storing the event failed".to_owned();
-            reject(
-                RejectReason::StoreFailed,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(message),
-            )
+            tracing::error!(%error, "storing an event failed");
         }
     }
+    stored.map(|outcome| Stored {
+        id,
+        outcome,
+        deliveries: count,
+    })
 }
 
 fn authenticated(headers: &HeaderMap, accepted: &[String]) -> bool {

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub stored: Family<InstanceLabels, Counter>,
     /// Events recognised as Strapi's duplicates and not stored again.
     pub duplicates: Family<InstanceLabels, Counter>,
+    /// Events the gap repair rebuilt from Strapi's content and stored, marked recovered.
+    pub recovered: Family<InstanceLabels, Counter>,
     /// Requests refused, by reason.
     pub rejected: Family<RejectLabels, Counter>,
     /// Seconds from request to acknowledgement of stored events.
@@ -103,6 +105,7 @@ impl Metrics {
             received: Family::default(),
             stored: Family::default(),
             duplicates: Family::default(),
+            recovered: Family::default(),
             rejected: Family::default(),
             ingest_seconds: Family::new_with_constructor(latency),
             delivered: Family::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             "events_stored",
             "Events stored durably and acknowledged",
             metrics.stored.clone(),
+        );
+        registry.register(
+            "events_recovered",
+            "Events the gap repair rebuilt from Strapi's content and stored",
+            metrics.recovered.clone(),
         );
         registry.register(
             "events_duplicate",

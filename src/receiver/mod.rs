@@ -15,6 +15,7 @@ pub mod engine;
 pub mod ingest;
 pub mod kubernetes;
 pub mod metrics;
+pub mod repair;
 pub mod server;
 pub mod source;
 pub mod tenant;
@@ -181,6 +182,8 @@ pub struct ReceiverState {
     pub engine: Arc<Engine>,
     /// Knobs.
     pub settings: ReceiverSettings,
+    /// What the gap repair asks of this process.
+    pub repair: repair::RepairState,
 }
 
 impl ReceiverState {
@@ -205,6 +208,7 @@ impl ReceiverState {
             metrics,
             engine,
             settings,
+            repair: repair::RepairState::default(),
         }))
     }
 }

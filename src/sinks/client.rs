@@ -102,6 +102,20 @@ impl SinkClient {
         delivery_id: &str,
         payloads: &[Payload],
     ) -> Outcome {
+        self.send_marked(sink, policy, delivery_id, payloads, &[])
+            .await
+    }
+
+    /// [`SinkClient::send`] with extra headers on the request, e.g. the mark of a recovered
+    /// event.
+    pub async fn send_marked(
+        &self,
+        sink: &SinkConfig,
+        policy: &DeliveryPolicy,
+        delivery_id: &str,
+        payloads: &[Payload],
+        marks: &[(&'static str, &'static str)],
+    ) -> Outcome {
         for payload in payloads {
             // The delivery still goes out; the log (inside the engine's delivery span) is where
             // an operator finds why a page was not revalidated, e.g. strapi/strapi#25387.
@@ -126,7 +140,11 @@ impl SinkClient {
             }
         };
         let request = match request(&http, sink, delivery_id, payloads) {
-            Ok(request) => request
+            Ok(request) => marks
+                .iter()
+                .fold(request, |request, (name, value)| {
+                    request.header(*name, *value)
+                })
                 .header(WEBHOOK_ID_HEADER, delivery_id)
                 .timeout(policy.timeout),
             Err(reason) => return Outcome::DeadLetter { reason },

@@ -38,6 +38,8 @@ pub struct ContentType {
     pub draft_and_publish: bool,
     /// Whether the admin panel shows it; Strapi's internal types (users, files) are hidden.
     pub visible: bool,
+    /// Whether entries exist once per locale (the i18n plugin's `localized` option).
+    pub localized: bool,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +52,8 @@ struct RawContentType {
     options: RawOptions,
     #[serde(default)]
     is_displayed: bool,
+    #[serde(default)]
+    plugin_options: Value,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +82,7 @@ impl From<RawContentType> for ContentType {
             display_name: raw.info.display_name,
             draft_and_publish: raw.options.draft_and_publish,
             visible: raw.is_displayed,
+            localized: raw.plugin_options["i18n"]["localized"].as_bool() == Some(true),
         }
     }
 }
@@ -92,6 +97,69 @@ pub struct Entry {
     #[serde(flatten)]
     pub fields: Map<String, Value>,
 }
+
+/// Which version of documents with drafts a listing returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionStatus {
+    /// The drafts (for a content type without drafts: its only version).
+    Draft,
+    /// The published versions.
+    Published,
+}
+
+impl VersionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Draft => "draft",
+            VersionStatus::Published => "published",
+        }
+    }
+
+    /// The timestamp that moves when this version changes.
+    pub fn changed_field(self) -> &'static str {
+        match self {
+            VersionStatus::Draft => "updatedAt",
+            VersionStatus::Published => "publishedAt",
+        }
+    }
+}
+
+/// What a listing of changed entries found, and what it cost.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Listed {
+    /// The entries, oldest change first.
+    pub entries: Vec<Entry>,
+    /// Admin API calls made.
+    pub calls: u32,
+}
+
+/// One page of the content manager's list.
+#[derive(Deserialize)]
+struct ListPage {
+    results: Vec<Entry>,
+    pagination: Pagination,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pagination {
+    page_count: u32,
+}
+
+/// A locale of the i18n plugin.
+#[derive(Deserialize)]
+struct Locale {
+    code: String,
+}
+
+/// A single type's entry as the content manager returns it.
+#[derive(Deserialize)]
+struct SingleAnswer {
+    data: Entry,
+}
+
+// The content manager's largest page.
+const PAGE_SIZE: u32 = 100;
 
 /// Which document a content-manager call acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +204,74 @@ impl StrapiClient {
             &["content-manager", "content-types"],
         ))
         .await
+    }
+
+    /// Entries of a collection type whose `status` version changed at or after `since` (an
+    /// ISO 8601 time in Strapi's clock): `updatedAt` for drafts, `publishedAt` for published
+    /// versions. Every page, oldest change first; `locale` lists one locale of a localised type.
+    pub async fn list_changed(
+        &self,
+        uid: &str,
+        status: VersionStatus,
+        since: &str,
+        locale: Option<&str>,
+    ) -> Result<Listed, StrapiError> {
+        let field = status.changed_field();
+        let mut listed = Listed::default();
+        let mut page = 1;
+        loop {
+            let mut call = Call::new(
+                "list changed entries",
+                Method::GET,
+                &["content-manager", "collection-types", uid],
+            )
+            .query("page", page.to_string())
+            .query("pageSize", PAGE_SIZE.to_string())
+            .query("sort", format!("{field}:ASC"))
+            .query("status", status.as_str())
+            .query(&format!("filters[{field}][$gte]"), since);
+            if let Some(locale) = locale {
+                call = call.query("locale", locale);
+            }
+            let answer: ListPage = self.call_unwrapped(call).await?;
+            listed.calls += 1;
+            listed.entries.extend(answer.results);
+            if page >= answer.pagination.page_count {
+                return Ok(listed);
+            }
+            page += 1;
+        }
+    }
+
+    /// The `status` version of a single type's entry, `None` when it has none.
+    pub async fn single_entry(
+        &self,
+        uid: &str,
+        status: VersionStatus,
+        locale: Option<&str>,
+    ) -> Result<Option<Entry>, StrapiError> {
+        let mut call = Call::new(
+            "read single type",
+            Method::GET,
+            &["content-manager", "single-types", uid],
+        )
+        .query("status", status.as_str());
+        if let Some(locale) = locale {
+            call = call.query("locale", locale);
+        }
+        match self.call_unwrapped::<SingleAnswer>(call).await {
+            Ok(answer) => Ok(Some(answer.data)),
+            Err(StrapiError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The codes of the i18n plugin's locales, e.g. `en`, `fr`.
+    pub async fn list_locales(&self) -> Result<Vec<String>, StrapiError> {
+        let locales: Vec<Locale> = self
+            .call_unwrapped(Call::new("list locales", Method::GET, &["i18n", "locales"]))
+            .await?;
+        Ok(locales.into_iter().map(|locale| locale.code).collect())
     }
 
     /// Creates a draft entry of a collection type from a JSON object of its fields (Strapi emits
@@ -214,6 +350,7 @@ mod tests {
                 display_name: "Article".into(),
                 draft_and_publish: true,
                 visible: true,
+                localized: false,
             }
         );
     }

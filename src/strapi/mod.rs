@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use auth::{Credentials, Secret};
-pub use content::{ContentType, ContentTypeKind, Document, Entry};
+pub use content::{ContentType, ContentTypeKind, Document, Entry, Listed, VersionStatus};
 pub use error::StrapiError;
 pub use webhooks::{TriggerOutcome, Webhook, WebhookSpec};
 
@@ -86,6 +86,7 @@ struct Call {
     step: &'static str,
     method: Method,
     segments: Vec<String>,
+    query: Vec<(String, String)>,
     body: Option<Vec<u8>>,
     cookie: Option<Secret>,
 }
@@ -96,9 +97,15 @@ impl Call {
             step,
             method,
             segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            query: Vec::new(),
             body: None,
             cookie: None,
         }
+    }
+
+    fn query(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.query.push((name.to_owned(), value.into()));
+        self
     }
 
     fn json(mut self, body: &(impl Serialize + ?Sized)) -> Self {
@@ -207,6 +214,16 @@ impl StrapiClient {
                 step: call.step,
                 source,
             })
+    }
+
+    /// Sends an authenticated call and decodes the whole body: the content manager's lists and
+    /// the i18n plugin answer without Strapi's `data` envelope.
+    async fn call_unwrapped<T: DeserializeOwned>(&self, call: Call) -> Result<T, StrapiError> {
+        let answer = self.send_authenticated(&call).await?;
+        serde_json::from_slice::<T>(&answer.body).map_err(|source| StrapiError::Malformed {
+            step: call.step,
+            source,
+        })
     }
 
     /// Sends an authenticated call; on 401 renews the session once and sends it again.
@@ -337,7 +354,10 @@ impl StrapiClient {
     /// Sends one call, retrying transport failures (and, for idempotent calls, timeouts and 5xx)
     /// with exponential backoff and jitter.
     async fn send(&self, call: &Call, bearer: Option<&Secret>) -> Result<Answer, StrapiError> {
-        let url = self.url(&call.segments);
+        let mut url = self.url(&call.segments);
+        if !call.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&call.query);
+        }
         let options = &self.inner.options;
         let mut attempt = 0;
         loop {

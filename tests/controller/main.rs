@@ -76,6 +76,11 @@ impl World {
             // The fixtures' sinks are loopback URLs, as the test receiver allows.
             allow_loopback_sinks: true,
             receiver_admin_token: Some(receiver_support::admin_token()),
+            // Strapi's calls count as settled after a second of quiet, to keep tests quick.
+            repair: strapi_webhook_operator::repair::CheckSettings {
+                settle: Duration::from_secs(1),
+                ..strapi_webhook_operator::repair::CheckSettings::default()
+            },
         };
         let metrics = Metrics::register(&mut Registry::default());
         let ctx = Arc::new(Context::new(
@@ -892,4 +897,105 @@ async fn failing_sinks_leave_no_secret_in_the_status_events_or_logs() {
             assert!(!text.contains(secret), "{secret} in {place}: {status:#}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_strapi_fired_while_the_receiver_refused_them_are_recovered_and_reported() {
+    let strapi = StrapiServer::shared().await;
+    let mut world = World::new(&strapi).await;
+    world.add_webhook(ARTICLES, "articles");
+    world.apply_instance_with(strapi.base_url(), json!({"repairInterval": "1s"}));
+    world.reconcile().await.unwrap();
+    // Registration, and the first gap repair check, which only records where repair starts.
+    world.reconcile().await.unwrap();
+    assert!(
+        world.status()["repair"]["lastCheckTime"].is_string(),
+        "{}",
+        world.status()
+    );
+    assert_eq!(world.status()["repair"]["recoveredEvents"], json!(0));
+    let configured = Snapshot::new(
+        BTreeMap::from([(world.key(), vec![world.shared_secret()])]),
+        [],
+    );
+    world.receiver.source.publish(configured.clone());
+
+    // The receiver answers 503 while it loads its configuration: Strapi's update is lost there.
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let article = world
+        .strapi
+        .create_entry(
+            "api::article.article",
+            &json!({ "title": format!("a {tag}") }),
+        )
+        .await
+        .unwrap();
+    world.receiver.source.publish(Snapshot::default());
+    let updated = world
+        .strapi
+        .update_document(
+            strapi_webhook_operator::strapi::Document::Entry {
+                uid: "api::article.article",
+                document_id: &article.document_id,
+            },
+            &json!({ "title": format!("refused {tag}") }),
+        )
+        .await
+        .unwrap();
+    // Strapi sends from a queue; give it time to be refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world.receiver.source.publish(configured);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        world.reconcile().await.unwrap();
+        if world.status()["repair"]["recoveredEvents"].as_i64() > Some(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing recovered: {}",
+            world.status()
+        );
+    }
+    let repair = world.status()["repair"].clone();
+    assert!(repair["lastRecoveryTime"].is_string(), "{repair}");
+    assert!(repair["lastGap"]["start"].is_string(), "{repair}");
+    assert!(
+        repair["lastGap"]["recoveredEvents"].as_i64() > Some(0),
+        "{repair}"
+    );
+    assert!(repair.get("lastError").is_none(), "{repair}");
+    assert!(
+        world
+            .api
+            .event_reasons()
+            .contains(&"GapRepaired".to_owned()),
+        "{:?}",
+        world.api.event_reasons()
+    );
+    // The refused update itself is stored now (recovered).
+    let updated_at = updated.fields["updatedAt"].as_str().unwrap();
+    let stored = world
+        .receiver
+        .state
+        .queue
+        .covered(
+            world.key(),
+            vec![strapi_webhook_operator::queue::DocumentVersion {
+                uid: "api::article.article".into(),
+                document_id: article.document_id.clone(),
+                locale: String::new(),
+                kind: strapi_webhook_operator::queue::VersionKind::Content,
+                at: strapi_webhook_operator::receiver::repair::strapi_millis(updated_at).unwrap(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, [true]);
+    // Strapi calls every registered webhook for each event, one after the other: leave none.
+    strapi_webhook_operator::registration::remove(&world.strapi, &world.key())
+        .await
+        .unwrap();
 }

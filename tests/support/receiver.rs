@@ -298,6 +298,23 @@ impl TestReceiver {
         Self::start_on(store, queue, snapshot).await
     }
 
+    /// Stops it the way SIGTERM does, keeping what it needs to come back as a restarted pod
+    /// would: the same ports, queue and configuration.
+    pub async fn stop_for_restart(self) -> StoppedReceiver {
+        let (ingest, admin) = (self.ingest, self.admin);
+        let snapshot = self.source.snapshots().borrow().as_ref().clone();
+        let store = self
+            .stop()
+            .await
+            .expect("a receiver started on its own store");
+        StoppedReceiver {
+            store,
+            snapshot,
+            ingest,
+            admin,
+        }
+    }
+
     /// Starts a receiver on a store the test has already opened (and perhaps filled).
     pub async fn start_on(store: TestStore, queue: Arc<dyn Queue>, snapshot: Snapshot) -> Self {
         Self::start_with_settings(store, queue, snapshot, Self::settings()).await
@@ -311,7 +328,8 @@ impl TestReceiver {
         settings: ReceiverSettings,
     ) -> Self {
         let source = Arc::new(StaticSource::new(snapshot));
-        Self::launch(queue, Some(store), source, settings).await
+        let (ingest, admin) = (bind_loopback().await, bind_loopback().await);
+        Self::launch(queue, Some(store), source, settings, ingest, admin).await
     }
 
     /// The settings test receivers use: quick shutdown and sweeps, sinks on loopback allowed
@@ -341,13 +359,9 @@ impl<S: ConfigSource> TestReceiver<S> {
     pub async fn start_with(queue: &str, store: Option<TestStore>, source: Arc<S>) -> Self {
         let spec: QueueSpec = queue.parse().unwrap();
         let queue = spec.open(Durability::default()).await.unwrap();
-        Self::launch(
-            queue,
-            store,
-            source,
-            TestReceiver::<StaticSource>::settings(),
-        )
-        .await
+        let settings = TestReceiver::<StaticSource>::settings();
+        let (ingest, admin) = (bind_loopback().await, bind_loopback().await);
+        Self::launch(queue, store, source, settings, ingest, admin).await
     }
 
     async fn launch(
@@ -355,9 +369,9 @@ impl<S: ConfigSource> TestReceiver<S> {
         store: Option<TestStore>,
         source: Arc<S>,
         mut settings: ReceiverSettings,
+        ingest: TcpListener,
+        admin: TcpListener,
     ) -> Self {
-        let ingest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         settings.egress.own_ports.extend(own_ports(&ingest, &admin));
         let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
         let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -409,12 +423,53 @@ impl<S: ConfigSource> TestReceiver<S> {
     }
 
     /// Stops the receiver the way SIGTERM does and waits for it.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// Stops the receiver and hands back its queue (if it had its own).
+    pub async fn stop(mut self) -> Option<TestStore> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         (&mut self.served).await.unwrap();
+        self._store
     }
+}
+
+/// A [`TestReceiver`] stopped by [`TestReceiver::stop_for_restart`].
+pub struct StoppedReceiver {
+    store: TestStore,
+    snapshot: Snapshot,
+    ingest: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl StoppedReceiver {
+    /// Starts it again on the same ports and queue.
+    pub async fn start(self) -> TestReceiver {
+        let (ingest, admin) = (rebind(self.ingest).await, rebind(self.admin).await);
+        let queue = self.store.open().await;
+        let source = Arc::new(StaticSource::new(self.snapshot));
+        let settings = TestReceiver::settings();
+        TestReceiver::launch(queue, Some(self.store), source, settings, ingest, admin).await
+    }
+}
+
+/// Binds `address` again; the previous listener may still be closing its last connection.
+async fn rebind(address: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = TcpListener::bind(address).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("binding {address} again failed");
+}
+
+/// A listener on a free loopback port.
+async fn bind_loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
 /// An HTTP client for the tests, sending the test receivers' admin token (which the ingest
