@@ -12,7 +12,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     thread,
 };
 
@@ -132,7 +132,7 @@ impl std::str::FromStr for Durability {
 /// thread after it finishes the requests already sent.
 pub struct SqliteQueue {
     writer: mpsc::UnboundedSender<Box<dyn WriteJob>>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Closing>>,
     path: PathBuf,
     // The error of the writer's last commit, if it failed.
     write_failure: Arc<Mutex<Option<String>>>,
@@ -165,7 +165,7 @@ impl SqliteQueue {
             })?;
         }
         let lock = lock_exclusively(path)?;
-        let mut writer = Connection::open(path).map_err(open_error)?;
+        let mut writer = Closing(Some(Connection::open(path).map_err(open_error)?));
         writer
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;
@@ -182,7 +182,7 @@ impl SqliteQueue {
                 [],
             )
             .map_err(open_error)?;
-        let reader = Connection::open(path).map_err(open_error)?;
+        let reader = Closing(Some(Connection::open(path).map_err(open_error)?));
         reader
             .execute_batch("PRAGMA busy_timeout = 5000;")
             .map_err(open_error)?;
@@ -250,6 +250,40 @@ impl SqliteQueue {
             .map_err(|error| storage(step, error))?
         }
         .boxed()
+    }
+}
+
+/// SQLite 3.51.1's unix VFS can deadlock when two connections to one file close at the same
+/// moment: closing a WAL connection holds the file's lock mutex while it asks for SQLite's global
+/// mutex, and closing the other asks for them the other way round (seen as a test hung at
+/// shutdown with both threads in `sqlite3_close`). So every connection of a queue closes under
+/// this one lock.
+static CLOSING: Mutex<()> = Mutex::new(());
+
+/// A connection that closes under [`CLOSING`].
+struct Closing(Option<Connection>);
+
+impl std::ops::Deref for Closing {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0
+            .as_ref()
+            .expect("a connection stays open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Closing {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0
+            .as_mut()
+            .expect("a connection stays open until dropped")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let _one_at_a_time = CLOSING.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.0.take());
     }
 }
 
