@@ -224,8 +224,8 @@ fn a_new_comment_posts_author_and_the_first_100_characters() {
     );
 }
 
-#[test]
-fn a_lead_becomes_the_crm_body() {
+/// What crm-sync.yaml sends for a lead created with `entry`: the route's name and the body.
+fn crm_body_for_new_lead(entry: Value) -> (String, Value) {
     let webhook = compile("crm-sync.yaml");
     let routed = route(
         &webhook,
@@ -234,15 +234,23 @@ fn a_lead_becomes_the_crm_body() {
             "createdAt": "2026-11-27T01:00:00.000Z",
             "model": "lead",
             "uid": "api::lead.lead",
-            "entry": {"id": 1, "documentId": "l1", "name": "Grace \"Amazing\" Hopper", "email": "grace@example.com", "company": null},
+            "entry": entry,
         }),
     );
     let [(name, Payload::Http { body })] = &routed[..] else {
         panic!("{routed:?}")
     };
+    (name.clone(), serde_json::from_slice(body).unwrap())
+}
+
+#[test]
+fn a_lead_becomes_the_crm_body() {
+    let (name, body) = crm_body_for_new_lead(
+        json!({"id": 1, "documentId": "l1", "name": "Grace \"Amazing\" Hopper", "email": "grace@example.com", "company": null}),
+    );
     assert_eq!(name, "leads");
     assert_eq!(
-        serde_json::from_slice::<Value>(body).unwrap(),
+        body,
         json!({
             "externalId": "l1",
             "name": "Grace \"Amazing\" Hopper",
@@ -256,21 +264,8 @@ fn a_lead_becomes_the_crm_body() {
 
 #[test]
 fn a_lead_with_only_an_email_still_reaches_the_crm() {
-    let webhook = compile("crm-sync.yaml");
-    let routed = route(
-        &webhook,
-        &json!({
-            "event": "entry.create",
-            "createdAt": "2026-11-27T01:00:00.000Z",
-            "model": "lead",
-            "uid": "api::lead.lead",
-            "entry": {"id": 2, "documentId": "l2", "email": "ada@example.com"},
-        }),
-    );
-    let [(_, Payload::Http { body })] = &routed[..] else {
-        panic!("{routed:?}")
-    };
-    let body: Value = serde_json::from_slice(body).unwrap();
+    let (_, body) =
+        crm_body_for_new_lead(json!({"id": 2, "documentId": "l2", "email": "ada@example.com"}));
     assert_eq!(body["email"], "ada@example.com");
     assert_eq!(
         (&body["name"], &body["company"]),
