@@ -216,6 +216,41 @@ fn storage(step: &'static str) -> impl Fn(String) -> QueueError {
     move |message| QueueError::Storage { step, message }
 }
 
+/// Reads the JSON value at `key` of `bucket` (the default when it is absent, deleted or
+/// unreadable), lets `change` edit it and writes it back with compare-and-set, starting again
+/// from a fresh read whenever another writer got there first.
+async fn update_json<T: Default + Serialize + serde::de::DeserializeOwned>(
+    bucket: &kv::Store,
+    key: &str,
+    step: &'static str,
+    mut change: impl FnMut(&mut T),
+) -> Result<(), QueueError> {
+    let failed = storage(step);
+    loop {
+        let entry = bucket
+            .entry(key)
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        let mut value: T = entry
+            .as_ref()
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+            .unwrap_or_default();
+        change(&mut value);
+        let bytes = serde_json::to_vec(&value).map_err(|error| failed(error.to_string()))?;
+        let written = match entry {
+            Some(entry) => bucket
+                .update(key, bytes.into(), entry.revision)
+                .await
+                .is_ok(),
+            None => bucket.create(key, bytes.into()).await.is_ok(),
+        };
+        if written {
+            return Ok(());
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map operation, so a panic cannot leave it half-done.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -1168,37 +1203,20 @@ impl Queue for NatsQueue {
     ) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             let key = watermark_key(&instance);
-            let failed = storage("advance watermarks");
-            // Compare-and-set, retried: two controllers (or a controller and local mode) may
-            // advance one instance's marks at once.
-            loop {
-                let entry = self
-                    .state
-                    .entry(&key)
-                    .await
-                    .map_err(|error| failed(error.to_string()))?;
-                let mut current: Watermarks = entry
-                    .as_ref()
-                    .and_then(|entry| serde_json::from_slice(&entry.value).ok())
-                    .unwrap_or_default();
-                for (uid, mark) in &marks {
-                    let current = current.entry(uid.clone()).or_insert(*mark);
-                    current.at = current.at.max(mark.at);
-                }
-                let value =
-                    serde_json::to_vec(&current).map_err(|error| failed(error.to_string()))?;
-                let written = match entry {
-                    Some(entry) => self
-                        .state
-                        .update(&key, value.into(), entry.revision)
-                        .await
-                        .is_ok(),
-                    None => self.state.create(&key, value.into()).await.is_ok(),
-                };
-                if written {
-                    return Ok(());
-                }
-            }
+            // Two controllers (or a controller and local mode) may advance one instance's marks
+            // at once.
+            update_json(
+                &self.state,
+                &key,
+                "advance watermarks",
+                |current: &mut Watermarks| {
+                    for (uid, mark) in &marks {
+                        let current = current.entry(uid.clone()).or_insert(*mark);
+                        current.at = current.at.max(mark.at);
+                    }
+                },
+            )
+            .await
         })
     }
 }
@@ -1258,40 +1276,23 @@ impl NatsQueue {
         version: &DocumentVersion,
     ) -> Result<(), QueueError> {
         let key = version_key(&event.instance, version);
-        let failed = storage("record version");
-        loop {
-            let entry = self
-                .versions
-                .entry(&key)
-                .await
-                .map_err(|error| failed(error.to_string()))?;
-            let mut stored: StoredVersions = entry
-                .as_ref()
-                .filter(|entry| entry.operation == kv::Operation::Put)
-                .and_then(|entry| serde_json::from_slice(&entry.value).ok())
-                .unwrap_or_default();
-            if version.at >= stored.newest {
-                stored.newest = version.at;
-                stored.newest_event = event.id.clone();
-            }
-            if event.recovered {
-                stored.recovered.push((version.at, event.id.clone()));
-                let excess = stored.recovered.len().saturating_sub(RECOVERED_KEPT);
-                stored.recovered.drain(..excess);
-            }
-            let value = serde_json::to_vec(&stored).map_err(|error| failed(error.to_string()))?;
-            let written = match entry {
-                Some(entry) => self
-                    .versions
-                    .update(&key, value.into(), entry.revision)
-                    .await
-                    .is_ok(),
-                None => self.versions.create(&key, value.into()).await.is_ok(),
-            };
-            if written {
-                return Ok(());
-            }
-        }
+        update_json(
+            &self.versions,
+            &key,
+            "record version",
+            |stored: &mut StoredVersions| {
+                if version.at >= stored.newest {
+                    stored.newest = version.at;
+                    stored.newest_event = event.id.clone();
+                }
+                if event.recovered {
+                    stored.recovered.push((version.at, event.id.clone()));
+                    let excess = stored.recovered.len().saturating_sub(RECOVERED_KEPT);
+                    stored.recovered.drain(..excess);
+                }
+            },
+        )
+        .await
     }
 
     /// Deliveries still in the work queue, per sink. Each delivery has a subject of its own, and
