@@ -197,6 +197,33 @@ struct ReceiverArgs {
     /// if both ports would not fit in the open-files limit (raised to its hard limit first).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
+    #[command(flatten)]
+    tenant: TenantArgs,
+}
+
+/// Where route filters and templates run.
+#[derive(Args, Debug)]
+struct TenantArgs {
+    /// Memory each tenant process may allocate, in MiB. Filters and templates, written by
+    /// whoever may create a StrapiWebhook, run in child processes of the receiver with this
+    /// limit; an evaluation that needs more dead-letters its delivery with the reason.
+    #[arg(long, env = "TENANT_MEMORY_MIB", default_value_t = 64)]
+    tenant_memory_mib: u64,
+}
+
+impl TenantArgs {
+    /// Sends filter and template evaluations to tenant processes of this executable.
+    fn install(&self) -> Result<(), Box<dyn Error>> {
+        let executable = std::env::current_exe()
+            .map_err(|error| format!("finding this executable for tenant processes: {error}"))?;
+        crate::routing::sandbox::install(
+            executable,
+            crate::routing::sandbox::Limits {
+                memory_bytes: self.tenant_memory_mib.saturating_mul(1024 * 1024),
+            },
+        );
+        Ok(())
+    }
 }
 
 /// Where the receiver's admin API token comes from.
@@ -241,6 +268,7 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
     use crate::receiver::{
         self, ReceiverSettings, RunOptions, engine::EngineSettings, server::ServerLimits,
     };
+    args.tenant.install()?;
     let options = RunOptions {
         ingest_addr: args.ingest_addr,
         admin_addr: args.admin_addr,
@@ -436,9 +464,12 @@ struct LocalArgs {
     /// showed is taken for lost (a newer call from Strapi proves it sooner).
     #[arg(long, env = "REPAIR_SETTLE", default_value = "15s")]
     repair_settle: kube::core::Duration,
+    #[command(flatten)]
+    tenant: TenantArgs,
 }
 
 async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
+    args.tenant.install()?;
     let options = crate::local::Options {
         paths: args.paths,
         data_dir: args.data_dir,

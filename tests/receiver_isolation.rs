@@ -199,11 +199,17 @@ async fn a_bomb_webhook_beside_a_normal_one_neither_delays_nor_loses_the_normal_
     );
     for delivery in &dead {
         let error = delivery.last_error.as_deref().unwrap_or_default();
-        let expected = match delivery.sink.as_str() {
-            "cpu" => "exceeded the CPU limit",
-            _ => "exceeded the output limit",
+        // The cpu route's filter is near the cost budget: on a loaded machine it may pass its
+        // time limit before the template's fuel runs out; either way a bound is named.
+        let expected: &[&str] = match delivery.sink.as_str() {
+            "cpu" => &["exceeded the CPU limit", "exceeded its time limit"],
+            _ => &["exceeded the output limit"],
         };
-        assert!(error.contains(expected), "{}: {error}", delivery.sink);
+        assert!(
+            expected.iter().any(|reason| error.contains(reason)),
+            "{}: {error}",
+            delivery.sink
+        );
     }
     assert!(bomb_sink.received().is_empty());
     // Generous bounds for a debug build on a shared machine; the targets (p99 under
@@ -402,4 +408,167 @@ async fn a_second_receiver_on_the_same_sqlite_file_exits_naming_it() {
         stderr.contains("another receiver holds") && stderr.contains(&path),
         "{stderr}"
     );
+}
+
+/// Seconds of CPU this process's children (the tenant processes) have used so far, live ones
+/// and waited-for ones together.
+fn children_cpu_seconds() -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    let fields = |stat: &str| -> Vec<u64> {
+        // After the `(comm)` field; utime and stime are the 14th and 15th fields of the line.
+        let rest = &stat[stat.rfind(')').map_or(0, |end| end + 2)..];
+        rest.split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect()
+    };
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own = fields(&own);
+    ticks += own[13] + own[14]; // cutime, cstime: children already waited for
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+                let stat = fields(&stat);
+                ticks += stat[11] + stat[12];
+            }
+        }
+    }
+    ticks as f64 / ticks_per_second
+}
+
+/// A webhook whose one route's template or filter is `route` (fields `filter`/`http`), beside
+/// [`webhook_spec`]'s normal one, in one snapshot.
+fn normal_and_hostile(normal_sink: &str, hostile_sink: &str, route: serde_json::Value) -> Snapshot {
+    let normal = compile_webhook(
+        "cms",
+        "site",
+        1,
+        &webhook_spec(&[("crm", normal_sink.to_owned())]),
+        &InMemorySecrets::new(),
+    )
+    .unwrap();
+    let mut route = route;
+    route["name"] = json!("hostile");
+    route["sink"] = json!("hostile");
+    let spec: StrapiWebhookSpec = serde_json::from_value(json!({
+        "instanceRef": { "name": "strapi" },
+        "events": ["entry.create"],
+        "sinks": [{ "name": "hostile", "http": { "url": hostile_sink } }],
+        "routes": [route],
+    }))
+    .unwrap();
+    let hostile = compile_webhook("cms", "hostile", 1, &spec, &InMemorySecrets::new())
+        .expect("the hostile webhook is within every compile-time bound");
+    Snapshot::new(
+        BTreeMap::from([(
+            support::INSTANCE.to_owned(),
+            vec![support::SECRET.to_owned()],
+        )]),
+        [normal, hostile],
+    )
+}
+
+/// Waits until `count` deliveries of `cms/hostile` are dead and returns them.
+async fn hostile_dead_letters(
+    receiver: &TestReceiver,
+    count: usize,
+) -> Vec<strapi_webhook_operator::queue::DeliverySummary> {
+    let filter = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        webhook: Some("cms/hostile".into()),
+        limit: 100,
+        ..DeliveryFilter::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let dead = receiver.state.queue.list(filter.clone()).await.unwrap();
+        if dead.len() >= count || tokio::time::Instant::now() > deadline {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_grows_a_string_past_the_memory_limit_is_dead_lettered_not_the_receiver() {
+    const EVENTS: usize = 3;
+    let (normal_sink, hostile_sink) = (CaptureSink::start().await, CaptureSink::start().await);
+    // No `*`, no loop, one instruction of fuel: a built-in filter asked for a gigabyte of
+    // indentation allocates it before anything is printed.
+    let grow = "{{ entry.title|indent(1000000000, true) }}";
+    let snapshot = normal_and_hostile(
+        &normal_sink.url(),
+        &hostile_sink.url(),
+        json!({ "http": { "body": grow } }),
+    );
+    let receiver = TestReceiver::start(snapshot).await;
+    let http = support::client();
+    let rss_before = rss_kib();
+    for n in 0..EVENTS {
+        let status = receiver.post(&http, &article_event(n)).await;
+        assert!(status.is_success(), "event {n}: {status}");
+    }
+    normal_sink
+        .wait_for(Duration::from_secs(30), |received| received.len() >= EVENTS)
+        .await;
+    let dead = hostile_dead_letters(&receiver, EVENTS).await;
+    let rss_after = rss_kib();
+    eprintln!("RSS {rss_before} KiB before, {rss_after} KiB after; {dead:?}");
+    assert_eq!(dead.len(), EVENTS, "every hostile delivery is dead-lettered");
+    for delivery in &dead {
+        let error = delivery.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("exceeded the memory limit of 64 MiB"),
+            "the reason names the bound: {error}"
+        );
+    }
+    assert!(hostile_sink.received().is_empty());
+    // The gigabyte was asked for in a tenant process, never here.
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
+    let (normal_sink, hostile_sink) = (CaptureSink::start().await, CaptureSink::start().await);
+    // Within the cost budget (event lists are assumed to hold 1,000 elements), but the event
+    // below carries 200,000: 30 million comparisons, seconds even in a release build.
+    let numbers: Vec<String> = (1..=150).map(|n| n.to_string()).collect();
+    let filter = format!(
+        "entry.tags.exists(t, [{}].exists(u, u == t))",
+        numbers.join(", ")
+    );
+    let snapshot = normal_and_hostile(
+        &normal_sink.url(),
+        &hostile_sink.url(),
+        json!({ "filter": filter }),
+    );
+    let receiver = TestReceiver::start(snapshot).await;
+    let http = support::client();
+    let mut event = article_event(1);
+    event["entry"]["tags"] = json!(vec![0; 200_000]);
+    let cpu_before = children_cpu_seconds();
+    let status = receiver.post(&http, &event).await;
+    assert!(status.is_success(), "{status}");
+    normal_sink
+        .wait_for(Duration::from_secs(30), |received| !received.is_empty())
+        .await;
+    let dead = hostile_dead_letters(&receiver, 1).await;
+    assert_eq!(dead.len(), 1, "the filtered delivery is dead-lettered");
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("time limit"), "the reason names the bound: {error}");
+    // The evaluation was stopped, not left running: over a few seconds the tenant processes
+    // used at most their time limit of CPU.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = children_cpu_seconds() - cpu_before;
+    assert!(
+        used < 2.0,
+        "tenant processes used {used:.1} s of CPU; the evaluation kept running"
+    );
+    assert!(hostile_sink.received().is_empty());
+    receiver.shutdown().await;
 }

@@ -33,11 +33,13 @@ pub const ASSUMED_EVENT_LIST_LENGTH: u64 = 1_000;
 #[derive(Debug)]
 pub(crate) struct Filter {
     program: Program,
+    // Kept for tenant processes, which compile it again on their side.
+    source: String,
 }
 
 /// Why a filter could not decide on an event. The delivery is not created and the receiver
 /// reports the error; it never panics.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum FilterError {
     /// The expression failed on this event, e.g. it read a field of a `null` entry.
     #[error("filter failed on this event: {0}")]
@@ -105,12 +107,22 @@ impl Filter {
                  nest fewer macros such as all() or exists() over long lists",
                 estimate.cost
             ))),
-            Ok(_) => Ok(Self { program }),
+            Ok(_) => Ok(Self {
+                program,
+                source: source.to_owned(),
+            }),
         }
     }
 
     /// Evaluates the filter against one event.
+    /// Evaluates the filter: in a tenant process once one is installed ([`super::sandbox`]),
+    /// otherwise here.
     pub(crate) fn evaluate(&self, vars: &EventVars) -> Result<bool, FilterError> {
+        super::sandbox::filter(&self.source, vars).unwrap_or_else(|| self.evaluate_here(vars))
+    }
+
+    /// Evaluates the filter in the calling thread.
+    pub(crate) fn evaluate_here(&self, vars: &EventVars) -> Result<bool, FilterError> {
         let mut context = Context::default();
         for (variable, value) in vars.iter() {
             context.add_variable_from_value(variable, to_cel(value));

@@ -5,6 +5,7 @@
 //! both report failures as values and never panic.
 
 mod filter;
+pub mod sandbox;
 mod template;
 
 use std::fmt;
@@ -497,6 +498,15 @@ impl EventVars {
                 (media, event.media.clone().unwrap_or(Json::Null)),
                 (created_at, text(&event.created_at)),
             ],
+        }
+    }
+
+    /// The variables from their values in [`FILTER_VARIABLES`]' order (as [`EventVars::iter`]
+    /// gives them); missing values are `null`.
+    pub(crate) fn from_values(values: Vec<Json>) -> Self {
+        let mut values = values.into_iter();
+        Self {
+            values: FILTER_VARIABLES.map(|name| (name, values.next().unwrap_or(Json::Null))),
         }
     }
 

@@ -33,6 +33,8 @@ pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
 #[derive(Debug)]
 pub(crate) struct Templates {
     env: Environment<'static>,
+    // (field, source) of every template added, for tenant processes, which compile them again.
+    sources: Vec<(String, String)>,
 }
 
 impl Templates {
@@ -45,7 +47,10 @@ impl Templates {
         env.set_auto_escape_callback(escaping_for);
         env.set_formatter(refuse_null);
         env.set_fuel(Some(TEMPLATE_FUEL));
-        Self { env }
+        Self {
+            env,
+            sources: Vec::new(),
+        }
     }
 
     /// Compiles `source` and keeps it under `field`.
@@ -65,11 +70,20 @@ impl Templates {
                 message: error
                     .detail()
                     .map_or_else(|| error.kind().to_string(), str::to_owned),
-            })
+            })?;
+        self.sources.push((field.to_owned(), source.to_owned()));
+        Ok(())
     }
 
-    /// Renders the template kept under `field` (registered by [`Templates::add`]).
+    /// Renders the template kept under `field` (registered by [`Templates::add`]): in a tenant
+    /// process once one is installed ([`super::sandbox`]), otherwise here.
     pub(crate) fn render(&self, field: &str, context: &Value) -> Result<String, String> {
+        super::sandbox::template(&self.sources, field, context)
+            .unwrap_or_else(|| self.render_here(field, context))
+    }
+
+    /// Renders the template kept under `field` in the calling thread.
+    pub(crate) fn render_here(&self, field: &str, context: &Value) -> Result<String, String> {
         let template = self
             .env
             .get_template(field)

@@ -373,6 +373,7 @@ impl<S: ConfigSource> TestReceiver<S> {
         admin: TcpListener,
     ) -> Self {
         settings.egress.own_ports.extend(own_ports(&ingest, &admin));
+        install_tenant_processes();
         let state = ReceiverState::new(queue, source.as_ref(), settings).unwrap();
         let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -628,3 +629,14 @@ impl BinaryReceiver {
         panic!("the receiver did not become ready");
     }
 }
+
+/// Runs filters and templates in tenant processes of the operator's binary, as the receiver
+/// binary does (`--tenant-memory-mib`, default limits), so every test receiver is isolated the
+/// way a deployed one is.
+pub fn install_tenant_processes() {
+    strapi_webhook_operator::routing::sandbox::install(
+        env!("CARGO_BIN_EXE_strapi-webhook-operator").into(),
+        strapi_webhook_operator::routing::sandbox::Limits::default(),
+    );
+}
+
