@@ -49,7 +49,7 @@ pub const TEMPLATE_TIME_LIMIT: Duration = Duration::from_secs(1);
 // Idle children kept for reuse: one per evaluation slot of each kind (`receiver::tenant`).
 const IDLE_KEPT: usize = 8;
 // Children started when the pool is installed.
-const PRESTARTED: usize = 2;
+const PRESTARTED: usize = 4;
 // Compiled filters or template sets a child keeps before it starts over.
 const CACHE_ENTRIES: usize = 256;
 
