@@ -340,7 +340,7 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twice() {
-    const CHANGES: usize = 200;
+    const CHANGES: usize = 500;
     const CLIENTS: usize = 8;
     let setup = Arc::new(Setup::start().await);
     let tag = setup.tag.clone();
@@ -390,7 +390,7 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
             .map(|document_id| (ARTICLE, document_id)),
     );
     setup
-        .wait_for_mine(CLIENTS + CHANGES, Duration::from_secs(180))
+        .wait_for_mine(CLIENTS + CHANGES, Duration::from_secs(300))
         .await;
     editing.store(false, Ordering::Relaxed);
     let mut reports = checker.await.unwrap();
