@@ -281,7 +281,9 @@ impl Worker {
             .arg(limits.memory_bytes.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // What a child prints as it aborts ("memory allocation of … failed") is not in the
+            // receiver's log format; the failure is reported with the delivery instead.
+            .stderr(Stdio::null())
             .env_clear()
             .spawn()?;
         let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
