@@ -630,4 +630,49 @@ spec:
         assert_eq!(problems[1].line, Some(6), "{reasons:#?}");
         assert!(reasons[1].contains("Secret web/strapi-admin not found"));
     }
+
+    #[test]
+    fn manifests_without_a_namespace_are_in_default() {
+        let text = format!(
+            "{}---\n{}",
+            INSTANCE.replace(", namespace: web", ""),
+            webhook("default", "[entry.publish]")
+                .replace(
+                    "metadata: {name: hook, namespace: default}",
+                    "metadata: {name: hook}"
+                )
+                .replace("{name: cms, namespace: web}", "{name: cms}")
+        );
+        let env = [
+            ("SWO_SECRET_DEFAULT_STRAPI_ADMIN_EMAIL", "a@example.com"),
+            ("SWO_SECRET_DEFAULT_STRAPI_ADMIN_PASSWORD", "pw"),
+        ];
+        let config = load_text(&text, &env).0.unwrap();
+        assert!(config.snapshot.webhooks.contains_key("default/hook"));
+        assert_eq!(
+            config.snapshot.webhooks["default/hook"].instance,
+            "default/cms"
+        );
+        assert_eq!(config.instances[0].key, "default/cms");
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_not_ignored() {
+        let text = format!(
+            "{INSTANCE}---\n{}      matsh: {{models: [article]}}\n",
+            webhook("web", "[entry.publish]")
+        );
+        let env = [
+            ("SWO_SECRET_WEB_STRAPI_ADMIN_EMAIL", "a@example.com"),
+            ("SWO_SECRET_WEB_STRAPI_ADMIN_PASSWORD", "pw"),
+        ];
+        let problems = load_text(&text, &env).0.unwrap_err().0;
+        let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{reasons:#?}");
+        assert!(
+            reasons[0]
+                .ends_with(":20: spec.routes[0].matsh: unknown field \"spec.routes[0].matsh\""),
+            "{reasons:#?}"
+        );
+    }
 }

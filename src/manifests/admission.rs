@@ -137,7 +137,10 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Ad
                     (None, Some(child_schema)) => {
                         unknown_fields(child_schema, child, &field, errors);
                     }
-                    (None, None) if known_without_schema(path, key) => {}
+                    (None, None) if path.is_empty() && key == "metadata" => {
+                        unknown_meta_fields(child, errors);
+                    }
+                    (None, None) if path.is_empty() && known_at_top(key) => {}
                     (None, None) => errors.push(AdmissionError {
                         message: format!("unknown field {field:?}"),
                         field,
@@ -157,11 +160,24 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Ad
 }
 
 /// Fields every object has that the CRD schema does not spell out.
-fn known_without_schema(parent: &str, key: &str) -> bool {
-    match parent {
-        "" => matches!(key, "apiVersion" | "kind" | "metadata" | "status"),
-        "metadata" => OBJECT_META_FIELDS.contains(&key),
-        _ => false,
+fn known_at_top(key: &str) -> bool {
+    matches!(key, "apiVersion" | "kind" | "status")
+}
+
+/// Fields of `metadata` that ObjectMeta does not have.
+fn unknown_meta_fields(meta: &Value, errors: &mut Vec<AdmissionError>) {
+    for key in meta
+        .as_object()
+        .into_iter()
+        .flat_map(|fields| fields.keys())
+    {
+        if !OBJECT_META_FIELDS.contains(&key.as_str()) {
+            let field = format!("metadata.{key}");
+            errors.push(AdmissionError {
+                message: format!("unknown field {field:?}"),
+                field,
+            });
+        }
     }
 }
 
