@@ -5,10 +5,7 @@
 //! Golden files live in `tests/fixtures/gitops/`; `UPDATE_GOLDEN=1` rewrites them after a
 //! deliberate change (review the diff).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use strapi_webhook_operator::validate::validate;
 
