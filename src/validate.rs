@@ -99,11 +99,19 @@ pub fn validate(paths: &[PathBuf]) -> Report {
     }
     for instance in &manifests.instances {
         if let Err(error) = egress_rules(instance.object.spec.egress.as_ref()) {
-            report
-                .errors
-                .push(instance.problem_at("spec.egress", error));
+            let target = key_of(&instance.object.metadata);
+            report.errors.push(
+                instance.problem_at("spec.egress", format!("StrapiInstance {target}: {error}")),
+            );
         }
     }
+    // An instance's problem is found again through each webhook that uses it: say it once.
+    let mut seen = Vec::new();
+    report.errors.retain(|problem| {
+        let first = !seen.contains(problem);
+        seen.push(problem.clone());
+        first
+    });
     report
 }
 
@@ -208,11 +216,6 @@ impl<'a> FileSecrets<'a> {
     /// Every value handed out, with how to show it instead: `<Secret ns/name key k>`.
     pub fn redactions(&self) -> Vec<(String, String)> {
         self.handed_out.borrow().clone()
-    }
-
-    /// Whether any Secret was missing from the files.
-    pub fn any_absent(&self) -> bool {
-        !self.absent.borrow().is_empty()
     }
 
     /// One warning per Secret `webhook` reads that is not in the files.

@@ -272,3 +272,39 @@ fn mistakes_are_reported_at_their_file_line_and_field() {
     );
     assert_eq!(json["errors"][0]["field"], "spec.routes[0].matsh");
 }
+
+#[test]
+fn an_instance_problem_is_reported_once_and_render_reads_standard_input() {
+    let instance = format!("{INSTANCE}  egress: {{allowedCIDRs: [not-a-cidr]}}\n");
+    let dir = write_folder(&[("instance.yaml", &instance), ("webhook.yaml", WEBHOOK)]);
+    let report = validate(&[dir.path().to_owned()]);
+    let found = lines(&report.errors, dir.path());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("instance.yaml:7: spec.egress: StrapiInstance web/cms: "),
+        "{found:#?}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        .args([
+            "render",
+            "-f",
+            "examples/slack-comments.yaml",
+            "--event",
+            "-",
+        ])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let event = std::fs::read(repo().join("tests/fixtures/gitops/comment-150.json")).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &event).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("route new-comment -> sink team-chat: matched"),
+        "{text}"
+    );
+}
