@@ -14,3 +14,10 @@ scripts/ensure-nextjs-app.sh
 scripts/ensure-chart-tools.sh
 scripts/ensure-nats.sh >/dev/null
 scripts/ensure-prometheus.sh
+
+step "lua5.1 (the Argo CD health check test, tests/controller/health.rs)"
+if ! command -v lua5.1 >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null
+fi

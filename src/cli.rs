@@ -39,6 +39,11 @@ enum Command {
     Deliveries(DeliveriesArgs),
     /// Run without a cluster: read the YAML from files, register in Strapi, receive and deliver.
     Local(LocalArgs),
+    /// Check manifest files offline as the API server and the controller would; exit 1 on any
+    /// error.
+    Validate(ValidateArgs),
+    /// Show what each sink would receive for one Strapi event, from manifest files alone.
+    Render(RenderArgs),
 }
 
 impl Cli {
@@ -51,6 +56,8 @@ impl Cli {
             Command::Receiver(args) => run_receiver(args).await,
             Command::Deliveries(args) => run_deliveries(args).await,
             Command::Local(args) => run_local(args).await,
+            Command::Validate(args) => run_validate(&args),
+            Command::Render(args) => run_render(&args),
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
@@ -489,6 +496,82 @@ async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
     };
     let env = std::env::vars().collect();
     crate::local::run(options, env, crate::receiver::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// How `validate` and `render` print.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+enum Output {
+    /// Lines for people (`file:line: field: reason`).
+    #[default]
+    Human,
+    /// JSON, for CI annotations and tests.
+    Json,
+}
+
+/// Flags of `validate`.
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// YAML files or folders (their `*.yaml`/`*.yml` files); other kinds are ignored.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+fn run_validate(args: &ValidateArgs) -> Result<(), Box<dyn Error>> {
+    let report = crate::validate::validate(&args.paths);
+    match args.output {
+        Output::Human => print!("{}", report.human()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    match report.errors.len() {
+        0 => Ok(()),
+        count => Err(format!("{count} problem(s) found").into()),
+    }
+}
+
+/// Flags of `render`.
+#[derive(Args, Debug)]
+struct RenderArgs {
+    /// YAML files or folders (their `*.yaml`/`*.yml` files); other kinds are ignored.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+    /// The Strapi event: a file of its JSON body, `-` for standard input, or a built-in sample
+    /// such as `entry.update:article` or `media.create` (`--event list` lists them).
+    #[arg(long, value_name = "FILE|-|SAMPLE")]
+    event: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+fn run_render(args: &RenderArgs) -> Result<(), Box<dyn Error>> {
+    use crate::render::samples;
+    let raw = match args.event.as_str() {
+        "list" => {
+            println!("{}", samples::names().join("\n"));
+            return Ok(());
+        }
+        "-" => {
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)?;
+            raw
+        }
+        name => match samples::sample(name) {
+            Some(raw) => raw,
+            None => std::fs::read(name).map_err(|error| {
+                format!("{name}: {error} (not a file, and not a sample: see --event list)")
+            })?,
+        },
+    };
+    let rendering = crate::render::render(&args.paths, &raw)
+        .map_err(|error| format!("the event is not a Strapi webhook body: {error}"))?;
+    match args.output {
+        Output::Human => print!("{}", rendering.human()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rendering)?),
+    }
     Ok(())
 }
 

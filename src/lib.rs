@@ -14,7 +14,9 @@
 //!   resources refer to each other.
 //! - [`controller`]: reconciles the custom resources into Strapi registrations and status.
 //! - [`receiver`]: authenticated, durable ingest and at-least-once delivery.
+//! - [`manifests`]: reading the resources from YAML files, with admission checked offline.
 //! - [`local`]: the same parts without a cluster, from YAML files.
+//! - [`validate`] and [`render`]: offline checks and previews of manifests, for CI.
 //! - [`cli`]: the command line; each subcommand hands over to one module above.
 //! - [`http`] and [`telemetry`]: outbound HTTP clients and logging, shared by all.
 
@@ -25,11 +27,14 @@ pub mod controller;
 pub mod event;
 pub mod http;
 pub mod local;
+pub mod manifests;
 pub mod queue;
 pub mod receiver;
 pub mod registration;
+pub mod render;
 pub mod repair;
 pub mod routing;
 pub mod sinks;
 pub mod strapi;
 pub mod telemetry;
+pub mod validate;

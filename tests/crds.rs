@@ -5,26 +5,22 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::core::cel::{ScopeContext, Validator, WarningKind, analyze_rule, compile_schema};
+use kube::core::cel::{ScopeContext, WarningKind, analyze_rule, compile_schema};
 use serde_json::{Value, json};
-use strapi_webhook_operator::api::{self, StrapiInstance, StrapiWebhook};
+use strapi_webhook_operator::{
+    api::{self, StrapiInstance, StrapiWebhook},
+    manifests::admission,
+    validate,
+};
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
 fn schema_of(kind: &str) -> Value {
-    let crd = api::crds()
-        .into_iter()
-        .find(|crd| crd.spec.names.kind == kind)
-        .unwrap_or_else(|| panic!("no CRD for {kind}"));
-    let schema = crd.spec.versions[0]
-        .schema
+    admission::schema_of(kind)
+        .unwrap_or_else(|| panic!("no CRD for {kind}"))
         .clone()
-        .unwrap()
-        .open_api_v3_schema
-        .unwrap();
-    serde_json::to_value(schema).unwrap()
 }
 
 #[test]
@@ -242,25 +238,42 @@ fn valid_webhook_spec() -> Value {
     })
 }
 
-/// What the API server would answer: schema validation first, then the CEL rules.
+/// What the API server would answer: schema validation, unknown fields, then the CEL rules
+/// (the library's check, which `validate`, local mode and the receiver's file source run).
 fn admission_errors(kind: &str, object: &Value) -> Vec<String> {
-    let schema = schema_of(kind);
-    let mut errors: Vec<String> = jsonschema::validator_for(&schema)
-        .unwrap()
-        .iter_errors(object)
-        .map(|error| format!("{}: {error}", error.instance_path()))
-        .collect();
-    if let Err(cel_errors) = Validator::new().validate(&schema, object, None) {
-        errors.extend(cel_errors.into_vec().into_iter().map(|error| error.message));
-    }
-    errors
+    admission::admission_errors(kind, object)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
+/// Refused with `expected` by the admission check, and by `validate` on a file holding the
+/// object: the same message, at a line of the file.
 fn assert_rejected(kind: &str, object: &Value, expected: &str) {
     let errors = admission_errors(kind, object);
     assert!(
         errors.iter().any(|error| error.contains(expected)),
         "expected an error containing {expected:?}, got {errors:#?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("object.yaml");
+    // JSON is YAML; pretty-printed, every field has a line of its own.
+    std::fs::write(&file, serde_json::to_string_pretty(object).unwrap()).unwrap();
+    let report = validate::validate(&[file]);
+    assert!(
+        report.errors.iter().any(|problem| {
+            let line = problem.to_string();
+            problem.line.is_some_and(|line| line > 1)
+                && (line.contains(expected)
+                    || format!(
+                        "{}: {}",
+                        problem.field.clone().unwrap_or_default(),
+                        problem.reason
+                    )
+                    .contains(expected))
+        }),
+        "validate: expected an error containing {expected:?} at a line, got {:#?}",
+        report.errors
     );
 }
 
@@ -334,14 +347,14 @@ fn a_route_matching_an_unsubscribed_event_is_rejected() {
 fn an_unknown_event_is_rejected() {
     let mut spec = valid_webhook_spec();
     spec["events"] = json!(["entry.create", "entry.explode"]);
-    assert_rejected("StrapiWebhook", &webhook(spec), "/spec/events/1");
+    assert_rejected("StrapiWebhook", &webhook(spec), "spec.events[1]: ");
 }
 
 #[test]
 fn an_invalid_sink_name_is_rejected() {
     let mut spec = valid_webhook_spec();
     spec["sinks"][0]["name"] = json!("Web_Site");
-    assert_rejected("StrapiWebhook", &webhook(spec), "/spec/sinks/0/name");
+    assert_rejected("StrapiWebhook", &webhook(spec), "spec.sinks[0].name: ");
 }
 
 #[test]
@@ -415,7 +428,7 @@ fn a_namespace_selector_is_required_for_from_selector() {
 #[test]
 fn an_instance_url_must_be_http() {
     let spec = json!({"url": "strapi:1337", "auth": {"apiToken": {"name": "t", "key": "t"}}});
-    assert_rejected("StrapiInstance", &instance(spec), "/spec/url");
+    assert_rejected("StrapiInstance", &instance(spec), "spec.url: ");
 }
 
 /// Every document of our kinds in `examples/`, with the file it came from.

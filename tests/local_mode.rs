@@ -398,8 +398,8 @@ async fn an_invalid_configuration_at_start_is_refused_with_file_and_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}:{instance_ref_line}: StrapiWebhook local/articles: spec.instanceRef: StrapiInstance \
-             local/nowhere is not defined in the files",
+            "{}:{instance_ref_line}: spec.instanceRef: StrapiInstance local/nowhere is not \
+             defined in the files",
             file.display()
         )),
         "{stderr}"

@@ -1,6 +1,6 @@
 //! Local mode: the whole product without a cluster. `strapi-webhook-operator local -f <paths>`
 //! reads the same `StrapiInstance`, `StrapiWebhook` and `Secret` YAML that goes to a cluster
-//! ([`manifests`]), compiles it with the same [`compile_webhook`] into a receiver [`Snapshot`],
+//! ([`crate::manifests`]), compiles it as `validate` and the controller do ([`compile_in_files`]) into a receiver [`Snapshot`],
 //! runs the same receiver ([`ReceiverState`] and [`receiver::serve`]) on an SQLite queue in a
 //! data folder, and registers each instance's catch-all webhook with the same
 //! [`crate::registration`] code the controller uses ([`register`]).
@@ -10,7 +10,6 @@
 //! the last good configuration keeps serving. Registrations stay in Strapi on exit, so Strapi
 //! keeps calling the receiver after either restarts, unless `--cleanup` asks to remove them.
 
-pub mod manifests;
 pub mod register;
 pub mod secrets;
 
@@ -25,10 +24,11 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::manifests::{self, Manifests, Problems, key_of, namespace_of};
+use crate::validate::compile_in_files;
 use crate::{
     api::{SecretKeyRef, StrapiInstance},
-    config::{SecretResolver, apply_egress, compile_webhook, egress_rules},
-    config::{allows_namespace, referenced_instance, subscribed_events},
+    config::{SecretResolver, referenced_instance, subscribed_events},
     http::AdminToken,
     queue::{QueueError, sqlite::SqliteQueue},
     receiver::{
@@ -36,10 +36,9 @@ use crate::{
         source::{Snapshot, StaticSource},
     },
     repair::{self, CheckSettings, RepairClient, Schedule, Target, routed_models},
-    sinks::{EgressBase, EgressPolicy},
+    sinks::EgressBase,
     strapi::Credentials,
 };
-use manifests::{Located, Manifests, Problems, key_of, namespace_of};
 use register::{LocalInstance, Registrar};
 use secrets::{LocalSecrets, SharedSecrets, SharedSecretsError};
 
@@ -150,55 +149,23 @@ pub fn load(
     let mut accepted = Vec::new();
     let mut compiled = Vec::new();
     let mut specs = BTreeMap::new();
+    // Every sink of a local setup runs on this machine, so loopback is allowed; the receiver's
+    // own ports are refused when it connects.
+    let egress = EgressBase {
+        allow_loopback: true,
+        ..EgressBase::default()
+    };
     for webhook in &manifests.webhooks {
-        let meta = &webhook.object.metadata;
-        let (namespace, key) = (namespace_of(meta), key_of(meta));
+        let key = key_of(&webhook.object.metadata);
         let target = referenced_instance(&webhook.object);
-        let Some(instance) = find_instance(&manifests, &target) else {
+        let Some(instance) = manifests.instance(&target) else {
             problems.push(webhook.problem_at(
                 "spec.instanceRef",
-                format!(
-                    "StrapiWebhook {key}: spec.instanceRef: StrapiInstance {target} is not \
-                     defined in the files"
-                ),
+                format!("StrapiInstance {target} is not defined in the files"),
             ));
             continue;
         };
-        if !allows_namespace(&instance.object, &namespace, None) {
-            problems.push(webhook.problem_at(
-                "spec.instanceRef",
-                format!(
-                    "StrapiWebhook {key}: StrapiInstance {target} does not allow webhooks from \
-                     namespace {namespace} (spec.allowedNamespaces; label selectors never match \
-                     in local mode, there are no namespace labels)"
-                ),
-            ));
-            continue;
-        }
-        let name = meta.name.as_deref().unwrap_or_default();
-        let generation = meta.generation.unwrap_or_default();
-        let rules = match egress_rules(instance.object.spec.egress.as_ref()) {
-            Ok(rules) => rules,
-            Err(error) => {
-                problems.push(
-                    instance.problem_at("spec.egress", format!("StrapiInstance {target}: {error}")),
-                );
-                continue;
-            }
-        };
-        // Every sink of a local setup runs on this machine, so loopback is allowed; the
-        // receiver's own ports are refused when it connects.
-        let policy = EgressPolicy {
-            base: EgressBase {
-                allow_loopback: true,
-                ..EgressBase::default()
-            },
-            rules,
-        };
-        let spec = &webhook.object.spec;
-        match compile_webhook(&namespace, name, generation, spec, &secrets)
-            .and_then(|mut config| apply_egress(&mut config, spec, &policy).map(|()| config))
-        {
+        match compile_in_files(webhook, Some(instance), &secrets, &egress) {
             Ok(webhook_config) => {
                 for warning in &webhook_config.warnings {
                     tracing::warn!(webhook = %key, %warning, "configuration warning");
@@ -208,9 +175,7 @@ pub fn load(
                 let spec = serde_json::to_string(&webhook.object.spec).unwrap_or_default();
                 specs.insert(key.clone(), spec);
             }
-            Err(errors) => problems.extend(errors.0.iter().map(|error| {
-                webhook.problem_at(&error.field, format!("StrapiWebhook {key}: {error}"))
-            })),
+            Err(found) => problems.extend(found),
         }
     }
     let mut instances = Vec::new();
@@ -262,13 +227,6 @@ pub fn load(
         instances,
         specs,
     })
-}
-
-fn find_instance<'a>(manifests: &'a Manifests, key: &str) -> Option<&'a Located<StrapiInstance>> {
-    manifests
-        .instances
-        .iter()
-        .find(|instance| key_of(&instance.object.metadata) == key)
 }
 
 /// The admin API credentials of an instance, and their raw values.
@@ -667,9 +625,54 @@ spec:
         assert_eq!(problems.len(), 2, "{reasons:#?}");
         // `instanceRef` is line 5 of the webhook, which starts on line 8.
         assert_eq!(problems[0].line, Some(12), "{reasons:#?}");
-        assert!(reasons[0].contains("does not allow webhooks from namespace other"));
+        assert!(reasons[0].contains("spec.instanceRef: StrapiInstance web/cms does not allow webhooks from namespace other"), "{reasons:#?}");
         // `auth` is line 6 of the instance.
         assert_eq!(problems[1].line, Some(6), "{reasons:#?}");
         assert!(reasons[1].contains("Secret web/strapi-admin not found"));
+    }
+
+    #[test]
+    fn manifests_without_a_namespace_are_in_default() {
+        let text = format!(
+            "{}---\n{}",
+            INSTANCE.replace(", namespace: web", ""),
+            webhook("default", "[entry.publish]")
+                .replace(
+                    "metadata: {name: hook, namespace: default}",
+                    "metadata: {name: hook}"
+                )
+                .replace("{name: cms, namespace: web}", "{name: cms}")
+        );
+        let env = [
+            ("SWO_SECRET_DEFAULT_STRAPI_ADMIN_EMAIL", "a@example.com"),
+            ("SWO_SECRET_DEFAULT_STRAPI_ADMIN_PASSWORD", "pw"),
+        ];
+        let config = load_text(&text, &env).0.unwrap();
+        assert!(config.snapshot.webhooks.contains_key("default/hook"));
+        assert_eq!(
+            config.snapshot.webhooks["default/hook"].instance,
+            "default/cms"
+        );
+        assert_eq!(config.instances[0].key, "default/cms");
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_not_ignored() {
+        let text = format!(
+            "{INSTANCE}---\n{}      matsh: {{models: [article]}}\n",
+            webhook("web", "[entry.publish]")
+        );
+        let env = [
+            ("SWO_SECRET_WEB_STRAPI_ADMIN_EMAIL", "a@example.com"),
+            ("SWO_SECRET_WEB_STRAPI_ADMIN_PASSWORD", "pw"),
+        ];
+        let problems = load_text(&text, &env).0.unwrap_err().0;
+        let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{reasons:#?}");
+        assert!(
+            reasons[0]
+                .ends_with(":20: spec.routes[0].matsh: unknown field \"spec.routes[0].matsh\""),
+            "{reasons:#?}"
+        );
     }
 }

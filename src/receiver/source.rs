@@ -10,16 +10,16 @@ use std::{
     sync::Arc,
 };
 
-use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::{
     api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
-    api::{SecretKeyRef, StrapiInstance, StrapiWebhook},
+    api::{SecretKeyRef, StrapiInstance},
     config::{
         CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook,
         egress_rules,
     },
+    manifests::{Manifests, Problems, key_of, namespace_of},
 };
 
 /// Everything the receiver needs to authenticate, route and deliver, at one moment.
@@ -107,22 +107,9 @@ impl ConfigSource for StaticSource {
 /// Why a manifest file could not become a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A document is not valid YAML or not a known kind.
-    #[error("parsing {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the position.
-        message: String,
-    },
+    /// The file could not be read, or a document in it is not one the API server would admit.
+    #[error("reading the manifests:\n{0}")]
+    Read(#[source] Problems),
     /// An instance lacks its receiver Secret.
     #[error("{path}: StrapiInstance {instance}: {message}")]
     SharedSecret {
@@ -155,20 +142,10 @@ pub enum ManifestError {
     },
 }
 
-/// A Kubernetes Secret with `stringData`, as written by hand.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SecretManifest {
-    metadata: kube::api::ObjectMeta,
-    #[serde(default)]
-    string_data: BTreeMap<String, String>,
-}
-
-/// A multi-document YAML file of `StrapiInstance`s, `StrapiWebhook`s and `Secret`s (with
-/// `stringData`), read once at start. Each instance's shared secrets come from the Secret the
-/// controller would create for it ([`shared_secret::name`]): key [`CURRENT_KEY`], and
-/// [`PREVIOUS_KEY`] until [`PREVIOUS_EXPIRES_KEY`] (RFC 3339) if set. Objects without a
-/// namespace are in `default`.
+/// A file of `StrapiInstance`s, `StrapiWebhook`s and `Secret`s, read once at start through the
+/// shared loader ([`Manifests`]; other kinds are skipped). Each instance's shared secrets come
+/// from the Secret the controller would create for it ([`shared_secret::name`]): key
+/// [`CURRENT_KEY`], and [`PREVIOUS_KEY`] until [`PREVIOUS_EXPIRES_KEY`] (RFC 3339) if set.
 #[derive(Debug)]
 pub struct ManifestFile {
     source: StaticSource,
@@ -177,113 +154,48 @@ pub struct ManifestFile {
 impl ManifestFile {
     /// Reads and compiles the file; every problem is an error, nothing is half-loaded.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let parse_error = |message: String| ManifestError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        let documents: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple(&text).map_err(|error| parse_error(error.to_string()))?;
-        let namespace_of = |meta: &kube::api::ObjectMeta| {
-            meta.namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned())
-        };
-        let mut secrets = InMemorySecrets::new();
-        let mut instances = Vec::new();
-        let mut webhooks = Vec::new();
-        for (index, document) in documents.into_iter().enumerate() {
-            let kind = document
-                .get("kind")
-                .and_then(|kind| kind.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let invalid = |error: serde_json::Error| {
-                parse_error(format!("document {} ({kind}): {error}", index + 1))
-            };
-            match kind.as_str() {
-                "Secret" => {
-                    let secret: SecretManifest =
-                        serde_json::from_value(document).map_err(invalid)?;
-                    let namespace = namespace_of(&secret.metadata);
-                    let name = secret.metadata.name.clone().unwrap_or_default();
-                    for (key, value) in secret.string_data {
-                        secrets.insert(&namespace, &name, &key, value);
-                    }
-                }
-                "StrapiInstance" => instances
-                    .push(serde_json::from_value::<StrapiInstance>(document).map_err(invalid)?),
-                "StrapiWebhook" => webhooks
-                    .push(serde_json::from_value::<StrapiWebhook>(document).map_err(invalid)?),
-                other => {
-                    return Err(parse_error(format!(
-                        "document {} has kind {other:?}; expected StrapiInstance, StrapiWebhook \
-                         or Secret",
-                        index + 1
-                    )));
-                }
-            }
-        }
+        let manifests = Manifests::read(&[path.to_owned()]).map_err(ManifestError::Read)?;
+        let secrets = &manifests.secrets;
         let mut accepted = BTreeMap::new();
         let mut generations = BTreeMap::new();
         let mut egress = BTreeMap::new();
-        for instance in instances {
-            let namespace = namespace_of(&instance.metadata);
-            let name = instance.metadata.name.clone().unwrap_or_default();
+        for instance in &manifests.instances {
+            let instance = &instance.object;
+            let key = key_of(&instance.metadata);
             generations.insert(
-                format!("{namespace}/{name}"),
+                key.clone(),
                 instance.metadata.generation.unwrap_or_default(),
             );
-            let secret_name = shared_secret::name(&name);
-            let read = |key: &str| {
-                secrets.resolve(
-                    &namespace,
-                    &SecretKeyRef {
-                        name: secret_name.clone(),
-                        key: key.into(),
-                    },
-                )
-            };
-            let current = read(CURRENT_KEY).map_err(|error| ManifestError::SharedSecret {
-                path: path.to_owned(),
-                instance: format!("{namespace}/{name}"),
-                message: error.to_string(),
-            })?;
-            let mut shared = vec![current];
-            let previous_valid = read(PREVIOUS_EXPIRES_KEY).map_or(true, |until| {
-                until
-                    .parse::<k8s_openapi::jiff::Timestamp>()
-                    .is_ok_and(|until| until > k8s_openapi::jiff::Timestamp::now())
-            });
-            if previous_valid {
-                shared.extend(read(PREVIOUS_KEY).ok());
-            }
-            let rules = egress_rules(instance.spec.egress.as_ref()).map_err(|message| {
-                ManifestError::Egress {
+            let shared = accepted_secrets(instance, secrets).map_err(|message| {
+                ManifestError::SharedSecret {
                     path: path.to_owned(),
-                    instance: format!("{namespace}/{name}"),
+                    instance: key.clone(),
                     message,
                 }
             })?;
-            egress.insert(format!("{namespace}/{name}"), rules);
-            accepted.insert(format!("{namespace}/{name}"), shared);
+            let rules = egress_rules(instance.spec.egress.as_ref()).map_err(|message| {
+                ManifestError::Egress {
+                    path: path.to_owned(),
+                    instance: key.clone(),
+                    message,
+                }
+            })?;
+            egress.insert(key.clone(), rules);
+            accepted.insert(key, shared);
         }
         let mut compiled = Vec::new();
-        for webhook in webhooks {
-            let namespace = namespace_of(&webhook.metadata);
-            let name = webhook.metadata.name.clone().unwrap_or_default();
-            let generation = webhook.metadata.generation.unwrap_or_default();
+        for webhook in &manifests.webhooks {
+            let meta = &webhook.object.metadata;
+            let (namespace, key) = (namespace_of(meta), key_of(meta));
+            let name = meta.name.as_deref().unwrap_or_default();
+            let generation = meta.generation.unwrap_or_default();
             let mut webhook =
-                compile_webhook(&namespace, &name, generation, &webhook.spec, &secrets).map_err(
-                    |errors| ManifestError::Webhook {
+                compile_webhook(&namespace, name, generation, &webhook.object.spec, secrets)
+                    .map_err(|errors| ManifestError::Webhook {
                         path: path.to_owned(),
-                        webhook: format!("{namespace}/{name}"),
+                        webhook: key,
                         errors,
-                    },
-                )?;
+                    })?;
             if let Some(rules) = egress.get(&webhook.instance) {
                 webhook.hold_to(rules);
             }
@@ -295,6 +207,36 @@ impl ManifestFile {
             ),
         })
     }
+}
+
+/// The shared secrets the receiver accepts from `instance`: the current one, and the previous
+/// one until it expires.
+fn accepted_secrets(
+    instance: &StrapiInstance,
+    secrets: &InMemorySecrets,
+) -> Result<Vec<String>, String> {
+    let namespace = namespace_of(&instance.metadata);
+    let secret_name = shared_secret::name(&instance.metadata.name.clone().unwrap_or_default());
+    let read = |key: &str| {
+        secrets.resolve(
+            &namespace,
+            &SecretKeyRef {
+                name: secret_name.clone(),
+                key: key.into(),
+            },
+        )
+    };
+    let current = read(CURRENT_KEY).map_err(|error| error.to_string())?;
+    let mut shared = vec![current];
+    let previous_valid = read(PREVIOUS_EXPIRES_KEY).map_or(true, |until| {
+        until
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .is_ok_and(|until| until > k8s_openapi::jiff::Timestamp::now())
+    });
+    if previous_valid {
+        shared.extend(read(PREVIOUS_KEY).ok());
+    }
+    Ok(shared)
 }
 
 impl ConfigSource for ManifestFile {
@@ -361,12 +303,30 @@ stringData: {{ secret: new, previous: old, previous-expires-at: '2000-01-01T00:0
     }
 
     #[test]
-    fn an_unknown_kind_is_refused_naming_the_document() {
-        let error = load("kind: ConfigMap\nmetadata: { name: x }\n")
+    fn other_kinds_are_skipped_and_data_is_read_like_string_data() {
+        let file = load(&format!(
+            "{INSTANCE}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: x }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: strapi-strapi-webhook-secret, namespace: cms }}
+data: {{ secret: bmV3 }}
+"
+        ))
+        .unwrap();
+        assert_eq!(file.snapshots().borrow().instances["cms/strapi"], ["new"]);
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_with_its_line() {
+        let error = load(&INSTANCE.replace("url:", "urll:"))
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("document 1 has kind \"ConfigMap\""),
+            error.contains("manifests.yaml:6: spec.urll: unknown field"),
             "{error}"
         );
     }

@@ -80,14 +80,14 @@ impl Filter {
                 })
                 .collect::<Vec<_>>()
         })?;
-        let unknown: Vec<CompileError> = program
-            .references()
-            .variables()
+        let mut free = Vec::new();
+        free_variables(program.expression(), &mut Vec::new(), &mut free);
+        let unknown: Vec<CompileError> = free
             .into_iter()
-            .filter(|name| !FILTER_VARIABLES.contains(name))
+            .filter(|name| !FILTER_VARIABLES.contains(&name.as_str()))
             .map(|name| CompileError {
                 field: field.to_owned(),
-                position: Position::of_identifier(source, name),
+                position: Position::of_identifier(source, &name),
                 message: format!(
                     "unknown variable `{name}`; a filter can use {}",
                     FILTER_VARIABLES.join(", ")
@@ -131,6 +131,63 @@ impl Filter {
             Ok(Value::Bool(matched)) => Ok(matched),
             Ok(other) => Err(FilterError::NotBoolean(describe(&other))),
             Err(error) => Err(FilterError::Evaluation(explain(error))),
+        }
+    }
+}
+
+/// The identifiers `expr` reads that no enclosing macro binds, each once, in order of first use.
+/// `cel`'s own `references()` lists a macro's loop variable too (`t` in
+/// `entry.tags.exists(t, t == "x")`), which is bound, not read from the event.
+fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, free: &mut Vec<String>) {
+    let mut visit = |expr: &IdedExpr, bound: &mut Vec<String>| free_variables(expr, bound, free);
+    match &expr.expr {
+        Expr::Ident(name) => {
+            if !bound.contains(name) && !free.contains(name) {
+                free.push(name.clone());
+            }
+        }
+        Expr::Select(select) => visit(&select.operand, bound),
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                visit(target, bound);
+            }
+            call.args.iter().for_each(|part| visit(part, bound));
+        }
+        Expr::List(list) => list.elements.iter().for_each(|item| visit(item, bound)),
+        Expr::Map(map) => map_entries(&map.entries, bound, &mut visit),
+        Expr::Struct(structure) => map_entries(&structure.entries, bound, &mut visit),
+        Expr::Comprehension(comprehension) => {
+            visit(&comprehension.iter_range, bound);
+            visit(&comprehension.accu_init, bound);
+            let depth = bound.len();
+            bound.push(comprehension.accu_var.clone());
+            bound.push(comprehension.iter_var.clone());
+            bound.extend(comprehension.iter_var2.clone());
+            for part in [
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ] {
+                visit(part, bound);
+            }
+            bound.truncate(depth);
+        }
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+fn map_entries(
+    entries: &[cel::common::ast::IdedEntryExpr],
+    bound: &mut Vec<String>,
+    visit: &mut impl FnMut(&IdedExpr, &mut Vec<String>),
+) {
+    for entry in entries {
+        match &entry.expr {
+            EntryExpr::StructField(field) => visit(&field.value, bound),
+            EntryExpr::MapEntry(pair) => {
+                visit(&pair.key, bound);
+                visit(&pair.value, bound);
+            }
         }
     }
 }
@@ -301,7 +358,6 @@ mod tests {
     #[test]
     fn nested_macros_over_long_lists_exceed_the_cost_budget() {
         let l = list(100);
-        // Loop variables are named after filter variables: other names are refused today.
         let bomb = format!(
             "{l}.all(event, {l}.all(model, {l}.all(uid, {l}.all(media, event + model + uid + media >= 0))))"
         );
@@ -315,6 +371,27 @@ mod tests {
         Filter::compile("filter", "entry.tags.exists(uid, uid == 'news')").unwrap();
         let two = format!("{l}.all(uid, {}.exists(media, uid == media))", list(10));
         Filter::compile("filter", &two).unwrap();
+    }
+
+    #[test]
+    fn macro_loop_variables_are_bound_not_unknown() {
+        Filter::compile("filter", "entry.tags.exists(t, t == 'x')").unwrap();
+        Filter::compile("filter", "entry.tags.all(t, ['a', 'b'].exists(i, i == t))").unwrap();
+        Filter::compile("filter", "entry.tags.map(t, t + 'x').size() > 0").unwrap();
+        // The loop variable is bound only inside its macro.
+        let errors =
+            Filter::compile("filter", "entry.tags.exists(t, t == 'x') && t == 'y'").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("unknown variable `t`"),
+            "{errors:?}"
+        );
+        // Still refused: a name the event does not have.
+        let errors = Filter::compile("filter", "author == 'x'").unwrap_err();
+        assert!(
+            errors[0].message.contains("unknown variable `author`"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use minijinja::{
     value::Kwargs,
 };
 
-use super::{CompileError, Position};
+use super::{CompileError, Position, filter::FILTER_VARIABLES};
 
 /// Instructions one render may run (minijinja's fuel): far above what a payload template
 /// needs, far below a loop that would hold a worker for seconds.
@@ -71,8 +71,65 @@ impl Templates {
                     .detail()
                     .map_or_else(|| error.kind().to_string(), str::to_owned),
             })?;
+        if let Some(error) = self.unknown_names(field, source).into_iter().next() {
+            return Err(error);
+        }
         self.sources.push((field.to_owned(), source.to_owned()));
         Ok(())
+    }
+
+    /// Variables the event context does not have (`{{ author }}` for `{{ entry.author }}`) and
+    /// filters or tests the environment does not know: minijinja only notices either when a
+    /// render reaches them, which would be at the first event.
+    fn unknown_names(&self, field: &str, source: &str) -> Vec<CompileError> {
+        let Ok(template) = self.env.get_template(field) else {
+            return Vec::new();
+        };
+        let globals: Vec<&str> = self.env.globals().map(|(name, _)| name).collect();
+        let mut variables: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|name| !FILTER_VARIABLES.contains(&name.as_str()))
+            .filter(|name| !globals.contains(&name.as_str()))
+            .collect();
+        variables.sort();
+        let mut errors: Vec<CompileError> = variables
+            .into_iter()
+            .map(|name| CompileError {
+                field: field.to_owned(),
+                position: Position::of_identifier(source, &name),
+                message: format!(
+                    "unknown variable `{name}`; a template can use {} (and names it sets)",
+                    FILTER_VARIABLES.join(", ")
+                ),
+            })
+            .collect();
+        for (kind, name, offset) in filters_and_tests(source) {
+            if !self.knows(kind, name) {
+                errors.push(CompileError {
+                    field: field.to_owned(),
+                    position: Some(Position::of_offset(source, offset)),
+                    message: format!("unknown {kind} `{name}`"),
+                });
+            }
+        }
+        errors
+    }
+
+    /// Whether the environment has this filter or test. minijinja keeps its registry private,
+    /// so this asks it the way a template would and looks for its "unknown" error.
+    fn knows(&self, kind: &str, name: &str) -> bool {
+        let probe = match kind {
+            "filter" => format!("{{{{ none | {name} }}}}"),
+            _ => format!("{{{{ none is {name} }}}}"),
+        };
+        match self.env.render_str(&probe, ()) {
+            Ok(_) => true,
+            Err(error) => !matches!(
+                error.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownTest
+            ),
+        }
     }
 
     /// Renders the template kept under `field` (registered by [`Templates::add`]): in a tenant
@@ -125,6 +182,37 @@ impl io::Write for Capped {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Every filter (`| name`, `{% filter name %}`) and test (`is name`, `is not name`) a template
+/// applies, with the byte offset of its name.
+fn filters_and_tests(source: &str) -> Vec<(&'static str, &str, usize)> {
+    let tokens: Vec<(Token, usize)> =
+        tokenize(source, false, SyntaxConfig, WhitespaceConfig::default())
+            .map_while(Result::ok)
+            .map(|(token, span)| (token, usize::try_from(span.start_offset).unwrap_or(0)))
+            .collect();
+    let mut found = Vec::new();
+    for (index, (token, _)) in tokens.iter().enumerate() {
+        let next = |skip: usize| match tokens.get(index + skip) {
+            Some((Token::Ident(name), offset)) => Some((*name, *offset)),
+            _ => None,
+        };
+        let applied = match token {
+            Token::Pipe => next(1).map(|(name, offset)| ("filter", name, offset)),
+            Token::BlockStart if next(1).is_some_and(|(word, _)| word == "filter") => {
+                next(2).map(|(name, offset)| ("filter", name, offset))
+            }
+            Token::Ident("is") => match next(1) {
+                Some(("not", _)) => next(2),
+                other => other,
+            }
+            .map(|(name, offset)| ("test", name, offset)),
+            _ => None,
+        };
+        found.extend(applied);
+    }
+    found
 }
 
 /// Refuses the `*` operator, returning its byte offset. On a string it repeats it: minijinja
@@ -229,17 +317,16 @@ mod tests {
         templates
             .add(
                 "http.body",
-                r#"{"name": {{ name }}, "raw": {{ raw | safe }}}"#,
+                r#"{"name": {{ entry.name }}, "raw": {{ entry.raw | safe }}}"#,
             )
             .unwrap();
         templates
             .add(
                 "slack.text",
-                "<https://cms|CMS>: {{ name }} {{ raw | safe }}",
+                "<https://cms|CMS>: {{ entry.name }} {{ entry.raw | safe }}",
             )
             .unwrap();
-        let context =
-            minijinja::context! { name => r#"Bob", "admin": true, "x": "<!channel>"#, raw => "1" };
+        let context = minijinja::context! { entry => minijinja::context! { name => r#"Bob", "admin": true, "x": "<!channel>"#, raw => "1" } };
         let body = templates.render("http.body", &context).unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed["name"], r#"Bob", "admin": true, "x": "<!channel>"#);
@@ -249,6 +336,47 @@ mod tests {
             templates.render("slack.text", &context).unwrap(),
             r#"<https://cms|CMS>: Bob", "admin": true, "x": "&lt;!channel&gt; 1"#
         );
+    }
+
+    #[test]
+    fn unknown_variables_filters_and_tests_are_refused_at_compile_time() {
+        let error = Templates::new()
+            .add("slack.text", "New comment by {{ author }}")
+            .unwrap_err();
+        assert!(
+            error.message.contains("unknown variable `author`"),
+            "{error}"
+        );
+        assert_eq!(
+            error.position,
+            Some(Position {
+                line: 1,
+                column: 19
+            })
+        );
+        let error = Templates::new()
+            .add("slack.text", "{{ entry.title | shout }}")
+            .unwrap_err();
+        assert_eq!(error.message, "unknown filter `shout`");
+        let error = Templates::new()
+            .add(
+                "slack.text",
+                "{% if entry.title is not shouting %}x{% endif %}",
+            )
+            .unwrap_err();
+        assert_eq!(error.message, "unknown test `shouting`");
+        // Loop variables, `set`, globals, our own and built-in filters and tests are known.
+        for fine in [
+            "{% for tag in entry.tags %}{{ tag | upper }}{% endfor %}",
+            "{% set title = entry.title | truncate(10) %}{{ title | slack_escape }}",
+            "{% for i in range(3) %}{{ loop.index }}{% endfor %}",
+            "{{ entry.title | default('x') }}{% if entry.slug is defined %}y{% endif %}",
+            "{% filter upper %}{{ model }}{% endfilter %}{{ entry | tojson }}",
+        ] {
+            Templates::new()
+                .add("slack.text", fine)
+                .unwrap_or_else(|error| panic!("{fine}: {error}"));
+        }
     }
 
     #[test]

@@ -156,6 +156,22 @@ impl SinkClient {
     }
 }
 
+/// The request `sink` would receive for `payloads`, built as a delivery builds it but not sent
+/// (`render` shows it). Signature headers are computed with the sink's keys.
+pub fn preview(
+    sink: &SinkConfig,
+    delivery_id: &str,
+    payloads: &[Payload],
+) -> Result<reqwest::Request, String> {
+    let http = crate::http::client_builder()
+        .build()
+        .map_err(crate::http::describe_error)?;
+    request(&http, sink, delivery_id, payloads)?
+        .header(WEBHOOK_ID_HEADER, delivery_id)
+        .build()
+        .map_err(crate::http::describe_error)
+}
+
 fn request(
     http: &reqwest::Client,
     sink: &SinkConfig,

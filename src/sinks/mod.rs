@@ -10,7 +10,7 @@ mod egress;
 
 use std::{fmt, time::Duration};
 
-pub use client::{SinkClient, SinkClientError};
+pub use client::{SinkClient, SinkClientError, preview};
 pub use contract::Outcome;
 pub use egress::{EgressBase, EgressPolicy, EgressRules};
 pub use reqwest::{

@@ -4,6 +4,7 @@
 //! alone, removal), end-to-end verification, status and Events.
 
 mod fake_api;
+mod health;
 #[path = "../support/receiver.rs"]
 mod receiver_support;
 mod routed;
@@ -259,6 +260,7 @@ async fn an_instance_is_registered_once_with_the_union_of_events_and_verified() 
     );
     assert!(message.contains("401"), "{message}");
     assert_eq!(world.condition("Ready").0, "False");
+    health::assert_argo_health(&world.api.get(&world.instance_path()).unwrap(), "Degraded");
     assert_eq!(world.status()["registrationId"], json!(registration.id));
     assert_eq!(world.status()["webhooks"], json!(2));
 
@@ -274,6 +276,8 @@ async fn an_instance_is_registered_once_with_the_union_of_events_and_verified() 
         world.condition("Verified")
     );
     assert_eq!(world.condition("Ready").0, "True");
+    health::assert_argo_health(&world.api.get(&world.instance_path()).unwrap(), "Healthy");
+    health::assert_flux_ready_rule(&world.api);
     assert!(world.status()["lastVerifiedTime"].is_string());
     assert_eq!(
         world.registrations().await.len(),
@@ -388,6 +392,8 @@ async fn an_unreachable_strapi_is_reported_not_hidden() {
         ("False", "StrapiUnreachable")
     );
     assert_eq!(world.status()["observedGeneration"], json!(1));
+    health::assert_argo_health(&world.api.get(&world.instance_path()).unwrap(), "Degraded");
+    health::assert_flux_ready_rule(&world.api);
 }
 
 impl World {
@@ -464,6 +470,8 @@ async fn a_valid_webhook_becomes_ready_once_its_events_are_registered() {
     );
     assert_eq!(condition_of(&status, "Ready").0, "False");
     assert_eq!(status["observedGeneration"], json!(3));
+    let articles = world.webhook_path("articles");
+    health::assert_argo_health(&world.api.get(&articles).unwrap(), "Progressing");
 
     world.reconcile().await.unwrap();
     world.reconcile().await.unwrap();
@@ -481,6 +489,7 @@ async fn a_valid_webhook_becomes_ready_once_its_events_are_registered() {
         message.contains("does not route this webhook yet"),
         "{message}"
     );
+    health::assert_argo_health(&world.api.get(&articles).unwrap(), "Progressing");
 
     // The receiver loads it, as the cluster source would once it sees the webhook.
     let compiled = strapi_webhook_operator::config::compile_webhook(
@@ -500,6 +509,8 @@ async fn a_valid_webhook_becomes_ready_once_its_events_are_registered() {
     let status = world.reconcile_webhook(webhook).await;
     assert_eq!(condition_of(&status, "Routed").0, "True", "{status:#}");
     assert_eq!(condition_of(&status, "Ready").0, "True", "{status:#}");
+    health::assert_argo_health(&world.api.get(&articles).unwrap(), "Healthy");
+    health::assert_flux_ready_rule(&world.api);
     // `article` exists in the test Strapi.
     assert_eq!(condition_of(&status, "ModelsKnown").0, "True", "{status:#}");
     assert_eq!(
@@ -543,6 +554,11 @@ async fn an_invalid_webhook_reports_each_problem_with_its_field() {
     assert!(message.contains("no-such-model"), "{message}");
     let (ready, reason, _) = condition_of(&status, "Ready");
     assert_eq!((ready.as_str(), reason.as_str()), ("False", "RouteInvalid"));
+    health::assert_argo_health(
+        &world.api.get(&world.webhook_path("comments")).unwrap(),
+        "Degraded",
+    );
+    health::assert_flux_ready_rule(&world.api);
     assert!(
         world
             .api

@@ -1,13 +1,21 @@
-//! Reading local mode's YAML: the same `StrapiInstance`, `StrapiWebhook` and `Secret` manifests
-//! that go to a cluster, from files and folders, with every problem tied to a file and a line.
+//! Reading manifests: the same `StrapiInstance`, `StrapiWebhook` and `Secret` YAML that goes to
+//! a cluster, from files and folders, with every problem tied to a file, a line and a field. The
+//! receiver's file source, local mode and `validate`/`render` all read through here, so they
+//! agree on what a file means.
 //!
 //! Each file is cut into its `---`-separated documents and each document is deserialized straight
 //! into its Rust type from text padded to its position in the file, so the YAML parser's own line
-//! and column point into the file the user edits. Problems are collected across all files rather
-//! than stopping at the first, so one save shows everything that is wrong.
+//! and column point into the file the user edits. Documents of the operator's kinds pass the
+//! API server's admission first ([`admission`]: the CRD schema, its CEL rules, and unknown fields
+//! refused as strict field validation does). Other Kubernetes objects (a GitOps folder's
+//! Deployments, ConfigMaps, Kustomizations) are skipped. Objects without a namespace are put in
+//! `default`, as `kubectl apply` does, here and nowhere else. Problems are collected across all
+//! files rather than stopping at the first, so one run shows everything that is wrong.
+
+pub mod admission;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -25,23 +33,30 @@ use crate::{
 /// The API group of the operator's kinds; a document in it with another kind is a typo.
 const API_GROUP: &str = "webhooks.strapi-operator.dev/";
 
-/// One thing wrong with the configuration, where it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One thing wrong with the configuration, where it is: `file:line: field: reason`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// The file.
     pub file: PathBuf,
     /// 1-based line, when the problem has a position.
     pub line: Option<usize>,
+    /// The field, as a path such as `spec.routes[2].filter`, when the problem is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// What is wrong.
     pub reason: String,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.reason),
-            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        write!(f, "{}:", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, "{line}:")?;
         }
+        if let Some(field) = &self.field {
+            write!(f, " {field}:")?;
+        }
+        write!(f, " {}", self.reason)
     }
 }
 
@@ -69,6 +84,7 @@ impl<T> Located<T> {
         Problem {
             file: self.file.clone(),
             line: Some(self.line),
+            field: None,
             reason: reason.into(),
         }
     }
@@ -77,6 +93,7 @@ impl<T> Located<T> {
     pub fn problem_at(&self, field: &str, reason: impl Into<String>) -> Problem {
         Problem {
             line: Some(self.lines.find(field).unwrap_or(self.line)),
+            field: Some(field.to_owned()),
             ..self.problem(reason)
         }
     }
@@ -91,6 +108,8 @@ pub struct Manifests {
     pub webhooks: Vec<Located<StrapiWebhook>>,
     /// Values of every `Secret` found, `stringData` and (base64) `data` alike.
     pub secrets: InMemorySecrets,
+    /// `(namespace, name)` of every `Secret` in the files, even one without keys.
+    pub secret_names: BTreeSet<(String, String)>,
 }
 
 /// The files `paths` stand for: a file as given, a folder as its `*.yaml` and `*.yml` files
@@ -115,6 +134,7 @@ pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Problems> {
             Err(error) => problems.push(Problem {
                 file: path.clone(),
                 line: None,
+                field: None,
                 reason: format!("cannot list the folder: {error}"),
             }),
         }
@@ -136,19 +156,7 @@ impl Manifests {
     /// Reads every file of `paths` (see [`expand`]). Any problem in any file fails the whole
     /// load, so a half-edited folder never becomes a half-applied configuration.
     pub fn read(paths: &[PathBuf]) -> Result<Self, Problems> {
-        let mut manifests = Manifests::default();
-        let mut problems = Vec::new();
-        for file in expand(paths)? {
-            match std::fs::read_to_string(&file) {
-                Ok(text) => manifests.add_file(&file, &text, &mut problems),
-                Err(error) => problems.push(Problem {
-                    file,
-                    line: None,
-                    reason: format!("cannot read the file: {error}"),
-                }),
-            }
-        }
-        problems.extend(manifests.duplicates());
+        let (manifests, problems) = Self::load(paths);
         if problems.is_empty() {
             Ok(manifests)
         } else {
@@ -156,11 +164,50 @@ impl Manifests {
         }
     }
 
+    /// Reads every file of `paths` and returns what read cleanly with every problem found, for
+    /// callers that report rather than refuse (`validate`). A document with a problem is left
+    /// out.
+    pub fn load(paths: &[PathBuf]) -> (Self, Vec<Problem>) {
+        let mut manifests = Manifests::default();
+        let files = match expand(paths) {
+            Ok(files) => files,
+            Err(problems) => return (manifests, problems.0),
+        };
+        let mut problems = Vec::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => manifests.add_file(&file, &text, &mut problems),
+                Err(error) => problems.push(Problem {
+                    file,
+                    line: None,
+                    field: None,
+                    reason: format!("cannot read the file: {error}"),
+                }),
+            }
+        }
+        problems.extend(manifests.duplicates());
+        (manifests, problems)
+    }
+
+    /// Whether the files hold the Secret `namespace/name` (with or without keys).
+    pub fn has_secret(&self, namespace: &str, name: &str) -> bool {
+        self.secret_names
+            .contains(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// The instance with this `namespace/name`.
+    pub fn instance(&self, key: &str) -> Option<&Located<StrapiInstance>> {
+        self.instances
+            .iter()
+            .find(|instance| key_of(&instance.object.metadata) == key)
+    }
+
     fn add_file(&mut self, file: &Path, text: &str, problems: &mut Vec<Problem>) {
         for (line, document) in documents(text) {
             let problem = |reason: String| Problem {
                 file: file.to_owned(),
                 line: Some(line),
+                field: None,
                 reason,
             };
             let header: serde_json::Value = match serde_saphyr::from_str(&document) {
@@ -178,24 +225,12 @@ impl Manifests {
             let api_version = text_of("apiVersion").unwrap_or_default();
             match kind {
                 "StrapiInstance" => {
-                    if let Some(object) = typed(file, line, &document, problems) {
-                        self.instances.push(Located {
-                            file: file.to_owned(),
-                            line,
-                            lines: Arc::new(Lines::of(&document)),
-                            object,
-                        });
-                    }
+                    let located = admitted(file, line, &document, &header, problems);
+                    self.instances.extend(located);
                 }
                 "StrapiWebhook" => {
-                    if let Some(object) = typed(file, line, &document, problems) {
-                        self.webhooks.push(Located {
-                            file: file.to_owned(),
-                            line,
-                            lines: Arc::new(Lines::of(&document)),
-                            object,
-                        });
-                    }
+                    let located = admitted(file, line, &document, &header, problems);
+                    self.webhooks.extend(located);
                 }
                 "Secret" => {
                     if let Some(secret) = typed::<Secret>(file, line, &document, problems) {
@@ -217,6 +252,7 @@ impl Manifests {
     fn add_secret(&mut self, secret: &Secret) {
         let namespace = namespace_of(&secret.metadata);
         let name = secret.metadata.name.clone().unwrap_or_default();
+        self.secret_names.insert((namespace.clone(), name.clone()));
         for (key, value) in secret.data.iter().flatten() {
             if let Ok(value) = String::from_utf8(value.0.clone()) {
                 self.secrets.insert(&namespace, &name, key, value);
@@ -309,6 +345,45 @@ fn documents(text: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// A document of one of the operator's kinds, if the API server would admit it: every
+/// admission error becomes a problem at its field's line, and the typed object is read only
+/// from an admitted document (so one mistake is not reported twice), in its namespace.
+fn admitted<K>(
+    file: &Path,
+    line: usize,
+    document: &str,
+    raw: &serde_json::Value,
+    problems: &mut Vec<Problem>,
+) -> Option<Located<K>>
+where
+    K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let located = Located {
+        file: file.to_owned(),
+        line,
+        lines: Arc::new(Lines::of(document)),
+        object: (),
+    };
+    let errors = admission::admission_errors(&K::kind(&()), raw);
+    if !errors.is_empty() {
+        problems.extend(
+            errors
+                .into_iter()
+                .map(|error| located.problem_at(&error.field, error.message)),
+        );
+        return None;
+    }
+    let mut object: K = typed(file, line, document, problems)?;
+    let meta = object.meta_mut();
+    meta.namespace = Some(namespace_of(meta));
+    Some(Located {
+        file: located.file,
+        line,
+        lines: located.lines,
+        object,
+    })
+}
+
 fn typed<T: DeserializeOwned>(
     file: &Path,
     line: usize,
@@ -329,6 +404,7 @@ fn yaml_problem(file: &Path, document_line: usize, error: &serde_saphyr::Error) 
     Problem {
         file: file.to_owned(),
         line: Some(location.map_or(document_line, |location| location.line() as usize)),
+        field: None,
         reason: match location {
             Some(location) => format!("column {}: {message}", location.column()),
             None => message.into_owned(),
