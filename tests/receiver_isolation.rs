@@ -410,31 +410,37 @@ async fn a_second_receiver_on_the_same_sqlite_file_exits_naming_it() {
     );
 }
 
-/// Seconds of CPU this process's children (the tenant processes) have used so far, live ones
-/// and waited-for ones together.
-fn children_cpu_seconds() -> f64 {
+/// Seconds of CPU used so far by this process (`own`) and by its children, the tenant processes
+/// (`children`: live ones and those already waited for).
+struct CpuSeconds {
+    own: f64,
+    children: f64,
+}
+
+fn cpu_seconds() -> CpuSeconds {
     let ticks_per_second = 100.0; // USER_HZ on Linux
-    let mut ticks = 0u64;
     let fields = |stat: &str| -> Vec<u64> {
-        // After the `(comm)` field; utime and stime are the 14th and 15th fields of the line.
+        // The fields after `(comm)`: utime, stime, cutime and cstime are the 12th to 15th.
         let rest = &stat[stat.rfind(')').map_or(0, |end| end + 2)..];
         rest.split_whitespace()
             .map(|field| field.parse().unwrap_or(0))
             .collect()
     };
-    let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let own = fields(&own);
-    ticks += own[13] + own[14]; // cutime, cstime: children already waited for
+    let own = fields(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let mut children = own[13] + own[14];
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace() {
+        let listed = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in listed.split_whitespace() {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
                 let stat = fields(&stat);
-                ticks += stat[11] + stat[12];
+                children += stat[11] + stat[12];
             }
         }
     }
-    ticks as f64 / ticks_per_second
+    CpuSeconds {
+        own: (own[11] + own[12]) as f64 / ticks_per_second,
+        children: children as f64 / ticks_per_second,
+    }
 }
 
 /// A webhook whose one route's template or filter is `route` (fields `filter`/`http`), beside
@@ -536,8 +542,8 @@ async fn a_template_that_grows_a_string_past_the_memory_limit_is_dead_lettered_n
 async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
     let (normal_sink, hostile_sink) = (CaptureSink::start().await, CaptureSink::start().await);
     // Within the cost budget (event lists are assumed to hold 1,000 elements), but the event
-    // below carries 200,000: 30 million comparisons, seconds even in a release build.
-    let numbers: Vec<String> = (1..=150).map(|n| n.to_string()).collect();
+    // below carries 200,000: 20 million comparisons, seconds even in a release build.
+    let numbers: Vec<String> = (1..=100).map(|n| n.to_string()).collect();
     let filter = format!(
         "entry.tags.exists(t, [{}].exists(u, u == t))",
         numbers.join(", ")
@@ -551,7 +557,6 @@ async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
     let http = support::client();
     let mut event = article_event(1);
     event["entry"]["tags"] = json!(vec![0; 200_000]);
-    let cpu_before = children_cpu_seconds();
     let status = receiver.post(&http, &event).await;
     assert!(status.is_success(), "{status}");
     normal_sink
@@ -561,13 +566,20 @@ async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
     assert_eq!(dead.len(), 1, "the filtered delivery is dead-lettered");
     let error = dead[0].last_error.as_deref().unwrap_or_default();
     assert!(error.contains("time limit"), "the reason names the bound: {error}");
-    // The evaluation was stopped, not left running: over a few seconds the tenant processes
-    // used at most their time limit of CPU.
+    // The evaluation was stopped (its tenant process is killed after 1 s), not left running:
+    // over the next seconds neither this process nor the tenant processes keep a core busy
+    // with it. (Left running in a thread here, it used 1.2 s of these 3 s on a machine with a
+    // load of 18 on 2 cores; stopped, 0.00 s.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cpu_seconds();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let used = children_cpu_seconds() - cpu_before;
+    let after = cpu_seconds();
+    let (own, children) = (after.own - before.own, after.children - before.children);
+    eprintln!("CPU in 3 s: {own:.2} s here, {children:.2} s in tenant processes; {error}");
     assert!(
-        used < 2.0,
-        "tenant processes used {used:.1} s of CPU; the evaluation kept running"
+        own < 0.5 && children < 0.5,
+        "{own:.1} s of CPU here and {children:.1} s in tenant processes in 3 s: the evaluation \
+         kept running"
     );
     assert!(hostile_sink.received().is_empty());
     receiver.shutdown().await;
