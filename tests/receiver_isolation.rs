@@ -11,7 +11,9 @@ use serde_json::json;
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
-    queue::{DeliveryFilter, DeliveryState, NewDelivery, NewEvent, SinkKey, now_millis},
+    queue::{
+        DeliveryFilter, DeliveryState, NewDelivery, NewEvent, RoutedEvent, SinkKey, now_millis,
+    },
     receiver::source::Snapshot,
 };
 use support::{CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec};
@@ -44,13 +46,21 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
             dedup_window_ms: 0,
             recovered: false,
             versions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let unrouted = queue.unrouted(10).await.unwrap();
+    assert_eq!(unrouted.len(), 1);
+    queue
+        .route(vec![RoutedEvent {
+            event: unrouted.into_iter().next().unwrap(),
             deliveries: vec![NewDelivery {
                 id: "poison".into(),
                 sink: crm.clone(),
                 route: "to-crm".into(),
                 dead_on_arrival: None,
             }],
-        })
+        }])
         .await
         .unwrap();
     // Earlier runs of the receiver claimed it and died before any outcome, three times (the
