@@ -20,10 +20,12 @@ use crate::{
     routing::CompiledRoute,
 };
 
-/// How long the router waits for one webhook's route filters on one event. Filters are bounded
-/// by their cost budget when loaded, so this only catches one that is slow on a pathological
-/// event; its deliveries are stored dead with the reason.
-pub const FILTER_TIME_LIMIT: Duration = Duration::from_millis(100);
+/// How long the router waits for one webhook's route filters on one event, counted from when
+/// they start. Filters are bounded by their cost budget when loaded, so this only catches one
+/// that is slow on a pathological event (its deliveries are stored dead with the reason). Strapi
+/// no longer waits on filters, so the limit leaves room for a filter near its budget on a busy
+/// machine (the template limit is the same) rather than dead-lettering it.
+pub const FILTER_TIME_LIMIT: Duration = Duration::from_secs(1);
 
 /// Events routed per batch (one queue transaction). The batch's events are evaluated at once,
 /// so one slow filter holds a batch up by at most [`FILTER_TIME_LIMIT`].
