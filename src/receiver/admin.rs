@@ -173,6 +173,15 @@ async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {
         .metrics
         .ready
         .set(i64::from(readiness(&state).is_ok()));
+    match state.queue.unrouted_count().await {
+        Ok(unrouted) => {
+            state
+                .metrics
+                .unrouted
+                .set(i64::try_from(unrouted).unwrap_or(i64::MAX));
+        }
+        Err(error) => tracing::warn!(%error, "counting unrouted events failed"),
+    }
     // Depth and holds are read at scrape time, so they are exact rather than event-driven.
     match state.queue.counters().await {
         Ok(counters) => {
