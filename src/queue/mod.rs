@@ -606,3 +606,25 @@ impl fmt::Debug for dyn Queue {
         f.write_str("Queue")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::delivery_id;
+
+    #[test]
+    fn delivery_ids_are_fixed_by_event_webhook_and_route_and_sort_by_event() {
+        let earlier = uuid::Uuid::now_v7().to_string();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = uuid::Uuid::now_v7().to_string();
+        let id = delivery_id(&earlier, "cms/site", "to-crm");
+        assert_eq!(id, delivery_id(&earlier, "cms/site", "to-crm"));
+        assert_ne!(id, delivery_id(&earlier, "cms/site", "to-erp"));
+        assert_ne!(id, delivery_id(&earlier, "cms/other", "to-crm"));
+        assert!(id < delivery_id(&later, "cms/site", "to-crm"));
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+        // Ids that are not UUIDs (hand-made in tests) still give a stable, valid one.
+        let odd = delivery_id("event-1", "cms/site", "to-crm");
+        assert_eq!(odd, delivery_id("event-1", "cms/site", "to-crm"));
+        assert!(uuid::Uuid::parse_str(&odd).is_ok());
+    }
+}

@@ -1473,6 +1473,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unrouted_event_outlives_a_restart_and_prune_and_is_routed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            let (stored, _) = event("e1", None, &[]);
+            queue.ingest(stored).await.unwrap();
+            assert_eq!(queue.unrouted_count().await.unwrap(), 1);
+        }
+        let queue = SqliteQueue::open(&path).unwrap();
+        queue.prune(now_millis() + 60_000).await.unwrap();
+        let unrouted = queue.unrouted(10).await.unwrap();
+        assert_eq!(
+            unrouted.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e1"]
+        );
+        let (_, deliveries) = event("e1", None, &["next"]);
+        let routed = RoutedEvent {
+            event: unrouted[0].clone(),
+            deliveries,
+        };
+        queue.route(vec![routed.clone()]).await.unwrap();
+        // A routing retried (the first one's answer was lost) stores nothing more.
+        queue.route(vec![routed]).await.unwrap();
+        assert!(queue.unrouted(10).await.unwrap().is_empty());
+        assert_eq!(queue.unrouted_count().await.unwrap(), 0);
+        let claimed = queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_known_instances_are_replaced_and_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let known = |instance: &str, digest: &str| {
+            KnownInstances::from([(
+                instance.to_owned(),
+                KnownInstance {
+                    secret_digests: vec![digest.to_owned()],
+                    generation: Some(3),
+                },
+            )])
+        };
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            assert!(queue.known_instances().await.unwrap().is_empty());
+            queue
+                .save_known_instances(known("cms/old", "aa"))
+                .await
+                .unwrap();
+            queue
+                .save_known_instances(known("cms/strapi", "bb"))
+                .await
+                .unwrap();
+        }
+        let queue = SqliteQueue::open(&path).unwrap();
+        assert_eq!(
+            queue.known_instances().await.unwrap(),
+            known("cms/strapi", "bb")
+        );
+    }
+
+    #[tokio::test]
     async fn a_second_queue_on_the_same_file_is_refused_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
