@@ -11,10 +11,10 @@
 //! is logged and counted.
 //!
 //! Until the live configuration has loaded (right after a restart), calls are authenticated
-//! against the last known one persisted with the queue ([`KnownInstances`]: digests of the
-//! shared secrets): a known instance's events are stored and answered 2xx, and wait for the live
-//! configuration to be routed; an instance not known there gets 503 (not 404: the receiver does
-//! not know yet).
+//! against the last known one persisted with the queue ([`crate::queue::KnownInstances`]:
+//! digests of the shared secrets): a known instance's events are stored and answered 2xx, and
+//! wait for the live configuration to be routed; an instance not known there gets 503 (not 404:
+//! the receiver does not know yet).
 
 use std::{sync::Arc, time::Instant};
 
