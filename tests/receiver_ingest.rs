@@ -1,5 +1,6 @@
 //! Ingest: what Strapi's calls are answered, and what is (and is not) stored. The routers are
-//! driven with `oneshot`; the queue is a real SQLite file.
+//! driven with `oneshot`, the event router runs as in the receiver; the queue is a real SQLite
+//! file.
 
 #[path = "support/receiver.rs"]
 mod support;
@@ -21,6 +22,7 @@ use strapi_webhook_operator::{
     receiver::{
         ReceiverSettings, ReceiverState, admin,
         ingest::{self, SECRET_HEADER},
+        router,
         source::StaticSource,
     },
 };
@@ -30,6 +32,7 @@ use tower::ServiceExt;
 struct Harness {
     state: Arc<ReceiverState>,
     source: StaticSource,
+    _stop: tokio::sync::watch::Sender<bool>,
     _store: support::TestStore,
 }
 
@@ -44,9 +47,13 @@ impl Harness {
             admin_token: Some(support::admin_token()),
             ..ReceiverSettings::default()
         };
+        let state = ReceiverState::new(queue, &source, settings).unwrap();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(router::run(Arc::clone(&state), stopping));
         Self {
-            state: ReceiverState::new(queue, &source, settings).unwrap(),
+            state,
             source,
+            _stop: stop,
             _store: store,
         }
     }
@@ -75,7 +82,13 @@ impl Harness {
             .await
     }
 
+    /// Deliveries stored, once the router has routed every stored event.
     async fn stored(&self) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.state.queue.unrouted_count().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "events stay unrouted");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let filter = DeliveryFilter {
             limit: 10_000,
             ..DeliveryFilter::default()
@@ -110,8 +123,11 @@ async fn a_wrong_or_missing_secret_is_401_without_detail_and_stores_nothing() {
         .ingest(strapi_call(Some(SECRET), "application/json", event))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["deliveries"], 1);
+    assert_eq!(body["routing"], "pending");
+    assert!(body["id"].is_string());
     assert_eq!(harness.stored().await, 1);
+    let (_, stats) = harness.admin_get("/v1/stats").await;
+    assert_eq!(stats["unrouted"], 0, "{stats}");
 }
 
 #[tokio::test]
@@ -256,8 +272,13 @@ async fn strapis_duplicate_delete_is_stored_once_and_unknown_events_are_kept() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["deliveries"], 0);
+    assert_eq!(body["routing"], "pending");
     assert!(body["id"].is_string());
+    assert_eq!(
+        harness.stored().await,
+        1,
+        "no route takes the unknown event"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use serde_json::json;
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
-    queue::{DeliveryFilter, DeliveryState, NewDelivery, NewEvent, SinkKey, now_millis},
+    queue::{
+        DeliveryFilter, DeliveryState, NewDelivery, NewEvent, RoutedEvent, SinkKey, now_millis,
+    },
     receiver::source::Snapshot,
 };
 use support::{CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec};
@@ -44,13 +46,21 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
             dedup_window_ms: 0,
             recovered: false,
             versions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let unrouted = queue.unrouted(10).await.unwrap();
+    assert_eq!(unrouted.len(), 1);
+    queue
+        .route(vec![RoutedEvent {
+            event: unrouted.into_iter().next().unwrap(),
             deliveries: vec![NewDelivery {
                 id: "poison".into(),
                 sink: crm.clone(),
                 route: "to-crm".into(),
                 dead_on_arrival: None,
             }],
-        })
+        }])
         .await
         .unwrap();
     // Earlier runs of the receiver claimed it and died before any outcome, three times (the
@@ -582,5 +592,67 @@ async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
          kept running"
     );
     assert!(hostile_sink.received().is_empty());
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_acknowledged_while_the_router_waits_on_tenant_filters_and_routed_after() {
+    use strapi_webhook_operator::receiver::tenant;
+    const EVENTS: usize = 20;
+    let sink = CaptureSink::start().await;
+    let mut spec = serde_json::to_value(webhook_spec(&[("crm", sink.url())])).unwrap();
+    spec["routes"][0]["filter"] = json!("true");
+    let receiver = TestReceiver::start(snapshot(&serde_json::from_value(spec).unwrap())).await;
+    // Every filter slot held by an evaluation that ends only when the test lets it: the router
+    // cannot evaluate this webhook's filter until then.
+    let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let mut gates = Vec::new();
+    for _ in 0..tenant::SLOTS {
+        let (gate, wait) = std::sync::mpsc::channel::<()>();
+        gates.push(gate);
+        let started = started.clone();
+        tokio::spawn(tenant::run(
+            tenant::Kind::Filter,
+            Duration::from_secs(600),
+            move || {
+                started.send(()).unwrap();
+                // Returns when the test drops the gate.
+                let _ = wait.recv();
+            },
+        ));
+    }
+    for _ in 0..tenant::SLOTS {
+        running.recv().await.unwrap();
+    }
+
+    let http = support::client();
+    for n in 0..EVENTS {
+        let status = receiver.post(&http, &article_event(n)).await;
+        assert!(status.is_success(), "event {n}: {status}");
+    }
+    let stats: serde_json::Value = http
+        .get(format!("{}/v1/stats", receiver.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["unrouted"], EVENTS, "{stats}");
+    assert!(sink.received().is_empty());
+
+    drop(gates);
+    sink.wait_for(Duration::from_secs(30), |received| received.len() >= EVENTS)
+        .await;
+    let dead = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        limit: 100,
+        ..DeliveryFilter::default()
+    };
+    assert!(
+        receiver.state.queue.list(dead).await.unwrap().is_empty(),
+        "waiting for a filter slot is not the filter exceeding its time limit"
+    );
+    assert_eq!(receiver.state.queue.unrouted_count().await.unwrap(), 0);
     receiver.shutdown().await;
 }

@@ -117,7 +117,7 @@ impl fmt::Display for SinkKey {
     }
 }
 
-/// An event to store, with the deliveries it fans out to.
+/// An event to store, unrouted: the router stores its deliveries later ([`Queue::route`]).
 #[derive(Clone, Debug)]
 pub struct NewEvent {
     /// Unique id (a UUIDv7, so ids sort by arrival).
@@ -135,8 +135,6 @@ pub struct NewEvent {
     pub dedup_key: Option<String>,
     /// How far back a duplicate is looked for.
     pub dedup_window_ms: i64,
-    /// One per matching (webhook, route).
-    pub deliveries: Vec<NewDelivery>,
     /// True for an event the gap repair rebuilt from Strapi's content (Strapi's own call never
     /// arrived); its deliveries carry the mark to the sinks.
     pub recovered: bool,
@@ -212,10 +210,73 @@ pub struct Watermark {
 /// Watermarks by content type uid.
 pub type Watermarks = BTreeMap<String, Watermark>;
 
-/// One delivery of a new event.
+/// An event [`Queue::ingest`] stored and no router has routed yet, as [`Queue::unrouted`] hands
+/// it out.
+#[derive(Clone, Debug)]
+pub struct UnroutedEvent {
+    /// The event id.
+    pub id: String,
+    /// The `StrapiInstance` it came through.
+    pub instance: String,
+    /// Strapi's event name.
+    pub event: String,
+    /// When the receiver took it in; its deliveries' age counts from here.
+    pub received_at: UnixMillis,
+    /// The exact bytes Strapi sent.
+    pub raw: Vec<u8>,
+    /// Rebuilt by the gap repair ([`NewEvent::recovered`]).
+    pub recovered: bool,
+}
+
+/// How an unrouted event was routed: its deliveries, stored with its routed mark.
+#[derive(Clone, Debug)]
+pub struct RoutedEvent {
+    /// The event, as [`Queue::unrouted`] handed it out.
+    pub event: UnroutedEvent,
+    /// One per matching (webhook, route); ids from [`delivery_id`].
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// What ingest needs to authenticate one instance's calls before the live configuration has
+/// loaded after a restart: never the shared secrets, only their SHA-256 digests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownInstance {
+    /// Lowercase hex SHA-256 of each shared secret accepted from the instance.
+    pub secret_digests: Vec<String>,
+    /// The instance's `metadata.generation` when this was written, where known.
+    #[serde(default)]
+    pub generation: Option<i64>,
+}
+
+/// The last known ingest configuration, by instance (`namespace/name`).
+pub type KnownInstances = BTreeMap<String, KnownInstance>;
+
+/// The id of the delivery of `event_id` through `route` of `webhook`: the same on every routing
+/// of the event, so a routing retried after a crash stores (or, on JetStream, publishes with
+/// the same `Nats-Msg-Id`) each delivery once. Shaped as a UUIDv7 whose time part is the
+/// event's, so ids still sort by arrival.
+pub fn delivery_id(event_id: &str, webhook: &str, route: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{event_id}\u{1f}{webhook}\u{1f}{route}").as_bytes(),
+    );
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    if let Ok(event) = uuid::Uuid::parse_str(event_id) {
+        bytes[..8].copy_from_slice(&event.as_bytes()[..8]);
+    }
+    uuid::Builder::from_bytes(bytes)
+        .with_variant(uuid::Variant::RFC4122)
+        .with_version(uuid::Version::SortRand)
+        .into_uuid()
+        .to_string()
+}
+
+/// One delivery of a routed event.
 #[derive(Clone, Debug)]
 pub struct NewDelivery {
-    /// Unique, stable id; sent to the sink as `webhook-id` on every attempt.
+    /// Unique, stable id ([`delivery_id`]); sent to the sink as `webhook-id` on every attempt.
     pub id: String,
     /// The sink it goes to.
     pub sink: SinkKey,
@@ -229,7 +290,7 @@ pub struct NewDelivery {
 /// What [`Queue::ingest`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// The event and its deliveries are stored.
+    /// The event is stored, unrouted.
     Stored,
     /// An event with the same dedup key was stored within the window, or the versions it shows
     /// were already stored (a late copy of a recovered event, or a recovery of a stored one);
@@ -401,8 +462,26 @@ pub struct Handshake {
 /// The store behind the receiver. Methods return boxed futures so the receiver can hold any
 /// backend as `Arc<dyn Queue>`.
 pub trait Queue: Send + Sync + 'static {
-    /// Stores an event and its deliveries atomically and durably; only then returns.
+    /// Stores an event durably, unrouted (unless it is a duplicate); only then returns.
     fn ingest(&self, event: NewEvent) -> BoxFuture<'_, Result<IngestOutcome, QueueError>>;
+
+    /// Up to `limit` unrouted events, oldest first, handed to this process's router until it
+    /// routes them. An event handed out and never routed (the process died) is handed out
+    /// again, here or, on a shared backend, to another replica.
+    fn unrouted(&self, limit: u32) -> BoxFuture<'_, Result<Vec<UnroutedEvent>, QueueError>>;
+
+    /// Stores each event's deliveries and marks it routed, atomically per event; an event
+    /// already routed is left as it is.
+    fn route(&self, routed: Vec<RoutedEvent>) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// How many stored events wait for routing.
+    fn unrouted_count(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
+
+    /// Replaces the last known ingest configuration.
+    fn save_known_instances(&self, known: KnownInstances) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// The last known ingest configuration; empty if none was saved.
+    fn known_instances(&self) -> BoxFuture<'_, Result<KnownInstances, QueueError>>;
 
     /// Records a `trigger-test` handshake for an instance.
     fn record_handshake(
@@ -525,5 +604,27 @@ pub fn is_stored_copy(recovered: bool, seen: &[VersionSeen]) -> bool {
 impl fmt::Debug for dyn Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Queue")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivery_id;
+
+    #[test]
+    fn delivery_ids_are_fixed_by_event_webhook_and_route_and_sort_by_event() {
+        let earlier = uuid::Uuid::now_v7().to_string();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = uuid::Uuid::now_v7().to_string();
+        let id = delivery_id(&earlier, "cms/site", "to-crm");
+        assert_eq!(id, delivery_id(&earlier, "cms/site", "to-crm"));
+        assert_ne!(id, delivery_id(&earlier, "cms/site", "to-erp"));
+        assert_ne!(id, delivery_id(&earlier, "cms/other", "to-crm"));
+        assert!(id < delivery_id(&later, "cms/site", "to-crm"));
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+        // Ids that are not UUIDs (hand-made in tests) still give a stable, valid one.
+        let odd = delivery_id("event-1", "cms/site", "to-crm");
+        assert_eq!(odd, delivery_id("event-1", "cms/site", "to-crm"));
+        assert!(uuid::Uuid::parse_str(&odd).is_ok());
     }
 }

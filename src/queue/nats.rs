@@ -4,13 +4,18 @@
 //! Layout (all JetStream objects are created on first start, file storage, replicas set by
 //! `?replicas=N` in the URL):
 //!
+//! - Stream `SWO_EVENTS` (work-queue retention), one message per unrouted event on
+//!   `swo.events.<event id>`. [`Queue::ingest`] publishes it and returns once JetStream
+//!   acknowledged the publish, so a 2xx to Strapi means the event is on disk (on every JetStream
+//!   replica). One durable pull consumer, `router`, is shared by every replica's router: an event
+//!   is routed by one replica, and one fetched by a replica that dies before routing it is
+//!   redelivered after [`ROUTING_LEASE`].
 //! - Stream `SWO_DELIVERIES` (work-queue retention), one message per delivery on subject
-//!   `swo.deliveries.<sink token>.<delivery id>`. [`Queue::ingest`] publishes every delivery of
-//!   an event and returns only once JetStream acknowledged each publish, so a 2xx to Strapi means
-//!   the event is on disk (on every JetStream replica). The delivery id is the `Nats-Msg-Id`, so a
-//!   publish retried after a lost ack is stored once. Events are not atomic across their
-//!   deliveries: if one publish fails the receiver answers 5xx although some deliveries were
-//!   stored; they are delivered (at least once holds, nothing acknowledged is dropped).
+//!   `swo.deliveries.<sink token>.<delivery id>`. [`Queue::route`] publishes every delivery of an
+//!   event, waits for JetStream's acknowledgement of each, and only then acknowledges the event's
+//!   message. Delivery ids are derived from (event, webhook, route) and are the `Nats-Msg-Id`, so
+//!   a routing retried after a crash or a lost ack publishes each delivery once (within the
+//!   stream's duplicate window, longer than the routing lease).
 //! - One durable pull consumer per sink on that stream, shared by every replica: any replica can
 //!   claim any delivery, and a claimed delivery that is never acknowledged (the replica died) is
 //!   redelivered after the consumer's ack wait, which is the engine's lease. An acknowledged
@@ -54,10 +59,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    DocumentVersion, Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector,
-    SinkCounters, SinkKey, UnixMillis, VersionSeen, Watermarks, is_stored_copy, now_millis,
+    DocumentVersion, Handshake, IngestOutcome, KnownInstances, NewEvent, Queue, QueueError,
+    ReplaySelector, RoutedEvent, SinkCounters, SinkKey, UnixMillis, UnroutedEvent, VersionSeen,
+    Watermarks, is_stored_copy, now_millis,
 };
 
+const EVENTS: &str = "SWO_EVENTS";
+const ROUTER: &str = "router";
+/// How long a replica may hold fetched events before routing them; then they go to another.
+/// Shorter than the streams' duplicate window (two minutes), so a routing retried after it
+/// publishes no delivery twice.
+pub const ROUTING_LEASE: Duration = Duration::from_secs(30);
+const KNOWN_INSTANCES_KEY: &str = "known-instances";
 const DELIVERIES: &str = "SWO_DELIVERIES";
 const DEAD: &str = "SWO_DEAD";
 const DELIVERED: &str = "SWO_DELIVERED";
@@ -144,6 +157,17 @@ struct Record {
     recovered: bool,
 }
 
+/// An unrouted event as stored in `SWO_EVENTS`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct EventRecord {
+    id: String,
+    instance: String,
+    event: String,
+    received_at: UnixMillis,
+    raw: String,
+    recovered: bool,
+}
+
 /// What `swo-versions` holds per instance and document key: the newest version stored, and the
 /// last versions stored by recovered events.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -197,6 +221,7 @@ struct Claimed {
 /// The JetStream queue. Open it with [`NatsQueue::connect`].
 pub struct NatsQueue {
     js: jetstream::Context,
+    router: PullConsumer,
     deliveries: Stream,
     dead: Stream,
     delivered: Stream,
@@ -207,6 +232,8 @@ pub struct NatsQueue {
     replica: String,
     consumers: tokio::sync::Mutex<HashMap<SinkKey, PullConsumer>>,
     claimed: Mutex<HashMap<String, Claimed>>,
+    // Event messages fetched by this replica's router, by event id, until routed.
+    routing: Mutex<HashMap<String, jetstream::Message>>,
     // Sinks this replica delivers, and when it last renewed each claim in the bucket.
     owned: Mutex<HashMap<SinkKey, UnixMillis>>,
     counters: tokio::sync::Mutex<BTreeMap<SinkKey, SinkCounters>>,
@@ -309,6 +336,30 @@ impl NatsQueue {
             max_age,
             ..stream::Config::default()
         };
+        let events = js
+            .get_or_create_stream(stream(
+                EVENTS,
+                "swo.events.>",
+                RetentionPolicy::WorkQueue,
+                Duration::ZERO,
+            ))
+            .await
+            .map_err(|error| open(format!("stream {EVENTS}: {error}")))?;
+        let router = events
+            .get_or_create_consumer(
+                ROUTER,
+                pull::Config {
+                    durable_name: Some(ROUTER.to_owned()),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: ROUTING_LEASE,
+                    max_deliver: -1,
+                    max_ack_pending: -1,
+                    ..pull::Config::default()
+                },
+            )
+            .await
+            .map_err(|error| open(format!("consumer {ROUTER} of {EVENTS}: {error}")))?;
         let deliveries = js
             .get_or_create_stream(stream(
                 DELIVERIES,
@@ -358,6 +409,7 @@ impl NatsQueue {
             .map_err(|error| open(format!("bucket {VERSIONS_BUCKET}: {error}")))?;
         Ok(Self {
             js,
+            router,
             deliveries,
             dead,
             delivered,
@@ -367,6 +419,7 @@ impl NatsQueue {
             replica: uuid::Uuid::now_v7().simple().to_string(),
             consumers: tokio::sync::Mutex::default(),
             claimed: Mutex::default(),
+            routing: Mutex::default(),
             owned: Mutex::default(),
             counters: tokio::sync::Mutex::default(),
         })
@@ -411,15 +464,55 @@ impl NatsQueue {
             .await
     }
 
-    async fn bury(&self, step: &'static str, record: &Record) -> Result<(), QueueError> {
+    async fn bury(
+        &self,
+        step: &'static str,
+        record: &Record,
+        nonce: &str,
+    ) -> Result<(), QueueError> {
         let subject = format!("swo.dead.{}", record.id);
         self.publish(
             step,
             subject,
-            &format!("{}.dead.{}", record.id, now_millis()),
+            &format!("{}.dead.{nonce}", record.id),
             record,
         )
         .await
+    }
+
+    /// Publishes the deliveries of one routed event (dead ones straight to `SWO_DEAD`), each
+    /// with a message id fixed by its delivery id, so publishing them again stores nothing new.
+    async fn publish_routing(&self, routed: &RoutedEvent) -> Result<(), QueueError> {
+        let event = &routed.event;
+        let raw = String::from_utf8_lossy(&event.raw).into_owned();
+        let publishes = routed.deliveries.iter().map(|delivery| {
+            let record = Record {
+                id: delivery.id.clone(),
+                event_id: event.id.clone(),
+                instance: event.instance.clone(),
+                event: event.event.clone(),
+                webhook: delivery.sink.webhook.clone(),
+                sink: delivery.sink.sink.clone(),
+                route: delivery.route.clone(),
+                enqueued_at: event.received_at,
+                attempts: 0,
+                last_error: delivery.dead_on_arrival.clone(),
+                delivered_at: None,
+                raw: raw.clone(),
+                recovered: event.recovered,
+            };
+            async move {
+                if delivery.dead_on_arrival.is_some() {
+                    self.bury("route", &record, "routed").await
+                } else {
+                    self.enqueue("route", &record, "new").await
+                }
+            }
+        });
+        futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Claims the dedup key for `event`, or names the event that holds it within the window.
@@ -670,7 +763,7 @@ impl NatsQueue {
                 record.last_error = Some(error.clone());
                 // Stored dead first: a crash in between leaves the delivery in the work queue
                 // (sent again), never in neither stream.
-                self.bury("complete", &record).await?;
+                self.bury("complete", &record, &now.to_string()).await?;
                 ack(AckKind::Ack).await?;
                 self.count(sink, |counters| {
                     counters.dead_lettered += 1;
@@ -723,45 +816,147 @@ impl Queue for NatsQueue {
                     .unwrap_or_default();
                 return Ok(IngestOutcome::Duplicate { original });
             }
-            let raw = String::from_utf8_lossy(&event.raw).into_owned();
-            let publishes = event.deliveries.iter().map(|delivery| {
-                let record = Record {
-                    id: delivery.id.clone(),
-                    event_id: event.id.clone(),
-                    instance: event.instance.clone(),
-                    event: event.event.clone(),
-                    webhook: delivery.sink.webhook.clone(),
-                    sink: delivery.sink.sink.clone(),
-                    route: delivery.route.clone(),
-                    enqueued_at: event.received_at,
-                    attempts: 0,
-                    last_error: delivery.dead_on_arrival.clone(),
-                    delivered_at: None,
-                    raw: raw.clone(),
-                    recovered: event.recovered,
-                };
-                async move {
-                    if delivery.dead_on_arrival.is_some() {
-                        self.bury("ingest", &record).await
-                    } else {
-                        self.enqueue("ingest", &record, "new").await
-                    }
-                }
-            });
-            let published = futures::future::join_all(publishes).await;
-            if let Some(error) = published.into_iter().find_map(Result::err) {
+            let record = EventRecord {
+                id: event.id.clone(),
+                instance: event.instance.clone(),
+                event: event.event.clone(),
+                received_at: event.received_at,
+                raw: String::from_utf8_lossy(&event.raw).into_owned(),
+                recovered: event.recovered,
+            };
+            let published = match serde_json::to_vec(&record) {
+                Ok(payload) => self
+                    .js
+                    .send_publish(
+                        format!("swo.events.{}", event.id),
+                        jetstream::message::PublishMessage::build()
+                            .payload(payload.into())
+                            .message_id(&event.id),
+                    )
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let acknowledged = match published {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = acknowledged {
                 if let Some(key) = &event.dedup_key {
                     // Not stored, so not a duplicate for whoever sends it again.
                     let _ = self.dedup.purge(hex(key.as_bytes())).await;
                 }
-                return Err(error);
+                return Err(storage("ingest")(error));
             }
-            // Recorded after the deliveries: a crash in between at worst makes the gap repair
+            // Recorded after the event: a crash in between at worst makes the gap repair
             // recover the event once more (at least once), never lose it.
             for version in &event.versions {
                 self.record_version(&event, version).await?;
             }
             Ok(IngestOutcome::Stored)
+        })
+    }
+
+    fn unrouted(&self, limit: u32) -> BoxFuture<'_, Result<Vec<UnroutedEvent>, QueueError>> {
+        Box::pin(async move {
+            // The expiry bounds the wait when nothing is unrouted (the router polls with it, so
+            // events another replica stored are routed too) and when NATS does not answer.
+            let mut messages = self
+                .router
+                .fetch()
+                .max_messages(usize::try_from(limit).unwrap_or(1))
+                .expires(FETCH_EXPIRY)
+                .messages()
+                .await
+                .map_err(|error| storage("list unrouted events")(error.to_string()))?;
+            let mut unrouted = Vec::new();
+            while let Some(message) = messages
+                .try_next()
+                .await
+                .map_err(|error| storage("list unrouted events")(error.to_string()))?
+            {
+                let Ok(record) = serde_json::from_slice::<EventRecord>(&message.payload) else {
+                    tracing::error!(subject = %message.subject, "unreadable event message; terminated");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                };
+                lock(&self.routing).insert(record.id.clone(), message);
+                unrouted.push(UnroutedEvent {
+                    id: record.id,
+                    instance: record.instance,
+                    event: record.event,
+                    received_at: record.received_at,
+                    raw: record.raw.into_bytes(),
+                    recovered: record.recovered,
+                });
+            }
+            Ok(unrouted)
+        })
+    }
+
+    fn route(&self, routed: Vec<RoutedEvent>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let mut failure = None;
+            for routed in &routed {
+                let message = lock(&self.routing).remove(&routed.event.id);
+                let Some(message) = message else {
+                    // Not fetched here (or already routed): its lease is another replica's.
+                    continue;
+                };
+                let published = self.publish_routing(routed).await;
+                let answered = match &published {
+                    // The event leaves the work queue only once its deliveries are stored.
+                    Ok(()) => message.double_ack().await,
+                    // Handed back at once rather than after the lease: routed again soon.
+                    Err(_) => message.ack_with(AckKind::Nak(None)).await,
+                };
+                if let Err(error) = published
+                    .and_then(|()| answered.map_err(|error| storage("route")(error.to_string())))
+                {
+                    failure.get_or_insert(error);
+                }
+            }
+            failure.map_or(Ok(()), Err)
+        })
+    }
+
+    fn unrouted_count(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let mut router = self.router.clone();
+            let info = router
+                .info()
+                .await
+                .map_err(|error| storage("count unrouted events")(error.to_string()))?;
+            Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0))
+        })
+    }
+
+    fn save_known_instances(&self, known: KnownInstances) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let value = serde_json::to_vec(&known)
+                .map_err(|error| storage("save known instances")(error.to_string()))?;
+            self.state
+                .put(KNOWN_INSTANCES_KEY, value.into())
+                .await
+                .map_err(|error| storage("save known instances")(error.to_string()))?;
+            Ok(())
+        })
+    }
+
+    fn known_instances(&self) -> BoxFuture<'_, Result<KnownInstances, QueueError>> {
+        Box::pin(async move {
+            let value = self
+                .state
+                .get(KNOWN_INSTANCES_KEY)
+                .await
+                .map_err(|error| storage("read known instances")(error.to_string()))?;
+            value.map_or_else(
+                || Ok(KnownInstances::new()),
+                |value| {
+                    serde_json::from_slice(&value)
+                        .map_err(|error| storage("read known instances")(error.to_string()))
+                },
+            )
         })
     }
 
@@ -950,7 +1145,8 @@ impl Queue for NatsQueue {
             let mut count = 0;
             for (sequence, mut record) in waiting {
                 record.last_error = Some(reason.clone());
-                self.bury("dead-letter", &record).await?;
+                self.bury("dead-letter", &record, &now_millis().to_string())
+                    .await?;
                 self.deliveries
                     .delete_message(sequence)
                     .await

@@ -22,9 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    DocumentVersion, Handshake, IngestOutcome, NewEvent, Queue, QueueError, ReplaySelector,
-    SinkCounters, SinkKey, UnixMillis, VersionSeen, Watermark, Watermarks, is_stored_copy,
-    now_millis,
+    DocumentVersion, Handshake, IngestOutcome, KnownInstance, KnownInstances, NewDelivery,
+    NewEvent, Queue, QueueError, ReplaySelector, RoutedEvent, SinkCounters, SinkKey, UnixMillis,
+    UnroutedEvent, VersionSeen, Watermark, Watermarks, is_stored_copy, now_millis,
 };
 
 // Requests folded into one commit at most; bounds the latency one batch adds to the next.
@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS document_versions (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (instance, key, at)
 );
+CREATE TABLE IF NOT EXISTS known_instances (
+    instance       TEXT PRIMARY KEY,
+    secret_digests TEXT NOT NULL,
+    generation     INTEGER
+);
 CREATE TABLE IF NOT EXISTS repair_watermarks (
     instance TEXT NOT NULL,
     uid      TEXT NOT NULL,
@@ -91,8 +96,15 @@ CREATE TABLE IF NOT EXISTS repair_watermarks (
 ";
 
 // Columns added after the first release, with their definition; added to older files on open.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] =
-    [("events", "recovered", "INTEGER NOT NULL DEFAULT 0")];
+// Events stored before store-first routing had their deliveries stored with them: routed.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("events", "recovered", "INTEGER NOT NULL DEFAULT 0"),
+    ("events", "routed", "INTEGER NOT NULL DEFAULT 1"),
+];
+
+// Indexes on added columns, created once the columns exist.
+const ADDED_INDEXES: &str =
+    "CREATE INDEX IF NOT EXISTS events_unrouted ON events (routed) WHERE routed = 0;";
 
 /// How hard each commit is pushed to disk: SQLite's `synchronous` setting in WAL mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -176,6 +188,7 @@ impl SqliteQueue {
         check_integrity(&writer, path)?;
         writer.execute_batch(SCHEMA).map_err(open_error)?;
         add_missing_columns(&writer).map_err(open_error)?;
+        writer.execute_batch(ADDED_INDEXES).map_err(open_error)?;
         writer
             .execute(
                 "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'inflight'",
@@ -546,7 +559,11 @@ impl Queue for SqliteQueue {
                     .query_row(
                         "SELECT event_id FROM document_versions WHERE instance = ?1 AND key = ?2
                          ORDER BY at = ?3 DESC, at DESC LIMIT 1",
-                        params![event.instance, event.versions[0].key(), event.versions[0].at],
+                        params![
+                            event.instance,
+                            event.versions[0].key(),
+                            event.versions[0].at
+                        ],
                         |row| row.get(0),
                     )
                     .map_err(&map)?;
@@ -554,8 +571,9 @@ impl Queue for SqliteQueue {
             }
             connection
                 .prepare_cached(
-                    "INSERT INTO events (id, instance, event, received_at, dedup_key, raw, recovered)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO events
+                       (id, instance, event, received_at, dedup_key, raw, recovered, routed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                 )
                 .map_err(&map)?
                 .execute(params![
@@ -587,42 +605,116 @@ impl Queue for SqliteQueue {
                     ])
                     .map_err(&map)?;
             }
-            let mut insert = connection
+            Ok(IngestOutcome::Stored)
+        })
+    }
+
+    fn unrouted(&self, limit: u32) -> BoxFuture<'_, Result<Vec<UnroutedEvent>, QueueError>> {
+        // One receiver owns the file and runs one router, so what is unrouted here is not being
+        // routed by anyone else.
+        self.read("list unrouted events", move |connection| {
+            let map = sql("list unrouted events");
+            connection
                 .prepare_cached(
-                    "INSERT INTO deliveries
-                       (id, event_id, webhook, route, sink, state, enqueued_at, next_attempt_at,
-                        last_error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                    "SELECT id, instance, event, received_at, raw, recovered FROM events
+                     WHERE routed = 0 ORDER BY rowid LIMIT ?1",
+                )
+                .map_err(&map)?
+                .query_map(params![limit], |row| {
+                    Ok(UnroutedEvent {
+                        id: row.get(0)?,
+                        instance: row.get(1)?,
+                        event: row.get(2)?,
+                        received_at: row.get(3)?,
+                        raw: row.get(4)?,
+                        recovered: row.get(5)?,
+                    })
+                })
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)
+        })
+    }
+
+    fn route(&self, routed: Vec<RoutedEvent>) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.write("route", move |connection| {
+            let map = sql("route");
+            for RoutedEvent { event, deliveries } in &routed {
+                let marked = execute_cached(
+                    connection,
+                    "UPDATE events SET routed = 1 WHERE id = ?1 AND routed = 0",
+                    params![event.id],
                 )
                 .map_err(&map)?;
-            for delivery in &event.deliveries {
-                let state = match delivery.dead_on_arrival {
-                    Some(_) => DeliveryState::Dead,
-                    None => DeliveryState::Pending,
-                };
-                insert
-                    .execute(params![
-                        delivery.id,
-                        event.id,
-                        delivery.sink.webhook,
-                        delivery.route,
-                        delivery.sink.sink,
-                        state.as_str(),
-                        event.received_at,
-                        delivery.dead_on_arrival,
-                    ])
-                    .map_err(&map)?;
-                if let Some(reason) = &delivery.dead_on_arrival {
-                    bump_counters(
-                        connection,
-                        &delivery.sink,
-                        Counter::DeadLettered(1),
-                        Some(reason),
-                    )
-                    .map_err(&map)?;
+                if marked == 1 {
+                    insert_deliveries(connection, event, deliveries).map_err(&map)?;
                 }
             }
-            Ok(IngestOutcome::Stored)
+            Ok(())
+        })
+    }
+
+    fn unrouted_count(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.read("count unrouted events", |connection| {
+            connection
+                .query_row("SELECT COUNT(*) FROM events WHERE routed = 0", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|count| u64::try_from(count).unwrap_or(0))
+                .map_err(sql("count unrouted events"))
+        })
+    }
+
+    fn save_known_instances(&self, known: KnownInstances) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.write("save known instances", move |connection| {
+            let map = sql("save known instances");
+            connection
+                .execute("DELETE FROM known_instances", [])
+                .map_err(&map)?;
+            for (instance, known) in &known {
+                let digests = serde_json::to_string(&known.secret_digests)
+                    .map_err(|error| storage("save known instances", error))?;
+                execute_cached(
+                    connection,
+                    "INSERT INTO known_instances (instance, secret_digests, generation)
+                     VALUES (?1, ?2, ?3)",
+                    params![instance, digests, known.generation],
+                )
+                .map_err(&map)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn known_instances(&self) -> BoxFuture<'_, Result<KnownInstances, QueueError>> {
+        self.read("read known instances", |connection| {
+            let map = sql("read known instances");
+            let rows = connection
+                .prepare_cached("SELECT instance, secret_digests, generation FROM known_instances")
+                .map_err(&map)?
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get(2)?,
+                    ))
+                })
+                .map_err(&map)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&map)?;
+            rows.into_iter()
+                .map(|(instance, digests, generation)| {
+                    let secret_digests = serde_json::from_str(&digests)
+                        .map_err(|error| storage("read known instances", error))?;
+                    Ok((
+                        instance,
+                        KnownInstance {
+                            secret_digests,
+                            generation,
+                        },
+                    ))
+                })
+                .collect()
         })
     }
 
@@ -1047,7 +1139,7 @@ impl Queue for SqliteQueue {
                 .map_err(&map)?;
             connection
                 .execute(
-                    "DELETE FROM events WHERE received_at < ?1
+                    "DELETE FROM events WHERE received_at < ?1 AND routed = 1
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
                     params![before],
                 )
@@ -1125,6 +1217,45 @@ const SUMMARY_SELECT: &str = "
            d.enqueued_at, d.next_attempt_at, d.delivered_at, d.last_error, e.raw, e.recovered
     FROM deliveries d JOIN events e ON e.id = d.event_id";
 
+/// Stores the deliveries of a routed event; one stored dead (its route could not be evaluated)
+/// counts as dead-lettered.
+fn insert_deliveries(
+    connection: &Connection,
+    event: &UnroutedEvent,
+    deliveries: &[NewDelivery],
+) -> rusqlite::Result<()> {
+    let mut insert = connection.prepare_cached(
+        "INSERT INTO deliveries
+           (id, event_id, webhook, route, sink, state, enqueued_at, next_attempt_at, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+    )?;
+    for delivery in deliveries {
+        let state = match delivery.dead_on_arrival {
+            Some(_) => DeliveryState::Dead,
+            None => DeliveryState::Pending,
+        };
+        insert.execute(params![
+            delivery.id,
+            event.id,
+            delivery.sink.webhook,
+            delivery.route,
+            delivery.sink.sink,
+            state.as_str(),
+            event.received_at,
+            delivery.dead_on_arrival,
+        ])?;
+        if let Some(reason) = &delivery.dead_on_arrival {
+            bump_counters(
+                connection,
+                &delivery.sink,
+                Counter::DeadLettered(1),
+                Some(reason),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliverySummary> {
     let state: String = row.get(7)?;
     let state = DeliveryState::parse(&state).ok_or_else(|| {
@@ -1195,10 +1326,10 @@ fn bump_counters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::NewDelivery;
 
-    fn event(id: &str, dedup_key: Option<&str>, sinks: &[&str]) -> NewEvent {
-        NewEvent {
+    /// An event and the deliveries its routing stores.
+    fn event(id: &str, dedup_key: Option<&str>, sinks: &[&str]) -> (NewEvent, Vec<NewDelivery>) {
+        let event = NewEvent {
             id: id.into(),
             instance: "cms/strapi".into(),
             event: "entry.delete".into(),
@@ -1206,20 +1337,42 @@ mod tests {
             raw: br#"{"event":"entry.delete"}"#.to_vec(),
             dedup_key: dedup_key.map(str::to_owned),
             dedup_window_ms: 60_000,
-            deliveries: sinks
-                .iter()
-                .map(|sink| NewDelivery {
-                    id: format!("{id}-{sink}"),
-                    sink: SinkKey {
-                        webhook: "cms/site".into(),
-                        sink: (*sink).into(),
-                    },
-                    route: "all".into(),
-                    dead_on_arrival: None,
-                })
-                .collect(),
             recovered: false,
             versions: Vec::new(),
+        };
+        let deliveries = sinks
+            .iter()
+            .map(|sink| NewDelivery {
+                id: format!("{id}-{sink}"),
+                sink: SinkKey {
+                    webhook: "cms/site".into(),
+                    sink: (*sink).into(),
+                },
+                route: "all".into(),
+                dead_on_arrival: None,
+            })
+            .collect();
+        (event, deliveries)
+    }
+
+    impl SqliteQueue {
+        /// Ingests an event and routes it to `deliveries`, as ingest and the router do.
+        async fn ingest_routed(
+            &self,
+            (event, deliveries): (NewEvent, Vec<NewDelivery>),
+        ) -> Result<IngestOutcome, QueueError> {
+            let outcome = self.ingest(event.clone()).await?;
+            let unrouted = self.unrouted(100).await?;
+            let routed = unrouted
+                .into_iter()
+                .filter(|unrouted| unrouted.id == event.id)
+                .map(|unrouted| RoutedEvent {
+                    event: unrouted,
+                    deliveries: deliveries.clone(),
+                })
+                .collect();
+            self.route(routed).await?;
+            Ok(outcome)
         }
     }
 
@@ -1235,11 +1388,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
         let first = queue
-            .ingest(event("e1", Some("k"), &["next"]))
+            .ingest_routed(event("e1", Some("k"), &["next"]))
             .await
             .unwrap();
         let second = queue
-            .ingest(event("e2", Some("k"), &["next"]))
+            .ingest_routed(event("e2", Some("k"), &["next"]))
             .await
             .unwrap();
         assert_eq!(first, IngestOutcome::Stored);
@@ -1260,7 +1413,10 @@ mod tests {
     async fn an_expired_lease_makes_a_delivery_claimable_again() {
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
-        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        queue
+            .ingest_routed(event("e1", None, &["next"]))
+            .await
+            .unwrap();
         let now = now_millis();
         assert_eq!(
             queue
@@ -1294,7 +1450,7 @@ mod tests {
         {
             let queue = SqliteQueue::open(&path).unwrap();
             queue
-                .ingest(event("e1", None, &["next", "slack"]))
+                .ingest_routed(event("e1", None, &["next", "slack"]))
                 .await
                 .unwrap();
             let claimed = queue
@@ -1314,6 +1470,72 @@ mod tests {
         );
         // The attempt the crashed process claimed counts.
         assert_eq!(claimed[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unrouted_event_outlives_a_restart_and_prune_and_is_routed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            let (stored, _) = event("e1", None, &[]);
+            queue.ingest(stored).await.unwrap();
+            assert_eq!(queue.unrouted_count().await.unwrap(), 1);
+        }
+        let queue = SqliteQueue::open(&path).unwrap();
+        queue.prune(now_millis() + 60_000).await.unwrap();
+        let unrouted = queue.unrouted(10).await.unwrap();
+        assert_eq!(
+            unrouted.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e1"]
+        );
+        let (_, deliveries) = event("e1", None, &["next"]);
+        let routed = RoutedEvent {
+            event: unrouted[0].clone(),
+            deliveries,
+        };
+        queue.route(vec![routed.clone()]).await.unwrap();
+        // A routing retried (the first one's answer was lost) stores nothing more.
+        queue.route(vec![routed]).await.unwrap();
+        assert!(queue.unrouted(10).await.unwrap().is_empty());
+        assert_eq!(queue.unrouted_count().await.unwrap(), 0);
+        let claimed = queue
+            .claim(sink("next"), now_millis(), 10, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_known_instances_are_replaced_and_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let known = |instance: &str, digest: &str| {
+            KnownInstances::from([(
+                instance.to_owned(),
+                KnownInstance {
+                    secret_digests: vec![digest.to_owned()],
+                    generation: Some(3),
+                },
+            )])
+        };
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            assert!(queue.known_instances().await.unwrap().is_empty());
+            queue
+                .save_known_instances(known("cms/old", "aa"))
+                .await
+                .unwrap();
+            queue
+                .save_known_instances(known("cms/strapi", "bb"))
+                .await
+                .unwrap();
+        }
+        let queue = SqliteQueue::open(&path).unwrap();
+        assert_eq!(
+            queue.known_instances().await.unwrap(),
+            known("cms/strapi", "bb")
+        );
     }
 
     #[tokio::test]
@@ -1342,7 +1564,7 @@ mod tests {
         {
             let queue = SqliteQueue::open(&path).unwrap();
             for n in 0..300 {
-                let mut stored = event(&format!("e{n}"), None, &["next"]);
+                let (mut stored, _) = event(&format!("e{n}"), None, &["next"]);
                 stored.raw =
                     format!(r#"{{"event":"x","pad":"{}"}}"#, "x".repeat(2000)).into_bytes();
                 queue.ingest(stored).await.unwrap();
@@ -1377,13 +1599,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
         let queue = SqliteQueue::open(&path).unwrap();
-        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        queue
+            .ingest_routed(event("e1", None, &["next"]))
+            .await
+            .unwrap();
         assert_eq!(queue.write_failure(), None);
         // Another connection holding the write lock makes every commit fail (after the busy
         // timeout), as a full disk or a read-only file would.
         let blocker = Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN EXCLUSIVE;").unwrap();
-        assert!(queue.ingest(event("e2", None, &["next"])).await.is_err());
+        assert!(
+            queue
+                .ingest_routed(event("e2", None, &["next"]))
+                .await
+                .is_err()
+        );
         assert!(queue.write_failure().is_some());
         assert!(queue.probe_write().await.is_err());
         blocker.execute_batch("COMMIT;").unwrap();
@@ -1395,7 +1625,10 @@ mod tests {
     async fn a_claim_counts_as_an_attempt_and_a_hand_back_takes_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
-        queue.ingest(event("e1", None, &["next"])).await.unwrap();
+        queue
+            .ingest_routed(event("e1", None, &["next"]))
+            .await
+            .unwrap();
         let attempts = || async {
             queue
                 .list(DeliveryFilter {
@@ -1435,7 +1668,10 @@ mod tests {
     async fn dead_letters_keep_the_error_and_replay_requeues_them() {
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
-        queue.ingest(event("e1", None, &["crm"])).await.unwrap();
+        queue
+            .ingest_routed(event("e1", None, &["crm"]))
+            .await
+            .unwrap();
         let claimed = queue
             .claim(sink("crm"), now_millis(), 10, 60_000)
             .await
@@ -1478,7 +1714,10 @@ mod tests {
     async fn replaying_a_queued_delivery_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::open(&dir.path().join("q.db")).unwrap();
-        queue.ingest(event("e1", None, &["crm"])).await.unwrap();
+        queue
+            .ingest_routed(event("e1", None, &["crm"]))
+            .await
+            .unwrap();
         let error = queue
             .replay(ReplaySelector::Id("e1-crm".into()))
             .await

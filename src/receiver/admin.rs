@@ -2,7 +2,9 @@
 //!
 //! Open to anyone who reaches the port (the kubelet, Prometheus):
 //! - `GET /healthz` — the process is up.
-//! - `GET /readyz` — 200 once the configuration is loaded, 503 before.
+//! - `GET /readyz` — 200 once ingest can store events: the live configuration is loaded, or the
+//!   last known one was read from the queue at start (see [`readiness`]); 503 before, and while
+//!   storage writes fail.
 //! - `GET /metrics` — Prometheus text format.
 //!
 //! Everything else needs `Authorization: Bearer <admin token>` ([`authorize`]); requests that
@@ -14,7 +16,8 @@
 //! - `POST /v1/deliveries/{id}/replay` with `{}` — re-queue one dead or delivered delivery.
 //! - `POST /v1/deliveries/replay` with `{"webhook": …, "sink": …}` (both optional) — re-queue
 //!   every matching dead letter.
-//! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`.
+//! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`, and how many
+//!   stored events wait for routing.
 //! - `GET /v1/routing` — the generation of each instance and webhook this replica routes with
 //!   ([`routing::Routing`]).
 //! - The gap repair's routes, see [`super::repair`].
@@ -55,6 +58,9 @@ const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 pub struct Stats {
     /// The counters of each webhook's sinks, ready for `StrapiWebhook.status.sinks`.
     pub webhooks: BTreeMap<String, Vec<SinkStatus>>,
+    /// Stored events not routed yet (their deliveries are not counted above until they are).
+    #[serde(default)]
+    pub unrouted: u64,
 }
 
 /// The answer of the replay endpoints.
@@ -130,10 +136,13 @@ async fn authorize(
 }
 
 /// Whether the receiver answers ingest, or why not: the one rule behind `/readyz` and the
-/// `ready` metric. Not before the configuration is loaded, nor while storage writes fail (every
-/// ingest would answer 503 then).
+/// `ready` metric. Ready as soon as ingest can store events of some instance: once the live
+/// configuration is loaded, or right after a restart once the last known one was read from the
+/// queue (a Service sends no traffic to an unready pod, and with one replica Strapi's calls
+/// would then fail until the watches sync: the window this closes). Not while storage writes
+/// fail (every ingest would answer 503 then).
 fn readiness(state: &ReceiverState) -> Result<(), String> {
-    if !state.config.borrow().synced {
+    if !state.config.borrow().synced && state.known_instances().is_empty() {
         return Err("configuration not loaded yet".to_owned());
     }
     match state.queue.write_failure() {
@@ -164,6 +173,15 @@ async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {
         .metrics
         .ready
         .set(i64::from(readiness(&state).is_ok()));
+    match state.queue.unrouted_count().await {
+        Ok(unrouted) => {
+            state
+                .metrics
+                .unrouted
+                .set(i64::try_from(unrouted).unwrap_or(i64::MAX));
+        }
+        Err(error) => tracing::warn!(%error, "counting unrouted events failed"),
+    }
     // Depth and holds are read at scrape time, so they are exact rather than event-driven.
     match state.queue.counters().await {
         Ok(counters) => {
@@ -324,7 +342,14 @@ async fn stats(State(state): State<Arc<ReceiverState>>) -> Response {
         Ok(counters) => counters,
         Err(error) => return queue_error(error),
     };
-    let mut stats = Stats::default();
+    let unrouted = match state.queue.unrouted_count().await {
+        Ok(unrouted) => unrouted,
+        Err(error) => return queue_error(error),
+    };
+    let mut stats = Stats {
+        unrouted,
+        ..Stats::default()
+    };
     for (sink, counters) in counters {
         let hold = state.engine.hold(&sink);
         let time = |millis: Option<i64>| {

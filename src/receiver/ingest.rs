@@ -1,16 +1,22 @@
 //! The ingest endpoint Strapi calls: `POST /v1/instances/{namespace}/{name}`.
 //!
-//! A call is answered 2xx only after the event and its fan-out are durable in the queue, because
-//! Strapi never sends an event twice. In order: the instance must be known (404), the shared
-//! secret in [`SECRET_HEADER`] must match one accepted for it, compared in constant time (401,
-//! without detail), the body must be JSON (415) within the size limit (413) and a Strapi event
-//! (400, saying what is wrong). A `trigger-test` is recorded as a handshake and not routed. If
-//! the store fails the answer is 503 and the failure is logged and counted.
+//! A call is answered 2xx only after the event is durable in the queue, because Strapi never
+//! sends an event twice. It is stored *unrouted*: the [`super::router`] evaluates routes and
+//! tenant-written filters afterwards, so an answer never waits on user-written code, and the
+//! answer says `"routing": "pending"` rather than how many deliveries there are. In order: the
+//! instance must be known (404), the shared secret in [`SECRET_HEADER`] must match one accepted
+//! for it, compared in constant time (401, without detail), the body must be JSON (415) within
+//! the size limit (413) and a Strapi event (400, saying what is wrong). A `trigger-test` is
+//! recorded as a handshake and not routed. If the store fails the answer is 503 and the failure
+//! is logged and counted.
+//!
+//! Until the live configuration has loaded (right after a restart), calls are authenticated
+//! against the last known one persisted with the queue ([`crate::queue::KnownInstances`]:
+//! digests of the shared secrets): a known instance's events are stored and answered 2xx, and
+//! wait for the live configuration to be routed; an instance not known there gets 503 (not 404:
+//! the receiver does not know yet).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -27,14 +33,11 @@ use tracing::Instrument;
 use super::{
     ReceiverState,
     metrics::{InstanceLabels, RejectLabels, RejectReason, UNKNOWN_INSTANCE},
-    source::Snapshot,
-    tenant,
+    source::secret_digest,
 };
 use crate::{
-    config::CompiledWebhook,
     event::EventBody,
-    queue::{IngestOutcome, NewDelivery, NewEvent, SinkKey, now_millis},
-    routing::CompiledRoute,
+    queue::{IngestOutcome, KnownInstance, NewEvent, now_millis},
 };
 
 pub use crate::event::SECRET_HEADER;
@@ -43,10 +46,6 @@ pub use crate::event::SECRET_HEADER;
 /// copy within the dedup window carries nothing new: Strapi 5 fires `entry.delete` for the draft
 /// and the published row. Creates and updates carry content and are never collapsed.
 const DEDUPLICATED_EVENTS: [&str; 3] = ["entry.delete", "entry.publish", "entry.unpublish"];
-
-/// How long an ingest waits for one webhook's route filters. Filters are bounded by their cost
-/// budget when loaded, so this only catches one that is slow on a pathological event.
-pub const FILTER_TIME_LIMIT: Duration = Duration::from_millis(100);
 
 /// The ingest router.
 pub fn app(state: Arc<ReceiverState>) -> Router {
@@ -87,27 +86,33 @@ async fn ingest(
             None => status.into_response(),
         }
     };
-    if !snapshot.synced {
-        let message = "the receiver is still loading its configuration".to_owned();
-        return reject(
-            RejectReason::NotReady,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(message),
-        );
-    }
-    let Some(secrets) = snapshot.instances.get(&instance) else {
-        let message = format!("no StrapiInstance {instance} is served here");
-        return reject(
-            RejectReason::UnknownInstance,
-            StatusCode::NOT_FOUND,
-            Some(message),
-        );
+    let credentials = if snapshot.synced {
+        let Some(secrets) = snapshot.instances.get(&instance) else {
+            let message = format!("no StrapiInstance {instance} is served here");
+            return reject(
+                RejectReason::UnknownInstance,
+                StatusCode::NOT_FOUND,
+                Some(message),
+            );
+        };
+        Credentials::Live(secrets)
+    } else {
+        let known = state.known_instances();
+        let Some(known) = known.get(&instance).cloned() else {
+            let message = "the receiver is still loading its configuration".to_owned();
+            return reject(
+                RejectReason::NotReady,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(message),
+            );
+        };
+        Credentials::Known(known)
     };
     let labels = InstanceLabels {
         strapi_instance: instance.clone(),
     };
     state.metrics.received.get_or_create(&labels).inc();
-    if !authenticated(&headers, secrets) {
+    if !credentials.accept(&headers) {
         return reject(RejectReason::Unauthorized, StatusCode::UNAUTHORIZED, None);
     }
     if !is_json(&headers) {
@@ -174,14 +179,13 @@ async fn ingest(
         };
     }
 
-    match store(&state, &snapshot, &instance, &raw, &event, false, started).await {
+    match store(&state, &instance, &raw, &event, false, started).await {
         Ok(Stored {
             id,
             outcome: IngestOutcome::Stored,
-            deliveries,
         }) => (
             StatusCode::OK,
-            Json(json!({ "id": id, "deliveries": deliveries })),
+            Json(json!({ "id": id, "routing": "pending" })),
         )
             .into_response(),
         Ok(Stored {
@@ -205,16 +209,13 @@ pub(super) struct Stored {
     pub id: String,
     /// Stored, or a duplicate of what was.
     pub outcome: IngestOutcome,
-    /// Deliveries it fanned out to.
-    pub deliveries: usize,
 }
 
-/// Stores an authenticated, parsed event of `instance` with its fan-out, counts it and wakes
-/// the sinks it goes to. Strapi's calls and the gap repair's recovered events both come through
-/// here, so they share routes, filters, dedup and coalescing.
+/// Stores an authenticated, parsed event of `instance` unrouted, counts it and wakes the router.
+/// Strapi's calls and the gap repair's recovered events both come through here, so they share
+/// dedup, and then the router's routes, filters and coalescing.
 pub(super) async fn store(
     state: &ReceiverState,
-    snapshot: &Snapshot,
     instance: &str,
     raw: &[u8],
     event: &EventBody,
@@ -227,13 +228,6 @@ pub(super) async fn store(
     let id = uuid::Uuid::now_v7().to_string();
     let span =
         tracing::info_span!("event", event_id = %id, %instance, event = %event.event, recovered);
-    // Filters run on their own pool, which needs the event beyond this borrow.
-    let deliveries = fan_out(snapshot, instance, &Arc::new(event.clone())).await;
-    let sinks: Vec<SinkKey> = deliveries
-        .iter()
-        .map(|delivery| delivery.sink.clone())
-        .collect();
-    let count = deliveries.len();
     let versions = super::repair::versions(event);
     let new = NewEvent {
         id: id.clone(),
@@ -243,7 +237,6 @@ pub(super) async fn store(
         raw: raw.to_vec(),
         dedup_key: dedup_key(instance, event),
         dedup_window_ms: i64::try_from(state.settings.dedup_window.as_millis()).unwrap_or(0),
-        deliveries,
         recovered,
         versions: versions.clone(),
     };
@@ -260,14 +253,8 @@ pub(super) async fn store(
                 .ingest_seconds
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
-            if count == 0 {
-                tracing::info!("stored; no route takes this event");
-            } else {
-                tracing::debug!(deliveries = count, "stored");
-            }
-            for sink in &sinks {
-                state.engine.wake(sink);
-            }
+            tracing::debug!("stored; routing pending");
+            state.routing.notify_one();
         }
         Ok(IngestOutcome::Duplicate { original }) => {
             state.metrics.duplicates.get_or_create(&labels).inc();
@@ -277,21 +264,36 @@ pub(super) async fn store(
             tracing::error!(%error, "storing an event failed");
         }
     }
-    stored.map(|outcome| Stored {
-        id,
-        outcome,
-        deliveries: count,
-    })
+    stored.map(|outcome| Stored { id, outcome })
 }
 
-fn authenticated(headers: &HeaderMap, accepted: &[String]) -> bool {
-    let Some(given) = headers.get(SECRET_HEADER) else {
-        return false;
-    };
-    // Every accepted secret is compared, so the time taken does not say which one came close.
-    accepted.iter().fold(false, |found, secret| {
-        found | bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
-    })
+/// What a call's shared secret is checked against.
+enum Credentials<'a> {
+    /// The live configuration's secrets.
+    Live(&'a [String]),
+    /// The last known configuration's digests of them (before the live one has loaded).
+    Known(KnownInstance),
+}
+
+impl Credentials<'_> {
+    fn accept(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers.get(SECRET_HEADER) else {
+            return false;
+        };
+        // Every accepted secret is compared, so the time taken does not say which one came
+        // close.
+        match self {
+            Credentials::Live(accepted) => accepted.iter().fold(false, |found, secret| {
+                found | bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
+            }),
+            Credentials::Known(known) => {
+                let given = secret_digest(given.as_bytes());
+                known.secret_digests.iter().fold(false, |found, digest| {
+                    found | bool::from(digest.as_bytes().ct_eq(given.as_bytes()))
+                })
+            }
+        }
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -303,86 +305,6 @@ fn is_json(headers: &HeaderMap) -> bool {
             let media = media.trim();
             media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
         })
-}
-
-/// One delivery per (enabled webhook subscribed to the event, matching route). A route whose
-/// filter fails on this event gets a delivery stored dead with the reason, so the failure is
-/// visible and replayable rather than a silent drop. Each webhook's filters are tenant code:
-/// they run off the async workers, all webhooks at once, and a webhook whose filters do not
-/// finish within [`FILTER_TIME_LIMIT`] gets its filtered deliveries stored dead with that reason.
-async fn fan_out(snapshot: &Snapshot, instance: &str, event: &Arc<EventBody>) -> Vec<NewDelivery> {
-    let webhooks = snapshot
-        .webhooks_of(instance)
-        .filter(|webhook| webhook.enabled && webhook.events.contains(&event.event))
-        .map(|webhook| route_webhook(Arc::clone(webhook), Arc::clone(event)));
-    futures::future::join_all(webhooks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
-async fn route_webhook(webhook: Arc<CompiledWebhook>, event: Arc<EventBody>) -> Vec<NewDelivery> {
-    let filtered = |route: &CompiledRoute| route.has_filter() && route.listed(&event);
-    if !webhook.routes.iter().any(filtered) {
-        return deliveries(&webhook, &event);
-    }
-    let evaluated = {
-        let (webhook, event) = (Arc::clone(&webhook), Arc::clone(&event));
-        tenant::run(tenant::Kind::Filter, FILTER_TIME_LIMIT, move || {
-            deliveries(&webhook, &event)
-        })
-        .await
-    };
-    evaluated.unwrap_or_else(|| {
-        tracing::warn!(webhook = %webhook.key, "route filters exceeded their time limit");
-        webhook
-            .routes
-            .iter()
-            .filter(|route| route.listed(&event))
-            .map(|route| {
-                let dead = route.has_filter().then(|| {
-                    format!(
-                        "filter of route {} exceeded its time limit of {} ms",
-                        route.name(),
-                        FILTER_TIME_LIMIT.as_millis()
-                    )
-                });
-                delivery(&webhook, route, dead)
-            })
-            .collect()
-    })
-}
-
-fn deliveries(webhook: &CompiledWebhook, event: &EventBody) -> Vec<NewDelivery> {
-    webhook
-        .routes
-        .iter()
-        .filter_map(|route| {
-            let dead_on_arrival = match route.matches(event) {
-                Ok(true) => None,
-                Ok(false) => return None,
-                Err(error) => Some(format!("filter of route {} failed: {error}", route.name())),
-            };
-            Some(delivery(webhook, route, dead_on_arrival))
-        })
-        .collect()
-}
-
-fn delivery(
-    webhook: &CompiledWebhook,
-    route: &CompiledRoute,
-    dead_on_arrival: Option<String>,
-) -> NewDelivery {
-    NewDelivery {
-        id: uuid::Uuid::now_v7().to_string(),
-        sink: SinkKey {
-            webhook: webhook.key.clone(),
-            sink: route.sink().to_owned(),
-        },
-        route: route.name().to_owned(),
-        dead_on_arrival,
-    }
 }
 
 fn dedup_key(instance: &str, event: &EventBody) -> Option<String> {

@@ -90,6 +90,8 @@ pub struct Metrics {
     /// 1 while the receiver answers ingest (configuration loaded), as of the last scrape. Always
     /// exported, so its absence means the receiver is not scraped at all.
     pub ready: Gauge,
+    /// Stored events the router has not routed yet, as of the last scrape.
+    pub unrouted: Gauge,
     registry: Registry,
 }
 
@@ -116,6 +118,7 @@ impl Metrics {
             sink_held: Family::default(),
             oldest_pending_age: Family::default(),
             ready: Gauge::default(),
+            unrouted: Gauge::default(),
             registry: Registry::with_prefix("strapi_webhook_receiver"),
         };
         let mut registry = metrics.registry;
@@ -188,6 +191,11 @@ impl Metrics {
             "ready",
             "1 while the receiver answers ingest",
             metrics.ready.clone(),
+        );
+        registry.register(
+            "unrouted_events",
+            "Stored events waiting for the router",
+            metrics.unrouted.clone(),
         );
         Self {
             registry,

@@ -4,7 +4,8 @@
 //! Two HTTP servers share one [`ReceiverState`]: the ingest port ([`ingest::app`]), which Strapi
 //! calls and which answers only after the event is stored, and the admin port ([`admin::app`])
 //! for probes, metrics and the delivery API. The [`engine::Engine`] sends what was stored, one
-//! worker per sink. Configuration arrives as [`source::Snapshot`]s from a
+//! worker per sink; the [`router::run`] task turns stored events into deliveries in between.
+//! Configuration arrives as [`source::Snapshot`]s from a
 //! [`source::ConfigSource`]; the queue is any [`crate::queue::Queue`]. [`serve`] runs it all
 //! until a shutdown signal and then stops in order: stop accepting, finish storing what arrived,
 //! let in-flight deliveries finish within a grace period, hand back the rest.
@@ -16,18 +17,28 @@ pub mod ingest;
 pub mod kubernetes;
 pub mod metrics;
 pub mod repair;
+pub mod router;
 pub mod server;
 pub mod source;
 pub mod tenant;
 
-use std::{future::Future, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+};
 
 use crate::{
     http::AdminToken,
     queue::{
-        Queue, QueueError,
+        KnownInstances, Queue, QueueError,
         nats::{NatsQueue, NatsSpec},
         sqlite::{Durability, SqliteQueue},
     },
@@ -184,6 +195,11 @@ pub struct ReceiverState {
     pub settings: ReceiverSettings,
     /// What the gap repair asks of this process.
     pub repair: repair::RepairState,
+    /// Woken when an event is stored unrouted, so the [`router`] routes it at once.
+    pub routing: Notify,
+    /// The last known ingest configuration, loaded from the queue at start: what ingest
+    /// authenticates with until the live configuration has loaded.
+    known: RwLock<Arc<KnownInstances>>,
 }
 
 impl ReceiverState {
@@ -209,7 +225,31 @@ impl ReceiverState {
             engine,
             settings,
             repair: repair::RepairState::default(),
+            routing: Notify::new(),
+            known: RwLock::default(),
         }))
+    }
+
+    /// The last known ingest configuration (empty until [`ReceiverState::load_known_instances`]).
+    pub fn known_instances(&self) -> Arc<KnownInstances> {
+        Arc::clone(&self.known.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Loads the last known ingest configuration from the queue; a failure is logged and leaves
+    /// ingest waiting for the live configuration, as without one.
+    pub async fn load_known_instances(&self) {
+        match self.queue.known_instances().await {
+            Ok(known) => {
+                tracing::info!(
+                    instances = known.len(),
+                    "loaded the last known configuration"
+                );
+                *self.known.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(known);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the last known configuration failed");
+            }
+        }
     }
 }
 
@@ -222,7 +262,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     let (stop, stopping) = watch::channel(false);
+    state.load_known_instances().await;
     let engine = tokio::spawn(Arc::clone(&state.engine).run(stopping.clone()));
+    let router = tokio::spawn(router::run(Arc::clone(&state), stopping.clone()));
+    tokio::spawn(source::persist_known_instances(
+        Arc::clone(&state.queue),
+        state.config.clone(),
+        stopping.clone(),
+    ));
     let limits = state.settings.server.clone();
     let admin_server = tokio::spawn({
         let (app, limits, stopping) = (
@@ -257,8 +304,10 @@ pub async fn serve(
             tracing::warn!("ingest requests still open after the grace period; closing them");
         }
     }
-    // The engine's workers bound their own drain by the grace period.
+    // The engine's workers bound their own drain by the grace period; the router finishes the
+    // batch it routes (what stays unrouted is routed after the next start).
     let _ = engine.await;
+    let _ = router.await;
     let mut bound = stopping;
     let _ = tokio::time::timeout(grace, async {
         let _ = bound.wait_for(|stop| *stop).await;

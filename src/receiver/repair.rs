@@ -12,7 +12,8 @@
 //! - `POST /v1/instances/{namespace}/{name}/versions` — for a list of document versions, whether
 //!   an event showing that version (or a newer one) was stored.
 //! - `POST /v1/instances/{namespace}/{name}/recovered` — stores a recovered event in Strapi's
-//!   own body shape through the same fan-out as Strapi's calls, marked recovered; answers
+//!   own body shape through the same path as Strapi's calls (stored unrouted, then routed by the
+//!   router), marked recovered; answers
 //!   `duplicateOf` when the versions it shows were stored meanwhile.
 
 use std::{
@@ -144,9 +145,6 @@ pub struct RecoveredAnswer {
     /// The stored event's id, when it was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Deliveries it fanned out to.
-    #[serde(default)]
-    pub deliveries: usize,
     /// The stored event that already shows these versions, when nothing was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
@@ -277,8 +275,8 @@ async fn recovered(
     let refuse = |status: StatusCode, message: String| {
         (status, Json(json!({ "error": message }))).into_response()
     };
-    // Routing needs the live configuration: a recovered event stored before it would fan out
-    // to nothing. The repair tries again at its next check.
+    // Which instances are served is known only from the live configuration (the router would
+    // wait for it anyway). The repair tries again at its next check.
     if !snapshot.synced {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -310,11 +308,10 @@ async fn recovered(
             ),
         );
     }
-    match store(&state, &snapshot, &instance, &raw, &event, true, started).await {
+    match store(&state, &instance, &raw, &event, true, started).await {
         Ok(Stored {
             id,
             outcome: IngestOutcome::Stored,
-            deliveries,
         }) => {
             state
                 .metrics
@@ -323,7 +320,6 @@ async fn recovered(
                 .inc();
             Json(RecoveredAnswer {
                 id: Some(id),
-                deliveries,
                 duplicate_of: None,
             })
             .into_response()

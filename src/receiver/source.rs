@@ -20,6 +20,7 @@ use crate::{
         egress_rules,
     },
     manifests::{Manifests, Problems, key_of, namespace_of},
+    queue::{KnownInstance, KnownInstances, Queue},
 };
 
 /// Everything the receiver needs to authenticate, route and deliver, at one moment.
@@ -61,6 +62,24 @@ impl Snapshot {
         self
     }
 
+    /// What ingest needs to authenticate each instance's calls after a restart, before the live
+    /// configuration has loaded: digests of the shared secrets and the generation.
+    pub fn known_instances(&self) -> KnownInstances {
+        self.instances
+            .iter()
+            .map(|(instance, secrets)| {
+                let known = KnownInstance {
+                    secret_digests: secrets
+                        .iter()
+                        .map(|secret| secret_digest(secret.as_bytes()))
+                        .collect(),
+                    generation: self.instance_generations.get(instance).copied(),
+                };
+                (instance.clone(), known)
+            })
+            .collect()
+    }
+
     /// The webhooks that route events of `instance`.
     pub fn webhooks_of<'a>(
         &'a self,
@@ -69,6 +88,49 @@ impl Snapshot {
         self.webhooks
             .values()
             .filter(move |webhook| webhook.instance == instance)
+    }
+}
+
+/// Lowercase hex SHA-256 of a shared secret, as [`KnownInstance::secret_digests`] holds it.
+pub fn secret_digest(secret: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, secret)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Saves the ingest part of every loaded snapshot with the queue whenever it changes, so a
+/// restarted receiver answers known instances before its source has loaded again. Runs until
+/// `config`'s sender is gone or `stopping` turns true. A failed save is logged and tried again
+/// with the next change or after a short wait.
+pub async fn persist_known_instances(
+    queue: Arc<dyn Queue>,
+    mut config: watch::Receiver<Arc<Snapshot>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut saved = None;
+    loop {
+        let snapshot = config.borrow_and_update().clone();
+        if snapshot.synced {
+            let known = snapshot.known_instances();
+            if saved.as_ref() != Some(&known) {
+                match queue.save_known_instances(known.clone()).await {
+                    Ok(()) => saved = Some(known),
+                    Err(error) => {
+                        tracing::warn!(%error, "saving the known instances failed; trying again");
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                            _ = stopping.wait_for(|stop| *stop) => return,
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = config.changed() => if changed.is_err() { return },
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
     }
 }
 

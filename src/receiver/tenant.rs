@@ -16,18 +16,18 @@ pub const SLOTS: usize = 4;
 /// A kind of tenant code, with its own slots.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
-    /// Route filters, evaluated while Strapi waits for its answer: the time limit counts the
-    /// wait for a slot too, so an ingest never waits longer than it.
+    /// Route filters, evaluated by the router (Strapi's calls never wait on them).
     Filter,
-    /// Templates, rendered by the engine: the time limit counts from when rendering starts.
+    /// Templates, rendered by the engine.
     Template,
 }
 
 static FILTERS: Semaphore = Semaphore::const_new(SLOTS);
 static TEMPLATES: Semaphore = Semaphore::const_new(SLOTS);
 
-/// Runs `work` off the async workers. `None` when it did not finish within `limit`; the
-/// evaluation then finishes in the background, bounded by its budget.
+/// Runs `work` off the async workers. `None` when it did not finish within `limit`, counted from
+/// when it starts (a wait for a slot is not the evaluation's fault); the evaluation then
+/// finishes in the background, bounded by its budget.
 pub async fn run<T: Send + 'static>(
     kind: Kind,
     limit: Duration,
@@ -37,28 +37,13 @@ pub async fn run<T: Send + 'static>(
         Kind::Filter => &FILTERS,
         Kind::Template => &TEMPLATES,
     };
-    let evaluate = |slot| async move {
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            work()
-        })
+    let slot = slots.acquire().await.ok()?;
+    let evaluation = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    });
+    tokio::time::timeout(limit, evaluation)
         .await
         .ok()
-    };
-    match kind {
-        Kind::Filter => tokio::time::timeout(limit, async {
-            let slot = slots.acquire().await.ok()?;
-            evaluate(slot).await
-        })
-        .await
-        .ok()
-        .flatten(),
-        Kind::Template => {
-            let slot = slots.acquire().await.ok()?;
-            tokio::time::timeout(limit, evaluate(slot))
-                .await
-                .ok()
-                .flatten()
-        }
-    }
+        .and_then(Result::ok)
 }

@@ -1,0 +1,205 @@
+//! The router: turns stored, unrouted events into deliveries, off the ingest path.
+//!
+//! Ingest stores an event unrouted and answers Strapi at once; tenant-written route filters
+//! never run while Strapi waits. This task takes unrouted events in arrival order, in batches,
+//! evaluates every enabled webhook's routes against the *live* configuration, and stores the
+//! deliveries together with the event's routed mark ([`crate::queue::Queue::route`]). Before the
+//! live configuration has loaded (right after a restart, ingest already accepts events of known
+//! instances) it routes nothing: an event is never routed with a configuration older than the
+//! one it arrived under. Events left unrouted by a crash are routed after the restart.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use super::{ReceiverState, source::Snapshot, tenant};
+use crate::{
+    config::CompiledWebhook,
+    event::EventBody,
+    queue::{NewDelivery, QueueError, RoutedEvent, SinkKey, UnroutedEvent, delivery_id},
+    routing::CompiledRoute,
+};
+
+/// How long the router waits for one webhook's route filters on one event, counted from when
+/// they start. Filters are bounded by their cost budget when loaded, so this only catches one
+/// that is slow on a pathological event (its deliveries are stored dead with the reason). Strapi
+/// no longer waits on filters, so the limit leaves room for a filter near its budget on a busy
+/// machine (the template limit is the same) rather than dead-lettering it.
+pub const FILTER_TIME_LIMIT: Duration = Duration::from_secs(1);
+
+/// Events routed per batch (one queue transaction). The batch's events are evaluated at once,
+/// so one slow filter holds a batch up by at most [`FILTER_TIME_LIMIT`].
+const BATCH: u32 = 64;
+
+/// How often the router looks for unrouted events without being woken: events stored by
+/// another replica of a shared queue, or left after a failed routing.
+const POLL: Duration = Duration::from_millis(500);
+
+/// After a failed routing, the wait before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Routes until `stopping` turns true; what is unrouted then is routed after the next start.
+pub async fn run(state: Arc<ReceiverState>, mut stopping: watch::Receiver<bool>) {
+    let mut config = state.config.clone();
+    tokio::select! {
+        _ = config.wait_for(|snapshot| snapshot.synced) => {}
+        _ = stopping.wait_for(|stop| *stop) => return,
+    }
+    tracing::debug!("the live configuration is loaded; routing stored events");
+    while !*stopping.borrow() {
+        let pause = match route_batch(&state).await {
+            Ok(routed) if routed > 0 => continue,
+            Ok(_) => POLL,
+            Err(error) => {
+                tracing::error!(%error, "routing stored events failed; trying again");
+                RETRY
+            }
+        };
+        tokio::select! {
+            () = state.routing.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    }
+}
+
+/// Routes one batch of unrouted events with the live configuration and wakes the sinks they
+/// go to. Returns how many events it routed.
+async fn route_batch(state: &ReceiverState) -> Result<usize, QueueError> {
+    let events = state.queue.unrouted(BATCH).await?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let snapshot = state.config.borrow().clone();
+    let routed = futures::future::join_all(events.into_iter().map(|event| {
+        let snapshot = Arc::clone(&snapshot);
+        async move {
+            let deliveries = route_event(&snapshot, &event).await;
+            RoutedEvent { event, deliveries }
+        }
+    }))
+    .await;
+    let count = routed.len();
+    let mut sinks: Vec<SinkKey> = routed
+        .iter()
+        .flat_map(|routed| &routed.deliveries)
+        .filter(|delivery| delivery.dead_on_arrival.is_none())
+        .map(|delivery| delivery.sink.clone())
+        .collect();
+    for routed in &routed {
+        tracing::debug!(
+            event_id = %routed.event.id,
+            deliveries = routed.deliveries.len(),
+            "routed"
+        );
+    }
+    state.queue.route(routed).await?;
+    sinks.sort();
+    sinks.dedup();
+    for sink in &sinks {
+        state.engine.wake(sink);
+    }
+    Ok(count)
+}
+
+/// The deliveries of one stored event.
+async fn route_event(snapshot: &Snapshot, stored: &UnroutedEvent) -> Vec<NewDelivery> {
+    match EventBody::parse(&stored.raw) {
+        Ok(event) => fan_out(snapshot, stored, &Arc::new(event)).await,
+        Err(error) => {
+            // Ingest parsed it before storing it; bytes that no longer parse route nowhere.
+            tracing::error!(event_id = %stored.id, %error, "a stored event does not parse; not routed");
+            Vec::new()
+        }
+    }
+}
+
+/// One delivery per (enabled webhook subscribed to the event, matching route). A route whose
+/// filter fails on this event gets a delivery stored dead with the reason, so the failure is
+/// visible and replayable rather than a silent drop. Each webhook's filters are tenant code:
+/// they run off the async workers, all webhooks at once, and a webhook whose filters do not
+/// finish within [`FILTER_TIME_LIMIT`] gets its filtered deliveries stored dead with that reason.
+async fn fan_out(
+    snapshot: &Snapshot,
+    stored: &UnroutedEvent,
+    event: &Arc<EventBody>,
+) -> Vec<NewDelivery> {
+    let webhooks = snapshot
+        .webhooks_of(&stored.instance)
+        .filter(|webhook| webhook.enabled && webhook.events.contains(&event.event))
+        .map(|webhook| route_webhook(Arc::clone(webhook), Arc::clone(event), stored.id.clone()));
+    futures::future::join_all(webhooks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+async fn route_webhook(
+    webhook: Arc<CompiledWebhook>,
+    event: Arc<EventBody>,
+    event_id: String,
+) -> Vec<NewDelivery> {
+    let filtered = |route: &CompiledRoute| route.has_filter() && route.listed(&event);
+    if !webhook.routes.iter().any(filtered) {
+        return deliveries(&webhook, &event, &event_id);
+    }
+    let evaluated = {
+        let (webhook, event, event_id) =
+            (Arc::clone(&webhook), Arc::clone(&event), event_id.clone());
+        tenant::run(tenant::Kind::Filter, FILTER_TIME_LIMIT, move || {
+            deliveries(&webhook, &event, &event_id)
+        })
+        .await
+    };
+    evaluated.unwrap_or_else(|| {
+        tracing::warn!(webhook = %webhook.key, %event_id, "route filters exceeded their time limit");
+        webhook
+            .routes
+            .iter()
+            .filter(|route| route.listed(&event))
+            .map(|route| {
+                let dead = route.has_filter().then(|| {
+                    format!(
+                        "filter of route {} exceeded its time limit of {} ms",
+                        route.name(),
+                        FILTER_TIME_LIMIT.as_millis()
+                    )
+                });
+                delivery(&webhook, route, &event_id, dead)
+            })
+            .collect()
+    })
+}
+
+fn deliveries(webhook: &CompiledWebhook, event: &EventBody, event_id: &str) -> Vec<NewDelivery> {
+    webhook
+        .routes
+        .iter()
+        .filter_map(|route| {
+            let dead_on_arrival = match route.matches(event) {
+                Ok(true) => None,
+                Ok(false) => return None,
+                Err(error) => Some(format!("filter of route {} failed: {error}", route.name())),
+            };
+            Some(delivery(webhook, route, event_id, dead_on_arrival))
+        })
+        .collect()
+}
+
+fn delivery(
+    webhook: &CompiledWebhook,
+    route: &CompiledRoute,
+    event_id: &str,
+    dead_on_arrival: Option<String>,
+) -> NewDelivery {
+    NewDelivery {
+        id: delivery_id(event_id, &webhook.key, route.name()),
+        sink: SinkKey {
+            webhook: webhook.key.clone(),
+            sink: route.sink().to_owned(),
+        },
+        route: route.name().to_owned(),
+        dead_on_arrival,
+    }
+}
