@@ -15,7 +15,7 @@
 
 mod common;
 // The controller tests' in-memory API server, shared rather than copied.
-#[path = "../tests/controller/fake_api.rs"]
+#[path = "../tests/support/fake_api.rs"]
 #[allow(dead_code)]
 mod fake_api;
 

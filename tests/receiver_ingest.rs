@@ -1,7 +1,6 @@
 //! Ingest: what Strapi's calls are answered, and what is (and is not) stored. The routers are
 //! driven with `oneshot`; the queue is a real SQLite file.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -24,24 +23,25 @@ use strapi_webhook_operator::{
         source::StaticSource,
     },
 };
-use support::{INSTANCE, SECRET, article_event, snapshot, webhook_spec};
+use support::receiver;
+use support::receiver::{INSTANCE, SECRET, article_event, snapshot, webhook_spec};
 use tower::ServiceExt;
 
 struct Harness {
     state: Arc<ReceiverState>,
     source: StaticSource,
-    _store: support::TestStore,
+    _store: receiver::TestStore,
 }
 
 impl Harness {
     async fn new(max_body_bytes: usize) -> Self {
-        let store = support::TestStore::start();
+        let store = receiver::TestStore::start();
         let queue = store.open().await;
         let spec = webhook_spec(&[("crm", "http://127.0.0.1:9/hook".to_owned())]);
         let source = StaticSource::new(snapshot(&spec));
         let settings = ReceiverSettings {
             max_body_bytes,
-            admin_token: Some(support::admin_token()),
+            admin_token: Some(receiver::admin_token()),
             ..ReceiverSettings::default()
         };
         Self {
@@ -68,7 +68,7 @@ impl Harness {
 
     async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
         let request = Request::get(path)
-            .header("authorization", format!("Bearer {}", support::ADMIN_TOKEN))
+            .header("authorization", format!("Bearer {}", receiver::ADMIN_TOKEN))
             .body(Body::empty())
             .unwrap();
         self.call(admin::app(Arc::clone(&self.state)), request)

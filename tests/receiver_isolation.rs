@@ -2,7 +2,6 @@
 //! wedges the receiver for the others (issue 13). Each test reproduces a way the receiver was
 //! taken down and checks it no longer is.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -14,7 +13,10 @@ use strapi_webhook_operator::{
     queue::{DeliveryFilter, DeliveryState, NewDelivery, NewEvent, SinkKey, now_millis},
     receiver::source::Snapshot,
 };
-use support::{CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec};
+use support::receiver;
+use support::receiver::{
+    CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec,
+};
 
 /// [`webhook_spec`] with its first sink's max attempts set.
 fn spec_with_max_attempts(sink_url: String, max_attempts: u32) -> StrapiWebhookSpec {
@@ -36,7 +38,7 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
     queue
         .ingest(NewEvent {
             id: "poison-event".into(),
-            instance: support::INSTANCE.into(),
+            instance: receiver::INSTANCE.into(),
             event: "entry.create".into(),
             received_at: now_millis(),
             raw: article_event(1).to_string().into_bytes(),
@@ -140,13 +142,13 @@ async fn a_bomb_webhook_beside_a_normal_one_neither_delays_nor_loses_the_normal_
     .unwrap();
     let snapshot = Snapshot::new(
         BTreeMap::from([(
-            support::INSTANCE.to_owned(),
-            vec![support::SECRET.to_owned()],
+            receiver::INSTANCE.to_owned(),
+            vec![receiver::SECRET.to_owned()],
         )]),
         [normal, bomb_webhook(&bomb_sink.url())],
     );
     let receiver = TestReceiver::start(snapshot).await;
-    let http = support::client();
+    let http = receiver::client();
     let rss_before = rss_kib();
     let mut peak_rss = rss_before;
     let mut latencies = Vec::with_capacity(EVENTS);
@@ -249,7 +251,7 @@ async fn slow_loris_connections_are_closed_after_the_header_timeout_and_ingest_s
         stream.write_all(b"a").await.unwrap();
     }
     let started = std::time::Instant::now();
-    let status = receiver.post(&support::client(), &article_event(1)).await;
+    let status = receiver.post(&receiver::client(), &article_event(1)).await;
     let answered = started.elapsed();
     assert!(status.is_success(), "{status}");
 
@@ -295,7 +297,7 @@ async fn readyz_is_not_ready_while_storage_writes_fail_and_ready_again_after() {
         snapshot(&webhook_spec(&[("crm", sink.url())])),
     )
     .await;
-    let http = support::client();
+    let http = receiver::client();
     let ready = format!("{}/readyz", receiver.admin_url());
     let readiness = || async { http.get(&ready).send().await.unwrap().status().as_u16() };
     assert_eq!(readiness().await, 200);
@@ -325,11 +327,12 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
     let sink = CaptureSink::start().await;
     std::fs::write(
         store.dir.path().join("manifests.yaml"),
-        support::manifests(&sink.url()),
+        receiver::manifests(&sink.url()),
     )
     .unwrap();
     let receiver =
-        support::BinaryReceiver::start_with_open_files(store.dir.path(), &store.spec(), 1024).await;
+        receiver::BinaryReceiver::start_with_open_files(store.dir.path(), &store.spec(), 1024)
+            .await;
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         idle.push(
@@ -338,7 +341,7 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
                 .unwrap(),
         );
     }
-    let http = support::client();
+    let http = receiver::client();
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(
         Duration::from_secs(5),
@@ -347,7 +350,7 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
             receiver.ingest
         ))
         .header("content-type", "application/json")
-        .header("x-strapi-webhook-secret", support::SECRET)
+        .header("x-strapi-webhook-secret", receiver::SECRET)
         .body(article_event(1).to_string())
         .send(),
     )
@@ -378,8 +381,8 @@ async fn a_second_receiver_on_the_same_sqlite_file_exits_naming_it() {
     }
     let sink = CaptureSink::start().await;
     let dir = store.dir.path();
-    std::fs::write(dir.join("manifests.yaml"), support::manifests(&sink.url())).unwrap();
-    let _first = support::BinaryReceiver::start(dir, &store.spec()).await;
+    std::fs::write(dir.join("manifests.yaml"), receiver::manifests(&sink.url())).unwrap();
+    let _first = receiver::BinaryReceiver::start(dir, &store.spec()).await;
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
         .args([
             "receiver",

@@ -4,9 +4,6 @@
 
 mod support;
 
-#[path = "support/receiver.rs"]
-mod receiver;
-
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -16,7 +13,6 @@ use std::{
 };
 
 use axum::http::StatusCode;
-use receiver::{INSTANCE, SECRET, TestReceiver, article_event, client, free_port};
 use serde_json::json;
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
@@ -28,6 +24,8 @@ use strapi_webhook_operator::{
     sinks::{EgressBase, EgressPolicy},
 };
 use support::CaptureServer;
+use support::receiver;
+use support::receiver::{INSTANCE, SECRET, TestReceiver, article_event, client, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
