@@ -18,9 +18,10 @@ use examples::example_at;
 use nextjs::{NextjsSite, Rendering, SITE_SECRET};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
-    api::{SinkStatus, StrapiWebhookSpec},
+    admin_api::{SinkCounters, Stats},
+    api::StrapiWebhookSpec,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
-    receiver::{admin::Stats, source::Snapshot},
+    receiver::source::Snapshot,
 };
 use support::receiver::{INSTANCE, SECRET, TestReceiver, client};
 use support::{examples, nextjs};
@@ -154,7 +155,7 @@ fn forward(url: &str, secret: &str) -> CompiledWebhook {
 }
 
 /// The receiver's counters for the sink `website` of `webhook`.
-async fn website(receiver: &TestReceiver, webhook: &str) -> SinkStatus {
+async fn website(receiver: &TestReceiver, webhook: &str) -> SinkCounters {
     let stats: Stats = client()
         .get(format!("{}/v1/stats", receiver.admin_url()))
         .send()
@@ -175,8 +176,8 @@ async fn website(receiver: &TestReceiver, webhook: &str) -> SinkStatus {
 async fn wait_for_sink(
     receiver: &TestReceiver,
     webhook: &str,
-    done: impl Fn(&SinkStatus) -> bool,
-) -> SinkStatus {
+    done: impl Fn(&SinkCounters) -> bool,
+) -> SinkCounters {
     let deadline = tokio::time::Instant::now() + DELIVERY_WITHIN;
     loop {
         let status = website(receiver, webhook).await;

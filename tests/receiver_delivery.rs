@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use axum::http::StatusCode;
 use strapi_webhook_operator::{
+    admin_api::Stats,
     queue::{DeliveryFilter, DeliveryState},
-    receiver::admin::Stats,
 };
 use support::receiver;
 use support::receiver::{

@@ -19,7 +19,7 @@ use axum::{
 use examples::example_at;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use strapi_webhook_operator::receiver::{admin::Stats, source::Snapshot};
+use strapi_webhook_operator::{admin_api::Stats, receiver::source::Snapshot};
 use support::receiver::{INSTANCE, SECRET, TestReceiver, client};
 use support::{examples, receiver};
 use tokio::time::Instant;

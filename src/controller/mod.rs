@@ -44,11 +44,12 @@ pub use conditions::Reported;
 pub use error::Error;
 pub use events::{Notice, Publisher};
 pub use metrics::{Metrics, ReceiverCallLabels};
-pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Routing, Stats};
+pub use receiver_admin::{ReceiverAdmin, ReceiverError};
 pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ServiceRef};
 pub use webhook::{unknown_models, validation_conditions};
 
 use crate::{
+    admin_api::Stats,
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     config::{instance_key, referenced_instance, secret_refs},
     strapi::{ContentType, Credentials, StrapiClient, StrapiError},
