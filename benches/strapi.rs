@@ -423,6 +423,7 @@ async fn scale(
         allow_loopback_sinks: true,
         receiver_admin_token: Some(receiver.admin_token.clone()),
         repair: strapi_webhook_operator::repair::CheckSettings::default(),
+        pod_name: None,
     };
     let metrics = Metrics::register(&mut Registry::default());
     let ctx = Arc::new(Context::new(

@@ -234,28 +234,7 @@ async fn register(
     {
         Ok(applied) => applied,
         Err(error) => {
-            let (reachable, registered) = match &error {
-                StrapiError::Unreachable { .. }
-                | StrapiError::Unauthorized { .. }
-                | StrapiError::Forbidden { .. } => (
-                    Reported::no(
-                        "Reachable",
-                        super::error::strapi_reason(&error),
-                        error.to_string(),
-                    ),
-                    None,
-                ),
-                _ => (
-                    Reported::yes("Reachable", "Reachable", "the admin API answered"),
-                    Some(Reported::no(
-                        "Registered",
-                        super::error::strapi_reason(&error),
-                        explain_rejection(&error),
-                    )),
-                ),
-            };
-            reported.push(reachable);
-            reported.extend(registered);
+            reported.extend(registration_failed(&error));
             ctx.events
                 .publish(
                     instance,
@@ -326,6 +305,27 @@ async fn register(
         restarted_at,
         repair: previous.repair.clone(),
     })
+}
+
+/// `Reachable` and, when Strapi answered, `Registered` after `ensure` failed with `error`.
+fn registration_failed(error: &StrapiError) -> Vec<Reported> {
+    match error {
+        StrapiError::Unreachable { .. }
+        | StrapiError::Unauthorized { .. }
+        | StrapiError::Forbidden { .. } => vec![Reported::no(
+            "Reachable",
+            super::error::strapi_reason(error),
+            error.to_string(),
+        )],
+        _ => vec![
+            Reported::yes("Reachable", "Reachable", "the admin API answered"),
+            Reported::no(
+                "Registered",
+                super::error::strapi_reason(error),
+                explain_rejection(error),
+            ),
+        ],
+    }
 }
 
 // Strapi's message for its production-only URL check, and what to do about it.

@@ -261,40 +261,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     let fetched =
         FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec)).await?;
 
-    // Validate.
-    let compiled = config::compile_webhook(
-        &namespace,
-        &name,
-        webhook.meta().generation.unwrap_or_default(),
-        &webhook.spec,
-        &fetched,
-    );
-    let compiled = match (compiled, &instance) {
-        (Ok(mut compiled), Some(instance)) => {
-            check_egress(ctx, instance, &webhook.spec, &mut compiled)
-                .await
-                .map(|()| compiled)
-        }
-        (compiled, _) => compiled,
-    };
-    let warnings = compiled
-        .as_ref()
-        .map_or(&[][..], |compiled| &compiled.warnings);
-    let mut reported = Vec::from(validation_conditions(compiled.as_ref().err(), warnings));
-    match &compiled {
-        Err(errors) => {
-            ctx.events
-                .publish(webhook, Notice::InvalidSpec(errors.to_string()))
-                .await;
-        }
-        Ok(compiled) if !compiled.warnings.is_empty() => {
-            let message = joined(compiled.warnings.iter());
-            ctx.events
-                .publish(webhook, Notice::SpecWarning(message))
-                .await;
-        }
-        Ok(_) => {}
-    }
+    let mut reported = validate(ctx, webhook, instance.as_deref(), &fetched).await;
     let (ready_parts, endpoint) = match &instance {
         None => {
             let error = Error::InstanceMissing {
@@ -355,6 +322,51 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
 
     write_status(ctx, webhook, &key, &reported, endpoint).await?;
     Ok(Action::requeue(next_check))
+}
+
+/// Validate: compiles the spec as the receiver will (under the instance's egress policy when
+/// the instance exists), publishes an Event for errors or warnings, and returns the
+/// `RoutesValid` and `SinksResolved` conditions.
+async fn validate(
+    ctx: &Context,
+    webhook: &StrapiWebhook,
+    instance: Option<&StrapiInstance>,
+    fetched: &FetchedSecrets,
+) -> Vec<Reported> {
+    let compiled = config::compile_webhook(
+        &webhook.namespace().unwrap_or_default(),
+        &webhook.name_any(),
+        webhook.meta().generation.unwrap_or_default(),
+        &webhook.spec,
+        fetched,
+    );
+    let compiled = match (compiled, instance) {
+        (Ok(mut compiled), Some(instance)) => {
+            check_egress(ctx, instance, &webhook.spec, &mut compiled)
+                .await
+                .map(|()| compiled)
+        }
+        (compiled, _) => compiled,
+    };
+    let warnings = compiled
+        .as_ref()
+        .map_or(&[][..], |compiled| &compiled.warnings);
+    let reported = Vec::from(validation_conditions(compiled.as_ref().err(), warnings));
+    match &compiled {
+        Err(errors) => {
+            ctx.events
+                .publish(webhook, Notice::InvalidSpec(errors.to_string()))
+                .await;
+        }
+        Ok(compiled) if !compiled.warnings.is_empty() => {
+            let message = joined(compiled.warnings.iter());
+            ctx.events
+                .publish(webhook, Notice::SpecWarning(message))
+                .await;
+        }
+        Ok(_) => {}
+    }
+    reported
 }
 
 /// A sink's entry of `status.sinks`, from the receiver's counters.

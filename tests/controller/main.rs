@@ -112,6 +112,7 @@ impl World {
                 settle: Duration::from_secs(1),
                 ..strapi_webhook_operator::repair::CheckSettings::default()
             },
+            pod_name: None,
         };
         let metrics = Metrics::register(&mut Registry::default());
         let ctx = Arc::new(Context::new(
