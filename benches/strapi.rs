@@ -15,7 +15,7 @@
 
 mod common;
 // The controller tests' in-memory API server, shared rather than copied.
-#[path = "../tests/controller/fake_api.rs"]
+#[path = "../tests/support/fake_api.rs"]
 #[allow(dead_code)]
 mod fake_api;
 
@@ -423,6 +423,7 @@ async fn scale(
         allow_loopback_sinks: true,
         receiver_admin_token: Some(receiver.admin_token.clone()),
         repair: strapi_webhook_operator::repair::CheckSettings::default(),
+        pod_name: None,
     };
     let metrics = Metrics::register(&mut Registry::default());
     let ctx = Arc::new(Context::new(

@@ -21,7 +21,7 @@ use axum::{
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
-    receiver::admin::Stats,
+    admin_api::Stats,
     strapi::{Credentials, Document, StrapiClient},
 };
 

@@ -135,6 +135,8 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn Error>> {
             settle: args.repair_settle.into(),
             ..crate::repair::CheckSettings::default()
         },
+        // Set by the Deployment's downward API; unset, Events name no reporting instance.
+        pod_name: std::env::var("POD_NAME").ok(),
     };
     let election = args.leader_elect.then_some(LeaderElection {
         namespace: args.lease_namespace,

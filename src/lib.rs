@@ -5,6 +5,7 @@
 //! The crate is a library with one thin binary. Its modules follow the architecture:
 //!
 //! - [`api`]: the custom resource types, nothing else.
+//! - [`admin_api`]: the receiver admin API's wire types, shared by the receiver and its clients.
 //! - [`strapi`]: a client for Strapi's admin REST API.
 //! - [`registration`]: the one managed webhook per Strapi, shared by the controller and local mode.
 //! - [`event`]: a Strapi webhook event as received, raw and parsed.
@@ -12,6 +13,7 @@
 //!   they know nothing of Kubernetes.
 //! - [`config`]: custom-resource specs turned into runnable routes and sinks, and how the
 //!   resources refer to each other.
+//! - [`cluster`]: the Kubernetes reads the controller and the receiver's cluster source share.
 //! - [`controller`]: reconciles the custom resources into Strapi registrations and status.
 //! - [`receiver`]: authenticated, durable ingest and at-least-once delivery.
 //! - [`manifests`]: reading the resources from YAML files, with admission checked offline.
@@ -20,8 +22,10 @@
 //! - [`cli`]: the command line; each subcommand hands over to one module above.
 //! - [`http`] and [`telemetry`]: outbound HTTP clients and logging, shared by all.
 
+pub mod admin_api;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod event;

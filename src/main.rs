@@ -8,7 +8,9 @@ fn main() -> std::process::ExitCode {
     if arguments.next().as_deref() == Some(sandbox::WORKER_ARGUMENT) {
         return sandbox::serve(&arguments.next().unwrap_or_default());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     match runtime {
         Ok(runtime) => runtime.block_on(Cli::parse().run()),
         Err(error) => {

@@ -5,8 +5,6 @@
 //! Strapi, pointing at an in-process receiver on loopback, and looks only at its own documents:
 //! other tests change content in the same Strapi at the same time.
 
-#[path = "support/receiver.rs"]
-mod receiver_support;
 mod support;
 
 use std::{
@@ -19,7 +17,6 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use receiver_support::{SECRET, TestReceiver, webhook_spec};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
     config::{InMemorySecrets, compile_webhook},
@@ -29,6 +26,8 @@ use strapi_webhook_operator::{
     repair::{self, CheckSettings, RepairClient, Report, Target},
     strapi::{Document, StrapiClient},
 };
+use support::receiver;
+use support::receiver::{SECRET, TestReceiver, webhook_spec};
 use support::{CaptureServer, CapturedRequest, StrapiServer};
 
 const ARTICLE: &str = "api::article.article";
@@ -111,7 +110,7 @@ impl Setup {
         };
         repair::check(
             &target,
-            &RepairClient::new(&self.admin_url, Some(&receiver_support::admin_token())),
+            &RepairClient::new(&self.admin_url, Some(&receiver::admin_token())),
             &settings,
         )
         .await
@@ -313,7 +312,7 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
         );
     }
     // `deliveries list` shows them as recovered.
-    let listed: Vec<Value> = receiver_support::client()
+    let listed: Vec<Value> = receiver::client()
         .get(format!("{}/v1/deliveries?limit=1000", setup.admin_url))
         .send()
         .await
@@ -481,7 +480,7 @@ spec:
     )
     .unwrap();
     let queue = format!("sqlite:{}", dir.path().join("queue.db").display());
-    let receiver = receiver_support::BinaryReceiver::start(dir.path(), &queue).await;
+    let receiver = receiver::BinaryReceiver::start(dir.path(), &queue).await;
     let (ingest, admin) = (receiver.ingest.clone(), receiver.admin.clone());
     let desired = Desired {
         instance: instance.clone(),
@@ -493,10 +492,7 @@ spec:
             .collect(),
     };
     registration::ensure(&client, &desired).await.unwrap();
-    let repair = RepairClient::new(
-        &format!("http://{admin}"),
-        Some(&receiver_support::admin_token()),
-    );
+    let repair = RepairClient::new(&format!("http://{admin}"), Some(&receiver::admin_token()));
     let events: BTreeSet<String> = desired.events.clone();
     let target = Target {
         instance: &instance,
@@ -527,7 +523,7 @@ spec:
                 receiver.child.kill().unwrap();
                 receiver.child.wait().unwrap();
                 kills += 1;
-                receiver = receiver_support::BinaryReceiver::start_on(
+                receiver = receiver::BinaryReceiver::start_on(
                     &dir,
                     &queue,
                     receiver.ingest.clone(),

@@ -7,20 +7,12 @@
 
 mod support;
 
-#[path = "support/examples.rs"]
-mod examples;
-#[path = "support/nextjs.rs"]
-mod nextjs;
-#[path = "support/receiver.rs"]
-mod receiver;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
 
 use examples::example_at;
-use receiver::{INSTANCE, SECRET, TestReceiver};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
     api::{SecretKeyRef, StrapiWebhookSpec},
@@ -29,7 +21,9 @@ use strapi_webhook_operator::{
     receiver::source::Snapshot,
     strapi::{Document, StrapiClient, WebhookSpec},
 };
+use support::receiver::{INSTANCE, SECRET, TestReceiver};
 use support::{CaptureServer, CapturedRequest, StrapiServer};
+use support::{examples, nextjs, receiver};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 

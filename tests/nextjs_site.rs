@@ -6,12 +6,7 @@
 //! pages its mapping names: tag per model, `/articles/{slug}`, `/{slug}`, `/categories/{slug}`,
 //! and the root layout (every page) for the site-wide single types.
 
-#[path = "support/examples.rs"]
-mod examples;
-#[path = "support/nextjs.rs"]
-mod nextjs;
-#[path = "support/receiver.rs"]
-mod receiver;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,13 +16,15 @@ use std::{
 use axum::http::StatusCode;
 use examples::example_at;
 use nextjs::{NextjsSite, Rendering, SITE_SECRET};
-use receiver::{INSTANCE, SECRET, TestReceiver, client};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
-    api::{SinkStatus, StrapiWebhookSpec},
+    admin_api::{SinkCounters, Stats},
+    api::StrapiWebhookSpec,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
-    receiver::{admin::Stats, source::Snapshot},
+    receiver::source::Snapshot,
 };
+use support::receiver::{INSTANCE, SECRET, TestReceiver, client};
+use support::{examples, nextjs};
 
 /// How long a page may take to show a revalidation the receiver reported as delivered.
 const REFRESH_WITHIN: Duration = Duration::from_secs(10);
@@ -158,7 +155,7 @@ fn forward(url: &str, secret: &str) -> CompiledWebhook {
 }
 
 /// The receiver's counters for the sink `website` of `webhook`.
-async fn website(receiver: &TestReceiver, webhook: &str) -> SinkStatus {
+async fn website(receiver: &TestReceiver, webhook: &str) -> SinkCounters {
     let stats: Stats = client()
         .get(format!("{}/v1/stats", receiver.admin_url()))
         .send()
@@ -179,8 +176,8 @@ async fn website(receiver: &TestReceiver, webhook: &str) -> SinkStatus {
 async fn wait_for_sink(
     receiver: &TestReceiver,
     webhook: &str,
-    done: impl Fn(&SinkStatus) -> bool,
-) -> SinkStatus {
+    done: impl Fn(&SinkCounters) -> bool,
+) -> SinkCounters {
     let deadline = tokio::time::Instant::now() + DELIVERY_WITHIN;
     loop {
         let status = website(receiver, webhook).await;

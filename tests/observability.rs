@@ -2,7 +2,6 @@
 //! they name exists, the dashboard is well formed, and a real Prometheus scraping a real receiver
 //! answers every receiver expression of the dashboard and the rules with data.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{
@@ -22,7 +21,10 @@ use strapi_webhook_operator::{
         InstanceLabels, Metrics as ReceiverMetrics, RejectLabels, RejectReason, SinkLabels,
     },
 };
-use support::{Answer, CaptureSink, KillOnDrop, TestReceiver, client, free_port, snapshot};
+use support::receiver;
+use support::receiver::{
+    Answer, CaptureSink, KillOnDrop, TestReceiver, client, free_port, snapshot,
+};
 
 const RULES: &str = "charts/strapi-webhook-operator/files/prometheus-rules.yaml";
 const DASHBOARD: &str = "charts/strapi-webhook-operator/files/grafana-dashboard.json";
@@ -327,7 +329,7 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
     refusing.answer(Answer::Status(400));
     let failing = CaptureSink::start().await;
     failing.answer(Answer::Status(503));
-    let spec = support::webhook_spec(&[
+    let spec = receiver::webhook_spec(&[
         ("accepting", accepting.url()),
         ("refusing", refusing.url()),
         ("failing", failing.url()),
@@ -343,7 +345,7 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         "uid": "api::article.article", "entry": {"id": 1, "documentId": "d1", "locale": "en"}
     });
     for n in 0..5 {
-        let status = receiver.post(&http, &support::article_event(n)).await;
+        let status = receiver.post(&http, &receiver::article_event(n)).await;
         assert!(status.is_success(), "{status}");
     }
     for _ in 0..2 {
@@ -353,11 +355,11 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         .post(format!(
             "http://{}/v1/instances/{}",
             receiver.ingest,
-            support::INSTANCE
+            receiver::INSTANCE
         ))
         .header("content-type", "application/json")
         .header("x-strapi-webhook-secret", "wrong")
-        .body(support::article_event(9).to_string())
+        .body(receiver::article_event(9).to_string())
         .send()
         .await
         .unwrap();
@@ -396,7 +398,7 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         .await;
     assert_eq!(
         rejected[0]["metric"]["strapi_instance"],
-        support::INSTANCE,
+        receiver::INSTANCE,
         "{rejected:?}"
     );
     receiver.shutdown().await;

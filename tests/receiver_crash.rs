@@ -1,13 +1,15 @@
 //! The real binary, killed with SIGKILL in the middle of a burst: every event it acknowledged
 //! is delivered after a restart on the same queue, and SIGTERM stops it cleanly.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use futures::{StreamExt, stream};
-use support::{BinaryReceiver as Receiver, CaptureSink, SECRET, article_event, client, manifests};
+use support::receiver;
+use support::receiver::{
+    BinaryReceiver as Receiver, CaptureSink, SECRET, article_event, client, manifests,
+};
 
 const EVENTS: usize = 1_000;
 const KILL_AFTER: usize = 400;
@@ -44,7 +46,7 @@ async fn post_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_no_acknowledged_event() {
-    let store = support::TestStore::start();
+    let store = receiver::TestStore::start();
     let dir = &store.dir;
     let sink = CaptureSink::start().await;
     std::fs::write(dir.path().join("manifests.yaml"), manifests(&sink.url())).unwrap();

@@ -1,21 +1,23 @@
 //! The delivery engine against real loopback sinks: retries until a sink is back, dead letters
 //! and replay, independence of sinks, and the admin counters.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use axum::http::StatusCode;
 use strapi_webhook_operator::{
+    admin_api::Stats,
     queue::{DeliveryFilter, DeliveryState},
-    receiver::admin::Stats,
 };
-use support::{Answer, CaptureSink, TestReceiver, article_event, client, snapshot, webhook_spec};
+use support::receiver;
+use support::receiver::{
+    Answer, CaptureSink, TestReceiver, article_event, client, snapshot, webhook_spec,
+};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn entry_ids(received: &[support::Captured]) -> BTreeSet<u64> {
+fn entry_ids(received: &[receiver::Captured]) -> BTreeSet<u64> {
     received
         .iter()
         .map(|captured| captured.body["entry"]["id"].as_u64().unwrap())
@@ -115,7 +117,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     sink.answer(Answer::Status(200));
     let cli = env!("CARGO_BIN_EXE_strapi-webhook-operator");
     let listed = Command::new(cli)
-        .env("RECEIVER_ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .env("RECEIVER_ADMIN_TOKEN", receiver::ADMIN_TOKEN)
         .args([
             "deliveries",
             "--admin-url",
@@ -139,7 +141,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     assert!(table.contains(&dead[0].id), "{table}");
 
     let replayed = Command::new(cli)
-        .env("RECEIVER_ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .env("RECEIVER_ADMIN_TOKEN", receiver::ADMIN_TOKEN)
         .args([
             "deliveries",
             "--admin-url",
@@ -174,7 +176,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     );
 
     let refused = Command::new(cli)
-        .env("RECEIVER_ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .env("RECEIVER_ADMIN_TOKEN", receiver::ADMIN_TOKEN)
         .args([
             "deliveries",
             "--admin-url",

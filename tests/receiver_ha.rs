@@ -6,7 +6,6 @@
 //! These tests always use JetStream (they start their own `nats-server -js`), whatever
 //! `SWO_TEST_QUEUE` says.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{
@@ -20,8 +19,10 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt, stream};
 use support::{
-    BinaryReceiver, CaptureSink, Captured, SECRET, article_event, client, free_port, manifests,
     nats_server::NatsServer,
+    receiver::{
+        BinaryReceiver, CaptureSink, Captured, SECRET, article_event, client, free_port, manifests,
+    },
 };
 
 const EVENTS: usize = 10_000;

@@ -2,7 +2,6 @@
 //! driven with `oneshot`, the event router runs as in the receiver; the queue is a real SQLite
 //! file.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -26,25 +25,26 @@ use strapi_webhook_operator::{
         source::StaticSource,
     },
 };
-use support::{INSTANCE, SECRET, article_event, snapshot, webhook_spec};
+use support::receiver;
+use support::receiver::{INSTANCE, SECRET, article_event, snapshot, webhook_spec};
 use tower::ServiceExt;
 
 struct Harness {
     state: Arc<ReceiverState>,
     source: StaticSource,
     _stop: tokio::sync::watch::Sender<bool>,
-    _store: support::TestStore,
+    _store: receiver::TestStore,
 }
 
 impl Harness {
     async fn new(max_body_bytes: usize) -> Self {
-        let store = support::TestStore::start();
+        let store = receiver::TestStore::start();
         let queue = store.open().await;
         let spec = webhook_spec(&[("crm", "http://127.0.0.1:9/hook".to_owned())]);
         let source = StaticSource::new(snapshot(&spec));
         let settings = ReceiverSettings {
             max_body_bytes,
-            admin_token: Some(support::admin_token()),
+            admin_token: Some(receiver::admin_token()),
             ..ReceiverSettings::default()
         };
         let state = ReceiverState::new(queue, &source, settings).unwrap();
@@ -75,7 +75,7 @@ impl Harness {
 
     async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
         let request = Request::get(path)
-            .header("authorization", format!("Bearer {}", support::ADMIN_TOKEN))
+            .header("authorization", format!("Bearer {}", receiver::ADMIN_TOKEN))
             .body(Body::empty())
             .unwrap();
         self.call(admin::app(Arc::clone(&self.state)), request)

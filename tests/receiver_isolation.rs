@@ -2,7 +2,6 @@
 //! wedges the receiver for the others (issue 13). Each test reproduces a way the receiver was
 //! taken down and checks it no longer is.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -16,7 +15,10 @@ use strapi_webhook_operator::{
     },
     receiver::source::Snapshot,
 };
-use support::{CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec};
+use support::receiver;
+use support::receiver::{
+    CaptureSink, TestReceiver, TestStore, article_event, snapshot, webhook_spec,
+};
 
 /// [`webhook_spec`] with its first sink's max attempts set.
 fn spec_with_max_attempts(sink_url: String, max_attempts: u32) -> StrapiWebhookSpec {
@@ -38,7 +40,7 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
     queue
         .ingest(NewEvent {
             id: "poison-event".into(),
-            instance: support::INSTANCE.into(),
+            instance: receiver::INSTANCE.into(),
             event: "entry.create".into(),
             received_at: now_millis(),
             raw: article_event(1).to_string().into_bytes(),
@@ -150,13 +152,13 @@ async fn a_bomb_webhook_beside_a_normal_one_neither_delays_nor_loses_the_normal_
     .unwrap();
     let snapshot = Snapshot::new(
         BTreeMap::from([(
-            support::INSTANCE.to_owned(),
-            vec![support::SECRET.to_owned()],
+            receiver::INSTANCE.to_owned(),
+            vec![receiver::SECRET.to_owned()],
         )]),
         [normal, bomb_webhook(&bomb_sink.url())],
     );
     let receiver = TestReceiver::start(snapshot).await;
-    let http = support::client();
+    let http = receiver::client();
     let rss_before = rss_kib();
     let mut peak_rss = rss_before;
     let mut latencies = Vec::with_capacity(EVENTS);
@@ -265,7 +267,7 @@ async fn slow_loris_connections_are_closed_after_the_header_timeout_and_ingest_s
         stream.write_all(b"a").await.unwrap();
     }
     let started = std::time::Instant::now();
-    let status = receiver.post(&support::client(), &article_event(1)).await;
+    let status = receiver.post(&receiver::client(), &article_event(1)).await;
     let answered = started.elapsed();
     assert!(status.is_success(), "{status}");
 
@@ -311,7 +313,7 @@ async fn readyz_is_not_ready_while_storage_writes_fail_and_ready_again_after() {
         snapshot(&webhook_spec(&[("crm", sink.url())])),
     )
     .await;
-    let http = support::client();
+    let http = receiver::client();
     let ready = format!("{}/readyz", receiver.admin_url());
     let readiness = || async { http.get(&ready).send().await.unwrap().status().as_u16() };
     assert_eq!(readiness().await, 200);
@@ -341,11 +343,12 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
     let sink = CaptureSink::start().await;
     std::fs::write(
         store.dir.path().join("manifests.yaml"),
-        support::manifests(&sink.url()),
+        receiver::manifests(&sink.url()),
     )
     .unwrap();
     let receiver =
-        support::BinaryReceiver::start_with_open_files(store.dir.path(), &store.spec(), 1024).await;
+        receiver::BinaryReceiver::start_with_open_files(store.dir.path(), &store.spec(), 1024)
+            .await;
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         idle.push(
@@ -354,7 +357,7 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
                 .unwrap(),
         );
     }
-    let http = support::client();
+    let http = receiver::client();
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(
         Duration::from_secs(5),
@@ -363,7 +366,7 @@ async fn idle_connections_beyond_the_default_open_files_limit_do_not_starve_inge
             receiver.ingest
         ))
         .header("content-type", "application/json")
-        .header("x-strapi-webhook-secret", support::SECRET)
+        .header("x-strapi-webhook-secret", receiver::SECRET)
         .body(article_event(1).to_string())
         .send(),
     )
@@ -394,8 +397,8 @@ async fn a_second_receiver_on_the_same_sqlite_file_exits_naming_it() {
     }
     let sink = CaptureSink::start().await;
     let dir = store.dir.path();
-    std::fs::write(dir.join("manifests.yaml"), support::manifests(&sink.url())).unwrap();
-    let _first = support::BinaryReceiver::start(dir, &store.spec()).await;
+    std::fs::write(dir.join("manifests.yaml"), receiver::manifests(&sink.url())).unwrap();
+    let _first = receiver::BinaryReceiver::start(dir, &store.spec()).await;
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
         .args([
             "receiver",
@@ -478,8 +481,8 @@ fn normal_and_hostile(normal_sink: &str, hostile_sink: &str, route: serde_json::
         .expect("the hostile webhook is within every compile-time bound");
     Snapshot::new(
         BTreeMap::from([(
-            support::INSTANCE.to_owned(),
-            vec![support::SECRET.to_owned()],
+            receiver::INSTANCE.to_owned(),
+            vec![receiver::SECRET.to_owned()],
         )]),
         [normal, hostile],
     )
@@ -519,7 +522,7 @@ async fn a_template_that_grows_a_string_past_the_memory_limit_is_dead_lettered_n
         json!({ "http": { "body": grow } }),
     );
     let receiver = TestReceiver::start(snapshot).await;
-    let http = support::client();
+    let http = receiver::client();
     let rss_before = rss_kib();
     for n in 0..EVENTS {
         let status = receiver.post(&http, &article_event(n)).await;
@@ -531,7 +534,11 @@ async fn a_template_that_grows_a_string_past_the_memory_limit_is_dead_lettered_n
     let dead = hostile_dead_letters(&receiver, EVENTS).await;
     let rss_after = rss_kib();
     eprintln!("RSS {rss_before} KiB before, {rss_after} KiB after; {dead:?}");
-    assert_eq!(dead.len(), EVENTS, "every hostile delivery is dead-lettered");
+    assert_eq!(
+        dead.len(),
+        EVENTS,
+        "every hostile delivery is dead-lettered"
+    );
     for delivery in &dead {
         let error = delivery.last_error.as_deref().unwrap_or_default();
         assert!(
@@ -564,7 +571,7 @@ async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
         json!({ "filter": filter }),
     );
     let receiver = TestReceiver::start(snapshot).await;
-    let http = support::client();
+    let http = receiver::client();
     let mut event = article_event(1);
     event["entry"]["tags"] = json!(vec![0; 200_000]);
     let status = receiver.post(&http, &event).await;
@@ -575,7 +582,10 @@ async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
     let dead = hostile_dead_letters(&receiver, 1).await;
     assert_eq!(dead.len(), 1, "the filtered delivery is dead-lettered");
     let error = dead[0].last_error.as_deref().unwrap_or_default();
-    assert!(error.contains("time limit"), "the reason names the bound: {error}");
+    assert!(
+        error.contains("time limit"),
+        "the reason names the bound: {error}"
+    );
     // The evaluation was stopped (its tenant process is killed after 1 s), not left running:
     // over the next seconds neither this process nor the tenant processes keep a core busy
     // with it. (Left running in a thread here, it used 1.2 s of these 3 s on a machine with a
@@ -625,7 +635,7 @@ async fn events_are_acknowledged_while_the_router_waits_on_tenant_filters_and_ro
         running.recv().await.unwrap();
     }
 
-    let http = support::client();
+    let http = receiver::client();
     for n in 0..EVENTS {
         let status = receiver.post(&http, &article_event(n)).await;
         assert!(status.is_success(), "event {n}: {status}");

@@ -4,7 +4,6 @@
 //! watches have synced, also after being killed while they were unrouted. The API server is an
 //! in-memory one on loopback whose lists can be held back, as a slow or unreachable one is.
 
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{
@@ -24,7 +23,9 @@ use axum::{
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN, CaptureSink, KillOnDrop, SECRET, article_event, client, free_port};
+use support::receiver::{
+    ADMIN_TOKEN, CaptureSink, KillOnDrop, SECRET, TestStore, article_event, client, free_port,
+};
 use tokio::sync::watch;
 
 const INSTANCES: &str = "/apis/webhooks.strapi-operator.dev/v1alpha1/strapiinstances";
@@ -201,7 +202,7 @@ fn entries(sink: &CaptureSink) -> BTreeSet<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_receiver_answers_before_its_watches_sync_and_routes_with_the_live_config() {
     const EVENTS: usize = 20;
-    let store = support::TestStore::start();
+    let store = TestStore::start();
     let (crm, erp) = (CaptureSink::start().await, CaptureSink::start().await);
     let (crm_url, erp_url) = (crm.url(), erp.url());
     let (api, server) = FakeApi::start(BTreeMap::from([

@@ -1,8 +1,7 @@
 //! The three example integrations in `examples/` compiled with their example Secrets, and the
 //! payloads they render for Strapi 5 events: Next.js revalidation, Slack comments, CRM sync.
 
-#[path = "support/examples.rs"]
-mod examples;
+mod support;
 
 use examples::{compile_example, example};
 use serde_json::{Value, json};
@@ -12,6 +11,7 @@ use strapi_webhook_operator::{
     routing::{PathKind, Payload, RevalidatePath},
     sinks::{NextjsMode, SinkConfig},
 };
+use support::examples;
 
 fn compile(file: &str) -> CompiledWebhook {
     compile_example(file)

@@ -2,9 +2,6 @@
 //! loopback servers that behave like Next.js and Slack: coalescing a burst of 1,000 updates,
 //! honouring Slack's `Retry-After`, and pausing a Slack webhook that is gone.
 
-#[path = "support/examples.rs"]
-mod examples;
-#[path = "support/receiver.rs"]
 mod support;
 
 use std::{
@@ -22,8 +19,9 @@ use axum::{
 use examples::example_at;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use strapi_webhook_operator::receiver::{admin::Stats, source::Snapshot};
-use support::{INSTANCE, SECRET, TestReceiver, client};
+use strapi_webhook_operator::{admin_api::Stats, receiver::source::Snapshot};
+use support::receiver::{INSTANCE, SECRET, TestReceiver, client};
+use support::{examples, receiver};
 use tokio::time::Instant;
 
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -217,8 +215,8 @@ async fn a_retry_after_beyond_any_clock_waits_the_max_backoff_instead() {
     ])
     .await;
     // One HTTP sink whose backoff max is 400 ms.
-    let spec = support::webhook_spec(&[("crm", hook.url.clone())]);
-    let receiver = TestReceiver::start(support::snapshot(&spec)).await;
+    let spec = receiver::webhook_spec(&[("crm", hook.url.clone())]);
+    let receiver = TestReceiver::start(receiver::snapshot(&spec)).await;
     let status = receiver.post(&client(), &article_update("hello")).await;
     assert!(status.is_success(), "{status}");
 

@@ -4,9 +4,6 @@
 
 mod support;
 
-#[path = "support/receiver.rs"]
-mod receiver;
-
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -16,7 +13,6 @@ use std::{
 };
 
 use axum::http::StatusCode;
-use receiver::{INSTANCE, SECRET, TestReceiver, article_event, client, free_port};
 use serde_json::json;
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
@@ -27,7 +23,9 @@ use strapi_webhook_operator::{
     },
     sinks::{EgressBase, EgressPolicy},
 };
-use support::CaptureServer;
+use support::receiver;
+use support::receiver::{INSTANCE, SECRET, TestReceiver, article_event, client, free_port};
+use support::{CaptureServer, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -193,8 +191,7 @@ async fn no_secret_reaches_any_output() {
     );
     // Every sink has failed a few times and recorded why.
     let stats_url = format!("{}/v1/stats", receiver.admin_url());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let stats = loop {
+    let stats = eventually(PATIENCE, || async {
         let stats: serde_json::Value = http
             .get(&stats_url)
             .send()
@@ -212,14 +209,12 @@ async fn no_secret_reaches_any_output() {
                 .iter()
                 .all(|sink| sink["failed"].as_i64() >= Some(3) && sink["lastError"].is_string())
         {
-            break stats;
+            Ok(stats)
+        } else {
+            Err(format!("sinks did not fail: {stats}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sinks did not fail: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let last_errors: Vec<&str> = stats["webhooks"]["cms/site"]
         .as_array()
         .unwrap()
@@ -381,8 +376,7 @@ async fn a_sink_at_the_receivers_own_admin_port_is_dead_lettered_without_a_call(
         StatusCode::OK
     );
     let list_url = format!("{}/v1/deliveries?state=dead", receiver.admin_url());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let dead = loop {
+    let dead = eventually(PATIENCE, || async {
         let dead: Vec<serde_json::Value> = http
             .get(&list_url)
             .send()
@@ -391,15 +385,12 @@ async fn a_sink_at_the_receivers_own_admin_port_is_dead_lettered_without_a_call(
             .json()
             .await
             .unwrap();
-        if !dead.is_empty() {
-            break dead;
+        match dead.is_empty() {
+            true => Err("nothing was dead-lettered"),
+            false => Ok(dead),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing was dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let error = dead[0]["lastError"].as_str().unwrap_or_default();
     assert!(
         error.contains("egress policy") && error.contains("the receiver's own port"),

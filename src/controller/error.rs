@@ -1,7 +1,7 @@
 //! The controller's one error type. Each variant names the reconcile step that failed; `reason`
 //! gives the bounded label used for metrics and Kubernetes Event reasons, never a Debug string.
 
-use crate::{config::ValidationErrors, strapi::StrapiError};
+use crate::strapi::StrapiError;
 
 /// Why a reconcile did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -41,23 +41,9 @@ pub enum Error {
         /// The webhook's namespace.
         namespace: String,
     },
-    /// The spec is invalid: routes do not compile or sinks do not resolve.
-    #[error("invalid spec: {0}")]
-    InvalidSpec(ValidationErrors),
     /// Strapi's admin API failed (unreachable, unauthorized, rejected, ...).
     #[error("{0}")]
     Strapi(#[from] StrapiError),
-    /// Strapi was asked to trigger the webhook, but the receiver never saw the call.
-    #[error("verification failed: {0}")]
-    VerificationFailed(String),
-    /// The receiver's admin API could not be asked.
-    #[error("receiver admin API at {url}: {message}")]
-    Receiver {
-        /// The URL called.
-        url: String,
-        /// What went wrong.
-        message: String,
-    },
     /// The finalizer machinery failed (adding, running cleanup, removing).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -74,10 +60,7 @@ impl Error {
             Error::SecretMissing { .. } => "SecretMissing",
             Error::InstanceMissing { .. } => "InstanceMissing",
             Error::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
-            Error::InvalidSpec(_) => "InvalidSpec",
             Error::Strapi(error) => strapi_reason(error),
-            Error::VerificationFailed(_) => "VerificationFailed",
-            Error::Receiver { .. } => "ReceiverUnreachable",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(error)
                 | kube::runtime::finalizer::Error::CleanupFailed(error) => error.reason(),
@@ -93,8 +76,7 @@ impl Error {
         match self {
             Error::SecretMissing { .. }
             | Error::InstanceMissing { .. }
-            | Error::NamespaceNotAllowed { .. }
-            | Error::InvalidSpec(_) => true,
+            | Error::NamespaceNotAllowed { .. } => true,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(error)
                 | kube::runtime::finalizer::Error::CleanupFailed(error) => {

@@ -8,9 +8,7 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Namespace},
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
+    api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -30,11 +28,9 @@ use super::{
     secrets,
 };
 use crate::{
-    api::{
-        NamespacesFrom, RepairStatus, StrapiAuth, StrapiInstance, StrapiInstanceStatus,
-        StrapiWebhook,
-    },
-    config::{allows_namespace, instance_key, referenced_instance, subscribed_events},
+    api::{RepairStatus, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    cluster::NamespaceLabels,
+    config::{instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
@@ -116,21 +112,17 @@ async fn allowed_webhooks(
 ) -> Result<Vec<Arc<StrapiWebhook>>, Error> {
     let key = instance_key(instance);
     let mut allowed = Vec::new();
+    let mut labels = NamespaceLabels::default();
     for webhook in ctx.webhooks.state() {
         if referenced_instance(&webhook) != key {
             continue;
         }
         let namespace = webhook.namespace().unwrap_or_default();
-        let labels = if instance.spec.allowed_namespaces.from == NamespacesFrom::Selector {
-            Api::<Namespace>::all(ctx.client.clone())
-                .get_opt(&namespace)
-                .await
-                .map_err(Error::kube("read Namespace"))?
-                .and_then(|namespace| namespace.metadata.labels)
-        } else {
-            None
-        };
-        if allows_namespace(instance, &namespace, labels.as_ref()) {
+        if labels
+            .allows(&ctx.client, instance, &namespace)
+            .await
+            .map_err(Error::kube("read Namespace"))?
+        {
             allowed.push(webhook);
         }
     }
@@ -242,28 +234,7 @@ async fn register(
     {
         Ok(applied) => applied,
         Err(error) => {
-            let (reachable, registered) = match &error {
-                StrapiError::Unreachable { .. }
-                | StrapiError::Unauthorized { .. }
-                | StrapiError::Forbidden { .. } => (
-                    Reported::no(
-                        "Reachable",
-                        super::error::strapi_reason(&error),
-                        error.to_string(),
-                    ),
-                    None,
-                ),
-                _ => (
-                    Reported::yes("Reachable", "Reachable", "the admin API answered"),
-                    Some(Reported::no(
-                        "Registered",
-                        super::error::strapi_reason(&error),
-                        explain_rejection(&error),
-                    )),
-                ),
-            };
-            reported.push(reachable);
-            reported.extend(registered);
+            reported.extend(registration_failed(&error));
             ctx.events
                 .publish(
                     instance,
@@ -334,6 +305,27 @@ async fn register(
         restarted_at,
         repair: previous.repair.clone(),
     })
+}
+
+/// `Reachable` and, when Strapi answered, `Registered` after `ensure` failed with `error`.
+fn registration_failed(error: &StrapiError) -> Vec<Reported> {
+    match error {
+        StrapiError::Unreachable { .. }
+        | StrapiError::Unauthorized { .. }
+        | StrapiError::Forbidden { .. } => vec![Reported::no(
+            "Reachable",
+            super::error::strapi_reason(error),
+            error.to_string(),
+        )],
+        _ => vec![
+            Reported::yes("Reachable", "Reachable", "the admin API answered"),
+            Reported::no(
+                "Registered",
+                super::error::strapi_reason(error),
+                explain_rejection(error),
+            ),
+        ],
+    }
 }
 
 // Strapi's message for its production-only URL check, and what to do about it.

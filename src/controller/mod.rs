@@ -33,7 +33,7 @@ use kube::{
     Api, Client, ResourceExt,
     runtime::{
         Controller,
-        controller::Action,
+        controller::{Action, Error as ControllerError},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -44,11 +44,12 @@ pub use conditions::Reported;
 pub use error::Error;
 pub use events::{Notice, Publisher};
 pub use metrics::{Metrics, ReceiverCallLabels};
-pub use receiver_admin::{Handshake, ReceiverAdmin, ReceiverError, Routing, Stats};
+pub use receiver_admin::{ReceiverAdmin, ReceiverError};
 pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ServiceRef};
 pub use webhook::{unknown_models, validation_conditions};
 
 use crate::{
+    admin_api::Stats,
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     config::{instance_key, referenced_instance, secret_refs},
     strapi::{ContentType, Credentials, StrapiClient, StrapiError},
@@ -89,6 +90,8 @@ pub struct Options {
     pub allow_loopback_sinks: bool,
     /// How gap repair checks compare.
     pub repair: crate::repair::CheckSettings,
+    /// This replica's pod, named as the reporting instance of the Events it publishes.
+    pub pod_name: Option<String>,
 }
 
 /// What every reconcile shares.
@@ -134,7 +137,7 @@ impl Context {
         webhooks: Store<StrapiWebhook>,
     ) -> Self {
         Context {
-            events: Publisher::new(client.clone(), std::env::var("POD_NAME").ok()),
+            events: Publisher::new(client.clone(), options.pod_name.clone()),
             receiver: ReceiverAdmin::new(
                 &options.receiver_admin_url,
                 options.receiver_admin_token.as_ref(),
@@ -340,7 +343,7 @@ pub async fn run(
         )
         .shutdown_on_signal()
         .run(reconcile_instance, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|outcome| log_stream_error("StrapiInstance", outcome));
 
     let webhook_store = ctx.webhooks.clone();
     let webhooks_of_instance = ctx.webhooks.clone();
@@ -359,12 +362,37 @@ pub async fn run(
         })
         .shutdown_on_signal()
         .run(reconcile_webhook, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|outcome| log_stream_error("StrapiWebhook", outcome));
 
     tracing::info!("controllers started");
     futures::join!(instance_controller, webhook_controller);
     tracing::info!("controllers stopped");
     Ok(())
+}
+
+/// Logs what a controller's stream reports besides reconciles, with a bounded reason: a watch
+/// that fails (a missing RBAC rule, the API server gone) would otherwise go unnoticed while the
+/// controller stops seeing changes. Failed reconciles are logged by `error_policy` already.
+async fn log_stream_error<K>(
+    kind: &'static str,
+    outcome: Result<(ObjectRef<K>, Action), ControllerError<Error, watcher::Error>>,
+) where
+    K: kube::Resource,
+{
+    let Err(error) = outcome else {
+        return;
+    };
+    let reason = match &error {
+        ControllerError::ReconcilerFailed(..) => return,
+        // A scheduled reconcile of an object deleted meanwhile: expected, kube-runtime says.
+        ControllerError::ObjectNotFound(_) => {
+            tracing::debug!(controller = kind, %error, "object gone before its reconcile");
+            return;
+        }
+        ControllerError::QueueError(_) => "WatchFailed",
+        ControllerError::RunnerError(_) => "RunnerFailed",
+    };
+    tracing::warn!(controller = kind, reason, %error, "controller stream error");
 }
 
 /// Reconciles one `StrapiInstance` (the controller's entry point; public for tests and embedders).

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
-use crate::{api::SinkStatus, http::AdminToken};
+use crate::{
+    admin_api::{Handshake, Routing, Stats},
+    http::AdminToken,
+};
 
 /// Why the receiver's admin API could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -47,31 +46,6 @@ impl ReceiverError {
             ReceiverError::Unexpected { .. } | ReceiverError::BadUrl { .. } => "ReceiverError",
         }
     }
-}
-
-/// The `trigger-test` calls the receiver has recorded for one instance.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Handshake {
-    /// How many arrived with the right secret.
-    pub count: i64,
-}
-
-/// Delivery counters as the receiver reports them, in the shape of `StrapiWebhook.status.sinks`.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct Stats {
-    /// Sink counters by webhook `namespace/name`.
-    pub webhooks: BTreeMap<String, Vec<SinkStatus>>,
-}
-
-/// What one receiver replica routes with, as `GET /v1/routing` reports it.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Routing {
-    /// False until the replica has loaded its configuration.
-    pub synced: bool,
-    /// The `metadata.generation` of each `StrapiInstance` (`namespace/name`) it accepts.
-    pub instances: BTreeMap<String, i64>,
-    /// The `metadata.generation` of each `StrapiWebhook` (`namespace/name`) it routes with.
-    pub webhooks: BTreeMap<String, i64>,
 }
 
 /// A client for the receiver's admin API.

@@ -32,9 +32,10 @@ use super::{
     Context,
     conditions::Reported,
     metrics::ReceiverCallLabels,
-    receiver_admin::{ReceiverAdmin, ReceiverError, Routing},
+    receiver_admin::{ReceiverAdmin, ReceiverError},
 };
 use crate::{
+    admin_api::Routing,
     api::{StrapiInstance, StrapiWebhook},
     config::referenced_instance,
 };

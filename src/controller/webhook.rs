@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -22,9 +22,11 @@ use super::{
     secrets::FetchedSecrets,
 };
 use crate::{
-    api::{NamespacesFrom, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
+    admin_api::SinkCounters,
+    api::{SinkStatus, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
+    cluster::NamespaceLabels,
     config::{self, Reason, ValidationError, ValidationErrors},
-    config::{allows_namespace, instance_key, referenced_instance, secret_refs},
+    config::{instance_key, referenced_instance, secret_refs},
     sinks::{EgressBase, EgressPolicy},
     strapi::ContentType,
 };
@@ -259,40 +261,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     let fetched =
         FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec)).await?;
 
-    // Validate.
-    let compiled = config::compile_webhook(
-        &namespace,
-        &name,
-        webhook.meta().generation.unwrap_or_default(),
-        &webhook.spec,
-        &fetched,
-    );
-    let compiled = match (compiled, &instance) {
-        (Ok(mut compiled), Some(instance)) => {
-            check_egress(ctx, instance, &webhook.spec, &mut compiled)
-                .await
-                .map(|()| compiled)
-        }
-        (compiled, _) => compiled,
-    };
-    let warnings = compiled
-        .as_ref()
-        .map_or(&[][..], |compiled| &compiled.warnings);
-    let mut reported = Vec::from(validation_conditions(compiled.as_ref().err(), warnings));
-    match &compiled {
-        Err(errors) => {
-            ctx.events
-                .publish(webhook, Notice::InvalidSpec(errors.to_string()))
-                .await;
-        }
-        Ok(compiled) if !compiled.warnings.is_empty() => {
-            let message = joined(compiled.warnings.iter());
-            ctx.events
-                .publish(webhook, Notice::SpecWarning(message))
-                .await;
-        }
-        Ok(_) => {}
-    }
+    let mut reported = validate(ctx, webhook, instance.as_deref(), &fetched).await;
     let (ready_parts, endpoint) = match &instance {
         None => {
             let error = Error::InstanceMissing {
@@ -355,6 +324,65 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     Ok(Action::requeue(next_check))
 }
 
+/// Validate: compiles the spec as the receiver will (under the instance's egress policy when
+/// the instance exists), publishes an Event for errors or warnings, and returns the
+/// `RoutesValid` and `SinksResolved` conditions.
+async fn validate(
+    ctx: &Context,
+    webhook: &StrapiWebhook,
+    instance: Option<&StrapiInstance>,
+    fetched: &FetchedSecrets,
+) -> Vec<Reported> {
+    let compiled = config::compile_webhook(
+        &webhook.namespace().unwrap_or_default(),
+        &webhook.name_any(),
+        webhook.meta().generation.unwrap_or_default(),
+        &webhook.spec,
+        fetched,
+    );
+    let compiled = match (compiled, instance) {
+        (Ok(mut compiled), Some(instance)) => {
+            check_egress(ctx, instance, &webhook.spec, &mut compiled)
+                .await
+                .map(|()| compiled)
+        }
+        (compiled, _) => compiled,
+    };
+    let warnings = compiled
+        .as_ref()
+        .map_or(&[][..], |compiled| &compiled.warnings);
+    let reported = Vec::from(validation_conditions(compiled.as_ref().err(), warnings));
+    match &compiled {
+        Err(errors) => {
+            ctx.events
+                .publish(webhook, Notice::InvalidSpec(errors.to_string()))
+                .await;
+        }
+        Ok(compiled) if !compiled.warnings.is_empty() => {
+            let message = joined(compiled.warnings.iter());
+            ctx.events
+                .publish(webhook, Notice::SpecWarning(message))
+                .await;
+        }
+        Ok(_) => {}
+    }
+    reported
+}
+
+/// A sink's entry of `status.sinks`, from the receiver's counters.
+fn sink_status(counters: &SinkCounters) -> SinkStatus {
+    SinkStatus {
+        name: counters.name.clone(),
+        delivered: counters.delivered,
+        failed: counters.failed,
+        dead_lettered: counters.dead_lettered,
+        pending: counters.pending,
+        paused: counters.paused,
+        last_success_time: counters.last_success_time.clone(),
+        last_error: counters.last_error.clone(),
+    }
+}
+
 /// Writes the status by server-side apply. Counters come from the receiver at a bounded rate;
 /// when it cannot be asked, the last known counters stay.
 async fn write_status(
@@ -366,7 +394,13 @@ async fn write_status(
 ) -> Result<(), Error> {
     let previous = webhook.status.clone().unwrap_or_default();
     let sinks = match ctx.receiver_stats().await {
-        Ok(stats) => stats.webhooks.get(key).cloned().unwrap_or_default(),
+        Ok(stats) => stats
+            .webhooks
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(sink_status)
+            .collect(),
         Err(error) => {
             tracing::debug!(%error, "delivery counters unavailable");
             previous.sinks.clone()
@@ -405,16 +439,10 @@ async fn namespace_allowed(
     instance: &StrapiInstance,
     namespace: &str,
 ) -> Result<bool, Error> {
-    let labels = if instance.spec.allowed_namespaces.from == NamespacesFrom::Selector {
-        Api::<Namespace>::all(ctx.client.clone())
-            .get_opt(namespace)
-            .await
-            .map_err(Error::kube("read Namespace"))?
-            .and_then(|namespace| namespace.metadata.labels)
-    } else {
-        None
-    };
-    Ok(allows_namespace(instance, namespace, labels.as_ref()))
+    NamespaceLabels::default()
+        .allows(&ctx.client, instance, namespace)
+        .await
+        .map_err(Error::kube("read Namespace"))
 }
 
 /// `ModelsKnown`: a warning, never part of `Ready`, because Strapi may be briefly unreachable or
@@ -452,6 +480,20 @@ mod tests {
 
     fn webhook(yaml: &str) -> StrapiWebhook {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_receivers_counters_become_the_sink_status_field_for_field() {
+        // As `GET /v1/stats` sends them; the same body a controller that read it as
+        // `SinkStatus` understood, so controller and receiver can be upgraded one at a time.
+        let wire = serde_json::json!({
+            "name": "crm", "delivered": 7, "failed": 2, "deadLettered": 1, "pending": 3,
+            "paused": true, "lastSuccessTime": "2026-11-29T10:00:00Z", "lastError": "HTTP 503"
+        });
+        let counters: SinkCounters = serde_json::from_value(wire.clone()).unwrap();
+        let status = sink_status(&counters);
+        assert_eq!(serde_json::to_value(&status).unwrap(), wire);
+        assert_eq!(serde_json::to_value(&counters).unwrap(), wire);
     }
 
     #[tokio::test]

@@ -7,8 +7,9 @@
 //!   storage writes fail.
 //! - `GET /metrics` — Prometheus text format.
 //!
-//! Everything else needs `Authorization: Bearer <admin token>` ([`authorize`]); requests that
-//! carry an `Origin` (browsers) are refused, and a POST must send a JSON body:
+//! The bodies are [`crate::admin_api`]'s types. Everything else needs `Authorization: Bearer
+//! <admin token>` ([`authorize`]); requests that carry an `Origin` (browsers) are refused, and a
+//! POST must send a JSON body:
 //! - `GET /v1/instances/{namespace}/{name}/handshake` — Strapi's `trigger-test` calls seen.
 //! - `GET /v1/deliveries?state=&webhook=&sink=&event=&limit=` — newest first, at most
 //!   [`MAX_LIST_LIMIT`].
@@ -16,15 +17,14 @@
 //! - `POST /v1/deliveries/{id}/replay` with `{}` — re-queue one dead or delivered delivery.
 //! - `POST /v1/deliveries/replay` with `{"webhook": …, "sink": …}` (both optional) — re-queue
 //!   every matching dead letter.
-//! - `GET /v1/stats` — per webhook, per sink counters in the shape of `SinkStatus`, and how many
-//!   stored events wait for routing.
-//! - `GET /v1/routing` — the generation of each instance and webhook this replica routes with
-//!   ([`routing::Routing`]).
+//! - `GET /v1/stats` — per webhook, per sink counters, and how many stored events wait for
+//!   routing.
+//! - `GET /v1/routing` — the generation of each instance and webhook this replica routes with.
 //! - The gap repair's routes, see [`super::repair`].
 
 pub mod routing;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -35,12 +35,12 @@ use axum::{
     routing::{get, post},
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::{ReceiverState, metrics::sink_labels};
 use crate::{
-    api::SinkStatus,
+    admin_api::{Handshake, ReplayDead, ReplayOne, Replayed, SinkCounters, Stats},
     queue::{DeliveryFilter, DeliveryState, QueueError, ReplaySelector, now_millis},
 };
 
@@ -52,23 +52,6 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 
 /// Paths served without the admin token: the probes and the metrics scrape.
 const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
-
-/// The answer of `GET /v1/stats`: sink counters by webhook (`namespace/name`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    /// The counters of each webhook's sinks, ready for `StrapiWebhook.status.sinks`.
-    pub webhooks: BTreeMap<String, Vec<SinkStatus>>,
-    /// Stored events not routed yet (their deliveries are not counted above until they are).
-    #[serde(default)]
-    pub unrouted: u64,
-}
-
-/// The answer of the replay endpoints.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Replayed {
-    /// How many deliveries were re-queued.
-    pub replayed: i64,
-}
 
 /// The admin router.
 pub fn app(state: Arc<ReceiverState>) -> Router {
@@ -229,7 +212,11 @@ async fn handshake(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
     match state.queue.handshake(format!("{namespace}/{name}")).await {
-        Ok(handshake) => Json(handshake).into_response(),
+        Ok(handshake) => Json(Handshake {
+            count: handshake.count,
+            last_at: handshake.last_at,
+        })
+        .into_response(),
         Err(error) => queue_error(error),
     }
 }
@@ -283,29 +270,12 @@ async fn show(State(state): State<Arc<ReceiverState>>, Path(id): Path<String>) -
     }
 }
 
-/// Body of `POST /v1/deliveries/{id}/replay`: nothing to say yet, but a JSON body all the same.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayOne {}
-
 async fn replay_one(
     State(state): State<Arc<ReceiverState>>,
     Path(id): Path<String>,
     Json(ReplayOne {}): Json<ReplayOne>,
 ) -> Response {
     replay(&state, ReplaySelector::Id(id)).await
-}
-
-/// Body of `POST /v1/deliveries/replay`: which dead letters; both unset means all of them.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayDead {
-    /// Only this webhook (`namespace/name`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<String>,
-    /// Only sinks of this name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sink: Option<String>,
 }
 
 async fn replay_dead(
@@ -361,7 +331,7 @@ async fn stats(State(state): State<Arc<ReceiverState>>) -> Response {
             .webhooks
             .entry(sink.webhook.clone())
             .or_default()
-            .push(SinkStatus {
+            .push(SinkCounters {
                 name: sink.sink.clone(),
                 delivered: counters.delivered,
                 failed: counters.failed,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
 
-use super::admin::{ReplayDead, ReplayOne, Replayed};
+use crate::admin_api::{ReplayDead, ReplayOne, Replayed};
 use crate::http::AdminToken;
 use crate::queue::{DeliveryDetail, DeliveryState, DeliverySummary};
 

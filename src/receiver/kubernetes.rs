@@ -18,11 +18,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{Namespace, Secret},
-    jiff::Timestamp,
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -36,11 +32,12 @@ use tokio::sync::{Notify, watch};
 use super::source::{ConfigSource, Snapshot};
 use crate::{
     api::{
-        NamespacesFrom, SinkEgress, StrapiInstance, StrapiWebhook,
+        SinkEgress, StrapiInstance, StrapiWebhook,
         shared_secret::{self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
     },
+    cluster::NamespaceLabels,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook, egress_rules},
-    config::{allows_namespace, referenced_instance, secret_refs},
+    config::{referenced_instance, secret_refs},
 };
 
 // Rebuild at least this often, to pick up rotated sink Secrets (which are read, not watched).
@@ -207,18 +204,20 @@ async fn compile_all(
     previous: &Compiled,
 ) -> Compiled {
     let mut compiled = BTreeMap::new();
-    let mut labels_of = HashMap::new();
+    let mut labels = NamespaceLabels::default();
     for webhook in webhooks.state() {
         let namespace = webhook.namespace().unwrap_or_default();
         let key = format!("{namespace}/{}", webhook.name_any());
         let Some(instance) = instances.get(&referenced_instance(&webhook)) else {
             continue;
         };
-        let labels = match instance.spec.allowed_namespaces.from {
-            NamespacesFrom::Selector => namespace_labels(client, &namespace, &mut labels_of).await,
-            NamespacesFrom::Same | NamespacesFrom::All => None,
-        };
-        let allowed = allows_namespace(instance, &namespace, labels.as_ref());
+        let allowed = labels
+            .allows(client, instance, &namespace)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%namespace, %error, "reading the namespace's labels failed; not allowing it");
+                false
+            });
         if !allowed {
             continue;
         }
@@ -271,29 +270,6 @@ async fn compile_all(
         }
     }
     compiled
-}
-
-/// The labels of `namespace`, read once per rebuild; `None` when it cannot be read.
-async fn namespace_labels(
-    client: &Client,
-    namespace: &str,
-    known: &mut HashMap<String, Option<BTreeMap<String, String>>>,
-) -> Option<BTreeMap<String, String>> {
-    if let Some(labels) = known.get(namespace) {
-        return labels.clone();
-    }
-    let labels = match Api::<Namespace>::all(client.clone())
-        .get_opt(namespace)
-        .await
-    {
-        Ok(found) => found.map(|namespace| namespace.metadata.labels.unwrap_or_default()),
-        Err(error) => {
-            tracing::warn!(%namespace, %error, "reading the namespace's labels failed; not allowing it");
-            None
-        }
-    };
-    known.insert(namespace.to_owned(), labels.clone());
-    labels
 }
 
 /// What a compiled webhook was built from; the same inputs give the same webhook.

@@ -188,9 +188,9 @@ impl Failure {
                 limit.as_millis()
             ),
             Self::Ended(how) => {
-                let limit = POOL.get().map_or(DEFAULT_MEMORY_BYTES, |pool| {
-                    pool.limits.memory_bytes
-                });
+                let limit = POOL
+                    .get()
+                    .map_or(DEFAULT_MEMORY_BYTES, |pool| pool.limits.memory_bytes);
                 format!(
                     "exceeded the memory limit of {} MiB (its tenant process {how})",
                     limit / (1024 * 1024)
@@ -216,17 +216,25 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
             .send(reply);
         if sent.is_err() {
-            return Err(std::io::Error::other("the tenant process starter has stopped"));
+            return Err(std::io::Error::other(
+                "the tenant process starter has stopped",
+            ));
         }
-        started
-            .recv()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the tenant process starter has stopped")))
+        started.recv().unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the tenant process starter has stopped",
+            ))
+        })
     }
 
     /// An idle child that is still alive, or a new one.
     fn take(&self) -> std::io::Result<Worker> {
         loop {
-            let taken = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let taken = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             let Some(mut worker) = taken else {
                 return self.start();
             };
@@ -352,7 +360,6 @@ impl Worker {
             Err(error) => format!("could not be waited for: {error}"),
         })
     }
-
 }
 
 impl Drop for Worker {

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::fake_api::FakeApi;
+use crate::support::fake_api::FakeApi;
 
 fn repo(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);

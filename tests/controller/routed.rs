@@ -14,7 +14,10 @@ use strapi_webhook_operator::{
 };
 
 use super::{
-    receiver_support::{CaptureSink, TestReceiver, TestStore, nats_server::NatsServer},
+    support::{
+        nats_server::NatsServer,
+        receiver::{CaptureSink, TestReceiver, TestStore},
+    },
     *,
 };
 
@@ -93,8 +96,8 @@ fn routing_calls(world: &World) -> u64 {
 impl World {
     /// Reconciles the instance until it is Ready (finalizer, registration, verification),
     /// running `between` after each pass.
-    async fn instance_ready(&mut self, between: impl Fn()) {
-        for _ in 0..20 {
+    async fn instance_ready(&self, between: impl Fn()) {
+        eventually(Duration::from_secs(10), || async {
             self.reconcile().await.unwrap();
             between();
             let ready = self.status()["conditions"]
@@ -102,20 +105,20 @@ impl World {
                 .into_iter()
                 .flatten()
                 .any(|condition| condition["type"] == "Ready" && condition["status"] == "True");
-            if ready {
-                return;
+            match ready {
+                true => Ok(()),
+                false => Err(format!("the instance is not Ready: {:#}", self.status())),
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("the instance did not become Ready: {:#}", self.status());
+        })
+        .await;
     }
 
     /// `kubectl apply` of a StrapiWebhook `name` taking every `entry.create` to one HTTP sink
     /// per `(name, url)`; the generation moves on as the API server's would.
-    fn apply_http_webhook(&mut self, name: &str, sinks: &[(&str, String)]) -> StrapiWebhook {
+    fn apply_http_webhook(&self, name: &str, sinks: &[(&str, String)]) -> StrapiWebhook {
         let path = self.webhook_path(name);
         let previous = self.api.get(&path);
-        let mut spec = serde_json::to_value(receiver_support::webhook_spec(sinks)).unwrap();
+        let mut spec = serde_json::to_value(receiver::webhook_spec(sinks)).unwrap();
         spec["instanceRef"] = json!({ "name": self.name });
         spec["events"] = json!(["entry.create"]);
         let mut object = json!({
@@ -136,13 +139,15 @@ impl World {
         self.api.put(&path, object.clone());
         let webhook: StrapiWebhook = serde_json::from_value(object).unwrap();
         self.webhooks
+            .lock()
+            .unwrap()
             .apply_watcher_event(&watcher::Event::Apply(webhook.clone()));
         webhook
     }
 
     /// One reconcile of webhook `name` as the API server holds it now, with the instance
     /// reconciled first (it watches webhooks for the union of events); the status and action.
-    async fn reconcile_current(&mut self, name: &str) -> (Value, Action) {
+    async fn reconcile_current(&self, name: &str) -> (Value, Action) {
         self.reconcile().await.unwrap();
         self.sync_instance();
         let path = self.webhook_path(name);
@@ -155,11 +160,10 @@ impl World {
 
     /// Reconciles webhook `name` until its Ready condition is True for its current generation,
     /// as `kubectl wait --for=condition=Ready` after the status caught up with the apply.
-    async fn wait_webhook_ready(&mut self, name: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    async fn wait_webhook_ready(&self, name: &str) -> Value {
         let generation =
             self.api.get(&self.webhook_path(name)).unwrap()["metadata"]["generation"].clone();
-        loop {
+        eventually(Duration::from_secs(30), || async {
             let (status, _) = self.reconcile_current(name).await;
             let ready = status["conditions"]
                 .as_array()
@@ -169,20 +173,18 @@ impl World {
             if ready.is_some_and(|ready| {
                 ready["status"] == "True" && ready["observedGeneration"] == generation
             }) {
-                return status;
+                Ok(status)
+            } else {
+                Err(format!("{name} is not Ready: {status:#}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} did not become Ready: {status:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Creates an article in the real Strapi; its `documentId`.
     async fn create_article(&self) -> String {
         let title = format!("routed {}", uuid::Uuid::now_v7().simple());
-        self.strapi
+        self.strapi()
             .create_entry(ARTICLE, &json!({ "title": title }))
             .await
             .unwrap()
@@ -211,7 +213,7 @@ async fn one_receiver_world(
     let receiver = cluster_receiver(&api, &store.spec()).await;
     let idle = TestReceiver::start(Snapshot::new(BTreeMap::new(), [])).await;
     let (ingest, admin) = (receiver.ingest, receiver.admin);
-    let mut world = World::with_receivers(strapi, api, idle, ingest, admin, None);
+    let world = World::with_receivers(strapi, api, idle, ingest, admin, None);
     world.apply_instance(strapi.base_url());
     world.apply_http_webhook("older", &[("older", older.url())]);
     world.instance_ready(|| {}).await;
@@ -223,7 +225,7 @@ async fn one_receiver_world(
 async fn a_new_webhook_is_ready_only_once_the_next_event_reaches_its_sink() {
     let strapi = StrapiServer::shared().await;
     let (older, new) = (CaptureSink::start().await, CaptureSink::start().await);
-    let (mut world, receiver, _store) = one_receiver_world(&strapi, &older).await;
+    let (world, receiver, _store) = one_receiver_world(&strapi, &older).await;
 
     let calls = routing_calls(&world);
     world.apply_http_webhook("new", &[("new", new.url())]);
@@ -261,7 +263,7 @@ async fn an_edit_that_adds_a_sink_is_ready_only_once_the_next_event_reaches_it()
         CaptureSink::start().await,
         CaptureSink::start().await,
     );
-    let (mut world, receiver, _store) = one_receiver_world(&strapi, &older).await;
+    let (world, receiver, _store) = one_receiver_world(&strapi, &older).await;
     world.apply_http_webhook("site", &[("first", first.url())]);
     world.wait_webhook_ready("site").await;
 
@@ -292,14 +294,14 @@ async fn with_two_receivers_on_jetstream_ready_waits_for_both() {
     let replicas: ServiceRef = format!("{RECEIVER_NAMESPACE}/{ADMIN_SERVICE}")
         .parse()
         .unwrap();
-    let mut world = World::with_receivers(&strapi, api, paused, ingest, admin, Some(replicas));
+    let world = World::with_receivers(&strapi, api, paused, ingest, admin, Some(replicas));
     world.apply_instance(strapi.base_url());
     world.instance_ready(|| catch_up(&lagging, &live)).await;
 
     let sink = CaptureSink::start().await;
     let key = format!("{NAMESPACE}/site");
     world.apply_http_webhook("site", &[("site", sink.url())]);
-    wait_until(|| routed_generation(&live, &key) == Some(1)).await;
+    wait_routed(&live, &key, 1).await;
     let (status, action) = world.reconcile_current("site").await;
     let (ready, reason, message) = condition_of(&status, "Ready");
     assert_eq!(
@@ -326,7 +328,7 @@ async fn with_two_receivers_on_jetstream_ready_waits_for_both() {
     // An edit: the live replica has generation 2 at once, the paused one still routes 1.
     let added = CaptureSink::start().await;
     world.apply_http_webhook("site", &[("site", sink.url()), ("added", added.url())]);
-    wait_until(|| routed_generation(&live, &key) == Some(2)).await;
+    wait_routed(&live, &key, 2).await;
     let (status, _) = world.reconcile_current("site").await;
     let (ready, reason, message) = condition_of(&status, "Ready");
     assert_eq!(
@@ -340,13 +342,15 @@ async fn with_two_receivers_on_jetstream_ready_waits_for_both() {
     expect_delivery(&added, &document).await;
 }
 
-async fn wait_until(done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the condition did not hold"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits, on each configuration the receiver loads, until it routes webhook `key` with
+/// `generation`.
+async fn wait_routed<S>(receiver: &TestReceiver<S>, key: &str, generation: i64) {
+    let mut config = receiver.state.config.clone();
+    let routed = config.wait_for(|snapshot| {
+        snapshot.webhooks.get(key).map(|webhook| webhook.generation) == Some(generation)
+    });
+    tokio::time::timeout(Duration::from_secs(10), routed)
+        .await
+        .unwrap_or_else(|_| panic!("the receiver does not route {key} at generation {generation}"))
+        .expect("the receiver's configuration lives");
 }

@@ -1,6 +1,5 @@
 //! The example integrations in `examples/`, loaded with the example Secrets so tests exercise
-//! exactly what users copy. Included with `#[path = "support/examples.rs"] mod examples;`.
-#![allow(dead_code)] // Each test binary uses a different subset.
+//! exactly what users copy.
 
 use strapi_webhook_operator::{
     api::StrapiWebhook,

@@ -2,7 +2,6 @@
 //! its store in a temporary folder, stopped (SIGKILL) when dropped, restartable on the same port
 //! and store. The binary is `$NATS_SERVER`, else `.tools/nats/bin/nats-server` as installed by
 //! `scripts/ensure-nats.sh`.
-#![allow(dead_code)] // Each test file uses a different subset.
 
 use std::{
     net::TcpListener,

@@ -1,13 +1,11 @@
 //! A real Next.js 16 site for tests: the app in `tests/nextjs`, whose route handlers are the ones
 //! `docs/nextjs.md` documents and whose pages are cached (ISR) and print a unique render id, so a
-//! test sees whether a revalidation really refreshed a page. Include it with
-//! `#[path = "support/nextjs.rs"] mod nextjs;`.
+//! test sees whether a revalidation really refreshed a page.
 //!
 //! Each [`NextjsSite`] is a `next start` of its own, on a free loopback port, with its own copy of
 //! the build (so its cache is its own), started and stopped through `scripts/nextjs.sh`. Nothing is
 //! built here: `make test` runs `scripts/ensure-nextjs-app.sh` first, and a missing build fails
 //! with that instruction.
-#![allow(dead_code)] // Each test binary uses a different subset.
 
 use std::time::Duration;
 

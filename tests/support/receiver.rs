@@ -3,10 +3,8 @@
 //!
 //! The queue backend is chosen by `SWO_TEST_QUEUE`: unset or `sqlite` for a SQLite file, `nats`
 //! for a JetStream server started per test ([`TestStore`]), so the same suite runs against both.
-#![allow(dead_code)] // Each test file uses a different subset.
 
-#[path = "nats_server.rs"]
-pub mod nats_server;
+use super::{eventually, nats_server};
 
 use std::{
     collections::BTreeMap,
@@ -60,13 +58,20 @@ pub struct Captured {
 }
 
 /// A loopback HTTP sink that records what it receives and answers with a status that the test
-/// can change while it runs; `hang` makes it never answer.
+/// can change while it runs; `hang` makes it never answer. Waiters wake on each accepted request.
 #[derive(Clone)]
 pub struct CaptureSink {
     pub address: SocketAddr,
-    received: Arc<Mutex<Vec<Captured>>>,
+    received: Arc<Received>,
     answer: Arc<Mutex<Answer>>,
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+}
+
+/// What a sink accepted, kept across restarts, and how many requests that is, for waiters.
+#[derive(Default)]
+struct Received {
+    requests: Mutex<Vec<Captured>>,
+    count: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,19 +86,9 @@ impl CaptureSink {
         Self::start_on("127.0.0.1:0".parse().unwrap(), Arc::default()).await
     }
 
-    async fn start_on(address: SocketAddr, received: Arc<Mutex<Vec<Captured>>>) -> Self {
+    async fn start_on(address: SocketAddr, received: Arc<Received>) -> Self {
         // On a restart the old listener may still be closing its last connection.
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(address).await {
-                Ok(listener) => break listener,
-                Err(_) if tries < 100 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => panic!("binding the capture sink on {address}: {error}"),
-            }
-        };
+        let listener = rebind(address).await;
         let address = listener.local_addr().unwrap();
         let answer = Arc::new(Mutex::new(Answer::Status(200)));
         let (stop, stopped) = oneshot::channel();
@@ -136,10 +131,12 @@ impl CaptureSink {
                         .map(|value| value.to_str().unwrap().to_owned())
                         .unwrap_or_default();
                     let body = serde_json::from_slice(body).unwrap_or(Value::Null);
-                    self.received
-                        .lock()
-                        .unwrap()
-                        .push(Captured { webhook_id, body });
+                    let total = {
+                        let mut requests = self.received.requests.lock().unwrap();
+                        requests.push(Captured { webhook_id, body });
+                        requests.len()
+                    };
+                    self.received.count.send_replace(total);
                 }
                 status
             }
@@ -170,21 +167,25 @@ impl CaptureSink {
 
     /// Everything accepted so far.
     pub fn received(&self) -> Vec<Captured> {
-        self.received.lock().unwrap().clone()
+        self.received.requests.lock().unwrap().clone()
     }
 
-    /// Waits until `done` holds for what was received, or panics after `limit`.
+    /// Waits until `done` holds for what was received, checking on each accepted request, or
+    /// panics after `limit`.
     pub async fn wait_for(&self, limit: Duration, done: impl Fn(&[Captured]) -> bool) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !done(&self.received()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the sink at {} received {} requests; the condition did not hold within {limit:?}",
-                self.address,
-                self.received().len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut arrivals = self.received.count.subscribe();
+        let held = tokio::time::timeout(limit, async {
+            while !done(&self.received()) {
+                arrivals.changed().await.expect("the sink's record lives");
+            }
+        })
+        .await;
+        assert!(
+            held.is_ok(),
+            "the sink at {} received {} requests; the condition did not hold within {limit:?}",
+            self.address,
+            self.received().len()
+        );
     }
 }
 
@@ -459,13 +460,12 @@ impl StoppedReceiver {
 
 /// Binds `address` again; the previous listener may still be closing its last connection.
 async fn rebind(address: SocketAddr) -> TcpListener {
-    for _ in 0..100 {
-        if let Ok(listener) = TcpListener::bind(address).await {
-            return listener;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("binding {address} again failed");
+    eventually(Duration::from_secs(5), || async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|error| format!("binding {address}: {error}"))
+    })
+    .await
 }
 
 /// A listener on a free loopback port.
@@ -612,21 +612,23 @@ impl BinaryReceiver {
         };
         let http = client();
         let ready = format!("http://{}/readyz", receiver.admin);
-        for _ in 0..600 {
-            if http
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success())
-            {
-                return receiver;
+        eventually(Duration::from_secs(30), || {
+            let exited = receiver.child.try_wait();
+            let answer = http.get(&ready).send();
+            let ready = ready.clone();
+            async move {
+                if let Ok(Some(status)) = exited {
+                    panic!("the receiver exited before it was ready: {status}");
+                }
+                match answer.await {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => Err(format!("{ready} answered {}", response.status())),
+                    Err(error) => Err(format!("{ready}: {error}")),
+                }
             }
-            if let Ok(Some(status)) = receiver.child.try_wait() {
-                panic!("the receiver exited before it was ready: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the receiver did not become ready");
+        })
+        .await;
+        receiver
     }
 }
 
@@ -639,4 +641,3 @@ pub fn install_tenant_processes() {
         strapi_webhook_operator::routing::sandbox::Limits::default(),
     );
 }
-

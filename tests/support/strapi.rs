@@ -8,10 +8,13 @@
 //! when the value is dropped. Nothing is installed here: CI runs `scripts/ensure-strapi-app.sh`
 //! first, and a missing install fails with that instruction.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
 use serde_json::{Value, json};
-use strapi_webhook_operator::strapi::{ClientOptions, Credentials, StrapiClient};
+use strapi_webhook_operator::{
+    registration,
+    strapi::{ClientOptions, Credentials, StrapiClient, StrapiError},
+};
 use tempfile::TempDir;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/strapi.sh");
@@ -118,6 +121,16 @@ impl StrapiServer {
             .expect("a valid base URL")
     }
 
+    /// A guard that removes, when dropped, the webhooks the test tells it about.
+    pub fn cleanup(&self) -> StrapiCleanup {
+        StrapiCleanup {
+            base_url: self.base_url.clone(),
+            credentials: self.credentials(),
+            instances: Mutex::default(),
+            webhooks: Mutex::default(),
+        }
+    }
+
     /// Creates an admin API token with the given permission actions (e.g.
     /// `admin::webhooks.read`) and returns its secret. Strapi's admin-token API is set-up only
     /// the tests need, so it is called here rather than through the operator's client.
@@ -207,6 +220,80 @@ impl Drop for StrapiServer {
     fn drop(&mut self) {
         if let Some(run_dir) = &self.private {
             stop(run_dir.path());
+        }
+    }
+}
+
+/// Removes what a test registered in Strapi when it is dropped, whether the test passed or
+/// panicked: the managed registrations of every instance it was told about ([`Self::instance`])
+/// and every webhook made by hand ([`Self::webhook`]).
+///
+/// Strapi calls every registered webhook for each event, one after the other, so registrations
+/// left behind by one test slow every later test on the shared Strapi.
+pub struct StrapiCleanup {
+    base_url: String,
+    credentials: Credentials,
+    instances: Mutex<Vec<String>>,
+    webhooks: Mutex<Vec<String>>,
+}
+
+impl StrapiCleanup {
+    /// Removes the registrations marked with instance `key` (`namespace/name`) on drop.
+    pub fn instance(&self, key: &str) {
+        self.instances.lock().unwrap().push(key.to_owned());
+    }
+
+    /// Deletes the webhook with Strapi id `id` on drop, if it is still there.
+    pub fn webhook(&self, id: &str) {
+        self.webhooks.lock().unwrap().push(id.to_owned());
+    }
+
+    async fn remove_all(&self) -> Result<(), StrapiError> {
+        // A client of its own: the test's clients pool connections on the test's runtime, which
+        // is blocked while this runs.
+        let options = ClientOptions {
+            timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        };
+        let client = StrapiClient::with_options(&self.base_url, self.credentials.clone(), options)?;
+        let instances = self.instances.lock().unwrap().clone();
+        for instance in instances {
+            registration::remove(&client, &instance).await?;
+        }
+        let made_by_hand = self.webhooks.lock().unwrap().clone();
+        for webhook in client.list_webhooks().await? {
+            if made_by_hand.contains(&webhook.id) {
+                client.delete_webhook(&webhook.id).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StrapiCleanup {
+    fn drop(&mut self) {
+        let nothing_registered =
+            self.instances.lock().unwrap().is_empty() && self.webhooks.lock().unwrap().is_empty();
+        if nothing_registered {
+            return;
+        }
+        // Drop cannot await, and the test's runtime may be a single thread that is running this
+        // drop: the removal gets a thread and a runtime of its own.
+        let removed = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime for the cleanup")
+                        .block_on(self.remove_all())
+                })
+                .join()
+        });
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("removing the test's webhooks from Strapi failed: {error}"),
+            Err(_) => eprintln!("removing the test's webhooks from Strapi panicked"),
         }
     }
 }

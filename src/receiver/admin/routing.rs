@@ -13,40 +13,30 @@ use axum::{
     Json,
     extract::{Query, State},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::receiver::{ReceiverState, source::Snapshot};
+use crate::{
+    admin_api::Routing,
+    receiver::{ReceiverState, source::Snapshot},
+};
 
-/// The answer of `GET /v1/routing`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Routing {
-    /// False until the configuration is loaded; until then nothing is routed.
-    pub synced: bool,
-    /// The generation of each instance (`namespace/name`) whose events are accepted.
-    pub instances: BTreeMap<String, i64>,
-    /// The generation of each webhook (`namespace/name`) events are routed with.
-    pub webhooks: BTreeMap<String, i64>,
-}
-
-impl Routing {
-    /// What `snapshot` routes with.
-    pub fn of(snapshot: &Snapshot) -> Self {
-        Routing {
-            synced: snapshot.synced,
-            instances: snapshot
-                .instances
-                .keys()
-                .map(|key| {
-                    let generation = snapshot.instance_generations.get(key);
-                    (key.clone(), generation.copied().unwrap_or_default())
-                })
-                .collect(),
-            webhooks: snapshot
-                .webhooks
-                .iter()
-                .map(|(key, webhook)| (key.clone(), webhook.generation))
-                .collect(),
-        }
+/// What `snapshot` routes with.
+pub fn routing_of(snapshot: &Snapshot) -> Routing {
+    Routing {
+        synced: snapshot.synced,
+        instances: snapshot
+            .instances
+            .keys()
+            .map(|key| {
+                let generation = snapshot.instance_generations.get(key);
+                (key.clone(), generation.copied().unwrap_or_default())
+            })
+            .collect(),
+        webhooks: snapshot
+            .webhooks
+            .iter()
+            .map(|(key, webhook)| (key.clone(), webhook.generation))
+            .collect(),
     }
 }
 
@@ -97,7 +87,7 @@ pub async fn routing(
     let deadline = tokio::time::Instant::now() + wait;
     let mut config = state.config.clone();
     loop {
-        let routing = Routing::of(&config.borrow_and_update().clone());
+        let routing = routing_of(&config.borrow_and_update().clone());
         if query.satisfied_by(&routing) {
             return Json(routing);
         }

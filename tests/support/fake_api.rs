@@ -27,6 +27,8 @@ use tokio::sync::watch;
 pub struct Recorded {
     pub method: Method,
     pub path: String,
+    /// The query string as sent, e.g. `labelSelector=...` of a list.
+    pub query: String,
     pub body: Value,
 }
 
@@ -127,6 +129,17 @@ impl FakeApi {
 
     /// Stores a Secret with string data.
     pub fn put_secret(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        self.put_labelled_secret(namespace, name, &[], data);
+    }
+
+    /// Stores a Secret with labels and string data.
+    pub fn put_labelled_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        data: &[(&str, &str)],
+    ) {
         let data: BTreeMap<String, ByteString> = data
             .iter()
             .map(|(key, value)| ((*key).to_owned(), ByteString(value.as_bytes().to_vec())))
@@ -135,6 +148,12 @@ impl FakeApi {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(namespace.into()),
+                labels: (!labels.is_empty()).then(|| {
+                    labels
+                        .iter()
+                        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                        .collect()
+                }),
                 ..Default::default()
             },
             data: Some(data),
@@ -172,7 +191,8 @@ impl FakeApi {
         let bytes = body.collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let path = parts.uri.path().to_owned();
-        let query = Query::parse(parts.uri.query().unwrap_or_default());
+        let raw_query = parts.uri.query().unwrap_or_default().to_owned();
+        let query = Query::parse(&raw_query);
         let content_type = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -187,6 +207,7 @@ impl FakeApi {
             state.requests.push(Recorded {
                 method: parts.method.clone(),
                 path: path.clone(),
+                query: raw_query,
                 body: body.clone(),
             });
             let (status, answer) = match parts.method {
