@@ -197,6 +197,28 @@ struct ReceiverArgs {
     /// if both ports would not fit in the open-files limit (raised to its hard limit first).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
+    /// Trace export.
+    #[command(flatten)]
+    traces: TracesArgs,
+}
+
+/// Where the traces of events and delivery attempts go.
+#[derive(Args, Debug)]
+struct TracesArgs {
+    /// Export one trace per event (its ingest and every delivery attempt) to this OTLP/HTTP
+    /// collector, e.g. `http://otel-collector:4318` (spans go to `<URL>/v1/traces`). Sinks get
+    /// the attempt's `traceparent` header either way. [default: off]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+impl TracesArgs {
+    fn tracer(&self) -> Result<crate::traces::Tracer, crate::traces::TracesError> {
+        match &self.otlp_endpoint {
+            Some(endpoint) => crate::traces::Tracer::otlp(endpoint, env!("CARGO_PKG_NAME")),
+            None => Ok(crate::traces::Tracer::default()),
+        }
+    }
 }
 
 /// Where the receiver's admin API token comes from.
@@ -253,6 +275,7 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
             engine: EngineSettings {
                 shutdown_grace: args.shutdown_grace.into(),
                 retention: args.retention.into(),
+                tracer: args.traces.tracer()?,
                 ..EngineSettings::default()
             },
             egress: crate::sinks::EgressBase {
@@ -436,6 +459,9 @@ struct LocalArgs {
     /// showed is taken for lost (a newer call from Strapi proves it sooner).
     #[arg(long, env = "REPAIR_SETTLE", default_value = "15s")]
     repair_settle: kube::core::Duration,
+    /// Trace export.
+    #[command(flatten)]
+    traces: TracesArgs,
 }
 
 async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
@@ -453,6 +479,10 @@ async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
         },
         settings: crate::receiver::ReceiverSettings {
             admin_token: args.admin_token.token()?,
+            engine: crate::receiver::engine::EngineSettings {
+                tracer: args.traces.tracer()?,
+                ..crate::receiver::engine::EngineSettings::default()
+            },
             ..crate::receiver::ReceiverSettings::default()
         },
     };

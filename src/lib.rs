@@ -17,6 +17,7 @@
 //! - [`local`]: the same parts without a cluster, from YAML files.
 //! - [`cli`]: the command line; each subcommand hands over to one module above.
 //! - [`http`] and [`telemetry`]: outbound HTTP clients and logging, shared by all.
+//! - [`traces`]: one W3C trace per event, from ingest through each delivery attempt.
 
 pub mod api;
 pub mod cli;
@@ -33,3 +34,4 @@ pub mod routing;
 pub mod sinks;
 pub mod strapi;
 pub mod telemetry;
+pub mod traces;

@@ -59,12 +59,22 @@ pub struct Captured {
     pub body: Value,
 }
 
+/// A request a capture sink answered, accepted or not.
+#[derive(Clone, Debug)]
+pub struct Attempted {
+    /// The status it answered.
+    pub status: u16,
+    /// The `traceparent` header, as sent.
+    pub traceparent: Option<String>,
+}
+
 /// A loopback HTTP sink that records what it receives and answers with a status that the test
 /// can change while it runs; `hang` makes it never answer.
 #[derive(Clone)]
 pub struct CaptureSink {
     pub address: SocketAddr,
     received: Arc<Mutex<Vec<Captured>>>,
+    attempted: Arc<Mutex<Vec<Attempted>>>,
     answer: Arc<Mutex<Answer>>,
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
@@ -100,6 +110,7 @@ impl CaptureSink {
         let sink = Self {
             address,
             received,
+            attempted: Arc::default(),
             answer,
             stop: Arc::new(Mutex::new(Some(stop))),
         };
@@ -130,6 +141,13 @@ impl CaptureSink {
             Answer::Hang => std::future::pending().await,
             Answer::Status(code) => {
                 let status = StatusCode::from_u16(code).unwrap();
+                let traceparent = headers
+                    .get("traceparent")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                self.attempted.lock().unwrap().push(Attempted {
+                    status: code,
+                    traceparent,
+                });
                 if status.is_success() {
                     let webhook_id = headers
                         .get("webhook-id")
@@ -171,6 +189,11 @@ impl CaptureSink {
     /// Everything accepted so far.
     pub fn received(&self) -> Vec<Captured> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Every request answered since this listener started, oldest first, accepted or not.
+    pub fn attempted(&self) -> Vec<Attempted> {
+        self.attempted.lock().unwrap().clone()
     }
 
     /// Waits until `done` holds for what was received, or panics after `limit`.
