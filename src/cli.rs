@@ -332,9 +332,14 @@ enum DeliveriesCommand {
         /// Only deliveries of this event id.
         #[arg(long)]
         event: Option<String>,
-        /// At most this many.
-        #[arg(long)]
-        limit: Option<u32>,
+        /// At most this many (1 to 1000).
+        #[arg(
+            long,
+            default_value_t = crate::receiver::admin::DEFAULT_LIST_LIMIT,
+            value_parser = clap::value_parser!(u32)
+                .range(1..=i64::from(crate::receiver::admin::MAX_LIST_LIMIT))
+        )]
+        limit: u32,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -393,7 +398,7 @@ async fn run_deliveries(args: DeliveriesArgs) -> Result<(), Box<dyn Error>> {
                 webhook,
                 sink,
                 event,
-                limit,
+                limit: Some(limit),
             };
             let deliveries = client.list(&query).await?;
             if json {

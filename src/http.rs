@@ -36,6 +36,16 @@ pub fn describe_error(error: reqwest::Error) -> String {
     redact_urls(&text)
 }
 
+/// The last error of a chain, redacted like [`describe_error`]: the one that says what happened
+/// ("Connection refused", a DNS or TLS failure), where reqwest's own only says a request failed.
+pub fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    redact_urls(&cause.to_string())
+}
+
 /// `text` with every `scheme://…` URL in it cut to `scheme://host[:port]`: no userinfo, path,
 /// query or fragment, any of which may carry a secret.
 pub fn redact_urls(text: &str) -> String {
