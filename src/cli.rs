@@ -15,8 +15,17 @@ use crate::telemetry::{self, LogFormat};
 #[derive(Parser, Debug)]
 #[command(name = "strapi-webhook-operator", version, about, long_about = None)]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "LOG_FORMAT")]
+    // One flag for every subcommand, before or after its name; each subcommand's help lists it
+    // apart from its own flags, so it does not read as one more flag of each.
+    /// Log format, for every subcommand (before or after its name).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "LOG_FORMAT",
+        help_heading = "Global options"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
