@@ -538,7 +538,7 @@ fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
     )
 }
 
-/// What an attempt's span says about it (OpenTelemetry's semantic names where one exists).
+/// What an attempt's span says about it: which delivery of which event, to which sink, which try.
 fn attempt_attributes(delivery: &ClaimedDelivery) -> Vec<KeyValue> {
     vec![
         KeyValue::new("event.id", delivery.event_id.clone()),
