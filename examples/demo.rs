@@ -291,33 +291,171 @@ async fn summary(admin_url: &str) -> Result<(), Box<dyn std::error::Error>> {
         .error_for_status()?
         .text()
         .await?;
-    // Counters are whole numbers; summed over their labels (instance, reason).
-    let total = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|value| value as u64)
-            .sum()
-    };
-    println!(
-        "events received from Strapi: {}   stored: {}   rejected: {}",
-        total("strapi_webhook_receiver_events_received_total"),
-        total("strapi_webhook_receiver_events_stored_total"),
-        total("strapi_webhook_receiver_events_rejected_total"),
-    );
+    print!("{}", event_accounting(&metrics));
     println!();
-    println!(
-        "{:<28} {:<10} {:>9} {:>15} {:>12} {:>8}",
-        "WEBHOOK", "SINK", "DELIVERED", "FAILED ATTEMPTS", "DEAD LETTERS", "PENDING"
-    );
-    for (webhook, sinks) in &stats.webhooks {
-        for sink in sinks {
-            println!(
-                "{:<28} {:<10} {:>9} {:>15} {:>12} {:>8}",
-                webhook, sink.name, sink.delivered, sink.failed, sink.dead_lettered, sink.pending
-            );
+    print!("{}", sink_table(&stats));
+    Ok(())
+}
+
+/// The series of counter `name` in an exposition text: each line's labels and value.
+fn series<'a>(metrics: &'a str, name: &str) -> Vec<(&'a str, u64)> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            // `name_created` and the like share the prefix but are other series.
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels, value.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// Where every event Strapi sent went: stored, collapsed as a duplicate, or refused (by reason),
+/// and what the gap repair added. Counters are summed over instances.
+fn event_accounting(metrics: &str) -> String {
+    let total = |name: &str| -> u64 { series(metrics, name).iter().map(|(_, n)| n).sum() };
+    let received = total("strapi_webhook_receiver_events_received_total");
+    let stored = total("strapi_webhook_receiver_events_stored_total");
+    let recovered = total("strapi_webhook_receiver_events_recovered_total");
+    let duplicates = total("strapi_webhook_receiver_events_duplicate_total");
+    let from_strapi = stored.saturating_sub(recovered);
+    let mut rows = vec![
+        (
+            "stored and delivered to their sinks".to_owned(),
+            from_strapi,
+        ),
+        (
+            "collapsed as duplicates (Strapi 5 fires one delete or publish per draft and \
+             published row; one is kept)"
+                .to_owned(),
+            duplicates,
+        ),
+    ];
+    // Refusals of an unknown instance (or before the configuration loaded) were never counted
+    // as received; they are shown apart.
+    let mut refused_elsewhere = 0;
+    for (labels, count) in series(metrics, "strapi_webhook_receiver_events_rejected_total") {
+        let reason = label(labels, "reason").unwrap_or("unknown");
+        if label(labels, "strapi_instance") == Some("unknown") {
+            refused_elsewhere += count;
+        } else if count > 0 {
+            rows.push((format!("refused ({reason})"), count));
         }
     }
-    Ok(())
+    let accounted: u64 = rows.iter().map(|(_, n)| n).sum();
+    if accounted != received {
+        rows.push((
+            "not yet accounted for (still being stored, or a duplicate of a recovered event)"
+                .to_owned(),
+            received.abs_diff(accounted),
+        ));
+    }
+    let mut out = format!("events received from Strapi: {received}\n");
+    let width = rows
+        .iter()
+        .map(|(_, n)| n.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for (what, count) in rows {
+        out.push_str(&format!("  {count:>width$}  {what}\n"));
+    }
+    if recovered > 0 {
+        out.push_str(&format!(
+            "plus {recovered} events the gap repair rebuilt from Strapi's content (Strapi's call \
+             never arrived)\n"
+        ));
+    }
+    if refused_elsewhere > 0 {
+        out.push_str(&format!(
+            "plus {refused_elsewhere} calls refused before reaching an instance (unknown instance, \
+             or the receiver was still loading)\n"
+        ));
+    }
+    out
+}
+
+/// The value of label `name` in a `{a="x",b="y"}` label set.
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = labels[start..].find('"')? + start;
+    Some(&labels[start..end])
+}
+
+/// One row per sink: counts, whether it is healthy now, and its last error with the last
+/// success, so a sink that failed and recovered does not look broken. Headers are one word each
+/// and every column is as wide as its widest cell.
+fn sink_table(stats: &Stats) -> String {
+    let mut rows = vec![
+        [
+            "WEBHOOK",
+            "SINK",
+            "STATE",
+            "DELIVERED",
+            "RETRIED",
+            "DEAD",
+            "PENDING",
+            "LAST-ERROR",
+        ]
+        .map(str::to_owned),
+    ];
+    for (webhook, sinks) in &stats.webhooks {
+        for sink in sinks {
+            let last_success = sink
+                .last_success_time
+                .as_ref()
+                .map(|time| time.0.strftime("%H:%M:%S").to_string());
+            let state = if sink.paused {
+                "paused"
+            } else if sink.pending > 0 {
+                "retrying"
+            } else if sink.dead_lettered > 0 {
+                "dead-letters"
+            } else {
+                "ok"
+            };
+            let error = match (&sink.last_error, &last_success, state) {
+                (None, _, _) => "-".to_owned(),
+                // The error came before a later success: it is history, not the sink's state.
+                (Some(error), Some(success), "ok") => {
+                    format!("{error} (recovered; last delivery {success} UTC)")
+                }
+                (Some(error), _, _) => error.clone(),
+            };
+            rows.push([
+                webhook.clone(),
+                sink.name.clone(),
+                state.to_owned(),
+                sink.delivered.to_string(),
+                sink.failed.to_string(),
+                sink.dead_lettered.to_string(),
+                sink.pending.to_string(),
+                error,
+            ]);
+        }
+    }
+    let mut widths = [0; 8];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
+            let cell = match column {
+                0 => format!("{cell:<width$}"),
+                3..=6 => format!("  {cell:>width$}"),
+                7 => format!("  {cell}"),
+                _ => format!("  {cell:<width$}"),
+            };
+            line.push_str(&cell);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }

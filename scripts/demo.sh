@@ -39,6 +39,14 @@ cleanup() {
     echo "--- last lines of the local mode log ---" >&2
     tail -n 20 "$work/local.log" >&2
   fi
+  # A failed step may be Strapi's doing (a first-admin call that failed, say): its whole log is
+  # kept outside the folder about to be removed.
+  if (( status != 0 )) && [[ -s "$STRAPI_RUN_DIR/strapi.log" ]]; then
+    kept="${TMPDIR:-/tmp}/swo-demo-strapi.$$.log"
+    cp "$STRAPI_RUN_DIR/strapi.log" "$kept"
+    echo "--- last lines of Strapi's log (all of it kept in $kept) ---" >&2
+    tail -n 20 "$kept" >&2
+  fi
   rm -rf "$work"
   exit "$status"
 }
@@ -46,8 +54,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Checked once before the long install and build, and again right before each service starts:
+# a port taken in between would otherwise surface as a failure that names no port.
+require_free() {
+  local port=$1 what=$2
+  if port_in_use "$port"; then
+    fail "port $port on 127.0.0.1 is in use, and $what needs it (examples/ name 1337, 3000, 3100 and 4000); stop what listens there and run the demo again"
+  fi
+}
 for port in 1337 3000 3100 4000 "$ingest_port" "$admin_port"; do
-  port_in_use "$port" && fail "port $port on 127.0.0.1 is in use; the demo needs it (examples/ name 1337, 3000 and 4000)"
+  require_free "$port" "the demo"
 done
 
 # Prints the elapsed time every 20 s while a long, quiet command runs.
@@ -76,8 +92,9 @@ wait_settled() {
 }
 
 start_sink() {
-  local name=$1
-  shift
+  local name=$1 port=$2
+  shift 2
+  require_free "$port" "the demo's $name sink"
   "$demo" "$@" &
   pids[$name]=$!
 }
@@ -88,16 +105,20 @@ with_progress scripts/ensure-nextjs-app.sh
 cargo build --bin strapi-webhook-operator --example demo
 
 say "2/9 starting a fresh Strapi (SQLite, first admin) on 127.0.0.1:1337"
+require_free 1337 "Strapi"
 STRAPI_PORT=1337 scripts/strapi.sh start >"$work/strapi.env"
 # shellcheck disable=SC1091
 source "$work/strapi.env"
 
 say "3/9 starting the test Next.js site on :3000 and the demo sinks: Slack :3100, CRM :4000"
+require_free 3000 "the Next.js site"
 NEXTJS_PORT=3000 REVALIDATE_SECRET=change-me scripts/nextjs.sh start >/dev/null
-start_sink slack sink slack --port 3100
-start_sink crm "${crm_args[@]}"
+start_sink slack 3100 sink slack --port 3100
+start_sink crm 4000 "${crm_args[@]}"
 
 say "4/9 starting local mode with a copy of examples/"
+require_free "$ingest_port" "local mode's ingest port"
+require_free "$admin_port" "local mode's admin port"
 # A copy, so that step 7 can edit a route without touching the repository.
 mkdir "$work/config"
 cp examples/*.yaml "$work/config/"
@@ -157,7 +178,7 @@ wait "${pids[crm]}" 2>/dev/null || true
 sleep 5
 "$bin" deliveries --admin-url "$admin_url" list --sink crm --limit 3
 echo "    ... the CRM comes back"
-start_sink crm "${crm_args[@]}"
+start_sink crm 4000 "${crm_args[@]}"
 wait_settled
 "$bin" deliveries --admin-url "$admin_url" list --sink crm --limit 3
 

@@ -15,8 +15,17 @@ use crate::telemetry::{self, LogFormat};
 #[derive(Parser, Debug)]
 #[command(name = "strapi-webhook-operator", version, about, long_about = None)]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "LOG_FORMAT")]
+    // One flag for every subcommand, before or after its name; each subcommand's help lists it
+    // apart from its own flags, so it does not read as one more flag of each.
+    /// Log format, for every subcommand (before or after its name).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "LOG_FORMAT",
+        help_heading = "Global options"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -208,6 +217,9 @@ struct ReceiverArgs {
     max_connections: usize,
     #[command(flatten)]
     tenant: TenantArgs,
+    /// Trace export.
+    #[command(flatten)]
+    traces: TracesArgs,
 }
 
 /// Where route filters and templates run.
@@ -232,6 +244,25 @@ impl TenantArgs {
             },
         );
         Ok(())
+    }
+}
+
+/// Where the traces of events and delivery attempts go.
+#[derive(Args, Debug)]
+struct TracesArgs {
+    /// Export one trace per event (its ingest and every delivery attempt) to this OTLP/HTTP
+    /// collector, e.g. `http://otel-collector:4318` (spans go to `<URL>/v1/traces`). Sinks get
+    /// the attempt's `traceparent` header either way. [default: off]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+impl TracesArgs {
+    fn tracer(&self) -> Result<crate::traces::Tracer, crate::traces::TracesError> {
+        match &self.otlp_endpoint {
+            Some(endpoint) => crate::traces::Tracer::otlp(endpoint, env!("CARGO_PKG_NAME")),
+            None => Ok(crate::traces::Tracer::default()),
+        }
     }
 }
 
@@ -290,6 +321,7 @@ async fn run_receiver(args: ReceiverArgs) -> Result<(), Box<dyn Error>> {
             engine: EngineSettings {
                 shutdown_grace: args.shutdown_grace.into(),
                 retention: args.retention.into(),
+                tracer: args.traces.tracer()?,
                 ..EngineSettings::default()
             },
             egress: crate::sinks::EgressBase {
@@ -346,9 +378,14 @@ enum DeliveriesCommand {
         /// Only deliveries of this event id.
         #[arg(long)]
         event: Option<String>,
-        /// At most this many.
-        #[arg(long)]
-        limit: Option<u32>,
+        /// At most this many (1 to 1000).
+        #[arg(
+            long,
+            default_value_t = crate::receiver::admin::DEFAULT_LIST_LIMIT,
+            value_parser = clap::value_parser!(u32)
+                .range(1..=i64::from(crate::receiver::admin::MAX_LIST_LIMIT))
+        )]
+        limit: u32,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -407,7 +444,7 @@ async fn run_deliveries(args: DeliveriesArgs) -> Result<(), Box<dyn Error>> {
                 webhook,
                 sink,
                 event,
-                limit,
+                limit: Some(limit),
             };
             let deliveries = client.list(&query).await?;
             if json {
@@ -475,6 +512,9 @@ struct LocalArgs {
     repair_settle: kube::core::Duration,
     #[command(flatten)]
     tenant: TenantArgs,
+    /// Trace export.
+    #[command(flatten)]
+    traces: TracesArgs,
 }
 
 async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
@@ -493,6 +533,10 @@ async fn run_local(args: LocalArgs) -> Result<(), Box<dyn Error>> {
         },
         settings: crate::receiver::ReceiverSettings {
             admin_token: args.admin_token.token()?,
+            engine: crate::receiver::engine::EngineSettings {
+                tracer: args.traces.tracer()?,
+                ..crate::receiver::engine::EngineSettings::default()
+            },
             ..crate::receiver::ReceiverSettings::default()
         },
     };

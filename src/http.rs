@@ -5,12 +5,18 @@
 
 /// A client builder with the crypto provider installed and the operator's user agent set.
 pub fn client_builder() -> reqwest::ClientBuilder {
-    // Fails only when a provider is already installed, which is just as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     reqwest::Client::builder().user_agent(concat!(
         "strapi-webhook-operator/",
         env!("CARGO_PKG_VERSION")
     ))
+}
+
+/// Installs ring as the process's TLS crypto provider, for clients built elsewhere (the OTLP
+/// exporter's).
+pub fn install_crypto_provider() {
+    // Fails only when a provider is already installed, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The one way an error that may hold a URL becomes text: reqwest's URL is dropped and the
@@ -28,6 +34,16 @@ pub fn describe_error(error: reqwest::Error) -> String {
         source = cause.source();
     }
     redact_urls(&text)
+}
+
+/// The last error of a chain, redacted like [`describe_error`]: the one that says what happened
+/// ("Connection refused", a DNS or TLS failure), where reqwest's own only says a request failed.
+pub fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    redact_urls(&cause.to_string())
 }
 
 /// `text` with every `scheme://…` URL in it cut to `scheme://host[:port]`: no userinfo, path,

@@ -21,6 +21,7 @@
 //! - [`validate`] and [`render`]: offline checks and previews of manifests, for CI.
 //! - [`cli`]: the command line; each subcommand hands over to one module above.
 //! - [`http`] and [`telemetry`]: outbound HTTP clients and logging, shared by all.
+//! - [`traces`]: one W3C trace per event, from ingest through each delivery attempt.
 
 pub mod admin_api;
 pub mod api;
@@ -41,4 +42,5 @@ pub mod routing;
 pub mod sinks;
 pub mod strapi;
 pub mod telemetry;
+pub mod traces;
 pub mod validate;

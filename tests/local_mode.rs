@@ -45,7 +45,18 @@ impl Local {
 
     /// Starts it with extra flags of `local`.
     fn start_with(files: &Path, data: &Path, strapi: &StrapiServer, flags: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        let mut command = Self::command(files, data, flags);
+        // The admin credentials come from the environment, the sink token from a file.
+        command
+            .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_EMAIL", strapi.email())
+            .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_PASSWORD", strapi.password());
+        Self::spawn(command)
+    }
+
+    /// `local` on `files`, keeping its data in `data`, on free loopback ports.
+    fn command(files: &Path, data: &Path, flags: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"));
+        command
             .args(["--log-format", "json", "local", "--cleanup"])
             .args(flags)
             .arg("-f")
@@ -57,10 +68,13 @@ impl Local {
                 "127.0.0.1:0",
                 "--admin-addr",
                 "127.0.0.1:0",
-            ])
-            // The admin credentials come from the environment, the sink token from a file.
-            .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_EMAIL", strapi.email())
-            .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_PASSWORD", strapi.password())
+            ]);
+        command
+    }
+
+    /// Runs `command`, collecting what it logs.
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -531,4 +545,51 @@ async fn what_strapi_fires_while_local_mode_is_stopped_reaches_the_sink_after_a_
         .wait_for_line(0, "deletions and unpublications may have been missed")
         .await;
     assert_eq!(local.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_folder_with_nothing_to_run_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("manifests");
+    std::fs::create_dir(&files).unwrap();
+    // Dropping `local` kills it.
+    let mut local = Local::spawn(Local::command(&files, &dir.path().join("data"), &[]));
+    let line = local
+        .wait_for_line(0, "no StrapiInstance in these files")
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+}
+
+#[tokio::test]
+async fn an_unreachable_strapi_is_logged_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("manifests");
+    std::fs::create_dir(&files).unwrap();
+    // Nothing listens on a port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let strapi = format!("http://127.0.0.1:{port}");
+    write(&files.join("instance.yaml"), &instance_yaml("cms", &strapi));
+    let mut command = Local::command(&files, &dir.path().join("data"), &[]);
+    command
+        .env("SWO_SECRET_LOCAL_STRAPI_ADMIN_EMAIL", "editor@example.com")
+        .env(
+            "SWO_SECRET_LOCAL_STRAPI_ADMIN_PASSWORD",
+            "a-long-enough-password",
+        );
+    let mut local = Local::spawn(command);
+    let line = local.wait_for_line(0, "registration failed").await;
+    assert!(
+        line.contains(&format!(
+            "Strapi at {strapi}/admin/login is unreachable: Connection refused"
+        )),
+        "{line}"
+    );
+    let line = local
+        .wait_for_line(0, "no StrapiWebhook in these files")
+        .await;
+    assert!(line.contains("WARN"), "{line}");
 }

@@ -1,6 +1,7 @@
 //! The alert rules and the Grafana dashboard against what the binaries really export: every metric
 //! they name exists, the dashboard is well formed, and a real Prometheus scraping a real receiver
-//! answers every receiver expression of the dashboard and the rules with data.
+//! answers every receiver expression of the dashboard and the rules with data. And the traces:
+//! what a sink sees in `traceparent`, and what an OTLP collector receives.
 
 mod support;
 
@@ -23,7 +24,8 @@ use strapi_webhook_operator::{
 };
 use support::receiver;
 use support::receiver::{
-    Answer, CaptureSink, KillOnDrop, TestReceiver, client, free_port, snapshot,
+    Answer, CaptureSink, KillOnDrop, TestReceiver, TestStore, article_event, client, free_port,
+    snapshot, webhook_spec,
 };
 
 const RULES: &str = "charts/strapi-webhook-operator/files/prometheus-rules.yaml";
@@ -124,6 +126,12 @@ async fn every_metric_the_rules_and_dashboard_name_is_exported() {
         })
         .inc();
     controller.drift_repairs.inc();
+    controller
+        .repair_checks
+        .get_or_create(&controller::metrics::OutcomeLabels {
+            outcome: "StrapiFailed",
+        })
+        .inc();
     controller.record_instance_conditions("web/cms", &[]);
     controller
         .instance_conditions
@@ -142,7 +150,12 @@ async fn every_metric_the_rules_and_dashboard_name_is_exported() {
         webhook: "web/site".into(),
         sink: "nextjs".into(),
     };
-    for family in [&receiver.received, &receiver.stored, &receiver.duplicates] {
+    for family in [
+        &receiver.received,
+        &receiver.stored,
+        &receiver.duplicates,
+        &receiver.recovered,
+    ] {
         family.get_or_create(&instance).inc();
     }
     receiver
@@ -364,8 +377,24 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
+    // A change the gap repair rebuilt from Strapi's content, posted as the controller does.
+    let recovered = http
+        .post(format!(
+            "{}/v1/instances/{}/recovered",
+            receiver.admin_url(),
+            receiver::INSTANCE
+        ))
+        .json(&json!({
+            "event": "entry.create", "createdAt": "2026-11-29T01:05:00.000Z", "model": "article",
+            "uid": "api::article.article",
+            "entry": {"id": 7, "documentId": "doc7", "updatedAt": "2026-11-29T01:04:00.000Z"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(recovered.status().is_success(), "{}", recovered.status());
     accepting
-        .wait_for(Duration::from_secs(30), |received| received.len() >= 6)
+        .wait_for(Duration::from_secs(30), |received| received.len() >= 7)
         .await;
 
     let receiver_only = |(_, expr): &(String, String)| expr.contains("strapi_webhook_receiver_");
@@ -390,8 +419,8 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         .query("sum(strapi_webhook_receiver_events_stored_total)")
         .await;
     assert_eq!(
-        stored[0]["value"][1], "6",
-        "5 creates and one publish stored: {stored:?}"
+        stored[0]["value"][1], "7",
+        "5 creates, one publish and one recovered create stored: {stored:?}"
     );
     let rejected = prometheus
         .query(r#"strapi_webhook_receiver_events_rejected_total{reason="Unauthorized"}"#)
@@ -402,4 +431,180 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         "{rejected:?}"
     );
     receiver.shutdown().await;
+}
+
+/// The trace id and span id of a W3C `traceparent`, after checking its form: version `00`, a
+/// 32-hex trace id and a 16-hex span id (lower case, neither all zeros) and two hex flags.
+fn trace_context(traceparent: &str) -> (String, String) {
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    let hex = |field: &str, len: usize| {
+        field.len() == len
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = fields.len() == 4
+        && fields[0] == "00"
+        && hex(fields[1], 32)
+        && fields[1].bytes().any(|b| b != b'0')
+        && hex(fields[2], 16)
+        && fields[2].bytes().any(|b| b != b'0')
+        && hex(fields[3], 2);
+    assert!(valid, "not a W3C traceparent: {traceparent:?}");
+    (fields[1].to_owned(), fields[2].to_owned())
+}
+
+/// One event through a receiver with `settings` to a sink that answers 503, then 200: the
+/// `traceparent` of each attempt, and the stored event's id.
+async fn an_event_retried_once(
+    settings: strapi_webhook_operator::receiver::ReceiverSettings,
+) -> (TestReceiver, Vec<(String, String)>, String) {
+    let sink = CaptureSink::start().await;
+    sink.answer(Answer::Status(503));
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let spec = webhook_spec(&[("site", sink.url())]);
+    let receiver = TestReceiver::start_with_settings(store, queue, snapshot(&spec), settings).await;
+    let http = client();
+    assert_eq!(receiver.post(&http, &article_event(1)).await, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.attempted().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sink was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sink.answer(Answer::Status(200));
+    sink.wait_for(Duration::from_secs(10), |received| received.len() == 1)
+        .await;
+    let attempts: Vec<(String, String)> = sink
+        .attempted()
+        .iter()
+        .map(|attempt| {
+            trace_context(
+                attempt
+                    .traceparent
+                    .as_deref()
+                    .expect("a traceparent header"),
+            )
+        })
+        .collect();
+    let statuses: Vec<u16> = sink.attempted().iter().map(|a| a.status).collect();
+    assert_eq!(statuses.first(), Some(&503));
+    assert_eq!(statuses.last(), Some(&200));
+    let deliveries: Value = http
+        .get(format!("{}/v1/deliveries", receiver.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let event_id = deliveries[0]["eventId"]
+        .as_str()
+        .expect("the delivery names its event")
+        .to_owned();
+    (receiver, attempts, event_id)
+}
+
+#[tokio::test]
+async fn every_attempt_carries_a_traceparent_in_its_events_trace() {
+    let (receiver, attempts, event_id) = an_event_retried_once(TestReceiver::settings()).await;
+    receiver.shutdown().await;
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    // The trace is the stored event's: a retry after a restart joins it too.
+    for (trace_id, _) in &attempts {
+        assert_eq!(*trace_id, event_id.replace('-', ""));
+    }
+    let spans: BTreeSet<&String> = attempts.iter().map(|(_, span)| span).collect();
+    assert_eq!(
+        spans.len(),
+        attempts.len(),
+        "each attempt its own span: {attempts:?}"
+    );
+}
+
+/// Every span of every OTLP/HTTP export request the collector received.
+fn exported_spans(
+    collector: &support::CaptureServer,
+) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    collector
+        .requests()
+        .iter()
+        .flat_map(|request| {
+            assert_eq!(request.path, "/v1/traces");
+            assert_eq!(
+                request.header("content-type"),
+                Some("application/x-protobuf")
+            );
+            ExportTraceServiceRequest::decode(request.body.as_ref())
+                .expect("a protobuf ExportTraceServiceRequest")
+                .resource_spans
+        })
+        .flat_map(|resource| {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(|attribute| attribute.value.as_ref())
+                .map(|value| format!("{:?}", value.value))
+                .unwrap_or_default();
+            resource
+                .scope_spans
+                .into_iter()
+                .flat_map(|scope| scope.spans)
+                .map(move |span| (service.clone(), span))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_sends_the_ingest_and_every_attempt_in_the_trace_the_sink_saw() {
+    let collector = support::CaptureServer::start().await;
+    let mut settings = TestReceiver::settings();
+    settings.engine.tracer =
+        strapi_webhook_operator::traces::Tracer::otlp(collector.url(), "strapi-webhook-operator")
+            .unwrap();
+    let (receiver, attempts, event_id) = an_event_retried_once(settings).await;
+    // Stopping flushes the spans still batched.
+    receiver.shutdown().await;
+    let spans = exported_spans(&collector);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let trace_id = event_id.replace('-', "");
+    let ingest: Vec<_> = spans
+        .iter()
+        .filter(|(_, span)| span.name == "ingest")
+        .collect();
+    assert_eq!(ingest.len(), 1, "one ingest span: {spans:#?}");
+    let (service, root) = ingest[0];
+    assert!(service.contains("strapi-webhook-operator"), "{service}");
+    assert_eq!(hex(&root.trace_id), trace_id);
+    assert!(
+        root.parent_span_id.is_empty(),
+        "the ingest is the trace's root"
+    );
+    let delivered: Vec<_> = spans
+        .iter()
+        .filter(|(_, span)| span.name == "deliver")
+        .collect();
+    assert_eq!(delivered.len(), attempts.len(), "{spans:#?}");
+    for ((_, span), (sink_trace, sink_span)) in delivered.iter().zip(&attempts) {
+        assert_eq!(hex(&span.trace_id), *sink_trace);
+        assert_eq!(hex(&span.span_id), *sink_span);
+        assert_eq!(
+            span.parent_span_id, root.span_id,
+            "attempts hang under the ingest"
+        );
+        assert!(span.start_time_unix_nano <= span.end_time_unix_nano);
+    }
+    let status = |span: &opentelemetry_proto::tonic::trace::v1::Span| {
+        span.status.as_ref().map_or(0, |status| status.code)
+    };
+    // 503 then 200: the first attempt failed (code 2, error), the last one is ok (code 1).
+    assert_eq!(status(&delivered[0].1), 2);
+    assert_eq!(status(&delivered[delivered.len() - 1].1), 1);
 }

@@ -226,3 +226,21 @@ async fn one_dead_sink_does_not_slow_another() {
     assert_eq!(entry_ids(&healthy.received()), (0..50).collect());
     receiver.shutdown().await;
 }
+
+#[test]
+fn deliveries_with_no_receiver_says_nothing_answers_and_which_flag_sets_the_address() {
+    let admin = format!("http://127.0.0.1:{}", receiver::free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        .env("RECEIVER_ADMIN_TOKEN", receiver::ADMIN_TOKEN)
+        .env_remove("RECEIVER_ADMIN_URL")
+        .args(["deliveries", "--admin-url", &admin, "list"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("nothing answers at {admin} (Connection refused"))
+            && stderr.contains("--admin-url or RECEIVER_ADMIN_URL"),
+        "{stderr}"
+    );
+}

@@ -373,6 +373,7 @@ pub async fn run(
         webhooks = config.snapshot.webhooks.len(),
         "local mode running"
     );
+    warn_if_idle(&config, &options.paths);
     let (_watcher, mut changes) = watch(&options.paths)?;
     let mut registrar = Registrar::new(receiver_base, queue, options.verify_timeout);
     let mut repairer = Repairer {
@@ -401,6 +402,7 @@ pub async fn run(
                             webhooks = config.snapshot.webhooks.len(),
                             "configuration reloaded and applied"
                         );
+                        warn_if_idle(&config, &options.paths);
                         next_sync = sync_all(&mut registrar, &config.instances).await;
                         // The ingest reads the published snapshot for its next event, and Strapi
                         // now subscribes to what it routes: from here on the change is in effect.
@@ -549,6 +551,24 @@ async fn sync_all(registrar: &mut Registrar, instances: &[LocalInstance]) -> Dur
         }
     }
     next
+}
+
+/// Says so when the files give local mode nothing to do: an empty folder or a wrong `-f` path
+/// would otherwise run silently, registering nothing and delivering nothing.
+fn warn_if_idle(config: &Config, paths: &[PathBuf]) {
+    if config.instances.is_empty() {
+        tracing::warn!(
+            ?paths,
+            "no StrapiInstance in these files: nothing is registered in Strapi until one is added \
+             (the files are watched)"
+        );
+    } else if config.snapshot.webhooks.is_empty() {
+        tracing::warn!(
+            ?paths,
+            "no StrapiWebhook in these files: Strapi's events are received but go nowhere until \
+             one is added (the files are watched)"
+        );
+    }
 }
 
 #[cfg(test)]

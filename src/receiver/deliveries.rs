@@ -23,7 +23,18 @@ pub enum DeliveriesError {
         /// Why.
         message: String,
     },
-    /// The admin port could not be reached or answered garbage.
+    /// No connection could be made to the admin port: nothing listens there.
+    #[error(
+        "nothing answers at {base} ({cause}); is the receiver (or `local`) running? Point at its \
+         admin port with --admin-url or RECEIVER_ADMIN_URL"
+    )]
+    Unreachable {
+        /// The admin URL.
+        base: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)".
+        cause: String,
+    },
+    /// The admin port answered garbage, or the call broke off.
     #[error("calling {url}: {source}")]
     Call {
         /// The URL.
@@ -147,7 +158,16 @@ impl AdminClient {
             url: url.to_owned(),
             source,
         };
-        let response = request.send().await.map_err(failed)?;
+        let response = request.send().await.map_err(|source| {
+            if source.is_connect() {
+                DeliveriesError::Unreachable {
+                    base: self.base.clone(),
+                    cause: crate::http::innermost_cause(&source),
+                }
+            } else {
+                failed(source)
+            }
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -165,32 +185,131 @@ impl AdminClient {
     }
 }
 
-/// The deliveries as a table, one per line, newest first.
+/// The deliveries as a table, one per line, newest first. Each column is as wide as its widest
+/// value, so a long `webhook/sink` never shifts the columns after it; headers are one word each,
+/// so none reads as two columns.
 pub fn table(deliveries: &[DeliverySummary]) -> String {
+    const HEADERS: [&str; 8] = [
+        "ID",
+        "STATE",
+        "ATTEMPTS",
+        "WEBHOOK/SINK",
+        "ROUTE",
+        "EVENT",
+        "ORIGIN",
+        "LAST-ERROR",
+    ];
+    let rows: Vec<[String; 8]> = deliveries
+        .iter()
+        .map(|delivery| {
+            [
+                delivery.id.clone(),
+                delivery.state.to_string(),
+                delivery.attempts.to_string(),
+                format!("{}/{}", delivery.webhook, delivery.sink),
+                delivery.route.clone(),
+                delivery.event.clone(),
+                // Strapi sent it, or the gap repair rebuilt it because Strapi's call was lost.
+                if delivery.recovered {
+                    "recovered"
+                } else {
+                    "strapi"
+                }
+                .to_owned(),
+                delivery
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(|header| header.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<36}  {:<9}  {:>8}  {:<28}  {:<16}  {:<18}  {:<9}  LAST ERROR",
-        "ID", "STATE", "ATTEMPTS", "WEBHOOK/SINK", "ROUTE", "EVENT", "ORIGIN"
-    );
-    for delivery in deliveries {
-        let _ = writeln!(
-            out,
-            "{:<36}  {:<9}  {:>8}  {:<28}  {:<16}  {:<18}  {:<9}  {}",
-            delivery.id,
-            delivery.state,
-            delivery.attempts,
-            format!("{}/{}", delivery.webhook, delivery.sink),
-            delivery.route,
-            delivery.event,
-            // Strapi sent it, or the gap repair rebuilt it because Strapi's call was lost.
-            if delivery.recovered {
-                "recovered"
-            } else {
-                "strapi"
-            },
-            delivery.last_error.as_deref().unwrap_or("-"),
-        );
+    let mut line = |cells: [&str; 8]| {
+        let mut text = String::new();
+        for (column, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            match column {
+                0 => {}
+                _ => text.push_str("  "),
+            }
+            // Counts right-aligned; the last column unpadded, so no line ends in spaces.
+            let _ = match column {
+                2 => write!(text, "{cell:>width$}"),
+                7 => write!(text, "{cell}"),
+                _ => write!(text, "{cell:<width$}"),
+            };
+        }
+        let _ = writeln!(out, "{text}");
+    };
+    line(HEADERS);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(webhook: &str, sink: &str, error: Option<&str>) -> DeliverySummary {
+        DeliverySummary {
+            id: "0193a0c4-0000-7000-8000-000000000001".into(),
+            event_id: "0193a0c4-0000-7000-8000-000000000000".into(),
+            instance: "web/cms".into(),
+            event: "entry.publish".into(),
+            webhook: webhook.into(),
+            route: "pages".into(),
+            sink: sink.into(),
+            state: DeliveryState::Delivered,
+            attempts: 3,
+            enqueued_at: 0,
+            next_attempt_at: None,
+            delivered_at: None,
+            last_error: error.map(str::to_owned),
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn long_names_widen_their_column_instead_of_shifting_the_row() {
+        let text = table(&[
+            delivery(
+                "web/nextjs-revalidation",
+                "website",
+                Some("503 Service Unavailable"),
+            ),
+            delivery("web/crm", "crm", None),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Every column starts at the same offset on every line.
+        for header in ["STATE", "ROUTE", "EVENT", "ORIGIN", "LAST-ERROR"] {
+            let at = lines[0].find(header).unwrap();
+            for line in &lines[1..] {
+                assert_eq!(
+                    line.as_bytes()[at - 2..at],
+                    *b"  ",
+                    "column {header} is not aligned:\n{text}"
+                );
+                assert_ne!(line.as_bytes()[at], b' ', "{header}:\n{text}");
+            }
+        }
+        assert!(
+            lines[1].contains("web/nextjs-revalidation/website  pages"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("503 Service Unavailable"), "{text}");
+        assert!(lines[2].ends_with('-'), "{text}");
+        assert_eq!(
+            lines[0].split_whitespace().count(),
+            8,
+            "one word per header"
+        );
+    }
 }

@@ -22,6 +22,7 @@ use std::{
 };
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use opentelemetry::KeyValue;
 use rand::Rng;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
@@ -40,6 +41,7 @@ use crate::{
     queue::{ClaimedDelivery, Completion, Queue, SinkKey, UnixMillis, now_millis},
     routing::Payload,
     sinks::{DeliveryPolicy, Outcome, SinkClient, SinkConfig},
+    traces::{Attempt, TRACEPARENT_HEADER, Tracer},
 };
 
 // How long a delivery's templates may take to render (they are bounded by minijinja fuel, so
@@ -65,6 +67,8 @@ pub struct EngineSettings {
     /// How long delivered deliveries (and their events) stay listable before they are pruned.
     /// Dead letters are kept until replayed.
     pub retention: Duration,
+    /// Where the spans of ingests and delivery attempts go.
+    pub tracer: Tracer,
 }
 
 impl Default for EngineSettings {
@@ -73,6 +77,7 @@ impl Default for EngineSettings {
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
+            tracer: Tracer::default(),
         }
     }
 }
@@ -128,6 +133,22 @@ impl Engine {
         if let Some(worker) = lock(&self.workers).get(sink) {
             worker.wake.notify_one();
         }
+    }
+
+    /// Records a stored event's ingest, from `started` until now, as the root span of its
+    /// trace.
+    pub fn traced_ingest(&self, event_id: &str, instance: &str, event: &str, started: Instant) {
+        let tracer = &self.settings.tracer;
+        if !tracer.exporting() {
+            return;
+        }
+        let started = std::time::SystemTime::now() - started.elapsed();
+        let attributes = vec![
+            KeyValue::new("strapi.instance", instance.to_owned()),
+            KeyValue::new("strapi.event", event.to_owned()),
+            KeyValue::new("event.id", event_id.to_owned()),
+        ];
+        tracer.ingested(event_id, started, attributes);
     }
 
     /// Why a sink is held back, if it is.
@@ -451,15 +472,22 @@ impl Engine {
         limiter.until_ready().await;
         let labels = sink_labels(&worker.key);
         let started = Instant::now();
+        // Each delivery's attempt is a span of its event's trace; a merged call carries the
+        // first one's `traceparent`.
+        let tracer = &self.settings.tracer;
+        let attempts: Vec<Attempt> = ready
+            .iter()
+            .map(|(delivery, _, _)| tracer.attempt(&delivery.event_id))
+            .collect();
+        let traceparent = attempts[0].traceparent();
+        let mut marks = vec![(TRACEPARENT_HEADER, traceparent.as_str())];
         // A merged call carries recovered content if any of its deliveries does.
-        let marks: &[(&str, &str)] = if ready.iter().any(|(delivery, _, _)| delivery.recovered) {
-            &[(super::repair::RECOVERED_HEADER, "true")]
-        } else {
-            &[]
-        };
+        if ready.iter().any(|(delivery, _, _)| delivery.recovered) {
+            marks.push((super::repair::RECOVERED_HEADER, "true"));
+        }
         let outcome = self
             .client
-            .send_marked(sink, policy, &first.id, &payloads, marks)
+            .send_marked(sink, policy, &first.id, &payloads, &marks)
             .instrument(first_span.clone())
             .await;
         self.metrics
@@ -467,8 +495,11 @@ impl Engine {
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         worker.record(&outcome, policy);
-        for (delivery, _, span) in &ready {
+        for ((delivery, _, span), attempt) in ready.iter().zip(&attempts) {
             let completion = decide(&outcome, delivery, policy, now_millis());
+            if tracer.exporting() {
+                tracer.attempted(attempt, attempt_attributes(delivery), failure(&outcome));
+            }
             span.in_scope(|| log_completion(&completion, delivery));
             if let Outcome::PauseSink { reason } = &outcome {
                 worker.pause(reason.clone());
@@ -505,6 +536,32 @@ fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
         route = %delivery.route,
         attempt = delivery.attempts.saturating_add(1),
     )
+}
+
+/// What an attempt's span says about it: which delivery of which event, to which sink, which try.
+fn attempt_attributes(delivery: &ClaimedDelivery) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("event.id", delivery.event_id.clone()),
+        KeyValue::new("delivery.id", delivery.id.clone()),
+        KeyValue::new("webhook", delivery.sink.webhook.clone()),
+        KeyValue::new("sink", delivery.sink.sink.clone()),
+        KeyValue::new("route", delivery.route.clone()),
+        KeyValue::new(
+            "delivery.attempt",
+            i64::from(delivery.attempts.saturating_add(1)),
+        ),
+        KeyValue::new("delivery.recovered", delivery.recovered),
+    ]
+}
+
+/// Why an attempt did not deliver, if it did not.
+fn failure(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Delivered => None,
+        Outcome::Retry { reason, .. }
+        | Outcome::DeadLetter { reason }
+        | Outcome::PauseSink { reason } => Some(reason.clone()),
+    }
 }
 
 fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {

@@ -249,6 +249,9 @@ pub(super) async fn store(
         Ok(IngestOutcome::Stored) => {
             state.metrics.stored.get_or_create(&labels).inc();
             state
+                .engine
+                .traced_ingest(&id, instance, &event.event, started);
+            state
                 .metrics
                 .ingest_seconds
                 .get_or_create(&labels)

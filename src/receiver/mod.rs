@@ -314,6 +314,8 @@ pub async fn serve(
         let _ = admin_server.await;
     })
     .await;
+    let tracer = state.settings.engine.tracer.clone();
+    let _ = tokio::task::spawn_blocking(move || tracer.flush()).await;
     tracing::info!("receiver stopped");
     Ok(())
 }

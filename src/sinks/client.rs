@@ -107,14 +107,14 @@ impl SinkClient {
     }
 
     /// [`SinkClient::send`] with extra headers on the request, e.g. the mark of a recovered
-    /// event.
+    /// event or the attempt's `traceparent`.
     pub async fn send_marked(
         &self,
         sink: &SinkConfig,
         policy: &DeliveryPolicy,
         delivery_id: &str,
         payloads: &[Payload],
-        marks: &[(&'static str, &'static str)],
+        marks: &[(&'static str, &str)],
     ) -> Outcome {
         for payload in payloads {
             // The delivery still goes out; the log (inside the engine's delivery span) is where

@@ -18,7 +18,10 @@ pub enum StrapiError {
     #[error("building the HTTP client for Strapi failed: {0}")]
     ClientSetup(#[source] reqwest::Error),
     /// Strapi could not be reached: connection refused, DNS, TLS or timeout, after every retry.
-    #[error("{step}: Strapi at {url} is unreachable: {source}")]
+    #[error(
+        "{step}: Strapi at {url} is unreachable: {}",
+        crate::http::innermost_cause(source)
+    )]
     Unreachable {
         /// The call that failed.
         step: &'static str,

@@ -57,12 +57,22 @@ pub struct Captured {
     pub body: Value,
 }
 
+/// A request a capture sink answered, accepted or not.
+#[derive(Clone, Debug)]
+pub struct Attempted {
+    /// The status it answered.
+    pub status: u16,
+    /// The `traceparent` header, as sent.
+    pub traceparent: Option<String>,
+}
+
 /// A loopback HTTP sink that records what it receives and answers with a status that the test
 /// can change while it runs; `hang` makes it never answer. Waiters wake on each accepted request.
 #[derive(Clone)]
 pub struct CaptureSink {
     pub address: SocketAddr,
     received: Arc<Received>,
+    attempted: Arc<Mutex<Vec<Attempted>>>,
     answer: Arc<Mutex<Answer>>,
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
@@ -95,6 +105,7 @@ impl CaptureSink {
         let sink = Self {
             address,
             received,
+            attempted: Arc::default(),
             answer,
             stop: Arc::new(Mutex::new(Some(stop))),
         };
@@ -125,6 +136,13 @@ impl CaptureSink {
             Answer::Hang => std::future::pending().await,
             Answer::Status(code) => {
                 let status = StatusCode::from_u16(code).unwrap();
+                let traceparent = headers
+                    .get("traceparent")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                self.attempted.lock().unwrap().push(Attempted {
+                    status: code,
+                    traceparent,
+                });
                 if status.is_success() {
                     let webhook_id = headers
                         .get("webhook-id")
@@ -168,6 +186,11 @@ impl CaptureSink {
     /// Everything accepted so far.
     pub fn received(&self) -> Vec<Captured> {
         self.received.requests.lock().unwrap().clone()
+    }
+
+    /// Every request answered since this listener started, oldest first, accepted or not.
+    pub fn attempted(&self) -> Vec<Attempted> {
+        self.attempted.lock().unwrap().clone()
     }
 
     /// Waits until `done` holds for what was received, checking on each accepted request, or
