@@ -4,6 +4,7 @@
 //! alone, removal), end-to-end verification, status and Events.
 
 mod fake_api;
+mod login_limit;
 #[path = "../support/receiver.rs"]
 mod receiver_support;
 mod routed;
