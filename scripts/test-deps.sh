@@ -14,3 +14,4 @@ scripts/ensure-nextjs-app.sh
 scripts/ensure-chart-tools.sh
 scripts/ensure-nats.sh >/dev/null
 scripts/ensure-prometheus.sh
+scripts/ensure-image-tools.sh

@@ -9,6 +9,7 @@ scripts/test-deps.sh
 echo "==> lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+scripts/lint-workflows.sh
 
 echo "==> Helm chart and deploy/"
 scripts/check-chart.sh
@@ -16,6 +17,12 @@ scripts/check-chart.sh
 echo "==> alert rules"
 promtool check rules charts/strapi-webhook-operator/files/prometheus-rules.yaml
 promtool test rules tests/prometheus/rules_test.yaml
+
+echo "==> image"
+# The release binary in a FROM scratch image, checked inside its own root filesystem as the
+# chart runs it (scripts/check-image.sh). Before the tests, so a broken image fails fast.
+scripts/build-image.sh
+scripts/check-image.sh
 
 echo "==> tests"
 # One real Strapi serves every test that needs one (tests/support/strapi.rs).
