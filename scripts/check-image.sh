@@ -137,6 +137,11 @@ class Sink(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", 8099), Sink).serve_forever()
 PY
   SINK_PID=$!
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null http://127.0.0.1:8099/ && return
+    sleep 0.05
+  done
+  fail "the loopback sink did not start"
 }
 
 write_manifests() {
@@ -187,8 +192,9 @@ check_process() {
   local pid="$1" root="$2" status
   status="$(cat "/proc/$pid/status")"
   field() { awk -v key="$1:" '$1 == key { $1 = ""; sub(/^ /, ""); print }' <<< "$status"; }
-  [[ "$(field Uid)" == "$RUN_UID	$RUN_UID	$RUN_UID	$RUN_UID" ]] || fail "Uid is $(field Uid)"
-  [[ "$(field Gid)" == "$RUN_GID	$RUN_GID	$RUN_GID	$RUN_GID" ]] || fail "Gid is $(field Gid)"
+  # Real, effective, saved and filesystem ids.
+  [[ "$(field Uid)" == "$RUN_UID $RUN_UID $RUN_UID $RUN_UID" ]] || fail "Uid is $(field Uid)"
+  [[ "$(field Gid)" == "$RUN_GID $RUN_GID $RUN_GID $RUN_GID" ]] || fail "Gid is $(field Gid)"
   [[ "$(field Groups)" == "$FS_GROUP" ]] || fail "Groups is $(field Groups)"
   local set
   for set in CapInh CapPrm CapEff CapBnd CapAmb; do
@@ -249,7 +255,7 @@ umoci unpack --image "$work/layout:image" "$work/bundle" > /dev/null
 
 # The receiver Deployment as the chart renders it with default values.
 "$helm" template swo "$chart" --show-only templates/receiver-deployment.yaml > "$work/receiver.yaml"
-eval "$("$python" - "$work/receiver.yaml" "$work/mounts" <<'PY'
+settings="$("$python" - "$work/receiver.yaml" "$work/mounts" <<'PY'
 import shlex, sys, yaml
 pod = yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]
 container = next(c for c in pod["containers"] if c["name"] == "receiver")
@@ -277,6 +283,7 @@ for key, value in values.items():
     print(f"export {key}={shlex.quote(str(value))}")
 PY
 )"
+eval "$settings"
 export VERSION
 
 unshare --net --mount --fork -- "$script" __inside "$work"
