@@ -253,8 +253,12 @@ umoci unpack --image "$work/layout:image" "$work/bundle" > /dev/null
 [[ "$(stat -c %u:%g "$work/bundle/rootfs/var/lib/strapi-webhook-operator")" == 65532:65532 ]] \
   || fail "the queue folder in the image is not owned by 65532"
 
-# The receiver Deployment as the chart renders it with default values.
+# The receiver Deployment as the chart renders it with default values; its image is this one
+# once pushed as docs/install.md says (same tag).
 "$helm" template swo "$chart" --show-only templates/receiver-deployment.yaml > "$work/receiver.yaml"
+chart_image="$(sed -n 's/^ *image: *//p' "$work/receiver.yaml")"
+[[ "$chart_image" == */strapi-webhook-operator:"$VERSION" ]] \
+  || fail "the chart's default image $chart_image does not carry the tag $VERSION that make image writes"
 settings="$("$python" - "$work/receiver.yaml" "$work/mounts" <<'PY'
 import shlex, sys, yaml
 pod = yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]
