@@ -29,9 +29,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # No shell, no package manager, no libc: the binary, CA certificates, /etc/passwd and the queue
 # folder. Runs as uid 65532.
 FROM scratch
+# Ownership comes along: /var/lib/strapi-webhook-operator (the receiver's SQLite queue; in
+# Kubernetes a volume is mounted there) is 65532's, everything else root's.
 COPY --from=rootfs /out/ /
-# The receiver's SQLite queue; in Kubernetes a volume is mounted here.
-COPY --from=rootfs --chown=65532:65532 /out/var/lib/strapi-webhook-operator/ /var/lib/strapi-webhook-operator/
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="strapi-webhook-operator" \

@@ -29,4 +29,7 @@ printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home
 printf 'root:x:0:\nnonroot:x:65532:\n' > "$out/etc/group"
 chmod 0644 "$out/etc/passwd" "$out/etc/group"
 install -d -m 0750 "$out/var/lib/strapi-webhook-operator"
+# Owned by the runtime user, for a receiver run without a volume there. Only root can give it
+# away; both builds run this as root, and a build that cannot is refused rather than wrong.
+chown 65532:65532 "$out/var/lib/strapi-webhook-operator"
 install -d -m 1777 "$out/tmp"
