@@ -270,8 +270,10 @@ drop = ctx.get("capabilities", {}).get("drop", [])
 add = ctx.get("capabilities", {}).get("add", [])
 if drop != ["ALL"] or add:
     sys.exit(f"capabilities are drop={drop} add={add}; the check runs with none")
-if not setting("runAsNonRoot") or not setting("runAsUser"):
-    sys.exit("the chart does not make the receiver run as a non-root uid")
+if not setting("runAsNonRoot") or setting("runAsUser") != 65532:
+    sys.exit("the chart does not make the receiver run as the image's non-root uid 65532")
+if ctx.get("readOnlyRootFilesystem") is not True or ctx.get("allowPrivilegeEscalation") is not False:
+    sys.exit("the chart must set readOnlyRootFilesystem: true and allowPrivilegeEscalation: false")
 with open(sys.argv[2], "w") as mounts:
     for mount in container.get("volumeMounts", []):
         mounts.write(mount["mountPath"] + "\n")
