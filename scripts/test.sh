@@ -21,6 +21,8 @@ promtool test rules tests/prometheus/rules_test.yaml
 echo "==> image"
 # The release binary in a FROM scratch image, checked inside its own root filesystem as the
 # chart runs it (scripts/check-image.sh). Before the tests, so a broken image fails fast.
+# The release build is a second full dependency build: 1028 s user + 45 s system CPU when cold
+# (measured on this project's 2-core machine), so about 9 to 12 minutes of a cold CI run.
 scripts/build-image.sh
 scripts/check-image.sh
 
