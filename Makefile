@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help generate lint test test-unit e2e deploy-manifests check-chart bench demo
+.PHONY: help generate lint test test-unit e2e deploy-manifests check-chart image check-image bench demo
 
 help: ## List the targets.
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -18,6 +18,13 @@ deploy-manifests: ## Render deploy/ (for `kubectl apply -k deploy/`) from the He
 check-chart: ## Lint and render the Helm chart, validate every object, check deploy/ is in sync.
 	scripts/ensure-chart-tools.sh
 	scripts/check-chart.sh
+
+image: ## Build the OCI image offline (static musl binary, FROM scratch) into target/image/strapi-webhook-operator.oci.tar.
+	scripts/ensure-image-tools.sh
+	scripts/build-image.sh
+
+check-image: ## Run the image's checks inside its root filesystem as the chart runs it (needs root and `make image`).
+	scripts/check-image.sh
 
 lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The chart checks of `make test`: the chart's CRDs match crds/, `helm lint --strict` and
-# `helm template` pass for every value set (defaults and charts/…/ci/*-values.yaml), every
+# `helm template` pass for every value set (defaults and charts/…/ci/*-values.yaml), render
+# for the oldest and the newest Kubernetes it supports and refuse an older one, every
 # rendered object validates against Kubernetes 1.33 (scripts/check-manifests.py), the RBAC for
 # `restartOnChange` appears only when asked for, the checks still catch a broken manifest, and
 # deploy/ is what the chart renders with default values. Needs the tools of
@@ -54,9 +55,15 @@ for set in "${value_sets[@]}"; do
   check_manifests "$set.yaml" || fail "objects rendered with $set values"
 done
 
-echo "==> chart: refuses Kubernetes 1.32, below the minimum"
-if "$helm" template strapi-webhook-operator "$chart" --kube-version 1.32.0 > /dev/null 2>&1; then
-  fail "helm template accepted Kubernetes 1.32; Chart.yaml kubeVersion must say >=1.33"
+# The minimum is 1.28, the first release with `fieldPath` in CRD validation rules; 1.32 is the
+# newest release a real API server accepted the CRDs, examples and chart on (docs/install.md).
+echo "==> chart: renders for Kubernetes 1.28 and 1.32, refuses 1.27"
+for version in 1.28.0 1.32.0; do
+  "$helm" template strapi-webhook-operator "$chart" --kube-version "$version" > /dev/null \
+    || fail "helm template refused Kubernetes $version; Chart.yaml kubeVersion must say >=1.28"
+done
+if "$helm" template strapi-webhook-operator "$chart" --kube-version 1.27.0 > /dev/null 2>&1; then
+  fail "helm template accepted Kubernetes 1.27, which lacks fieldPath in CRD validation rules"
 fi
 
 echo "==> chart: the PrometheusRule carries files/prometheus-rules.yaml unchanged"

@@ -21,3 +21,5 @@ if ! command -v lua5.1 >/dev/null; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null
 fi
+
+scripts/ensure-image-tools.sh

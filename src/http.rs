@@ -19,6 +19,19 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110). A date in the past means "now";
+/// an unreadable value is `None`, so the caller's own backoff applies. Sinks and Strapi send it.
+pub fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => Some(std::time::Duration::from_secs(seconds)),
+        Err(_) => httpdate::parse_http_date(value).ok().map(|at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        }),
+    }
+}
+
 /// The one way an error that may hold a URL becomes text: reqwest's URL is dropped and the
 /// causes are joined (reqwest's own message is just "error sending request"), then any URL
 /// left in the text is cut to its scheme and host. Sink URLs are credentials (a Slack webhook's

@@ -99,6 +99,7 @@ pub fn strapi_reason(error: &StrapiError) -> &'static str {
         StrapiError::Unreachable { .. } => "StrapiUnreachable",
         StrapiError::Unauthorized { .. } | StrapiError::Forbidden { .. } => "StrapiUnauthorized",
         StrapiError::Rejected { .. } => "StrapiRejected",
+        StrapiError::RateLimited { .. } => "StrapiRateLimited",
         _ => "StrapiError",
     }
 }

@@ -136,6 +136,8 @@ struct Outcome {
     verified_at: Option<Timestamp>,
     restarted_at: Option<Timestamp>,
     repair: Option<RepairStatus>,
+    /// Strapi rate-limited the login: when to look again, instead of the not-ready retry.
+    retry_after: Option<Duration>,
 }
 
 async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
@@ -160,6 +162,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
                 verified_at: None,
                 restarted_at: None,
                 repair: previous.repair.clone(),
+                retry_after: None,
             }
         }
         Ok(credentials) => {
@@ -180,6 +183,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
     };
 
     // Status.
+    let retry_after = outcome.retry_after;
     let mut reported = outcome.reported;
     let ready = conditions::ready(&reported, "registered in Strapi and verified end to end");
     reported.push(ready);
@@ -211,10 +215,12 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
     // Not ready (Strapi down, receiver not verified): look again soon rather than at the next resync.
     let resync: Duration = instance.spec.resync_interval.into();
     let resync = super::repair::next_check(ctx, instance).map_or(resync, |due| resync.min(due));
-    Ok(Action::requeue(if ready {
-        resync
-    } else {
-        resync.min(NOT_READY_RETRY)
+    // Rate-limited by Strapi's login limit: every attempt before its window ends would count
+    // against it again, so wait exactly as long as Strapi said.
+    Ok(Action::requeue(match (ready, retry_after) {
+        (true, _) => resync,
+        (false, Some(wait)) => wait,
+        (false, None) => resync.min(NOT_READY_RETRY),
     }))
 }
 
@@ -241,12 +247,17 @@ async fn register(
                     Notice::RegistrationFailed(explain_rejection(&error)),
                 )
                 .await;
+            let retry_after = match &error {
+                StrapiError::RateLimited { retry_after, .. } => Some(*retry_after),
+                _ => None,
+            };
             return Ok(Outcome {
                 reported,
                 registration_id: previous.registration_id.clone(),
                 verified_at: None,
                 restarted_at: None,
                 repair: previous.repair.clone(),
+                retry_after,
             });
         }
     };
@@ -304,12 +315,18 @@ async fn register(
         verified_at,
         restarted_at,
         repair: previous.repair.clone(),
+        retry_after: None,
     })
 }
 
 /// `Reachable` and, when Strapi answered, `Registered` after `ensure` failed with `error`.
 fn registration_failed(error: &StrapiError) -> Vec<Reported> {
     match error {
+        StrapiError::RateLimited { retry_after, .. } => vec![Reported::no(
+            "Reachable",
+            super::error::strapi_reason(error),
+            rate_limited_message(error, *retry_after, Timestamp::now()),
+        )],
         StrapiError::Unreachable { .. }
         | StrapiError::Unauthorized { .. }
         | StrapiError::Forbidden { .. } => vec![Reported::no(
@@ -326,6 +343,28 @@ fn registration_failed(error: &StrapiError) -> Vec<Reported> {
             ),
         ],
     }
+}
+
+/// The condition message for a login Strapi rate-limited: when the controller tries again, and
+/// how to not depend on logins at all.
+fn rate_limited_message(error: &StrapiError, retry_after: Duration, now: Timestamp) -> String {
+    let retry_at = k8s_openapi::jiff::SignedDuration::try_from(retry_after)
+        .ok()
+        .and_then(|wait| now.checked_add(wait).ok())
+        .map_or_else(
+            || "later".to_owned(),
+            |at| {
+                format!(
+                    "at {}",
+                    at.round(k8s_openapi::jiff::Unit::Second).unwrap_or(at)
+                )
+            },
+        );
+    format!(
+        "{error}; the controller tries again {retry_at}, not before (each attempt counts against \
+         Strapi's limit of 5 logins per 5 minutes per account and address). An admin API token \
+         (spec.auth.apiToken) needs no login"
+    )
 }
 
 // Strapi's message for its production-only URL check, and what to do about it.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use reqwest::{StatusCode, header};
 
 use super::SinkKind;
+// An unreadable `Retry-After` is ignored, so the engine's backoff applies.
+use crate::http::parse_retry_after;
 
 /// What the engine should do with a delivery after one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,19 +78,6 @@ impl Answer {
     /// answer (or a body echoing the request's secrets) must not travel that way.
     fn describe(&self) -> String {
         format!("HTTP {}", self.status)
-    }
-}
-
-/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110). A date in the past means "now";
-/// an unreadable value is ignored, so the engine's backoff applies.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    match value.parse::<u64>() {
-        Ok(seconds) => Some(Duration::from_secs(seconds)),
-        Err(_) => httpdate::parse_http_date(value).ok().map(|at| {
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-        }),
     }
 }
 

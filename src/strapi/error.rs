@@ -66,12 +66,18 @@ pub enum StrapiError {
         details: Value,
     },
     /// Strapi's rate limit hit (its login allows 5 attempts per 5 minutes per email and IP).
-    #[error("{step}: Strapi rate-limited the call: {message}")]
+    #[error(
+        "{step}: Strapi rate-limited the call: {message} (it takes the call again in {}s)",
+        retry_after.as_secs_f64().ceil()
+    )]
     RateLimited {
         /// The call that failed.
         step: &'static str,
         /// Strapi's message.
         message: String,
+        /// How long until Strapi takes the call again: its `Retry-After`, else the end of the
+        /// window its `X-RateLimit-Reset` names, else the whole login window.
+        retry_after: std::time::Duration,
     },
     /// Any other answer: a 5xx after every retry, or a status this client does not expect.
     #[error("{step}: unexpected answer from Strapi: HTTP {status}: {body}")]

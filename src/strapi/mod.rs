@@ -13,7 +13,10 @@ mod content;
 mod error;
 mod webhooks;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use rand::Rng;
 use reqwest::{Method, StatusCode, Url, header::HeaderMap};
@@ -79,6 +82,9 @@ struct Session {
     // Bumped on every renewal, so a caller whose token failed can tell whether another caller
     // already renewed it.
     generation: u64,
+    // Set by a 429 from `/admin/login`: every login attempt, even a refused one, counts against
+    // Strapi's limit, so none is sent before this.
+    logins_refused_until: Option<Instant>,
 }
 
 /// One admin API call: what it is called in errors, and how it is sent.
@@ -261,7 +267,9 @@ impl StrapiClient {
         };
         let mut session = self.inner.session.lock().await;
         if session.access_token.is_none() {
-            let (token, cookie) = self.login(email, password).await?;
+            let (token, cookie) = self
+                .login_within_limit(&mut session, email, password)
+                .await?;
             session.access_token = Some(token);
             session.refresh_cookie = cookie;
             session.generation += 1;
@@ -298,12 +306,42 @@ impl StrapiClient {
         };
         let (token, cookie) = match refreshed {
             Some(renewed) => renewed,
-            None => self.login(email, password).await?,
+            None => {
+                self.login_within_limit(&mut session, email, password)
+                    .await?
+            }
         };
         session.access_token = Some(token);
         session.refresh_cookie = cookie;
         session.generation += 1;
         Ok(())
+    }
+
+    /// [`Self::login`], unless Strapi refused a login recently and its limit is still in force:
+    /// then the same `RateLimited` error, with the time left, without calling Strapi.
+    async fn login_within_limit(
+        &self,
+        session: &mut Session,
+        email: &str,
+        password: &Secret,
+    ) -> Result<(Secret, Option<Secret>), StrapiError> {
+        let now = Instant::now();
+        if let Some(until) = session.logins_refused_until.filter(|until| *until > now) {
+            return Err(StrapiError::RateLimited {
+                step: "log in",
+                message: format!(
+                    "account {email}: Strapi refused the last login with 429; not logging in \
+                     again before its limit ends"
+                ),
+                retry_after: until - now,
+            });
+        }
+        let result = self.login(email, password).await;
+        session.logins_refused_until = match &result {
+            Err(StrapiError::RateLimited { retry_after, .. }) => Some(now + *retry_after),
+            _ => None,
+        };
+        result
     }
 
     /// `POST /admin/login`: an access token and the refresh cookie. Its failures are reported
@@ -454,6 +492,27 @@ fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
     capped.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
+/// Strapi's login window (`admin.rateLimit.interval`: 5 minutes), the wait when a 429 names none.
+const LOGIN_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// How long to wait after a 429: `Retry-After` when sent (RFC 6585); else until
+/// `X-RateLimit-Reset` (Unix seconds), which Strapi's admin rate limiter sends (its
+/// koa2-ratelimit handler throws before it could set `Retry-After`); else Strapi's whole login
+/// window. At least a second, so a reset already past does not make a busy loop.
+fn rate_limit_wait(headers: &HeaderMap, now: SystemTime) -> Duration {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let reset = || {
+        let at =
+            UNIX_EPOCH + Duration::from_secs(header("x-ratelimit-reset")?.trim().parse().ok()?);
+        Some(at.duration_since(now).unwrap_or_default())
+    };
+    header("retry-after")
+        .and_then(crate::http::parse_retry_after)
+        .or_else(reset)
+        .unwrap_or(LOGIN_WINDOW)
+        .max(Duration::from_secs(1))
+}
+
 /// Turns a non-success answer into the matching error.
 fn check(step: &'static str, answer: Answer) -> Result<Answer, StrapiError> {
     let status = answer.status;
@@ -465,7 +524,11 @@ fn check(step: &'static str, answer: Answer) -> Result<Answer, StrapiError> {
         StatusCode::UNAUTHORIZED => StrapiError::Unauthorized { step, message },
         StatusCode::FORBIDDEN => StrapiError::Forbidden { step, message },
         StatusCode::NOT_FOUND => StrapiError::NotFound { step, message },
-        StatusCode::TOO_MANY_REQUESTS => StrapiError::RateLimited { step, message },
+        StatusCode::TOO_MANY_REQUESTS => StrapiError::RateLimited {
+            step,
+            message,
+            retry_after: rate_limit_wait(&answer.headers, SystemTime::now()),
+        },
         StatusCode::BAD_REQUEST | StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
             let details = serde_json::from_slice::<ErrorBody>(&answer.body)
                 .map(|body| body.error.details)

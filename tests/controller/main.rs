@@ -4,6 +4,7 @@
 //! alone, removal), end-to-end verification, status and Events.
 
 mod health;
+mod login_limit;
 mod routed;
 #[path = "../support/mod.rs"]
 mod support;
