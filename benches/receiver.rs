@@ -8,7 +8,9 @@
 //! 3. coalescing: 10,000 `entry.update` events for one model into a `Revalidate` sink: calls
 //!    that reach the sink, tags and paths covered, worst freshness delay against the window;
 //! 4. memory: the receiver's RSS idle, at its peak during the ingest run, and with 100,000
-//!    events queued for a sink that is down.
+//!    events queued for a sink that is down;
+//! 5. bounded evaluation: ingest and delivery throughput of a normal webhook beside a hostile
+//!    one (a CEL filter near its budget, a CPU-bomb template), against the normal one alone.
 //!
 //! The receiver runs as its own process (the release binary Cargo built for this bench) so its
 //! memory is its own; the load generators and sinks run in this process.
@@ -17,19 +19,17 @@ mod common;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::SocketAddr,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{Router, body::Bytes, http::StatusCode, routing::post};
-use common::{BenchError, Row, publish, rss_mib};
+use common::{BenchError, RecordingSink, Row, ms, percentile, publish, rss_mib};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{api::shared_secret, event::SECRET_HEADER};
-use tokio::net::TcpListener;
 
 const NAMESPACE: &str = "bench";
 const INSTANCE: &str = "cms";
@@ -42,6 +42,8 @@ const STEADY_EVENTS: u64 = 3_000;
 const COALESCE_EVENTS: usize = 10_000;
 const COALESCE_WINDOW_MS: f64 = 250.0;
 const QUEUED_EVENTS: usize = 100_000;
+/// Events sent to measure delivery throughput beside a hostile webhook.
+const ISOLATION_EVENTS: usize = 2_000;
 
 fn main() -> Result<(), BenchError> {
     let runtime = tokio::runtime::Runtime::new().map_err(BenchError::setup("the runtime"))?;
@@ -163,6 +165,17 @@ async fn run() -> Result<(), BenchError> {
          event to the arrival of the first call that revalidates its path."
     ));
 
+    // 5: what bounding tenant code costs a normal webhook beside a hostile one.
+    rows.extend(bounded_evaluation(&client).await?);
+    notes.push(format!(
+        "Bounded evaluation: a normal webhook (an HTTP sink whose body is a template) alone, \
+         then beside a hostile one on the same instance (a CEL filter near the cost budget and \
+         a CPU-bomb template, stopped by minijinja fuel and the 1 s render limit, each to its \
+         own sink). Ingest: `wrk` as above. Delivery: {ISOLATION_EVENTS} events sent \
+         {CONNECTIONS} at a time, deliveries/s = events ÷ time until the normal sink had them \
+         all. Each measurement on a fresh receiver."
+    ));
+
     // 4: memory.
     rows.push(Row::plain("receiver memory", "RSS idle MiB", idle_mib));
     rows.push(Row::against(
@@ -259,6 +272,37 @@ fn revalidate_webhook(url: &str) -> Value {
                 "paths": [{"path": "/articles"}, {"path": "/articles/{{ entry.slug }}"}]
             }
         }),
+    )
+}
+
+/// Every article to an HTTP sink at `url` with a templated body, with room for a high rate.
+fn templated_webhook(url: &str) -> Value {
+    webhook(
+        "normal",
+        json!({
+            "name": "http",
+            "http": {"url": url},
+            "delivery": {"rateLimit": {"perSecond": 5000, "burst": 5000}, "concurrency": 32}
+        }),
+        json!({
+            "name": "articles",
+            "sink": "http",
+            "http": {"body": "{\"slug\": {{ entry.slug | tojson }}, \"model\": {{ model | tojson }}}"}
+        }),
+    )
+}
+
+/// A tenant's hostile webhook that still compiles (as in `tests/receiver_isolation.rs`): a
+/// filter near the CEL cost budget on every event, and a CPU-bomb template that runs until its
+/// fuel or the render time limit stops it.
+fn hostile_webhook(url: &str) -> Value {
+    let cpu = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}";
+    let list = format!("[{}]", vec!["1"; 100].join(", "));
+    let heavy_filter = format!("{list}.all(uid, {list}.exists(media, uid == media))");
+    webhook(
+        "hostile",
+        json!({"name": "bomb", "http": {"url": url}}),
+        json!({"name": "bomb", "sink": "bomb", "filter": heavy_filter, "http": {"body": cpu}}),
     )
 }
 
@@ -720,6 +764,75 @@ async fn coalescing(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
     ])
 }
 
+/// Item 5: ingest and delivery throughput of a normal webhook alone, and beside a hostile one.
+async fn bounded_evaluation(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
+    let hostile_sink = RecordingSink::start().await?;
+    let (alone_ingest, alone_delivered) = beside(client, None).await?;
+    let hostile = hostile_webhook(&hostile_sink.url());
+    let (beside_ingest, beside_delivered) = beside(client, Some(&hostile)).await?;
+    let scenario = "bounded evaluation: normal webhook beside a hostile one";
+    Ok(vec![
+        Row::against(
+            scenario,
+            "ingest events/s",
+            beside_ingest,
+            alone_ingest,
+            "normal webhook alone",
+        ),
+        Row::against(
+            scenario,
+            "deliveries/s to the normal sink",
+            beside_delivered,
+            alone_delivered,
+            "normal webhook alone",
+        ),
+    ])
+}
+
+/// Ingest events/s and deliveries/s of the normal webhook, with `other` configured beside it;
+/// each on a fresh receiver, so the ingest run's backlog does not slow the delivery run.
+async fn beside(client: &reqwest::Client, other: Option<&Value>) -> Result<(f64, f64), BenchError> {
+    let webhooks = |sink: &RecordingSink| -> Vec<Value> {
+        [templated_webhook(&sink.url())]
+            .into_iter()
+            .chain(other.cloned())
+            .collect()
+    };
+    let ingest_sink = RecordingSink::start().await?;
+    let receiver = Receiver::start(&webhooks(&ingest_sink), &Queue::Sqlite("full")).await?;
+    let ingest = wrk(&receiver.ingest_url(), &article_update(1))?;
+    drop(receiver);
+
+    let sink = RecordingSink::start().await?;
+    let receiver = Receiver::start(&webhooks(&sink), &Queue::Sqlite("full")).await?;
+    let url = receiver.ingest_url();
+    let started = Instant::now();
+    let posted: Vec<Result<(), BenchError>> = stream::iter(1..=ISOLATION_EVENTS)
+        .map(|n| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { send(&client, &url, &article_update(n)).await }
+        })
+        .buffer_unordered(CONNECTIONS)
+        .collect()
+        .await;
+    posted.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let arrived = common::wait_until(Duration::from_secs(120), || {
+        sink.count() >= ISOLATION_EVENTS
+    })
+    .await;
+    if !arrived {
+        return Err(BenchError::step(
+            "delivering beside a hostile webhook",
+            format!(
+                "{} of {ISOLATION_EVENTS} deliveries arrived within 120 s",
+                sink.count()
+            ),
+        ));
+    }
+    let delivered = ISOLATION_EVENTS as f64 / started.elapsed().as_secs_f64();
+    Ok((ingest.per_second, delivered))
+}
+
 /// Item 4: RSS of a receiver holding `QUEUED_EVENTS` events for a sink that is down.
 async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<f64, BenchError> {
     let receiver = Receiver::start(&[http_webhook(down)], &Queue::Sqlite("full")).await?;
@@ -738,20 +851,6 @@ async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<f64, Benc
     Ok(rss_mib(receiver.pid())?.0)
 }
 
-/// The value below which `fraction` of the sorted `samples` lie (nearest rank).
-pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (fraction * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Milliseconds as a float, for the table.
-pub fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
 /// A loopback port that was free a moment ago, for a child process that takes its address
 /// as a flag.
 pub fn free_port() -> Result<u16, BenchError> {
@@ -761,68 +860,4 @@ pub fn free_port() -> Result<u16, BenchError> {
         .local_addr()
         .map(|address| address.port())
         .map_err(BenchError::setup("a free loopback port"))
-}
-
-/// One call a [`RecordingSink`] received.
-pub struct Arrival {
-    /// When it arrived.
-    pub at: Instant,
-    /// Its body.
-    pub body: Bytes,
-}
-
-/// A loopback HTTP server that answers every POST with 200 and records when each arrived.
-/// Parsing is left to the benchmark so the sink answers as fast as a trivial handler can.
-#[derive(Clone)]
-pub struct RecordingSink {
-    /// Where it listens.
-    pub address: SocketAddr,
-    arrivals: Arc<Mutex<Vec<Arrival>>>,
-}
-
-impl RecordingSink {
-    /// Starts a sink on a free loopback port.
-    pub async fn start() -> Result<Self, BenchError> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(BenchError::setup("the recording sink"))?;
-        let address = listener
-            .local_addr()
-            .map_err(BenchError::setup("the recording sink"))?;
-        let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
-        let recorded = Arc::clone(&arrivals);
-        let app = Router::new().fallback(post(move |body: Bytes| {
-            let at = Instant::now();
-            recorded
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(Arrival { at, body });
-            async { StatusCode::OK }
-        }));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self { address, arrivals })
-    }
-
-    /// The URL to send to.
-    pub fn url(&self) -> String {
-        format!("http://{}/api/revalidate", self.address)
-    }
-
-    /// Takes every arrival recorded so far.
-    pub fn take(&self) -> Vec<Arrival> {
-        std::mem::take(
-            &mut *self
-                .arrivals
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-    }
-
-    /// How many calls arrived so far.
-    pub fn count(&self) -> usize {
-        self.arrivals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
-    }
 }

@@ -20,7 +20,7 @@ mod common;
 mod fake_api;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -35,13 +35,14 @@ use axum::{
     http::{StatusCode, header},
     response::Response,
 };
-use common::{BenchError, Row, publish, rss_mib};
+use common::{BenchError, RecordingSink, Row, ms, percentile, publish, rss_mib};
 use fake_api::{FakeApi, path_of};
 use futures::{StreamExt, stream};
 use kube::runtime::{reflector, watcher};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use strapi_webhook_operator::{
+    api::StrapiWebhookSpec,
     api::{StrapiInstance, StrapiWebhook, shared_secret},
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
     controller::{self, Context, Metrics, Options, ReceiverCallLabels},
@@ -53,6 +54,8 @@ use strapi_webhook_operator::{
         metrics::InstanceLabels,
         source::{Snapshot, StaticSource},
     },
+    repair::{self, CheckSettings, RepairClient, Target},
+    sinks::EgressBase,
     strapi::{Credentials, Document, StrapiClient, WebhookSpec},
 };
 
@@ -64,6 +67,12 @@ const WEBHOOKS: usize = 1_000;
 /// Webhook reconciles in flight at once, like a controller worker pool.
 const RECONCILE_CONCURRENCY: usize = 16;
 const ARTICLES: usize = 8;
+/// Saves timed one after another in each run of the save-to-sink latency.
+const SAVES: usize = 40;
+/// Changes made while the receiver was unreachable, for the gap repair to recover.
+const MISSED: usize = 1_000;
+/// The gap repair's settle time in the recovery run (the tests' value; the default is 15 s).
+const RECOVERY_SETTLE_S: u64 = 3;
 const UPDATE_SECONDS: u64 = 8;
 
 fn main() -> Result<(), BenchError> {
@@ -128,12 +137,24 @@ async fn run() -> Result<(), BenchError> {
     ));
 
     rows.extend(throughput(&strapi, &receiver).await?);
+    rows.extend(save_to_sink(&strapi, &receiver).await?);
+    rows.extend(repair_check(&strapi, &receiver).await?);
+    rows.extend(recover_missed(&strapi, &receiver).await?);
     let notes = [format!(
         "Controller: real `reconcile_instance`/`reconcile_webhook` against an in-process fake \
          Kubernetes API (not a real API server), the real test Strapi behind a counting proxy, \
          {RECONCILE_CONCURRENCY} webhook reconciles at a time after the instance is Ready. \
          Strapi throughput: {ARTICLES} articles updated in parallel for {UPDATE_SECONDS} s \
-         through the content-manager API."
+         through the content-manager API. Save to sink: {SAVES} saves of one article one \
+         after another; from the content-manager update returning to the sink receiving \
+         Strapi's `entry.update`, straight from Strapi (a Strapi webhook pointing at the sink) \
+         and through the receiver (a Next.js sink in `Forward` mode). Gap repair: the second \
+         of two checks in a row of one instance whose webhooks take every model, nothing \
+         changed in between; CPU is this process's (the check and the in-process receiver \
+         answering it), summed over its threads from /proc. Recovery: {MISSED} articles \
+         created while no webhook reached the receiver, then checks every second (settle \
+         {RECOVERY_SETTLE_S} s) until every one reached the sink as a recovered \
+         `entry.create`; the default 60 s repair interval comes on top."
     )];
     publish("strapi", &rows, &notes)
 }
@@ -266,26 +287,35 @@ impl InProcessReceiver {
         let queue = SqliteQueue::open(&dir.path().join("queue.db"))
             .map_err(|error| BenchError::step("opening the receiver's queue", error))?;
         let source = StaticSource::new(Snapshot::new(BTreeMap::new(), []));
-        let admin_token = AdminToken::generate();
-        let settings = ReceiverSettings {
-            admin_token: Some(admin_token.clone()),
-            ..ReceiverSettings::default()
-        };
-        let state = ReceiverState::new(Arc::new(queue), &source, settings)
-            .map_err(|error| BenchError::step("starting the receiver", error))?;
         let bind = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(BenchError::setup("the receiver's ports"))
         };
         let (ingest, admin) = (bind().await?, bind().await?);
-        let url = |listener: &tokio::net::TcpListener| {
+        let address = |listener: &tokio::net::TcpListener| {
             listener
                 .local_addr()
-                .map(|address| format!("http://{address}"))
                 .map_err(BenchError::setup("the receiver's ports"))
         };
-        let (ingest_url, admin_url) = (url(&ingest)?, url(&admin)?);
+        let (ingest_address, admin_address) = (address(&ingest)?, address(&admin)?);
+        let admin_token = AdminToken::generate();
+        let settings = ReceiverSettings {
+            admin_token: Some(admin_token.clone()),
+            // The latency bench's sink is a loopback server in this process.
+            egress: EgressBase {
+                allow_loopback: true,
+                own_ports: vec![ingest_address.port(), admin_address.port()],
+                own_addresses: Vec::new(),
+            },
+            ..ReceiverSettings::default()
+        };
+        let state = ReceiverState::new(Arc::new(queue), &source, settings)
+            .map_err(|error| BenchError::step("starting the receiver", error))?;
+        let (ingest_url, admin_url) = (
+            format!("http://{ingest_address}"),
+            format!("http://{admin_address}"),
+        );
         tokio::spawn(receiver::serve(
             Arc::clone(&state),
             ingest,
@@ -664,4 +694,320 @@ async fn update_for(client: &StrapiClient, documents: &[String]) -> Result<(f64,
         .await;
     let total: u64 = counts.into_iter().sum::<Result<u64, _>>()?;
     Ok((total as f64 / started.elapsed().as_secs_f64(), total))
+}
+
+/// Item 7: the time from an editor's save (the content-manager update returning) to the sink
+/// receiving the call: Strapi calling the sink itself, then through the receiver.
+async fn save_to_sink(
+    strapi: &TestStrapi,
+    receiver: &InProcessReceiver,
+) -> Result<Vec<Row>, BenchError> {
+    let client = strapi.client()?;
+    let sink = RecordingSink::start().await?;
+    let title = format!("latency {}", uuid::Uuid::now_v7().simple());
+    let document_id = client
+        .create_entry("api::article.article", &json!({"title": title}))
+        .await
+        .map_err(|error| BenchError::step("creating an article", error))?
+        .document_id;
+
+    let direct = register(&client, "direct", sink.url(), BTreeMap::new()).await?;
+    let straight = saves(&client, &document_id, &sink, "direct").await;
+    unregister(&client, &direct.id).await?;
+
+    let name = "latency";
+    let key = format!("{INSTANCE_NAMESPACE}/{name}");
+    let secret = uuid::Uuid::now_v7().simple().to_string();
+    let events = ["entry.update".to_owned()].into();
+    receiver.route(
+        &key,
+        &secret,
+        vec![forward_webhook(name, &sink.url(), &events)?],
+    );
+    let headers = BTreeMap::from([(SECRET_HEADER.to_owned(), secret)]);
+    let url = format!("{}/v1/instances/{key}", receiver.ingest_url);
+    let through = register(&client, "through the receiver", url, headers).await?;
+    let forwarded = saves(&client, &document_id, &sink, "receiver").await;
+    unregister(&client, &through.id).await?;
+    client
+        .delete_document(Document::Entry {
+            uid: "api::article.article",
+            document_id: &document_id,
+        })
+        .await
+        .map_err(|error| BenchError::step("deleting an article", error))?;
+    let (straight, forwarded) = (straight?, forwarded?);
+    let scenario = "real Strapi: save → sink, through the receiver";
+    Ok(["p50", "p99"]
+        .into_iter()
+        .zip([0.5, 0.99])
+        .map(|(label, fraction)| {
+            Row::against(
+                scenario,
+                format!("save → sink {label} ms"),
+                ms(percentile(&forwarded, fraction)),
+                ms(percentile(&straight, fraction)),
+                "Strapi calling the sink",
+            )
+        })
+        .collect())
+}
+
+/// A webhook on instance `name` forwarding `events` to a Next.js sink at `url`.
+fn forward_webhook(
+    name: &str,
+    url: &str,
+    events: &BTreeSet<String>,
+) -> Result<CompiledWebhook, BenchError> {
+    let spec: StrapiWebhookSpec = serde_json::from_value(json!({
+        "instanceRef": {"name": name},
+        "events": events,
+        // Room for a burst: the recovery row measures the repair, not the sink's rate limit.
+        "sinks": [{
+            "name": "site",
+            "nextjs": {"url": url, "mode": "Forward"},
+            "delivery": {"rateLimit": {"perSecond": 5000, "burst": 5000}, "concurrency": 32},
+        }],
+        "routes": [{"name": "all", "sink": "site"}],
+    }))
+    .map_err(|error| BenchError::step("writing the latency webhook", error))?;
+    compile_webhook(INSTANCE_NAMESPACE, name, 1, &spec, &InMemorySecrets::new())
+        .map_err(|error| BenchError::step("compiling the latency webhook", error))
+}
+
+async fn register(
+    client: &StrapiClient,
+    what: &str,
+    url: String,
+    headers: BTreeMap<String, String>,
+) -> Result<strapi_webhook_operator::strapi::Webhook, BenchError> {
+    client
+        .create_webhook(&WebhookSpec {
+            name: format!("strapi-webhook-operator latency benchmark, {what}"),
+            url,
+            headers,
+            events: vec!["entry.update".into()],
+            enabled: true,
+        })
+        .await
+        .map_err(|error| BenchError::step("registering a webhook in Strapi", error))
+}
+
+async fn unregister(client: &StrapiClient, id: &str) -> Result<(), BenchError> {
+    client
+        .delete_webhook(id)
+        .await
+        .map_err(|error| BenchError::step("removing a webhook from Strapi", error))
+}
+
+/// Saves the article `SAVES` times, one after another, each once its call reached the sink;
+/// returns the sorted delays from each save returning to its call's arrival.
+async fn saves(
+    client: &StrapiClient,
+    document_id: &str,
+    sink: &RecordingSink,
+    run: &str,
+) -> Result<Vec<Duration>, BenchError> {
+    sink.take();
+    let mut delays = Vec::with_capacity(SAVES);
+    for n in 0..SAVES {
+        let revision = format!("{run} {n}");
+        client
+            .update_document(
+                Document::Entry {
+                    uid: "api::article.article",
+                    document_id,
+                },
+                &json!({"body": revision}),
+            )
+            .await
+            .map_err(|error| BenchError::step("saving an article", error))?;
+        let saved = Instant::now();
+        let mut arrival = None;
+        while arrival.is_none() {
+            if !common::wait_until(Duration::from_secs(10), || sink.count() > 0).await {
+                return Err(BenchError::step(
+                    "waiting for a save to reach the sink",
+                    format!("save {revision:?} did not arrive within 10 s"),
+                ));
+            }
+            arrival = sink.take().into_iter().find(|arrival| {
+                serde_json::from_slice::<Value>(&arrival.body)
+                    .is_ok_and(|body| body["entry"]["body"] == revision.as_str())
+            });
+        }
+        // Strapi may call the sink before its answer to the save is read: that counts as 0.
+        delays.extend(arrival.map(|arrival| arrival.at.saturating_duration_since(saved)));
+    }
+    delays.sort();
+    Ok(delays)
+}
+
+/// Item 8: what one gap-repair check of the test app costs: Strapi admin API calls and CPU.
+async fn repair_check(
+    strapi: &TestStrapi,
+    receiver: &InProcessReceiver,
+) -> Result<Vec<Row>, BenchError> {
+    let client = strapi.client()?;
+    let key = format!("{INSTANCE_NAMESPACE}/repair");
+    receiver.route(&key, &uuid::Uuid::now_v7().simple().to_string(), Vec::new());
+    let events: BTreeSet<String> = [
+        "entry.create",
+        "entry.update",
+        "entry.delete",
+        "entry.publish",
+    ]
+    .map(str::to_owned)
+    .into();
+    let target = Target {
+        instance: &key,
+        strapi: &client,
+        events: &events,
+        models: None,
+    };
+    let repair_client = RepairClient::new(&receiver.admin_url, Some(&receiver.admin_token));
+    let settings = CheckSettings::default();
+    let check = || async {
+        repair::check(&target, &repair_client, &settings)
+            .await
+            .map_err(|error| BenchError::step("checking for a gap", error))
+    };
+    // The first check of an instance sets its watermarks; the second is the steady state.
+    check().await?;
+    let (cpu_before, started) = (cpu_time()?, Instant::now());
+    let report = check().await?;
+    let (cpu, wall) = (cpu_time()?.saturating_sub(cpu_before), started.elapsed());
+    let scenario = format!(
+        "gap repair: one check, test app ({} content types)",
+        report.content_types
+    );
+    Ok(vec![
+        Row::against(
+            &scenario,
+            "Strapi admin API calls",
+            f64::from(report.strapi_calls),
+            report.content_types as f64,
+            "content types",
+        ),
+        Row::against(
+            &scenario,
+            "CPU ms (check and receiver)",
+            ms(cpu),
+            ms(wall),
+            "wall ms of the check",
+        ),
+    ])
+}
+
+/// CPU time this process's threads have used, from each thread's `/proc` scheduler counters
+/// (nanoseconds, unlike the clock ticks of `/proc/self/stat`).
+fn cpu_time() -> Result<Duration, BenchError> {
+    let threads =
+        std::fs::read_dir("/proc/self/task").map_err(BenchError::setup("/proc/self/task"))?;
+    let mut total = 0u64;
+    for thread in threads.flatten() {
+        // A thread that ended since the listing has no counters left: it adds nothing.
+        let Ok(schedstat) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+            continue;
+        };
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|nanos| nanos.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// Item 9: the time to recover `MISSED` changes Strapi made while the receiver was down: the
+/// instance has no webhook registered in Strapi (what a receiver that does not answer looks
+/// like to the check), the articles are created, then gap-repair checks run back to back, as a
+/// restarted controller would, until every article reached the sink.
+async fn recover_missed(
+    strapi: &TestStrapi,
+    receiver: &InProcessReceiver,
+) -> Result<Vec<Row>, BenchError> {
+    let client = strapi.client()?;
+    let sink = RecordingSink::start().await?;
+    let name = "missed";
+    let key = format!("{INSTANCE_NAMESPACE}/{name}");
+    let events: BTreeSet<String> = ["entry.create".to_owned()].into();
+    let webhook = forward_webhook(name, &sink.url(), &events)?;
+    receiver.route(
+        &key,
+        &uuid::Uuid::now_v7().simple().to_string(),
+        vec![webhook],
+    );
+    let target = Target {
+        instance: &key,
+        strapi: &client,
+        events: &events,
+        models: None,
+    };
+    let repair_client = RepairClient::new(&receiver.admin_url, Some(&receiver.admin_token));
+    let settings = CheckSettings {
+        settle: Duration::from_secs(RECOVERY_SETTLE_S),
+        ..CheckSettings::default()
+    };
+    let check = || async {
+        repair::check(&target, &repair_client, &settings)
+            .await
+            .map_err(|error| BenchError::step("recovering missed changes", error))
+    };
+    // The watermarks from before the outage.
+    check().await?;
+
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let created = Instant::now();
+    let documents: Vec<Result<String, BenchError>> = stream::iter(0..MISSED)
+        .map(|n| {
+            let (client, title) = (&client, format!("missed {n} {tag}"));
+            async move {
+                client
+                    .create_entry("api::article.article", &json!({"title": title}))
+                    .await
+                    .map(|entry| entry.document_id)
+                    .map_err(|error| BenchError::step("creating an article", error))
+            }
+        })
+        .buffer_unordered(ARTICLES)
+        .collect()
+        .await;
+    let missed: BTreeSet<String> = documents.into_iter().collect::<Result<_, _>>()?;
+    let creating = created.elapsed();
+
+    let started = Instant::now();
+    let mut arrived = BTreeSet::new();
+    while arrived.len() < missed.len() {
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(BenchError::step(
+                "recovering missed changes",
+                format!(
+                    "{} of {MISSED} reached the sink within 300 s",
+                    arrived.len()
+                ),
+            ));
+        }
+        check().await?;
+        common::wait_until(Duration::from_secs(1), || sink.count() > 0).await;
+        for arrival in sink.take() {
+            let Ok(body) = serde_json::from_slice::<Value>(&arrival.body) else {
+                continue;
+            };
+            if let Some(document_id) = body["entry"]["documentId"].as_str()
+                && missed.contains(document_id)
+            {
+                arrived.insert(document_id.to_owned());
+            }
+        }
+    }
+    // The test Strapi is private to this run (scripts/with-strapi.sh removes its database), so
+    // the thousand articles are left in place rather than deleted one by one.
+    Ok(vec![Row::against(
+        format!("gap repair: {MISSED} changes made while the receiver was down"),
+        "s until all reached the sink",
+        started.elapsed().as_secs_f64(),
+        creating.as_secs_f64(),
+        "s Strapi took to make them",
+    )])
 }

@@ -29,10 +29,10 @@ cargo bench --no-run --benches --quiet
 mkdir -p target/bench
 rm -f target/bench/*.md
 
-step "receiver: ingest ceiling (SQLite and JetStream), added latency, coalescing, memory"
+step "receiver: ingest ceiling (SQLite and JetStream), added latency, coalescing, memory, bounded evaluation"
 cargo bench --quiet --bench receiver
 
-step "controller scale and real Strapi throughput (one test Strapi)"
+step "controller scale, real Strapi throughput, save-to-sink latency, gap repair check (one test Strapi)"
 scripts/with-strapi.sh cargo bench --quiet --bench strapi
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"

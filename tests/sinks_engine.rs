@@ -19,8 +19,13 @@ use axum::{
 use examples::example_at;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use strapi_webhook_operator::{admin_api::Stats, receiver::source::Snapshot};
-use support::receiver::{INSTANCE, SECRET, TestReceiver, client};
+use strapi_webhook_operator::{
+    admin_api::Stats,
+    api::StrapiWebhookSpec,
+    queue::{NewDelivery, NewEvent, RoutedEvent, SinkKey, now_millis},
+    receiver::source::Snapshot,
+};
+use support::receiver::{INSTANCE, SECRET, TestReceiver, TestStore, client};
 use support::{examples, receiver};
 use tokio::time::Instant;
 
@@ -165,6 +170,118 @@ async fn a_thousand_updates_become_a_handful_of_revalidations_covering_every_pat
     // Every call also carries the list page; the bound is loose on purpose (timing varies), the
     // point is that a burst does not become one call per update.
     assert!(seen.len() <= UPDATES / 10, "{} calls", seen.len());
+    receiver.shutdown().await;
+}
+
+/// A `Revalidate` sink of the test instance with a long coalesce window, revalidating each
+/// article's page.
+fn slow_window_revalidation(url: &str, window: Duration) -> Snapshot {
+    let spec: StrapiWebhookSpec = serde_json::from_value(json!({
+        "instanceRef": { "name": "strapi" },
+        "events": ["entry.update"],
+        "sinks": [{
+            "name": "site",
+            "nextjs": {
+                "url": url,
+                "mode": "Revalidate",
+                "coalesceWindow": format!("{}ms", window.as_millis()),
+            },
+        }],
+        "routes": [{
+            "name": "articles",
+            "sink": "site",
+            "nextjs": { "paths": [{ "path": "/articles/{{ entry.slug }}" }] },
+        }],
+    }))
+    .unwrap();
+    receiver::snapshot(&spec)
+}
+
+/// A backlog larger than one call's cap (1,000 deliveries): the updates of a bulk import that
+/// arrived faster than the window, or that waited while the receiver was down. It goes out after
+/// one window in concurrent calls, oldest first, instead of one call per window; otherwise the
+/// last page of the backlog stays stale for one window per thousand updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_one_call_goes_out_in_concurrent_calls_within_one_window() {
+    const BACKLOG: usize = 2_500;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let site = Recorder::start(vec![|| {
+        axum::Json(json!({"revalidated": true})).into_response()
+    }])
+    .await;
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let sink = SinkKey {
+        webhook: "cms/site".into(),
+        sink: "site".into(),
+    };
+    // Stored and routed before the receiver starts, so the whole backlog is due at its first
+    // window.
+    futures::stream::iter(0..BACKLOG)
+        .map(|n| {
+            let queue = Arc::clone(&queue);
+            async move {
+                let update = article_update(&format!("article-{n}"));
+                queue
+                    .ingest(NewEvent {
+                        id: format!("event-{n:05}"),
+                        instance: INSTANCE.into(),
+                        event: "entry.update".into(),
+                        received_at: now_millis(),
+                        raw: update.to_string().into_bytes(),
+                        dedup_key: None,
+                        dedup_window_ms: 0,
+                        recovered: false,
+                        versions: Vec::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<()>()
+        .await;
+    let mut routed = 0;
+    while routed < BACKLOG {
+        let events = queue.unrouted(500).await.unwrap();
+        assert!(!events.is_empty(), "{routed} of {BACKLOG} events routed");
+        routed += events.len();
+        let events = events
+            .into_iter()
+            .map(|event| RoutedEvent {
+                deliveries: vec![NewDelivery {
+                    id: event.id.replace("event", "delivery"),
+                    sink: sink.clone(),
+                    route: "articles".into(),
+                    dead_on_arrival: None,
+                }],
+                event,
+            })
+            .collect();
+        queue.route(events).await.unwrap();
+    }
+    let receiver =
+        TestReceiver::start_on(store, queue, slow_window_revalidation(&site.url, WINDOW)).await;
+
+    site.wait_for(|seen| seen.iter().flat_map(|(_, body)| paths(body)).count() >= BACKLOG)
+        .await;
+    let seen = site.seen();
+    let sent: Vec<String> = seen.iter().flat_map(|(_, body)| paths(body)).collect();
+    let distinct: BTreeSet<&String> = sent.iter().collect();
+    assert_eq!(
+        (sent.len(), distinct.len()),
+        (BACKLOG, BACKLOG),
+        "every page once"
+    );
+    assert_eq!(seen.len(), BACKLOG.div_ceil(1000), "calls of at most 1,000");
+    // One call per window would put two windows between the first call and the last.
+    let first = seen.iter().map(|(at, _)| *at).min().unwrap();
+    let last = seen.iter().map(|(at, _)| *at).max().unwrap();
+    assert!(
+        last.duration_since(first) < WINDOW,
+        "the calls arrived {:?} apart, more than one window",
+        last.duration_since(first)
+    );
     receiver.shutdown().await;
 }
 

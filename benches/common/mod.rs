@@ -1,12 +1,18 @@
 //! What the benchmarks share: their error type, the result table and its markdown file, the
-//! resident memory of a process, and polling for a condition. Every result is a row with a baseline measured in the same run, because on
-//! a shared machine only ratios travel.
+//! resident memory of a process, polling for a condition, percentiles and a recording sink.
+//! Every result is a row with a baseline measured in the same run, because on a shared machine
+//! only ratios travel.
 
 use std::{
     fmt::Write as _,
+    net::SocketAddr,
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use axum::{Router, body::Bytes, http::StatusCode, routing::post};
+use tokio::net::TcpListener;
 
 /// Why a benchmark could not produce its numbers; each variant names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -165,4 +171,82 @@ pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     done()
+}
+
+/// The value below which `fraction` of the sorted `samples` lie (nearest rank).
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds as a float, for the table.
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// One call a [`RecordingSink`] received.
+pub struct Arrival {
+    /// When it arrived.
+    pub at: Instant,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// A loopback HTTP server that answers every POST with 200 and records when each arrived.
+/// Parsing is left to the benchmark so the sink answers as fast as a trivial handler can.
+#[derive(Clone)]
+pub struct RecordingSink {
+    /// Where it listens.
+    pub address: SocketAddr,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+}
+
+impl RecordingSink {
+    /// Starts a sink on a free loopback port.
+    pub async fn start() -> Result<Self, BenchError> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(BenchError::setup("the recording sink"))?;
+        let address = listener
+            .local_addr()
+            .map_err(BenchError::setup("the recording sink"))?;
+        let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
+        let recorded = Arc::clone(&arrivals);
+        let app = Router::new().fallback(post(move |body: Bytes| {
+            let at = Instant::now();
+            recorded
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(Arrival { at, body });
+            async { StatusCode::OK }
+        }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { address, arrivals })
+    }
+
+    /// The URL to send to.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/revalidate", self.address)
+    }
+
+    /// Takes every arrival recorded so far.
+    pub fn take(&self) -> Vec<Arrival> {
+        std::mem::take(
+            &mut *self
+                .arrivals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// How many calls arrived so far.
+    pub fn count(&self) -> usize {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
 }

@@ -9,7 +9,8 @@
 //! breaker stops claiming for a sink that keeps failing and lets a single probe through after a
 //! cool-down, so a dead sink is not hammered and its deliveries keep their attempts for when it
 //! is back. A sink with a coalesce window gets all deliveries that became due within the window
-//! in one call.
+//! in one call, or when more than one call's worth are due, in concurrent calls (oldest first,
+//! up to the sink's concurrency), so a storm's last page is not one window per call late.
 //!
 //! Delivery is at least once: a delivery is marked done only after the sink answered, so a crash
 //! between the two sends it again, with the same `webhook-id` for the sink to deduplicate.
@@ -21,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::future::join_all;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use opentelemetry::KeyValue;
 use rand::Rng;
@@ -313,11 +315,14 @@ impl Engine {
                 if let Some(window) = coalesce {
                     tokio::time::sleep(window).await;
                 }
-                let limit = match coalesce {
-                    Some(_) => MAX_COALESCED,
-                    None => u32::try_from(held.len()).unwrap_or(1),
-                };
-                let lease = lease_ms(&policy, limit);
+                // One call per permit held: a coalescing sink's backlog larger than one call
+                // goes out in concurrent calls instead of one call per window.
+                let calls = u32::try_from(held.len()).unwrap_or(1);
+                let per_call = if coalesce.is_some() { MAX_COALESCED } else { 1 };
+                let limit = per_call.saturating_mul(calls);
+                // The calls run side by side, so each needs the lease one call of its size
+                // needed alone.
+                let lease = lease_ms(&policy, per_call.max(calls));
                 let claimed = match self
                     .queue
                     .claim(worker.key.clone(), now_millis(), limit, lease)
@@ -339,23 +344,20 @@ impl Engine {
                     continue;
                 }
                 worker.track(claimed.iter().map(|delivery| delivery.id.clone()));
-                if coalesce.is_some() {
-                    let permit = held.swap_remove(0);
+                // The claim is in due order, so the oldest deliveries go in the first call.
+                let mut claimed = claimed.into_iter();
+                for permit in held {
+                    let batch: Vec<ClaimedDelivery> =
+                        claimed.by_ref().take(per_call as usize).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
                     sends.spawn(Arc::clone(&self).send_batch(
                         Arc::clone(&worker),
                         Arc::clone(&limiter),
-                        claimed,
+                        batch,
                         permit,
                     ));
-                } else {
-                    for (delivery, permit) in claimed.into_iter().zip(held) {
-                        sends.spawn(Arc::clone(&self).send_batch(
-                            Arc::clone(&worker),
-                            Arc::clone(&limiter),
-                            vec![delivery],
-                            permit,
-                        ));
-                    }
                 }
             }
             self.drain(&worker, sends).await;
@@ -420,7 +422,7 @@ impl Engine {
         worker: Arc<Worker>,
         limiter: Arc<DefaultDirectRateLimiter>,
         deliveries: Vec<ClaimedDelivery>,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) {
         let snapshot = self.config.borrow().clone();
         let configured = match snapshot.webhooks.get(&worker.key.webhook) {
@@ -495,17 +497,28 @@ impl Engine {
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         worker.record(&outcome, policy);
-        for ((delivery, _, span), attempt) in ready.iter().zip(&attempts) {
-            let completion = decide(&outcome, delivery, policy, now_millis());
-            if tracer.exporting() {
-                tracer.attempted(attempt, attempt_attributes(delivery), failure(&outcome));
-            }
-            span.in_scope(|| log_completion(&completion, delivery));
-            if let Outcome::PauseSink { reason } = &outcome {
-                worker.pause(reason.clone());
-            }
-            self.finish(&worker, delivery, completion).await;
+        if let Outcome::PauseSink { reason } = &outcome {
+            worker.pause(reason.clone());
         }
+        // The permit bounds the calls in flight at the sink; recording the outcomes is not one.
+        drop(permit);
+        // Recorded together, the outcomes of a merged call share the queue's commits instead of
+        // waiting for one commit each.
+        let now = now_millis();
+        join_all(
+            ready
+                .iter()
+                .zip(&attempts)
+                .map(|((delivery, _, span), attempt)| {
+                    let completion = decide(&outcome, delivery, policy, now);
+                    if tracer.exporting() {
+                        tracer.attempted(attempt, attempt_attributes(delivery), failure(&outcome));
+                    }
+                    span.in_scope(|| log_completion(&completion, delivery));
+                    self.finish(&worker, delivery, completion)
+                }),
+        )
+        .await;
     }
 
     async fn finish(&self, worker: &Worker, delivery: &ClaimedDelivery, completion: Completion) {
