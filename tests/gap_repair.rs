@@ -432,7 +432,7 @@ async fn with_the_receiver_up_nothing_is_recovered_and_nothing_is_delivered_twic
 /// reaches the sink, through Strapi's own call or recovered.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_last_state_reaches_the_sink_when_the_receiver_is_killed_during_a_burst() {
-    const UPDATES: usize = 240;
+    const UPDATES: usize = 500;
     const CLIENTS: usize = 8;
     const DOCUMENTS: usize = 16;
     let strapi = StrapiServer::shared().await;
