@@ -174,7 +174,10 @@ pub(super) fn template(
 enum Failure {
     /// It outlived its time limit and was killed.
     TimeLimit,
-    /// The child ended without answering: an allocation past its memory limit aborts it.
+    /// The child ended without answering: an allocation past its memory limit aborts it
+    /// (`SIGABRT`), the kernel's OOM killer ends it (`SIGKILL`).
+    OutOfMemory(String),
+    /// The child ended without answering for another reason (how it ended).
     Ended(String),
     /// No child could be started or spoken to.
     Io(std::io::Error),
@@ -187,7 +190,7 @@ impl Failure {
                 "exceeded the time limit of {} ms and was stopped",
                 limit.as_millis()
             ),
-            Self::Ended(how) => {
+            Self::OutOfMemory(how) => {
                 let limit = POOL
                     .get()
                     .map_or(DEFAULT_MEMORY_BYTES, |pool| pool.limits.memory_bytes);
@@ -196,6 +199,7 @@ impl Failure {
                     limit / (1024 * 1024)
                 )
             }
+            Self::Ended(how) => format!("its tenant process {how} without answering"),
             Self::Io(error) => format!("could not run in a tenant process: {error}"),
         }
     }
@@ -351,14 +355,18 @@ impl Worker {
 
     /// How the child ended, once it has.
     fn ended(&mut self) -> Failure {
-        let status = self.child.wait();
-        Failure::Ended(match status {
+        const SIGKILL: i32 = 9;
+        const SIGABRT: i32 = 6;
+        match self.child.wait() {
             Ok(status) => match status.signal() {
-                Some(signal) => format!("was ended by signal {signal}"),
-                None => format!("exited with {status}"),
+                Some(signal @ (SIGABRT | SIGKILL)) => {
+                    Failure::OutOfMemory(format!("was ended by signal {signal}"))
+                }
+                Some(signal) => Failure::Ended(format!("was ended by signal {signal}")),
+                None => Failure::Ended(format!("exited with {status}")),
             },
-            Err(error) => format!("could not be waited for: {error}"),
-        })
+            Err(error) => Failure::Ended(format!("could not be waited for: {error}")),
+        }
     }
 }
 
