@@ -66,10 +66,9 @@ for port in 1337 3000 3100 4000 "$ingest_port" "$admin_port"; do
   require_free "$port" "the demo"
 done
 
-# Prints the elapsed time every 20 s while a long, quiet command runs.
-with_progress() {
-  "$@" &
-  local pid=$! started=$SECONDS
+# Waits for a background job, printing the elapsed time every 20 s while it stays quiet.
+wait_with_progress() {
+  local pid=$1 started=$SECONDS
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     if (( (SECONDS - started) % 20 == 0 )) && kill -0 "$pid" 2>/dev/null; then
@@ -99,10 +98,23 @@ start_sink() {
   pids[$name]=$!
 }
 
-say "1/9 installing what is missing"
-with_progress scripts/ensure-strapi-app.sh
-with_progress scripts/ensure-nextjs-app.sh
+say "1/9 installing what is missing: the Node packages (in the background) while Rust compiles"
+# npm waits on the network and the disk, cargo on the CPU: side by side, a first run is the
+# longer of the two, not their sum. The build is the `dev` one `make test` uses, so either
+# command reuses what the other compiled.
+(scripts/ensure-strapi-app.sh && scripts/ensure-nextjs-app.sh) >"$work/install.log" 2>&1 &
+node_install=$!
+pids[node-install]=$node_install
+build_started=$SECONDS
 cargo build --bin strapi-webhook-operator --example demo
+echo "    Rust build: $((SECONDS - build_started))s"
+if ! wait_with_progress "$node_install"; then
+  tail -n 30 "$work/install.log" >&2
+  fail "installing the Node packages failed (the lines above are the end of its log)"
+fi
+unset 'pids[node-install]'
+grep '^==>' "$work/install.log" | sed 's/^==> /    /'
+echo "    installed in $SECONDS s since the demo started"
 
 say "2/9 starting a fresh Strapi (SQLite, first admin) on 127.0.0.1:1337"
 require_free 1337 "Strapi"

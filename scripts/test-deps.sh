@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools and packages the test suite needs, each only when missing or out of date.
 # Every step prints one line saying what it did, so a slow first run is never silent.
+# The Node apps (tests/strapi, tests/nextjs) are installed by scripts/test.sh, beside the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,8 +10,6 @@ step() { echo "==> $*"; }
 step "rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
-scripts/ensure-strapi-app.sh
-scripts/ensure-nextjs-app.sh
 scripts/ensure-chart-tools.sh
 scripts/ensure-nats.sh >/dev/null
 scripts/ensure-prometheus.sh
