@@ -321,6 +321,7 @@ fn event_accounting(metrics: &str) -> String {
     let stored = total("strapi_webhook_receiver_events_stored_total");
     let recovered = total("strapi_webhook_receiver_events_recovered_total");
     let duplicates = total("strapi_webhook_receiver_events_duplicate_total");
+    let handshakes = total("strapi_webhook_receiver_handshakes_total");
     let from_strapi = stored.saturating_sub(recovered);
     let mut rows = vec![
         (
@@ -334,6 +335,14 @@ fn event_accounting(metrics: &str) -> String {
             duplicates,
         ),
     ];
+    if handshakes > 0 {
+        rows.push((
+            "test calls (Strapi's webhook test, which local mode and the controller send to \
+             verify the secret; nothing to deliver)"
+                .to_owned(),
+            handshakes,
+        ));
+    }
     // Refusals of an unknown instance (or before the configuration loaded) were never counted
     // as received; they are shown apart.
     let mut refused_elsewhere = 0;

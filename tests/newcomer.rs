@@ -68,7 +68,7 @@ async fn the_demo_summary_and_deliveries_list_are_aligned_and_account_for_every_
     ]);
     let receiver = TestReceiver::start(snapshot(&spec)).await;
     let http = client();
-    // Three creates, a publish Strapi sends twice (collapsed), a call with a wrong secret.
+    // Three creates, a publish Strapi sends twice (collapsed), a call with a wrong secret, a test call.
     for n in 0..3 {
         assert!(receiver.post(&http, &article_event(n)).await.is_success());
     }
@@ -92,6 +92,9 @@ async fn the_demo_summary_and_deliveries_list_are_aligned_and_account_for_every_
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
+    // Strapi's webhook test (what local mode and the controller send to verify the secret).
+    let handshake = json!({"event": "trigger-test", "createdAt": "2026-11-29T01:00:00.000Z"});
+    assert!(receiver.post(&http, &handshake).await.is_success());
     // The sink fails a while, then recovers and takes everything.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while sink.attempted().len() < 2 {
@@ -140,9 +143,10 @@ async fn the_demo_summary_and_deliveries_list_are_aligned_and_account_for_every_
     let summary = run(&demo(), &["summary", "--admin-url", &admin], token.path());
     let (accounting, table) = summary.split_once("\n\n").expect("two parts:\n{summary}");
     let expected = [
-        "events received from Strapi: 6",
+        "events received from Strapi: 7",
         "  4  stored and delivered to their sinks",
         "  1  collapsed as duplicates",
+        "  1  test calls",
         "  1  refused (Unauthorized)",
     ];
     for (line, expected) in accounting.lines().zip(expected) {
@@ -153,7 +157,7 @@ async fn the_demo_summary_and_deliveries_list_are_aligned_and_account_for_every_
     }
     assert_eq!(
         accounting.lines().count(),
-        4,
+        5,
         "nothing unaccounted:\n{summary}"
     );
     assert_aligned(table);

@@ -164,6 +164,7 @@ async fn ingest(
             .await
         {
             Ok(()) => {
+                state.metrics.handshakes.get_or_create(&labels).inc();
                 tracing::info!(%instance, "handshake from Strapi recorded");
                 (StatusCode::OK, Json(json!({ "handshake": true }))).into_response()
             }

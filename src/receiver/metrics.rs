@@ -68,6 +68,9 @@ pub struct Metrics {
     pub duplicates: Family<InstanceLabels, Counter>,
     /// Events the gap repair rebuilt from Strapi's content and stored, marked recovered.
     pub recovered: Family<InstanceLabels, Counter>,
+    /// Strapi's `trigger-test` calls (its webhook test, or the operator's verification):
+    /// received, recorded as a handshake, nothing to deliver.
+    pub handshakes: Family<InstanceLabels, Counter>,
     /// Requests refused, by reason.
     pub rejected: Family<RejectLabels, Counter>,
     /// Seconds from request to acknowledgement of stored events.
@@ -108,6 +111,7 @@ impl Metrics {
             stored: Family::default(),
             duplicates: Family::default(),
             recovered: Family::default(),
+            handshakes: Family::default(),
             rejected: Family::default(),
             ingest_seconds: Family::new_with_constructor(latency),
             delivered: Family::default(),
@@ -141,6 +145,11 @@ impl Metrics {
             "events_duplicate",
             "Duplicate Strapi events collapsed at ingest",
             metrics.duplicates.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Strapi trigger-test calls recorded as handshakes (nothing to deliver)",
+            metrics.handshakes.clone(),
         );
         registry.register(
             "events_rejected",
