@@ -8,11 +8,14 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use axum::http::StatusCode;
 use strapi_webhook_operator::{
     admin_api::Stats,
-    queue::{DeliveryFilter, DeliveryState},
+    queue::{
+        Completion, DeliveryFilter, DeliveryState, NewDelivery, NewEvent, RoutedEvent, SinkKey,
+        now_millis,
+    },
 };
 use support::receiver;
 use support::receiver::{
-    Answer, CaptureSink, TestReceiver, article_event, client, snapshot, webhook_spec,
+    Answer, CaptureSink, TestReceiver, TestStore, article_event, client, snapshot, webhook_spec,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -243,4 +246,73 @@ fn deliveries_with_no_receiver_says_nothing_answers_and_which_flag_sets_the_addr
             && stderr.contains("--admin-url or RECEIVER_ADMIN_URL"),
         "{stderr}"
     );
+}
+
+/// A paused sink's deliveries are claimed and handed back, sometimes several times within one
+/// millisecond. On JetStream a hand-back publishes the delivery again and then acknowledges the
+/// old message; a message id made of the time collapsed two hand-backs in one millisecond into
+/// one publish, and the second acknowledgement removed the delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_handed_back_many_times_in_quick_succession_is_never_lost() {
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let sink = SinkKey {
+        webhook: "cms/site".into(),
+        sink: "paused".into(),
+    };
+    let event = NewEvent {
+        id: "01a22a4a-0000-7000-8000-000000000001".into(),
+        instance: "cms/strapi".into(),
+        event: "entry.update".into(),
+        received_at: now_millis(),
+        raw: article_event(1).to_string().into_bytes(),
+        dedup_key: None,
+        dedup_window_ms: 0,
+        recovered: false,
+        versions: Vec::new(),
+    };
+    queue.ingest(event).await.unwrap();
+    let unrouted = queue.unrouted(10).await.unwrap();
+    assert_eq!(unrouted.len(), 1);
+    let routed = unrouted
+        .into_iter()
+        .map(|event| RoutedEvent {
+            event,
+            deliveries: vec![NewDelivery {
+                id: "delivery-1".into(),
+                sink: sink.clone(),
+                route: "all".into(),
+                dead_on_arrival: None,
+            }],
+        })
+        .collect();
+    queue.route(routed).await.unwrap();
+
+    for handed_back in 0..300 {
+        let claimed = queue
+            .claim(sink.clone(), now_millis(), 1, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            claimed.len(),
+            1,
+            "the delivery is gone after {handed_back} hand-backs"
+        );
+        let release = Completion::Release {
+            next_attempt_at: now_millis(),
+        };
+        queue
+            .complete(claimed[0].id.clone(), release)
+            .await
+            .unwrap();
+    }
+    let pending = queue
+        .list(DeliveryFilter {
+            state: Some(DeliveryState::Pending),
+            limit: 100,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
 }

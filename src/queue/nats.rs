@@ -693,13 +693,15 @@ impl NatsQueue {
     }
 
     /// Moves a dead or delivered record back into the work queue with a fresh count and age.
-    async fn requeue(&self, mut record: Record) -> Result<SinkKey, QueueError> {
+    /// `source` names the message it comes from (stream and sequence), which makes the publish's
+    /// message id: replaying that message again stores nothing new.
+    async fn requeue(&self, mut record: Record, source: &str) -> Result<SinkKey, QueueError> {
         let now = now_millis();
         record.attempts = 0;
         record.enqueued_at = now;
         record.last_error = None;
         record.delivered_at = None;
-        self.enqueue("replay", &record, &format!("replay.{now}"))
+        self.enqueue("replay", &record, &format!("replay.{source}"))
             .await?;
         Ok(record.sink_key())
     }
@@ -709,10 +711,14 @@ impl NatsQueue {
             message,
             mut record,
         } = claimed;
-        let attempts = record.attempts
-            + message
-                .info()
-                .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(1));
+        let info = message
+            .info()
+            .map_err(|error| storage("complete")(error.to_string()))?;
+        let attempts = record.attempts + u32::try_from(info.delivered).unwrap_or(1);
+        // What is published next carries a message id made of the claimed message's sequence:
+        // completing that message twice (a retried call) stores one record, and two completions
+        // of one delivery (say two hand-backs within a millisecond) never collapse into one.
+        let claimed_sequence = info.stream_sequence;
         // The claim that found a poison delivery is not an attempt.
         let dead_attempts = match completion {
             Completion::DeadLetterUntried { .. } => attempts - 1,
@@ -733,7 +739,8 @@ impl NatsQueue {
                 record.delivered_at = Some(now);
                 record.last_error = None;
                 let subject = format!("swo.delivered.{}", record.id);
-                self.publish("complete", subject, &format!("{}.done", record.id), &record)
+                let message_id = format!("{}.done.{claimed_sequence}", record.id);
+                self.publish("complete", subject, &message_id, &record)
                     .await?;
                 message
                     .double_ack()
@@ -763,7 +770,8 @@ impl NatsQueue {
                 record.last_error = Some(error.clone());
                 // Stored dead first: a crash in between leaves the delivery in the work queue
                 // (sent again), never in neither stream.
-                self.bury("complete", &record, &now.to_string()).await?;
+                self.bury("complete", &record, &format!("claimed.{claimed_sequence}"))
+                    .await?;
                 ack(AckKind::Ack).await?;
                 self.count(sink, |counters| {
                     counters.dead_lettered += 1;
@@ -775,7 +783,7 @@ impl NatsQueue {
                 // Handed back untried: re-published with the attempts it had, so the hand-back
                 // does not count as an attempt the way a redelivery would.
                 record.attempts = attempts - 1;
-                self.enqueue("complete", &record, &format!("release.{now}"))
+                self.enqueue("complete", &record, &format!("release.{claimed_sequence}"))
                     .await?;
                 ack(AckKind::Ack).await?;
             }
@@ -1145,7 +1153,7 @@ impl Queue for NatsQueue {
             let mut count = 0;
             for (sequence, mut record) in waiting {
                 record.last_error = Some(reason.clone());
-                self.bury("dead-letter", &record, &now_millis().to_string())
+                self.bury("dead-letter", &record, &format!("waiting.{sequence}"))
                     .await?;
                 self.deliveries
                     .delete_message(sequence)
@@ -1262,11 +1270,13 @@ impl Queue for NatsQueue {
                 ReplaySelector::Id(id) => {
                     if let Some(found) = self.last_on(&self.dead, format!("swo.dead.{id}")).await {
                         vec![found]
-                    } else if let Some((_, record)) = self
+                    } else if let Some((sequence, record)) = self
                         .last_on(&self.delivered, format!("swo.delivered.{id}"))
                         .await
                     {
-                        let sink = self.requeue(record).await?;
+                        let sink = self
+                            .requeue(record, &format!("delivered.{sequence}"))
+                            .await?;
                         return Ok(vec![(sink, 1)]);
                     } else if self.pending_record(id).await?.is_some() {
                         return Err(QueueError::NotReplayable {
@@ -1291,9 +1301,9 @@ impl Queue for NatsQueue {
                 }
             };
             let mut replayed: BTreeMap<SinkKey, i64> = BTreeMap::new();
-            for (_, record) in dead {
+            for (sequence, record) in dead {
                 let subject = format!("swo.dead.{}", record.id);
-                let sink = self.requeue(record).await?;
+                let sink = self.requeue(record, &format!("dead.{sequence}")).await?;
                 // Requeued first: a crash in between replays it twice, never loses it.
                 self.dead
                     .purge()

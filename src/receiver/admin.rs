@@ -308,12 +308,15 @@ async fn replay(state: &ReceiverState, selector: ReplaySelector) -> Response {
 }
 
 async fn stats(State(state): State<Arc<ReceiverState>>) -> Response {
-    let counters = match state.queue.counters().await {
-        Ok(counters) => counters,
-        Err(error) => return queue_error(error),
-    };
+    // The unrouted backlog is read before the counters: an event the router moves in between is
+    // then counted twice (unrouted, then pending) rather than nowhere, so `unrouted: 0` always
+    // means every stored event's deliveries are in the counters.
     let unrouted = match state.queue.unrouted_count().await {
         Ok(unrouted) => unrouted,
+        Err(error) => return queue_error(error),
+    };
+    let counters = match state.queue.counters().await {
+        Ok(counters) => counters,
         Err(error) => return queue_error(error),
     };
     let mut stats = Stats {
