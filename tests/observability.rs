@@ -134,11 +134,13 @@ async fn every_metric_the_rules_and_dashboard_name_is_exported() {
         .inc();
     controller.drift_repairs.inc();
     controller
-        .repair_checks
-        .get_or_create(&controller::metrics::OutcomeLabels {
-            outcome: "StrapiFailed",
+        .receiver_calls
+        .get_or_create(&controller::ReceiverCallLabels {
+            call: "routing",
+            outcome: "ok",
         })
         .inc();
+    controller.record_repair_check("web/cms", "StrapiFailed");
     controller.record_instance_conditions("web/cms", &[]);
     controller
         .instance_conditions
@@ -252,6 +254,64 @@ fn the_dashboard_is_well_formed() {
             );
         }
     }
+}
+
+/// The labels that identify what an alert is about: a receiver pod, an instance, a sink.
+const RESOURCE_LABELS: [&str; 4] = ["pod", "strapi_instance", "webhook", "sink"];
+
+/// Alerts whose description cannot name one resource: no receiver scraped at all, and reconcile
+/// failures, counted by kind and reason only so that the series stay bounded whatever users
+/// apply (their runbook says how to find the failing objects).
+const ALERTS_NAMING_NO_RESOURCE: [&str; 2] = [
+    "StrapiWebhookReceiverAbsent",
+    "StrapiWebhookReconcileErrors",
+];
+
+#[test]
+fn every_alert_has_a_summary_a_description_naming_its_resource_and_a_runbook() {
+    let rules: Value = serde_saphyr::from_str(&repo_file(RULES)).expect("the rules parse");
+    let headings: BTreeSet<String> = repo_file("docs/operations.md")
+        .lines()
+        .filter_map(|line| line.strip_prefix("### "))
+        .map(|heading| heading.trim().to_lowercase())
+        .collect();
+    let mut unnamed = Vec::new();
+    for rule in rules["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_array().expect("rules"))
+    {
+        let alert = rule["alert"].as_str().expect("alert");
+        let annotation = |name: &str| rule["annotations"][name].as_str().unwrap_or_default();
+        assert!(!annotation("summary").is_empty(), "{alert}: a summary");
+        let description = annotation("description");
+        assert!(!description.is_empty(), "{alert}: a description");
+        let names_resource = RESOURCE_LABELS
+            .iter()
+            .any(|label| description.contains(&format!("$labels.{label}")));
+        if !names_resource {
+            unnamed.push(alert);
+        }
+        let anchor = alert.to_lowercase();
+        assert!(
+            annotation("runbook_url").ends_with(&format!("docs/operations.md#{anchor}")),
+            "{alert}: runbook_url {:?}",
+            annotation("runbook_url")
+        );
+        assert!(
+            headings.contains(&anchor),
+            "{alert}: no `### {alert}` runbook section in docs/operations.md"
+        );
+        assert!(
+            ["warning", "critical"].contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+            "{alert}: severity"
+        );
+    }
+    assert_eq!(
+        unnamed, ALERTS_NAMING_NO_RESOURCE,
+        "descriptions naming none of {RESOURCE_LABELS:?}"
+    );
 }
 
 /// A real Prometheus on a loopback port, scraping each `(job, target)` every second; killed on
@@ -730,6 +790,11 @@ async fn prometheus_scraping_the_real_receiver_and_controller_answers_every_expr
     assert_eq!(
         repairs[0]["metric"]["outcome"], "StrapiFailed",
         "{repairs:?}"
+    );
+    assert_eq!(
+        repairs[0]["metric"]["strapi_instance"],
+        format!("{NAMESPACE}/{limited}"),
+        "the alert names the instance: {repairs:?}"
     );
     controller.assert_running();
     drop(controller);
