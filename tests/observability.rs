@@ -1,6 +1,7 @@
 //! The alert rules and the Grafana dashboard against what the binaries really export: every metric
 //! they name exists, the dashboard is well formed, and a real Prometheus scraping a real receiver
-//! answers every receiver expression of the dashboard and the rules with data. And the traces:
+//! and the real controller answers every expression of the dashboard and the rules with data.
+//! And the traces:
 //! what a sink sees in `traceparent`, and what an OTLP collector receives.
 
 mod support;
@@ -9,6 +10,7 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,15 +20,20 @@ use strapi_webhook_operator::{
         self,
         metrics::{InstanceConditionLabels, StrapiCallLabels},
     },
-    receiver::metrics::{
-        InstanceLabels, Metrics as ReceiverMetrics, RejectLabels, RejectReason, SinkLabels,
+    receiver::{
+        kubernetes::KubernetesSource,
+        metrics::{
+            InstanceLabels, Metrics as ReceiverMetrics, RejectLabels, RejectReason, SinkLabels,
+        },
     },
 };
+use support::fake_api::{FakeApi, path_of};
 use support::receiver;
 use support::receiver::{
     Answer, CaptureSink, KillOnDrop, TestReceiver, TestStore, article_event, client, free_port,
     snapshot, webhook_spec,
 };
+use support::{StrapiServer, eventually};
 
 const RULES: &str = "charts/strapi-webhook-operator/files/prometheus-rules.yaml";
 const DASHBOARD: &str = "charts/strapi-webhook-operator/files/grafana-dashboard.json";
@@ -127,11 +134,13 @@ async fn every_metric_the_rules_and_dashboard_name_is_exported() {
         .inc();
     controller.drift_repairs.inc();
     controller
-        .repair_checks
-        .get_or_create(&controller::metrics::OutcomeLabels {
-            outcome: "StrapiFailed",
+        .receiver_calls
+        .get_or_create(&controller::ReceiverCallLabels {
+            call: "routing",
+            outcome: "ok",
         })
         .inc();
+    controller.record_repair_check("web/cms", "StrapiFailed");
     controller.record_instance_conditions("web/cms", &[]);
     controller
         .instance_conditions
@@ -247,7 +256,66 @@ fn the_dashboard_is_well_formed() {
     }
 }
 
-/// A real Prometheus on a loopback port, scraping `target` every second; killed on drop.
+/// The labels that identify what an alert is about: a receiver pod, an instance, a sink.
+const RESOURCE_LABELS: [&str; 4] = ["pod", "strapi_instance", "webhook", "sink"];
+
+/// Alerts whose description cannot name one resource: no receiver scraped at all, and reconcile
+/// failures, counted by kind and reason only so that the series stay bounded whatever users
+/// apply (their runbook says how to find the failing objects).
+const ALERTS_NAMING_NO_RESOURCE: [&str; 2] = [
+    "StrapiWebhookReceiverAbsent",
+    "StrapiWebhookReconcileErrors",
+];
+
+#[test]
+fn every_alert_has_a_summary_a_description_naming_its_resource_and_a_runbook() {
+    let rules: Value = serde_saphyr::from_str(&repo_file(RULES)).expect("the rules parse");
+    let headings: BTreeSet<String> = repo_file("docs/operations.md")
+        .lines()
+        .filter_map(|line| line.strip_prefix("### "))
+        .map(|heading| heading.trim().to_lowercase())
+        .collect();
+    let mut unnamed = Vec::new();
+    for rule in rules["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_array().expect("rules"))
+    {
+        let alert = rule["alert"].as_str().expect("alert");
+        let annotation = |name: &str| rule["annotations"][name].as_str().unwrap_or_default();
+        assert!(!annotation("summary").is_empty(), "{alert}: a summary");
+        let description = annotation("description");
+        assert!(!description.is_empty(), "{alert}: a description");
+        let names_resource = RESOURCE_LABELS
+            .iter()
+            .any(|label| description.contains(&format!("$labels.{label}")));
+        if !names_resource {
+            unnamed.push(alert);
+        }
+        let anchor = alert.to_lowercase();
+        assert!(
+            annotation("runbook_url").ends_with(&format!("docs/operations.md#{anchor}")),
+            "{alert}: runbook_url {:?}",
+            annotation("runbook_url")
+        );
+        assert!(
+            headings.contains(&anchor),
+            "{alert}: no `### {alert}` runbook section in docs/operations.md"
+        );
+        assert!(
+            ["warning", "critical"].contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+            "{alert}: severity"
+        );
+    }
+    assert_eq!(
+        unnamed, ALERTS_NAMING_NO_RESOURCE,
+        "descriptions naming none of {RESOURCE_LABELS:?}"
+    );
+}
+
+/// A real Prometheus on a loopback port, scraping each `(job, target)` every second; killed on
+/// drop.
 struct Prometheus {
     url: String,
     _process: KillOnDrop,
@@ -255,14 +323,19 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    async fn start(target: &str) -> Self {
+    async fn start(targets: &[(&str, String)]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let config: PathBuf = data.path().join("prometheus.yml");
+        let jobs: String = targets
+            .iter()
+            .map(|(job, target)| {
+                format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n")
+            })
+            .collect();
         std::fs::write(
             &config,
             format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-                 scrape_configs:\n  - job_name: receiver\n    static_configs:\n      - targets: ['{target}']\n"
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n{jobs}"
             ),
         )
         .unwrap();
@@ -300,7 +373,7 @@ impl Prometheus {
         prometheus
     }
 
-    /// The series an instant query returns.
+    /// The series an instant query returns; a query Prometheus refuses fails the test.
     async fn query(&self, promql: &str) -> Vec<Value> {
         let url = reqwest::Url::parse_with_params(
             &format!("{}/api/v1/query", self.url),
@@ -322,68 +395,285 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
-    /// Waits until `promql` returns series (scrapes and rate windows need a few seconds).
-    async fn eventually_returns_data(&self, promql: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.query(promql).await.is_empty() {
+    /// Waits until every query returns series (scrapes and rate windows need a few seconds);
+    /// fails naming each `(what, query)` that still returned nothing.
+    async fn eventually_all_return_data(&self, mut waiting: Vec<(String, String)>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut empty = Vec::new();
+            for (what, promql) in waiting {
+                if self.query(&promql).await.is_empty() {
+                    empty.push((what, promql));
+                }
+            }
+            waiting = empty;
+            if waiting.is_empty() {
+                return;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "`{promql}` returned no series from the real receiver"
+                "{} expressions returned no series from the real receiver and controller:\n{}",
+                waiting.len(),
+                waiting
+                    .iter()
+                    .map(|(what, promql)| format!("  {what}: `{promql}`"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression() {
-    let accepting = CaptureSink::start().await;
-    let refusing = CaptureSink::start().await;
-    refusing.answer(Answer::Status(400));
-    let failing = CaptureSink::start().await;
-    failing.answer(Answer::Status(503));
-    let spec = receiver::webhook_spec(&[
-        ("accepting", accepting.url()),
-        ("refusing", refusing.url()),
-        ("failing", failing.url()),
-    ]);
-    let receiver = TestReceiver::start(snapshot(&spec)).await;
-    let prometheus = Prometheus::start(&receiver.admin.to_string()).await;
-    let http = client();
+/// The part of an alert's expression that must return series while the binaries run, and how
+/// it was derived. A healthy test run must not fire the alerts, so an alert is checked by the
+/// expression it compares or tests for absence:
+/// - `X > 0.05`, `X == 0` (a comparison with a number): `X`, with every selector, label
+///   matcher, rate window and aggregation of the alert (the threshold is promtool's to test);
+/// - `absent(X)`: `X`, whose presence is what keeps the alert silent.
+fn alert_data_expression(expr: &str) -> (String, &'static str) {
+    let expr = expr.trim();
+    if let Some(inner) = expr
+        .strip_prefix("absent(")
+        .and_then(|rest| rest.strip_suffix(')'))
+    {
+        return (inner.to_owned(), "the selector `absent` tests");
+    }
+    if let Some((left, threshold)) = expr.rsplit_once(' ')
+        && threshold.parse::<f64>().is_ok()
+        && let Some((compared, operator)) = left.trim_end().rsplit_once(' ')
+        && ["==", "!=", ">", "<", ">=", "<="].contains(&operator)
+    {
+        return (
+            compared.trim().to_owned(),
+            "the expression its threshold compares",
+        );
+    }
+    (expr.to_owned(), "the whole expression")
+}
 
-    // Traffic that gives every series a value: stored events, a duplicate publish, a wrong secret,
-    // deliveries that succeed, dead-letter (400) and keep failing (503).
+#[test]
+fn alert_expressions_are_checked_by_what_they_compare() {
+    assert_eq!(
+        alert_data_expression("sum by (kind) (rate(x_total{a!=\"b\"}[10m])) > 0.01"),
+        (
+            "sum by (kind) (rate(x_total{a!=\"b\"}[10m]))".to_owned(),
+            "the expression its threshold compares"
+        )
+    );
+    assert_eq!(
+        alert_data_expression("max by (pod) (ready) == 0").0,
+        "max by (pod) (ready)"
+    );
+    assert_eq!(alert_data_expression("absent(ready)").0, "ready");
+    assert_eq!(
+        alert_data_expression("rate(x[5m])").1,
+        "the whole expression"
+    );
+    for (alert, expr) in rule_expressions() {
+        let (data, _) = alert_data_expression(&expr);
+        assert!(
+            !data.contains(" > ") && !data.contains(" == ") && !data.starts_with("absent("),
+            "{alert}: `{data}` still compares; extend alert_data_expression"
+        );
+    }
+}
+
+const GROUP: &str = "webhooks.strapi-operator.dev/v1alpha1";
+const NAMESPACE: &str = "web";
+
+/// A StrapiInstance as `kubectl apply` would store it.
+fn instance_object(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": GROUP, "kind": "StrapiInstance",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": uuid::Uuid::now_v7().to_string(), "generation": 1},
+        "spec": spec,
+    })
+}
+
+/// A StrapiWebhook of `instance` with one HTTP sink per `(name, url)`.
+fn webhook_object(name: &str, instance: &str, sinks: &[(&str, String)]) -> Value {
+    let mut spec = serde_json::to_value(webhook_spec(sinks)).unwrap();
+    spec["instanceRef"] = json!({"name": instance});
+    json!({
+        "apiVersion": GROUP, "kind": "StrapiWebhook",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": uuid::Uuid::now_v7().to_string(), "generation": 1},
+        "spec": spec,
+    })
+}
+
+fn instance_path(name: &str) -> String {
+    path_of(GROUP, "strapiinstances", NAMESPACE, name)
+}
+
+/// Condition `kind` of the instance the fake API server holds, if written.
+fn condition(api: &FakeApi, instance: &str, kind: &str) -> Option<Value> {
+    let object = api.get(&instance_path(instance))?;
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|condition| condition["type"] == kind)
+        .cloned()
+}
+
+/// The controller's current shared secret for `instance`, as Strapi sends it.
+fn shared_secret(api: &FakeApi, instance: &str) -> String {
+    use strapi_webhook_operator::api::shared_secret;
+    let path = path_of("v1", "secrets", NAMESPACE, &shared_secret::name(instance));
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        api.get(&path)
+            .expect("the controller made the shared secret"),
+    )
+    .unwrap();
+    String::from_utf8(secret.data.unwrap()[shared_secret::CURRENT_KEY].0.clone()).unwrap()
+}
+
+/// The real controller (`controller::run`, as the binary runs it) on the in-memory API server,
+/// sending Strapi to `receiver` and serving `/metrics` on a free loopback port; stopped on drop,
+/// so it makes no more Strapi calls while the test's registrations are removed.
+struct RunningController {
+    task: tokio::task::JoinHandle<Result<(), controller::RunError>>,
+    metrics: String,
+}
+
+impl RunningController {
+    fn start(api: &FakeApi, receiver: &TestReceiver<KubernetesSource>) -> Self {
+        let options = controller::Options {
+            receiver_url: format!("http://{}", receiver.ingest),
+            receiver_admin_url: receiver.admin_url(),
+            receiver_replicas: None,
+            receiver_admin_token: Some(receiver::admin_token()),
+            secret_header: strapi_webhook_operator::event::SECRET_HEADER.into(),
+            secret_grace: k8s_openapi::jiff::SignedDuration::from_mins(15),
+            verify_timeout: Duration::from_secs(10),
+            allow_loopback_sinks: true,
+            repair: strapi_webhook_operator::repair::CheckSettings {
+                settle: Duration::from_secs(1),
+                ..strapi_webhook_operator::repair::CheckSettings::default()
+            },
+            pod_name: None,
+        };
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let task = tokio::spawn(controller::run(
+            api.client(),
+            options,
+            metrics.parse().unwrap(),
+            None,
+        ));
+        Self { task, metrics }
+    }
+
+    /// Fails the test if the controller stopped (it runs until a signal).
+    fn assert_running(&self) {
+        assert!(!self.task.is_finished(), "the controller stopped early");
+    }
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Puts the test's objects in the API server: `cms`, a StrapiInstance logging in to the test
+/// Strapi with a StrapiWebhook `site` sending to `sinks`; and `limited`, an instance whose admin
+/// API token may manage webhooks but not read content (so its gap repair checks fail) and whose
+/// `restartOnChange` names a Deployment that does not exist (so its first reconcile fails).
+async fn apply_objects(
+    api: &FakeApi,
+    strapi: &StrapiServer,
+    cms: &str,
+    limited: &str,
+    sinks: &[(&str, String)],
+) {
+    api.put_secret(
+        NAMESPACE,
+        "strapi-admin",
+        &[("email", strapi.email()), ("password", strapi.password())],
+    );
+    api.put(
+        &instance_path(cms),
+        instance_object(
+            cms,
+            json!({"url": strapi.base_url(), "auth": {"credentials": {"secretName": "strapi-admin"}}}),
+        ),
+    );
+    api.put(
+        &path_of(GROUP, "strapiwebhooks", NAMESPACE, "site"),
+        webhook_object("site", cms, sinks),
+    );
+    let token = strapi
+        .create_admin_token(
+            limited,
+            &[
+                "admin::webhooks.create",
+                "admin::webhooks.read",
+                "admin::webhooks.update",
+                "admin::webhooks.delete",
+            ],
+        )
+        .await;
+    api.put_secret(NAMESPACE, "limited-token", &[("token", &token)]);
+    api.put(
+        &instance_path(limited),
+        instance_object(
+            limited,
+            json!({
+                "url": strapi.base_url(),
+                "auth": {"apiToken": {"name": "limited-token", "key": "token"}},
+                "restartOnChange": {"deployment": "no-such-strapi"},
+                "repairInterval": "2s",
+            }),
+        ),
+    );
+    api.put(
+        &path_of(GROUP, "strapiwebhooks", NAMESPACE, "limited-site"),
+        webhook_object("limited-site", limited, &sinks[..1]),
+    );
+}
+
+/// Traffic that gives every receiver series a value, sent to `instance` the way Strapi does:
+/// stored events, a duplicate publish, a wrong secret, and a change gap repair rebuilt; the
+/// sinks then accept, refuse (dead letters) and keep failing (retries).
+async fn drive_receiver(receiver: &TestReceiver<KubernetesSource>, instance: &str, secret: &str) {
+    let http = client();
+    let post = |event: Value, secret: String| {
+        http.post(format!(
+            "http://{}/v1/instances/{instance}",
+            receiver.ingest
+        ))
+        .header("content-type", "application/json")
+        .header(strapi_webhook_operator::event::SECRET_HEADER, secret)
+        .body(event.to_string())
+        .send()
+    };
     let publish = json!({
         "event": "entry.publish", "createdAt": "2026-11-29T01:00:00.000Z", "model": "article",
         "uid": "api::article.article", "entry": {"id": 1, "documentId": "d1", "locale": "en"}
     });
     for n in 0..5 {
-        let status = receiver.post(&http, &receiver::article_event(n)).await;
+        let status = post(article_event(n), secret.to_owned())
+            .await
+            .unwrap()
+            .status();
         assert!(status.is_success(), "{status}");
     }
     for _ in 0..2 {
-        assert!(receiver.post(&http, &publish).await.is_success());
+        let status = post(publish.clone(), secret.to_owned())
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{status}");
     }
-    let unauthorized = http
-        .post(format!(
-            "http://{}/v1/instances/{}",
-            receiver.ingest,
-            receiver::INSTANCE
-        ))
-        .header("content-type", "application/json")
-        .header("x-strapi-webhook-secret", "wrong")
-        .body(receiver::article_event(9).to_string())
-        .send()
-        .await
-        .unwrap();
+    let unauthorized = post(article_event(9), "wrong".into()).await.unwrap();
     assert_eq!(unauthorized.status(), 401);
     // A change the gap repair rebuilt from Strapi's content, posted as the controller does.
     let recovered = http
         .post(format!(
-            "{}/v1/instances/{}/recovered",
-            receiver.admin_url(),
-            receiver::INSTANCE
+            "{}/v1/instances/{instance}/recovered",
+            receiver.admin_url()
         ))
+        .bearer_auth(receiver::ADMIN_TOKEN)
         .json(&json!({
             "event": "entry.create", "createdAt": "2026-11-29T01:05:00.000Z", "model": "article",
             "uid": "api::article.article",
@@ -393,43 +683,141 @@ async fn prometheus_scraping_a_real_receiver_answers_every_receiver_expression()
         .await
         .unwrap();
     assert!(recovered.status().is_success(), "{}", recovered.status());
+}
+
+/// Every dashboard panel's expression and what must return series of every alert's, each with
+/// what it comes from; every alert's whole expression must evaluate.
+async fn expressions_to_check(prometheus: &Prometheus) -> Vec<(String, String)> {
+    let mut expressions: Vec<(String, String)> = dashboard_expressions()
+        .into_iter()
+        // Grafana fills in the rate window.
+        .map(|(panel, expr)| {
+            (
+                format!("panel {panel:?}"),
+                expr.replace("$__rate_interval", "1m"),
+            )
+        })
+        .collect();
+    for (alert, expr) in rule_expressions() {
+        // A query Prometheus refuses fails `query`.
+        prometheus.query(&expr).await;
+        let (data, how) = alert_data_expression(&expr);
+        expressions.push((format!("alert {alert} ({how})"), data));
+    }
+    assert!(expressions.len() >= 30, "{expressions:#?}");
+    expressions
+}
+
+/// The series carry the labels the alerts name, with what the test drove.
+async fn assert_series_name_what_the_alerts_name(
+    prometheus: &Prometheus,
+    cms: &str,
+    limited: &str,
+) {
+    let stored = prometheus
+        .query("sum(strapi_webhook_receiver_events_stored_total)")
+        .await;
+    let stored: f64 = stored[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(
+        stored >= 7.0,
+        "5 creates, one publish and one recovered create: {stored}"
+    );
+    let has = |series: &[Value], labels: &[(&str, String)]| {
+        series.iter().any(|one| {
+            labels
+                .iter()
+                .all(|(label, value)| one["metric"][label] == value.as_str())
+        })
+    };
+    let rejected = prometheus
+        .query("strapi_webhook_receiver_events_rejected_total")
+        .await;
+    let expected = [
+        ("strapi_instance", format!("{NAMESPACE}/{cms}")),
+        ("reason", "Unauthorized".to_owned()),
+    ];
+    assert!(has(&rejected, &expected), "{rejected:?}");
+    let failures = prometheus
+        .query("strapi_operator_reconcile_failures_total")
+        .await;
+    let expected = [
+        ("kind", "StrapiInstance".to_owned()),
+        ("reason", "KubernetesError".to_owned()),
+    ];
+    assert!(has(&failures, &expected), "{failures:?}");
+    let repairs = prometheus
+        .query("strapi_operator_repair_checks_total")
+        .await;
+    let expected = [
+        ("strapi_instance", format!("{NAMESPACE}/{limited}")),
+        ("outcome", "StrapiFailed".to_owned()),
+    ];
+    assert!(has(&repairs, &expected), "{repairs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scraping_the_real_receiver_and_controller_answers_every_expression() {
+    let strapi = StrapiServer::shared().await;
+    let api = FakeApi::default();
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (cms, limited) = (format!("cms-{suffix}"), format!("limited-{suffix}"));
+    let cleanup = strapi.cleanup();
+    cleanup.instance(&format!("{NAMESPACE}/{cms}"));
+    cleanup.instance(&format!("{NAMESPACE}/{limited}"));
+
+    let accepting = CaptureSink::start().await;
+    let refusing = CaptureSink::start().await;
+    refusing.answer(Answer::Status(400));
+    let failing = CaptureSink::start().await;
+    failing.answer(Answer::Status(503));
+    let sinks = [
+        ("accepting", accepting.url()),
+        ("refusing", refusing.url()),
+        ("failing", failing.url()),
+    ];
+    apply_objects(&api, &strapi, &cms, &limited, &sinks).await;
+
+    // Both binaries read their configuration from the one API server, as in a cluster: the
+    // receiver learns the shared secrets the controller writes.
+    let store = TestStore::start();
+    let receiver = TestReceiver::start_with(
+        &store.spec(),
+        Some(store),
+        Arc::new(KubernetesSource::with_client(api.client())),
+    )
+    .await;
+    let controller = RunningController::start(&api, &receiver);
+    let prometheus = Prometheus::start(&[
+        ("receiver", receiver.admin.to_string()),
+        ("controller", controller.metrics.clone()),
+    ])
+    .await;
+
+    // The controller registers `cms` in Strapi, and Strapi's trigger reaches the receiver. A
+    // trigger that finds the receiver without the new secret yet is retried 30 s later.
+    eventually(Duration::from_secs(120), || async {
+        match condition(&api, &cms, "Verified") {
+            Some(verified) if verified["status"] == "True" => Ok(()),
+            other => Err(format!("{cms} Verified: {other:?}")),
+        }
+    })
+    .await;
+    drive_receiver(
+        &receiver,
+        &format!("{NAMESPACE}/{cms}"),
+        &shared_secret(&api, &cms),
+    )
+    .await;
     accepting
         .wait_for(Duration::from_secs(30), |received| received.len() >= 7)
         .await;
 
-    let receiver_only = |(_, expr): &(String, String)| expr.contains("strapi_webhook_receiver_");
-    let panels: Vec<_> = dashboard_expressions()
-        .into_iter()
-        .filter(receiver_only)
-        .collect();
-    assert!(panels.len() >= 10, "{panels:#?}");
-    for (_, expr) in panels {
-        // Grafana fills in the rate window.
-        prometheus
-            .eventually_returns_data(&expr.replace("$__rate_interval", "1m"))
-            .await;
-    }
-    // promtool checks the thresholds; here each alert's metrics must be in the real scrape.
-    for (_, expr) in rule_expressions().iter().filter(|rule| receiver_only(rule)) {
-        for metric in metric_names(expr) {
-            prometheus.eventually_returns_data(&metric).await;
-        }
-    }
-    let stored = prometheus
-        .query("sum(strapi_webhook_receiver_events_stored_total)")
+    prometheus
+        .eventually_all_return_data(expressions_to_check(&prometheus).await)
         .await;
-    assert_eq!(
-        stored[0]["value"][1], "7",
-        "5 creates, one publish and one recovered create stored: {stored:?}"
-    );
-    let rejected = prometheus
-        .query(r#"strapi_webhook_receiver_events_rejected_total{reason="Unauthorized"}"#)
-        .await;
-    assert_eq!(
-        rejected[0]["metric"]["strapi_instance"],
-        receiver::INSTANCE,
-        "{rejected:?}"
-    );
+    assert_series_name_what_the_alerts_name(&prometheus, &cms, &limited).await;
+    controller.assert_running();
+    drop(controller);
     receiver.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the controller. Every label value comes from a fixed set (kinds,
 //! outcomes, `Error::reason`, Strapi call steps), so the series count stays bounded whatever
-//! users apply; the one exception is the conditions of StrapiInstances, which cluster admins
-//! create (a handful per cluster), labelled by instance so an alert can name it.
+//! users apply; the one exception is what is kept per StrapiInstance (its conditions and its gap
+//! repair checks), which cluster admins create (a handful per cluster), labelled by instance so
+//! an alert can name it.
 
 use std::{future::Future, time::Instant};
 
@@ -66,7 +67,9 @@ pub struct ReceiverCallLabels {
 
 /// Labels of a gap repair check.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub struct RepairCheckLabels {
+    /// `namespace/name` of the StrapiInstance checked.
+    pub strapi_instance: String,
     /// `ok`, or the failure's reason.
     pub outcome: &'static str,
 }
@@ -94,8 +97,8 @@ pub struct Metrics {
     pub instance_conditions: Family<InstanceConditionLabels, Gauge>,
     /// Calls to the receiver replicas' admin API by call and outcome.
     pub receiver_calls: Family<ReceiverCallLabels, Counter>,
-    /// Gap repair checks by outcome.
-    pub repair_checks: Family<OutcomeLabels, Counter>,
+    /// Gap repair checks by instance and outcome.
+    pub repair_checks: Family<RepairCheckLabels, Counter>,
     /// Events recovered by gap repair, by event.
     pub repair_recovered: Family<EventLabels, Counter>,
     /// Age of each recovered change (from Strapi's write to its recovery), in seconds.
@@ -127,7 +130,7 @@ impl Metrics {
         let registry = registry.sub_registry_with_prefix("strapi_operator");
         registry.register(
             "repair_checks",
-            "Gap repair checks by outcome",
+            "Gap repair checks by instance and outcome",
             metrics.repair_checks.clone(),
         );
         registry.register(
@@ -193,6 +196,16 @@ impl Metrics {
                 })
                 .set(i64::from(condition.status == "True"));
         }
+    }
+
+    /// Counts a gap repair check of `instance` (`namespace/name`) that ended with `outcome`.
+    pub fn record_repair_check(&self, instance: &str, outcome: &'static str) {
+        self.repair_checks
+            .get_or_create(&RepairCheckLabels {
+                strapi_instance: instance.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Drops a deleted StrapiInstance's condition series.

@@ -112,17 +112,12 @@ pub async fn repair(
     status.last_check_time = Some(Time(Timestamp::now()));
     match checked {
         Ok(report) => {
-            record(ctx, &report);
+            record(ctx, &key, &report);
             status.last_error = None;
             update(ctx, instance, &mut status, &report, outage).await;
         }
         Err(error) => {
-            ctx.metrics
-                .repair_checks
-                .get_or_create(&super::metrics::OutcomeLabels {
-                    outcome: error.reason(),
-                })
-                .inc();
+            ctx.metrics.record_repair_check(&key, error.reason());
             let message = error.to_string();
             if previous.and_then(|previous| previous.last_error) != Some(message.clone()) {
                 ctx.events
@@ -136,12 +131,9 @@ pub async fn repair(
     Some(status)
 }
 
-fn record(ctx: &Context, report: &Report) {
+fn record(ctx: &Context, instance: &str, report: &Report) {
     let metrics = &ctx.metrics;
-    metrics
-        .repair_checks
-        .get_or_create(&super::metrics::OutcomeLabels { outcome: "ok" })
-        .inc();
+    metrics.record_repair_check(instance, "ok");
     metrics
         .repair_strapi_calls
         .inc_by(u64::from(report.strapi_calls));
