@@ -8,10 +8,7 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use axum::http::StatusCode;
 use strapi_webhook_operator::{
     admin_api::Stats,
-    queue::{
-        Completion, DeliveryFilter, DeliveryState, NewDelivery, NewEvent, RoutedEvent, SinkKey,
-        now_millis,
-    },
+    queue::{Completion, DeliveryFilter, DeliveryState, SinkKey, now_millis},
 };
 use support::receiver;
 use support::receiver::{
@@ -260,33 +257,7 @@ async fn a_delivery_handed_back_many_times_in_quick_succession_is_never_lost() {
         webhook: "cms/site".into(),
         sink: "paused".into(),
     };
-    let event = NewEvent {
-        id: "01a22a4a-0000-7000-8000-000000000001".into(),
-        instance: "cms/strapi".into(),
-        event: "entry.update".into(),
-        received_at: now_millis(),
-        raw: article_event(1).to_string().into_bytes(),
-        dedup_key: None,
-        dedup_window_ms: 0,
-        recovered: false,
-        versions: Vec::new(),
-    };
-    queue.ingest(event).await.unwrap();
-    let unrouted = queue.unrouted(10).await.unwrap();
-    assert_eq!(unrouted.len(), 1);
-    let routed = unrouted
-        .into_iter()
-        .map(|event| RoutedEvent {
-            event,
-            deliveries: vec![NewDelivery {
-                id: "delivery-1".into(),
-                sink: sink.clone(),
-                route: "all".into(),
-                dead_on_arrival: None,
-            }],
-        })
-        .collect();
-    queue.route(routed).await.unwrap();
+    receiver::store_routed_delivery(queue.as_ref(), "handed-back-event", "delivery-1", &sink).await;
 
     for handed_back in 0..300 {
         let claimed = queue

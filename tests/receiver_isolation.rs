@@ -10,9 +10,7 @@ use serde_json::json;
 use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook},
-    queue::{
-        DeliveryFilter, DeliveryState, NewDelivery, NewEvent, RoutedEvent, SinkKey, now_millis,
-    },
+    queue::{DeliveryFilter, DeliveryState, SinkKey, now_millis},
     receiver::source::Snapshot,
 };
 use support::receiver;
@@ -37,34 +35,7 @@ async fn a_delivery_that_crashed_the_receiver_at_every_attempt_is_dead_lettered(
         webhook: "cms/site".into(),
         sink: "crm".into(),
     };
-    queue
-        .ingest(NewEvent {
-            id: "poison-event".into(),
-            instance: receiver::INSTANCE.into(),
-            event: "entry.create".into(),
-            received_at: now_millis(),
-            raw: article_event(1).to_string().into_bytes(),
-            dedup_key: None,
-            dedup_window_ms: 0,
-            recovered: false,
-            versions: Vec::new(),
-        })
-        .await
-        .unwrap();
-    let unrouted = queue.unrouted(10).await.unwrap();
-    assert_eq!(unrouted.len(), 1);
-    queue
-        .route(vec![RoutedEvent {
-            event: unrouted.into_iter().next().unwrap(),
-            deliveries: vec![NewDelivery {
-                id: "poison".into(),
-                sink: crm.clone(),
-                route: "to-crm".into(),
-                dead_on_arrival: None,
-            }],
-        }])
-        .await
-        .unwrap();
+    receiver::store_routed_delivery(queue.as_ref(), "poison-event", "poison", &crm).await;
     // Earlier runs of the receiver claimed it and died before any outcome, three times (the
     // lease running out is what a crash looks like to the queue).
     // JetStream keeps the first lease as its consumer's ack wait, also for the receiver started

@@ -26,7 +26,7 @@ use strapi_webhook_operator::{
     api::StrapiWebhookSpec,
     config::{InMemorySecrets, compile_webhook},
     http::AdminToken,
-    queue::{Queue, sqlite::Durability},
+    queue::{NewDelivery, NewEvent, Queue, RoutedEvent, SinkKey, now_millis, sqlite::Durability},
     receiver::{
         QueueSpec, ReceiverSettings, ReceiverState,
         engine::EngineSettings,
@@ -663,4 +663,42 @@ pub fn install_tenant_processes() {
         env!("CARGO_BIN_EXE_strapi-webhook-operator").into(),
         strapi_webhook_operator::routing::sandbox::Limits::default(),
     );
+}
+
+/// Stores one article event in `queue` and routes it to one delivery `delivery_id` of `sink`, as
+/// ingest and the router do, for tests that drive the queue's claims themselves.
+pub async fn store_routed_delivery(
+    queue: &dyn Queue,
+    event_id: &str,
+    delivery_id: &str,
+    sink: &SinkKey,
+) {
+    queue
+        .ingest(NewEvent {
+            id: event_id.into(),
+            instance: INSTANCE.into(),
+            event: "entry.create".into(),
+            received_at: now_millis(),
+            raw: article_event(1).to_string().into_bytes(),
+            dedup_key: None,
+            dedup_window_ms: 0,
+            recovered: false,
+            versions: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let unrouted = queue.unrouted(10).await.unwrap();
+    assert_eq!(unrouted.len(), 1, "one event waits for routing");
+    queue
+        .route(vec![RoutedEvent {
+            event: unrouted.into_iter().next().unwrap(),
+            deliveries: vec![NewDelivery {
+                id: delivery_id.into(),
+                sink: sink.clone(),
+                route: "all".into(),
+                dead_on_arrival: None,
+            }],
+        }])
+        .await
+        .unwrap();
 }
