@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    DocumentVersion, Handshake, IngestOutcome, KnownInstances, NewEvent, Queue, QueueError,
+    DocumentVersion, Due, Handshake, IngestOutcome, KnownInstances, NewEvent, Queue, QueueError,
     ReplaySelector, RoutedEvent, SinkCounters, SinkKey, UnixMillis, UnroutedEvent, VersionSeen,
     Watermarks, is_stored_copy, now_millis,
 };
@@ -1105,6 +1105,45 @@ impl Queue for NatsQueue {
                 Some(now_millis() + REDELIVERY_POLL_MS)
             } else {
                 None
+            })
+        })
+    }
+
+    fn due(
+        &self,
+        sink: SinkKey,
+        _now: UnixMillis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Due, QueueError>> {
+        Box::pin(async move {
+            // JetStream does not say when a held-back (`nak`ed) message becomes due, so a
+            // waiting delivery counts as due since it was enqueued.
+            let Some(since) = self.oldest_waiting(&sink).await else {
+                return Ok(Due::default());
+            };
+            let consumer = self.consumers.lock().await.get(&sink).cloned();
+            let count = match consumer {
+                Some(mut consumer) => {
+                    consumer
+                        .info()
+                        .await
+                        .map_err(|error| storage("due")(error.to_string()))?
+                        .num_pending
+                }
+                // Before the first claim here creates the sink's consumer: its deliveries in
+                // the stream, one subject each.
+                None => self
+                    .deliveries
+                    .info_with_subjects(format!("swo.deliveries.{}.>", sink_token(&sink)))
+                    .await
+                    .map_err(|error| storage("due")(error.to_string()))?
+                    .try_fold(0_u64, |count, _| async move { Ok(count + 1) })
+                    .await
+                    .map_err(|error| storage("due")(error.to_string()))?,
+            };
+            Ok(Due {
+                count: u32::try_from(count).unwrap_or(u32::MAX).min(limit),
+                since: Some(since),
             })
         })
     }
