@@ -1112,39 +1112,55 @@ impl Queue for NatsQueue {
     fn due(
         &self,
         sink: SinkKey,
-        _now: UnixMillis,
+        now: UnixMillis,
         limit: u32,
     ) -> BoxFuture<'_, Result<Due, QueueError>> {
         Box::pin(async move {
-            // JetStream does not say when a held-back (`nak`ed) message becomes due, so a
-            // waiting delivery counts as due since it was enqueued.
-            let Some(since) = self.oldest_waiting(&sink).await else {
-                return Ok(Due::default());
-            };
+            let failed = |error: String| storage("due")(error);
+            let at_most = |count: u64| u32::try_from(count).unwrap_or(u32::MAX).min(limit);
             let consumer = self.consumers.lock().await.get(&sink).cloned();
-            let count = match consumer {
-                Some(mut consumer) => {
-                    consumer
-                        .info()
-                        .await
-                        .map_err(|error| storage("due")(error.to_string()))?
-                        .num_pending
-                }
-                // Before the first claim here creates the sink's consumer: its deliveries in
-                // the stream, one subject each.
-                None => self
+            let Some(mut consumer) = consumer else {
+                // Before the first claim here creates the sink's consumer: every delivery in the
+                // stream (one subject each), since the oldest was enqueued.
+                let Some(since) = self.oldest_waiting(&sink, 0).await else {
+                    return Ok(Due::default());
+                };
+                let count = self
                     .deliveries
                     .info_with_subjects(format!("swo.deliveries.{}.>", sink_token(&sink)))
                     .await
-                    .map_err(|error| storage("due")(error.to_string()))?
+                    .map_err(|error| failed(error.to_string()))?
                     .try_fold(0_u64, |count, _| async move { Ok(count + 1) })
                     .await
-                    .map_err(|error| storage("due")(error.to_string()))?,
+                    .map_err(|error| failed(error.to_string()))?;
+                return Ok(Due {
+                    count: at_most(count),
+                    since: Some(since),
+                });
             };
-            Ok(Due {
-                count: u32::try_from(count).unwrap_or(u32::MAX).min(limit),
-                since: Some(since),
-            })
+            let info = consumer
+                .info()
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            if info.num_pending > 0 {
+                // The oldest message not handed out yet; those in flight or held back for a
+                // retry come before it in the stream.
+                let next = info.delivered.stream_sequence + 1;
+                let since = self.oldest_waiting(&sink, next).await.unwrap_or(now);
+                return Ok(Due {
+                    count: at_most(info.num_pending),
+                    since: Some(since),
+                });
+            }
+            // Only messages handed out before are left: JetStream redelivers those whose lease
+            // ran out or whose retry delay passed without saying when, so they count as due
+            // since they were enqueued.
+            let since = if info.num_ack_pending > 0 {
+                self.oldest_waiting(&sink, 0).await
+            } else {
+                None
+            };
+            Ok(Due { count: 0, since })
         })
     }
 
@@ -1408,7 +1424,7 @@ impl Queue for NatsQueue {
             }
             let waiting = self.waiting_counts().await?;
             for (sink, pending) in waiting {
-                let oldest = self.oldest_waiting(&sink).await;
+                let oldest = self.oldest_waiting(&sink, 0).await;
                 let total = totals.entry(sink).or_default();
                 total.pending = pending;
                 total.oldest_pending_at = oldest;
@@ -1502,13 +1518,14 @@ fn seen(version: &DocumentVersion, stored: Option<&StoredVersions>) -> VersionSe
 }
 
 impl NatsQueue {
-    /// When the sink's first message in the work queue was enqueued: the oldest waiting delivery
-    /// but for a hand-back, which goes to the back of the queue with its age.
-    async fn oldest_waiting(&self, sink: &SinkKey) -> Option<UnixMillis> {
+    /// When the sink's first message in the work queue from stream sequence `from` on was
+    /// enqueued; from 0, the oldest waiting delivery but for a hand-back, which goes to the back
+    /// of the queue with its age.
+    async fn oldest_waiting(&self, sink: &SinkKey, from: u64) -> Option<UnixMillis> {
         let subject = format!("swo.deliveries.{}.>", sink_token(sink));
         let message = self
             .deliveries
-            .get_first_raw_message_by_subject(subject, 0)
+            .get_first_raw_message_by_subject(subject, from)
             .await
             .ok()?;
         serde_json::from_slice::<Record>(&message.payload)
