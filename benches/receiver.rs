@@ -13,13 +13,14 @@
 //!    one (a CEL filter near its budget, a CPU-bomb template), against the normal one alone.
 //!
 //! The receiver runs as its own process (the release binary Cargo built for this bench) so its
-//! memory is its own; the load generators and sinks run in this process.
+//! memory is its own; the load generators and sinks run in this process. Sections can be run on
+//! their own: `cargo bench --bench receiver -- jetstream coalescing` (see [`Sections::ALL`]), and
+//! another build of the receiver measured with `SWO_BENCH_RECEIVER=<binary>`.
 
 mod common;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -52,11 +53,87 @@ fn main() -> Result<(), BenchError> {
 
 async fn run() -> Result<(), BenchError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let sections = Sections::from_args();
     let client = reqwest::Client::new();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let down = format!("http://127.0.0.1:{}/down", free_port()?);
 
-    // 1 and 4 (idle, peak): the ingest ceiling.
+    if sections.wants("ingest") || sections.wants("jetstream") {
+        ingest(&sections, &down, &mut rows, &mut notes).await?;
+    }
+    if sections.wants("latency") {
+        rows.extend(added_latency(&client).await?);
+    }
+    if sections.wants("coalescing") {
+        rows.extend(coalescing(&client).await?);
+        notes.push(format!(
+            "Coalescing: {COALESCE_EVENTS} `entry.update` of distinct articles, {CONNECTIONS} at \
+             a time, into a `Revalidate` sink with the default delivery policy (10/s, burst 20, \
+             4 at once) and coalesceWindow {COALESCE_WINDOW_MS} ms; tags `{{{{ model }}}}`, \
+             paths `/articles` and `/articles/{{{{ entry.slug }}}}`. Freshness delay: from the \
+             ack of an event to the arrival of the first call that revalidates its path."
+        ));
+    }
+    if sections.wants("bounded") {
+        rows.extend(bounded_evaluation(&client).await?);
+        notes.push(format!(
+            "Bounded evaluation: a normal webhook (an HTTP sink whose body is a template) alone, \
+             then beside a hostile one on the same instance (a CEL filter near the cost budget \
+             and a CPU-bomb template, stopped by minijinja fuel and the 1 s render limit, each \
+             to its own sink). Ingest: `wrk` as above. Delivery: {ISOLATION_EVENTS} events sent \
+             {CONNECTIONS} at a time, deliveries/s = events ÷ time until the normal sink had \
+             them all. Each measurement on a fresh receiver."
+        ));
+    }
+    if sections.wants("memory") {
+        rows.extend(queued_memory(&client, &down).await?);
+    }
+    publish("receiver", &rows, &notes)
+}
+
+/// Which parts of this bench run: every part, or those named on the command line
+/// (`cargo bench --bench receiver -- coalescing memory`), to measure one change quickly.
+struct Sections(Vec<String>);
+
+impl Sections {
+    const ALL: [&str; 6] = [
+        "ingest",
+        "jetstream",
+        "latency",
+        "coalescing",
+        "bounded",
+        "memory",
+    ];
+
+    /// Cargo passes `--bench` (and its own flags) too; only bare words name sections.
+    fn from_args() -> Self {
+        let named: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|arg| !arg.starts_with('-'))
+            .collect();
+        for name in &named {
+            assert!(
+                Self::ALL.contains(&name.as_str()),
+                "unknown section {name:?}; the sections are {:?}",
+                Self::ALL
+            );
+        }
+        Self(named)
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|name| name == section)
+    }
+}
+
+/// Item 1 (and 4's idle and peak RSS): the ingest ceiling on SQLite and on JetStream.
+async fn ingest(
+    sections: &Sections,
+    down: &str,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<(), BenchError> {
     let bare = BareServer::start().await?;
     let baseline = wrk(&bare.url(), &article_update(1))?;
     rows.push(Row::plain(
@@ -64,39 +141,71 @@ async fn run() -> Result<(), BenchError> {
         "events/s (baseline)",
         baseline.per_second,
     ));
-    let down = format!("http://127.0.0.1:{}/down", free_port()?);
-    let mut idle_mib = 0.0;
-    let mut peak_mib = 0.0;
+    if sections.wants("ingest") {
+        sqlite_ingest(down, &baseline, rows).await?;
+    }
+    if sections.wants("jetstream") {
+        // The same ingest run on NATS JetStream (issue 10's backend for several replicas).
+        let nats = NatsServer::start().await?;
+        let receiver =
+            Receiver::start(&[http_webhook(down)], &Queue::JetStream(nats.url())).await?;
+        let same = wrk(&receiver.ingest_url(), &article_update(1))?;
+        let distinct = wrk_distinct(&receiver.ingest_url())?;
+        drop(receiver);
+        drop(nats);
+        for (scenario, result) in [
+            ("ingest: receiver, NATS JetStream (1 replica)", same),
+            (
+                "ingest: receiver, NATS JetStream (1 replica), distinct documents",
+                distinct,
+            ),
+        ] {
+            push_wrk_rows(rows, scenario, &result, &baseline);
+        }
+        notes.push(
+            "JetStream: one local `nats-server -js` with file storage; an ack follows \
+             JetStream's publish ack, which (unlike SQLite `full`) does not wait for an fsync."
+                .to_owned(),
+        );
+    }
+    notes.push(format!(
+        "Ingest: `wrk -t2 -c{CONNECTIONS} -d{WRK_SECONDS}s`, one Strapi-shaped `entry.update` \
+         (~350 bytes) per request; the receiver stores each event and one delivery (its sink is \
+         down, so delivery work stays out of the way). Bare: axum, same route, answers 200."
+    ));
+    Ok(())
+}
+
+/// The SQLite ingest rows, with both durabilities, and the receiver's idle and peak RSS.
+async fn sqlite_ingest(
+    down: &str,
+    baseline: &WrkResult,
+    rows: &mut Vec<Row>,
+) -> Result<(), BenchError> {
     let mut full_rate = 0.0;
     for durability in ["full", "normal"] {
-        let receiver = Receiver::start(&[http_webhook(&down)], &Queue::Sqlite(durability)).await?;
+        let receiver = Receiver::start(&[http_webhook(down)], &Queue::Sqlite(durability)).await?;
         let (idle, _) = rss_mib(receiver.pid())?;
         let result = wrk(&receiver.ingest_url(), &article_update(1))?;
         let (_, peak) = rss_mib(receiver.pid())?;
         let scenario = format!("ingest: receiver, durability {durability}");
-        rows.push(Row::against(
-            &scenario,
-            "events/s",
-            result.per_second,
-            baseline.per_second,
-            "bare",
-        ));
-        rows.push(Row::against(
-            &scenario,
-            "ack p50 ms",
-            result.p50_ms,
-            baseline.p50_ms,
-            "bare",
-        ));
-        rows.push(Row::against(
-            &scenario,
-            "ack p99 ms",
-            result.p99_ms,
-            baseline.p99_ms,
-            "bare",
-        ));
+        push_wrk_rows(rows, &scenario, &result, baseline);
         if durability == "full" {
-            (idle_mib, peak_mib, full_rate) = (idle, peak, result.per_second);
+            full_rate = result.per_second;
+            let distinct = wrk_distinct(&receiver.ingest_url())?;
+            push_wrk_rows(
+                rows,
+                "ingest: receiver, durability full, distinct documents",
+                &distinct,
+                baseline,
+            );
+            rows.push(Row::against(
+                "receiver memory",
+                "peak RSS during ingest MiB",
+                peak,
+                idle,
+                "idle",
+            ));
         } else {
             rows.push(Row::against(
                 "what durability costs",
@@ -107,93 +216,41 @@ async fn run() -> Result<(), BenchError> {
             ));
         }
     }
-    // The same ingest run on NATS JetStream (issue 10's backend for several replicas).
-    let nats = NatsServer::start().await?;
-    let receiver = Receiver::start(&[http_webhook(&down)], &Queue::JetStream(nats.url())).await?;
-    let result = wrk(&receiver.ingest_url(), &article_update(1))?;
-    drop(receiver);
-    drop(nats);
-    for (metric, value, bare) in [
-        ("events/s", result.per_second, baseline.per_second),
-        ("ack p50 ms", result.p50_ms, baseline.p50_ms),
-        ("ack p99 ms", result.p99_ms, baseline.p99_ms),
-    ] {
-        rows.push(Row::against(
-            "ingest: receiver, NATS JetStream (1 replica)",
-            metric,
-            value,
-            bare,
-            "bare",
-        ));
-    }
-    notes.push(
-        "JetStream: one local `nats-server -js` with file storage; an ack follows JetStream's \
-         publish ack, which (unlike SQLite `full`) does not wait for an fsync."
-            .to_owned(),
-    );
-    notes.push(format!(
-        "Ingest: `wrk -t2 -c{CONNECTIONS} -d{WRK_SECONDS}s`, one Strapi-shaped `entry.update` \
-         (~350 bytes) per request; the receiver stores each event and one delivery (its sink is \
-         down, so delivery work stays out of the way). Bare: axum, same route, answers 200."
-    ));
+    Ok(())
+}
 
-    // 2: added latency at a steady rate.
+/// A `wrk` run's rate and ack latencies against the bare server's.
+fn push_wrk_rows(rows: &mut Vec<Row>, scenario: &str, result: &WrkResult, bare: &WrkResult) {
+    for (metric, value, baseline) in [
+        ("events/s", result.per_second, bare.per_second),
+        ("ack p50 ms", result.p50_ms, bare.p50_ms),
+        ("ack p99 ms", result.p99_ms, bare.p99_ms),
+    ] {
+        rows.push(Row::against(scenario, metric, value, baseline, "bare"));
+    }
+}
+
+/// Item 2: added latency at a steady rate.
+async fn added_latency(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
     let sink = RecordingSink::start().await?;
-    let direct = steady(&client, &sink.url()).await?;
+    let direct = steady(client, &sink.url()).await?;
     let direct_latency = latencies(&direct, &sink).await?;
     let receiver = Receiver::start(&[forward_webhook(&sink.url())], &Queue::Sqlite("full")).await?;
-    let forwarded = steady(&client, &receiver.ingest_url()).await?;
+    let forwarded = steady(client, &receiver.ingest_url()).await?;
     let forwarded_latency = latencies(&forwarded, &sink).await?;
     drop(receiver);
-    for (label, fraction) in [("p50", 0.5), ("p99", 0.99)] {
-        rows.push(Row::against(
-            format!("added latency @ {STEADY_RATE}/s, Forward"),
-            format!("POST → sink {label} ms"),
-            ms(percentile(&forwarded_latency, fraction)),
-            ms(percentile(&direct_latency, fraction)),
-            "direct to sink",
-        ));
-    }
-
-    // 3: coalescing.
-    rows.extend(coalescing(&client).await?);
-    notes.push(format!(
-        "Coalescing: {COALESCE_EVENTS} `entry.update` of distinct articles, {CONNECTIONS} at a \
-         time, into a `Revalidate` sink with the default delivery policy (10/s, burst 20, 4 at \
-         once) and coalesceWindow {COALESCE_WINDOW_MS} ms; tags `{{{{ model }}}}`, paths \
-         `/articles` and `/articles/{{{{ entry.slug }}}}`. Freshness delay: from the ack of an \
-         event to the arrival of the first call that revalidates its path."
-    ));
-
-    // 5: what bounding tenant code costs a normal webhook beside a hostile one.
-    rows.extend(bounded_evaluation(&client).await?);
-    notes.push(format!(
-        "Bounded evaluation: a normal webhook (an HTTP sink whose body is a template) alone, \
-         then beside a hostile one on the same instance (a CEL filter near the cost budget and \
-         a CPU-bomb template, stopped by minijinja fuel and the 1 s render limit, each to its \
-         own sink). Ingest: `wrk` as above. Delivery: {ISOLATION_EVENTS} events sent \
-         {CONNECTIONS} at a time, deliveries/s = events ÷ time until the normal sink had them \
-         all. Each measurement on a fresh receiver."
-    ));
-
-    // 4: memory.
-    rows.push(Row::plain("receiver memory", "RSS idle MiB", idle_mib));
-    rows.push(Row::against(
-        "receiver memory",
-        "peak RSS during ingest MiB",
-        peak_mib,
-        idle_mib,
-        "idle",
-    ));
-    let queued_mib = queued_memory(&client, &down).await?;
-    rows.push(Row::against(
-        "receiver memory",
-        format!("RSS with {QUEUED_EVENTS} queued, sink down, MiB"),
-        queued_mib,
-        idle_mib,
-        "idle",
-    ));
-    publish("receiver", &rows, &notes)
+    Ok([("p50", 0.5), ("p99", 0.99)]
+        .into_iter()
+        .map(|(label, fraction)| {
+            Row::against(
+                format!("added latency @ {STEADY_RATE}/s, Forward"),
+                format!("POST → sink {label} ms"),
+                ms(percentile(&forwarded_latency, fraction)),
+                ms(percentile(&direct_latency, fraction)),
+                "direct to sink",
+            )
+        })
+        .collect())
 }
 
 /// A Strapi 5 `entry.update` of article `n`, as Strapi sends it.
@@ -418,7 +475,7 @@ impl Receiver {
             ],
             Queue::JetStream(url) => vec![format!("--queue={url}")],
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_strapi-webhook-operator"))
+        let child = Command::new(receiver_binary())
             .arg("receiver")
             .args(queue_args)
             .arg(format!("--ingest-addr=127.0.0.1:{ingest}"))
@@ -478,6 +535,13 @@ impl Drop for Receiver {
     }
 }
 
+/// The receiver binary: this build's, or the one `SWO_BENCH_RECEIVER` names, so that two builds
+/// (before and after a change) can be measured back to back by the same bench process.
+fn receiver_binary() -> std::ffi::OsString {
+    std::env::var_os("SWO_BENCH_RECEIVER")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_strapi-webhook-operator").into())
+}
+
 /// The baseline: an axum server that reads the body and answers 200, nothing else.
 struct BareServer {
     address: std::net::SocketAddr,
@@ -517,19 +581,40 @@ struct WrkResult {
 /// Runs `wrk` with the Strapi-shaped POST; every answer must be 2xx, since a receiver that
 /// sheds load by failing would look fast.
 fn wrk(url: &str, body: &Value) -> Result<WrkResult, BenchError> {
+    run_wrk(url, &format!("wrk.body = {:?}\n", body.to_string()))
+}
+
+/// Runs `wrk` with a different article on every request (`article_update(n)`, `n` counting up
+/// in each of `wrk`'s threads): many documents at once, as in a bulk publish, rather than one
+/// document sent again and again.
+fn wrk_distinct(url: &str) -> Result<WrkResult, BenchError> {
+    const MARK: usize = 987_654_321;
+    let template = article_update(MARK).to_string();
+    run_wrk(
+        url,
+        &format!(
+            "local template = {template:?}\n\
+             local threads = 0\n\
+             function setup(thread) thread:set(\"first\", threads); threads = threads + 1 end\n\
+             local sent = 0\n\
+             function request()\n\
+               sent = sent + 1\n\
+               local body = string.gsub(template, \"{MARK}\", tostring(sent * 2 + first))\n\
+               return wrk.format(nil, nil, nil, body)\n\
+             end\n"
+        ),
+    )
+}
+
+fn run_wrk(url: &str, lua: &str) -> Result<WrkResult, BenchError> {
     let dir = tempfile::tempdir().map_err(BenchError::setup("the wrk script"))?;
     let script = dir.path().join("post.lua");
     let lua = format!(
-        "wrk.method = \"POST\"\nwrk.body = {body:?}\n\
+        "wrk.method = \"POST\"\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         wrk.headers[\"{SECRET_HEADER}\"] = \"{SECRET}\"\n",
-        body = body.to_string()
+         wrk.headers[\"{SECRET_HEADER}\"] = \"{SECRET}\"\n{lua}"
     );
     std::fs::write(&script, lua).map_err(BenchError::setup("the wrk script"))?;
-    run_wrk(url, &script)
-}
-
-fn run_wrk(url: &str, script: &Path) -> Result<WrkResult, BenchError> {
     let output = Command::new("wrk")
         .args([
             "-t2",
@@ -537,7 +622,7 @@ fn run_wrk(url: &str, script: &Path) -> Result<WrkResult, BenchError> {
             &format!("-d{WRK_SECONDS}s"),
         ])
         .args(["--latency", "-s"])
-        .arg(script)
+        .arg(&script)
         .arg(url)
         .output()
         .map_err(BenchError::setup("wrk (scripts/bench.sh installs it)"))?;
@@ -833,9 +918,19 @@ async fn beside(client: &reqwest::Client, other: Option<&Value>) -> Result<(f64,
     Ok((ingest.per_second, delivered))
 }
 
-/// Item 4: RSS of a receiver holding `QUEUED_EVENTS` events for a sink that is down.
-async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<f64, BenchError> {
+/// Item 4: RSS of a receiver idle after start, then holding `QUEUED_EVENTS` events for a sink
+/// that is down.
+async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<Vec<Row>, BenchError> {
     let receiver = Receiver::start(&[http_webhook(down)], &Queue::Sqlite("full")).await?;
+    // Give the tenant processes started at install time a moment to be up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle, _) = rss_mib(receiver.pid())?;
+    let anonymous = status_mib(receiver.pid(), "RssAnon:")?;
+    let tenants = children(receiver.pid());
+    let tenants_pss = tenants
+        .iter()
+        .map(|child| pss_mib(*child))
+        .sum::<Result<f64, _>>()?;
     let url = Arc::new(receiver.ingest_url());
     let posted: Vec<Result<(), BenchError>> = stream::iter(1..=QUEUED_EVENTS)
         .map(|n| {
@@ -848,7 +943,74 @@ async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<f64, Benc
     posted.into_iter().collect::<Result<Vec<()>, _>>()?;
     // Let the engine look at its backlog once more before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(rss_mib(receiver.pid())?.0)
+    let queued = rss_mib(receiver.pid())?.0;
+    Ok(vec![
+        Row::plain("receiver memory", "RSS idle MiB", idle),
+        Row::against(
+            "receiver memory",
+            "RSS idle, anonymous (heap, stacks) MiB",
+            anonymous,
+            idle,
+            "RSS idle",
+        ),
+        Row::against(
+            "receiver memory",
+            format!("tenant processes idle ({}), PSS MiB", tenants.len()),
+            tenants_pss,
+            idle,
+            "receiver RSS idle",
+        ),
+        Row::against(
+            "receiver memory",
+            format!("RSS with {QUEUED_EVENTS} queued, sink down, MiB"),
+            queued,
+            idle,
+            "idle",
+        ),
+    ])
+}
+
+/// One `kB` field of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: u32, field: &str) -> Result<f64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(BenchError::setup(path))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .ok_or_else(|| BenchError::step("reading memory", format!("no {field} for {pid}")))
+}
+
+/// A process's proportional set size in MiB: its private pages plus its share of the pages it
+/// shares (the executable's, with the receiver), so the sizes of processes add up.
+fn pss_mib(pid: u32) -> Result<f64, BenchError> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let rollup = std::fs::read_to_string(&path).map_err(BenchError::setup(path))?;
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .ok_or_else(|| BenchError::step("reading memory", format!("no Pss for {pid}")))
+}
+
+/// The child processes of `pid` (its tenant processes), from every thread's `children` list.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// A loopback port that was free a moment ago, for a child process that takes its address

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use strapi_webhook_operator::{
     admin_api::Stats,
     api::StrapiWebhookSpec,
-    queue::{NewDelivery, NewEvent, RoutedEvent, SinkKey, now_millis},
+    queue::{NewDelivery, NewEvent, Queue, RoutedEvent, SinkKey, now_millis},
     receiver::source::Snapshot,
 };
 use support::receiver::{INSTANCE, SECRET, TestReceiver, TestStore, client};
@@ -197,29 +197,12 @@ fn slow_window_revalidation(url: &str, window: Duration) -> Snapshot {
     receiver::snapshot(&spec)
 }
 
-/// A backlog larger than one call's cap (1,000 deliveries): the updates of a bulk import that
-/// arrived faster than the window, or that waited while the receiver was down. It goes out after
-/// one window in concurrent calls, oldest first, instead of one call per window; otherwise the
-/// last page of the backlog stays stale for one window per thousand updates.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_larger_than_one_call_goes_out_in_concurrent_calls_within_one_window() {
-    const BACKLOG: usize = 2_500;
-    const WINDOW: Duration = Duration::from_secs(3);
-    let site = Recorder::start(vec![|| {
-        axum::Json(json!({"revalidated": true})).into_response()
-    }])
-    .await;
-    let store = TestStore::start();
-    let queue = store.open().await;
-    let sink = SinkKey {
-        webhook: "cms/site".into(),
-        sink: "site".into(),
-    };
-    // Stored and routed before the receiver starts, so the whole backlog is due at its first
-    // window.
-    futures::stream::iter(0..BACKLOG)
+/// Stores `count` article updates and routes each to `sink` (as the router would), so they
+/// are all due when a receiver starts on `queue`.
+async fn store_routed_updates(queue: &Arc<dyn Queue>, sink: &SinkKey, count: usize) {
+    futures::stream::iter(0..count)
         .map(|n| {
-            let queue = Arc::clone(&queue);
+            let queue = Arc::clone(queue);
             async move {
                 let update = article_update(&format!("article-{n}"));
                 queue
@@ -242,9 +225,9 @@ async fn a_backlog_larger_than_one_call_goes_out_in_concurrent_calls_within_one_
         .collect::<()>()
         .await;
     let mut routed = 0;
-    while routed < BACKLOG {
+    while routed < count {
         let events = queue.unrouted(500).await.unwrap();
-        assert!(!events.is_empty(), "{routed} of {BACKLOG} events routed");
+        assert!(!events.is_empty(), "{routed} of {count} events routed");
         routed += events.len();
         let events = events
             .into_iter()
@@ -260,6 +243,33 @@ async fn a_backlog_larger_than_one_call_goes_out_in_concurrent_calls_within_one_
             .collect();
         queue.route(events).await.unwrap();
     }
+}
+
+fn site_sink() -> SinkKey {
+    SinkKey {
+        webhook: "cms/site".into(),
+        sink: "site".into(),
+    }
+}
+
+/// A backlog larger than one call's cap (1,000 deliveries): the updates of a bulk import that
+/// arrived faster than the window, or that waited while the receiver was down. The full calls
+/// go out at once, side by side, and the rest once its oldest delivery has waited one window,
+/// instead of one call per window; otherwise the last page of the backlog stays stale for one
+/// window per thousand updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_one_call_goes_out_in_concurrent_calls_within_one_window() {
+    const BACKLOG: usize = 2_500;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let site = Recorder::start(vec![|| {
+        axum::Json(json!({"revalidated": true})).into_response()
+    }])
+    .await;
+    let store = TestStore::start();
+    let queue = store.open().await;
+    let stored = Instant::now();
+    // Stored and routed before the receiver starts, so the whole backlog is due at once.
+    store_routed_updates(&queue, &site_sink(), BACKLOG).await;
     let receiver =
         TestReceiver::start_on(store, queue, slow_window_revalidation(&site.url, WINDOW)).await;
 
@@ -274,13 +284,47 @@ async fn a_backlog_larger_than_one_call_goes_out_in_concurrent_calls_within_one_
         "every page once"
     );
     assert_eq!(seen.len(), BACKLOG.div_ceil(1000), "calls of at most 1,000");
-    // One call per window would put two windows between the first call and the last.
-    let first = seen.iter().map(|(at, _)| *at).min().unwrap();
+    // One call per window would put the last call three windows after the backlog was stored.
     let last = seen.iter().map(|(at, _)| *at).max().unwrap();
     assert!(
-        last.duration_since(first) < WINDOW,
-        "the calls arrived {:?} apart, more than one window",
-        last.duration_since(first)
+        last.duration_since(stored) < 2 * WINDOW,
+        "the last call arrived {:?} after the backlog was stored, more than two windows",
+        last.duration_since(stored)
+    );
+    receiver.shutdown().await;
+}
+
+/// A full call (1,000 deliveries) cannot merge anything more, so it goes out without waiting
+/// for the window; only what does not fill a call waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_call_goes_out_without_waiting_for_the_window() {
+    const WINDOW: Duration = Duration::from_secs(60);
+    let site = Recorder::start(vec![|| {
+        axum::Json(json!({"revalidated": true})).into_response()
+    }])
+    .await;
+    let store = TestStore::start();
+    let queue = store.open().await;
+    store_routed_updates(&queue, &site_sink(), 1_001).await;
+    let started = Instant::now();
+    let receiver =
+        TestReceiver::start_on(store, queue, slow_window_revalidation(&site.url, WINDOW)).await;
+
+    site.wait_for(|seen| !seen.is_empty()).await;
+    let seen = site.seen();
+    let (arrived, body) = &seen[0];
+    assert_eq!(paths(body).count(), 1_000, "one full call first");
+    assert!(
+        arrived.duration_since(started) < WINDOW / 2,
+        "the full call waited {:?} (the window is {WINDOW:?})",
+        arrived.duration_since(started)
+    );
+    // The one left over waits for its window; it is not sent yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        site.seen().len(),
+        1,
+        "the partial call waits for its window"
     );
     receiver.shutdown().await;
 }

@@ -301,6 +301,16 @@ pub enum IngestOutcome {
     },
 }
 
+/// What [`Queue::due`] found of one sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Deliveries due, counted up to the limit asked for.
+    pub count: u32,
+    /// Since when the longest-waiting due delivery is due: its event's arrival, or on SQLite
+    /// the end of its backoff or lease; `None` when nothing is due.
+    pub since: Option<UnixMillis>,
+}
+
 /// A delivery handed to a worker, with what it needs to send it.
 #[derive(Clone, Debug)]
 pub struct ClaimedDelivery {
@@ -506,6 +516,16 @@ pub trait Queue: Send + Sync + 'static {
 
     /// When the next delivery of `sink` becomes due, if any is waiting.
     fn next_due(&self, sink: SinkKey) -> BoxFuture<'_, Result<Option<UnixMillis>, QueueError>>;
+
+    /// What of `sink` is due at `now`: how many deliveries (counted up to `limit`) and since
+    /// when the longest-waiting of them is due. A coalescing sink sends a full call as soon as
+    /// one is due, and a smaller one once its oldest delivery has waited the window.
+    fn due(
+        &self,
+        sink: SinkKey,
+        now: UnixMillis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Due, QueueError>>;
 
     /// Records how a claimed delivery's attempt ended.
     fn complete(&self, id: String, completion: Completion)

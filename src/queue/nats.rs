@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    DocumentVersion, Handshake, IngestOutcome, KnownInstances, NewEvent, Queue, QueueError,
+    DocumentVersion, Due, Handshake, IngestOutcome, KnownInstances, NewEvent, Queue, QueueError,
     ReplaySelector, RoutedEvent, SinkCounters, SinkKey, UnixMillis, UnroutedEvent, VersionSeen,
     Watermarks, is_stored_copy, now_millis,
 };
@@ -243,29 +243,44 @@ fn storage(step: &'static str) -> impl Fn(String) -> QueueError {
     move |message| QueueError::Storage { step, message }
 }
 
-/// Reads the JSON value at `key` of `bucket` (the default when it is absent, deleted or
-/// unreadable), lets `change` edit it and writes it back with compare-and-set, starting again
-/// from a fresh read whenever another writer got there first.
+/// Reads the JSON value at `key` of `bucket`, then [`update_json_from`] it.
 async fn update_json<T: Default + Serialize + serde::de::DeserializeOwned>(
     bucket: &kv::Store,
     key: &str,
     step: &'static str,
-    mut change: impl FnMut(&mut T),
+    change: impl FnMut(&mut T) -> bool,
+) -> Result<(), QueueError> {
+    let entry = bucket
+        .entry(key)
+        .await
+        .map_err(|error| storage(step)(error.to_string()))?;
+    update_json_from(bucket, key, step, entry, change).await
+}
+
+/// Lets `change` edit the JSON value of `entry` (`key`'s entry as read before; the default when
+/// it is absent, deleted or unreadable) and, when `change` says it changed something, writes it
+/// back with compare-and-set, starting again from a fresh read whenever another writer got there
+/// first. A change that turns out to be nothing writes nothing: many writers recording the same
+/// thing (one document saved again and again) then do not queue up behind one key.
+async fn update_json_from<T: Default + Serialize + serde::de::DeserializeOwned>(
+    bucket: &kv::Store,
+    key: &str,
+    step: &'static str,
+    mut entry: Option<kv::Entry>,
+    mut change: impl FnMut(&mut T) -> bool,
 ) -> Result<(), QueueError> {
     let failed = storage(step);
     loop {
-        let entry = bucket
-            .entry(key)
-            .await
-            .map_err(|error| failed(error.to_string()))?;
         let mut value: T = entry
             .as_ref()
             .filter(|entry| entry.operation == kv::Operation::Put)
             .and_then(|entry| serde_json::from_slice(&entry.value).ok())
             .unwrap_or_default();
-        change(&mut value);
+        if !change(&mut value) {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(&value).map_err(|error| failed(error.to_string()))?;
-        let written = match entry {
+        let written = match &entry {
             Some(entry) => bucket
                 .update(key, bytes.into(), entry.revision)
                 .await
@@ -275,6 +290,10 @@ async fn update_json<T: Default + Serialize + serde::de::DeserializeOwned>(
         if written {
             return Ok(());
         }
+        entry = bucket
+            .entry(key)
+            .await
+            .map_err(|error| failed(error.to_string()))?;
     }
 }
 
@@ -800,9 +819,10 @@ impl Queue for NatsQueue {
             {
                 return Ok(IngestOutcome::Duplicate { original });
             }
-            let stored = self
-                .stored_versions(&event.instance, &event.versions)
+            let entries = self
+                .version_entries(&event.instance, &event.versions)
                 .await?;
+            let stored: Vec<Option<StoredVersions>> = entries.iter().map(decode_versions).collect();
             let seen: Vec<VersionSeen> = event
                 .versions
                 .iter()
@@ -858,8 +878,8 @@ impl Queue for NatsQueue {
             }
             // Recorded after the event: a crash in between at worst makes the gap repair
             // recover the event once more (at least once), never lose it.
-            for version in &event.versions {
-                self.record_version(&event, version).await?;
+            for (version, entry) in event.versions.iter().zip(entries) {
+                self.record_version(&event, version, entry).await?;
             }
             Ok(IngestOutcome::Stored)
         })
@@ -1094,6 +1114,61 @@ impl Queue for NatsQueue {
             } else {
                 None
             })
+        })
+    }
+
+    fn due(
+        &self,
+        sink: SinkKey,
+        now: UnixMillis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Due, QueueError>> {
+        Box::pin(async move {
+            let failed = |error: String| storage("due")(error);
+            let at_most = |count: u64| u32::try_from(count).unwrap_or(u32::MAX).min(limit);
+            let consumer = self.consumers.lock().await.get(&sink).cloned();
+            let Some(mut consumer) = consumer else {
+                // Before the first claim here creates the sink's consumer: every delivery in the
+                // stream (one subject each), since the oldest was enqueued.
+                let Some(since) = self.oldest_waiting(&sink, 0).await else {
+                    return Ok(Due::default());
+                };
+                let count = self
+                    .deliveries
+                    .info_with_subjects(format!("swo.deliveries.{}.>", sink_token(&sink)))
+                    .await
+                    .map_err(|error| failed(error.to_string()))?
+                    .try_fold(0_u64, |count, _| async move { Ok(count + 1) })
+                    .await
+                    .map_err(|error| failed(error.to_string()))?;
+                return Ok(Due {
+                    count: at_most(count),
+                    since: Some(since),
+                });
+            };
+            let info = consumer
+                .info()
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            if info.num_pending > 0 {
+                // The oldest message not handed out yet; those in flight or held back for a
+                // retry come before it in the stream.
+                let next = info.delivered.stream_sequence + 1;
+                let since = self.oldest_waiting(&sink, next).await.unwrap_or(now);
+                return Ok(Due {
+                    count: at_most(info.num_pending),
+                    since: Some(since),
+                });
+            }
+            // Only messages handed out before are left: JetStream redelivers those whose lease
+            // ran out or whose retry delay passed without saying when, so they count as due
+            // since they were enqueued.
+            let since = if info.num_ack_pending > 0 {
+                self.oldest_waiting(&sink, 0).await
+            } else {
+                None
+            };
+            Ok(Due { count: 0, since })
         })
     }
 
@@ -1359,7 +1434,7 @@ impl Queue for NatsQueue {
             }
             let waiting = self.waiting_counts().await?;
             for (sink, pending) in waiting {
-                let oldest = self.oldest_waiting(&sink).await;
+                let oldest = self.oldest_waiting(&sink, 0).await;
                 let total = totals.entry(sink).or_default();
                 total.pending = pending;
                 total.oldest_pending_at = oldest;
@@ -1416,10 +1491,12 @@ impl Queue for NatsQueue {
                 &key,
                 "advance watermarks",
                 |current: &mut Watermarks| {
+                    let before = current.clone();
                     for (uid, mark) in &marks {
                         let current = current.entry(uid.clone()).or_insert(*mark);
                         current.at = current.at.max(mark.at);
                     }
+                    *current != before
                 },
             )
             .await
@@ -1435,6 +1512,14 @@ fn version_key(instance: &str, version: &DocumentVersion) -> String {
     hex(format!("{instance}\u{1f}{}", version.key()).as_bytes())
 }
 
+/// The versions an `swo-versions` entry holds, if it holds any readable ones.
+fn decode_versions(entry: &Option<kv::Entry>) -> Option<StoredVersions> {
+    entry
+        .as_ref()
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+}
+
 fn seen(version: &DocumentVersion, stored: Option<&StoredVersions>) -> VersionSeen {
     stored.map_or_else(VersionSeen::default, |stored| VersionSeen {
         covered: stored.newest >= version.at,
@@ -1443,18 +1528,34 @@ fn seen(version: &DocumentVersion, stored: Option<&StoredVersions>) -> VersionSe
 }
 
 impl NatsQueue {
-    /// When the sink's first message in the work queue was enqueued: the oldest waiting delivery
-    /// but for a hand-back, which goes to the back of the queue with its age.
-    async fn oldest_waiting(&self, sink: &SinkKey) -> Option<UnixMillis> {
+    /// When the sink's first message in the work queue from stream sequence `from` on was
+    /// enqueued; from 0, the oldest waiting delivery but for a hand-back, which goes to the back
+    /// of the queue with its age.
+    async fn oldest_waiting(&self, sink: &SinkKey, from: u64) -> Option<UnixMillis> {
         let subject = format!("swo.deliveries.{}.>", sink_token(sink));
         let message = self
             .deliveries
-            .get_first_raw_message_by_subject(subject, 0)
+            .get_first_raw_message_by_subject(subject, from)
             .await
             .ok()?;
         serde_json::from_slice::<Record>(&message.payload)
             .ok()
             .map(|record| record.enqueued_at)
+    }
+
+    /// The `swo-versions` entry of each version's document key, as read now.
+    async fn version_entries(
+        &self,
+        instance: &str,
+        versions: &[DocumentVersion],
+    ) -> Result<Vec<Option<kv::Entry>>, QueueError> {
+        let reads = versions.iter().map(|version| async move {
+            self.versions
+                .entry(version_key(instance, version))
+                .await
+                .map_err(|error| storage("versions")(error.to_string()))
+        });
+        futures::future::try_join_all(reads).await
     }
 
     /// What `swo-versions` holds for each version's document key.
@@ -1463,31 +1564,30 @@ impl NatsQueue {
         instance: &str,
         versions: &[DocumentVersion],
     ) -> Result<Vec<Option<StoredVersions>>, QueueError> {
-        let reads = versions.iter().map(|version| async move {
-            let value = self
-                .versions
-                .get(version_key(instance, version))
-                .await
-                .map_err(|error| storage("versions")(error.to_string()))?;
-            Ok(value.and_then(|value| serde_json::from_slice(&value).ok()))
-        });
-        futures::future::try_join_all(reads).await
+        let entries = self.version_entries(instance, versions).await?;
+        Ok(entries.iter().map(decode_versions).collect())
     }
 
-    /// Records that `event` showed `version`, with compare-and-set: replicas may store versions
-    /// of one document at once.
+    /// Records that `event` showed `version`, with compare-and-set from `entry` (the version's
+    /// entry as read before the event was stored): replicas may store versions of one document
+    /// at once. A version no newer than the one recorded, shown by an event from Strapi, changes
+    /// nothing and writes nothing; of events showing the same version, the first is the one
+    /// recorded (as the SQLite queue does).
     async fn record_version(
         &self,
         event: &NewEvent,
         version: &DocumentVersion,
+        entry: Option<kv::Entry>,
     ) -> Result<(), QueueError> {
         let key = version_key(&event.instance, version);
-        update_json(
+        update_json_from(
             &self.versions,
             &key,
             "record version",
+            entry,
             |stored: &mut StoredVersions| {
-                if version.at >= stored.newest {
+                let newer = version.at > stored.newest || stored.newest_event.is_empty();
+                if newer {
                     stored.newest = version.at;
                     stored.newest_event = event.id.clone();
                 }
@@ -1496,6 +1596,7 @@ impl NatsQueue {
                     let excess = stored.recovered.len().saturating_sub(RECOVERED_KEPT);
                     stored.recovered.drain(..excess);
                 }
+                newer || event.recovered
             },
         )
         .await

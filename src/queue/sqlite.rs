@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ClaimedDelivery, Completion, DeliveryDetail, DeliveryFilter, DeliveryState, DeliverySummary,
-    DocumentVersion, Handshake, IngestOutcome, KnownInstance, KnownInstances, NewDelivery,
+    DocumentVersion, Due, Handshake, IngestOutcome, KnownInstance, KnownInstances, NewDelivery,
     NewEvent, Queue, QueueError, ReplaySelector, RoutedEvent, SinkCounters, SinkKey, UnixMillis,
     UnroutedEvent, VersionSeen, Watermark, Watermarks, is_stored_copy, now_millis,
 };
@@ -840,6 +840,39 @@ impl Queue for SqliteQueue {
             )
             .map_err(sql("next due"))?;
             Ok(pending.into_iter().chain(leased).min())
+        })
+    }
+
+    fn due(
+        &self,
+        sink: SinkKey,
+        now: UnixMillis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Due, QueueError>> {
+        self.read("due", move |connection| {
+            // Pending deliveries past their due time, then leases that ran out; each counted
+            // from the (webhook, sink, state, next_attempt_at) index, at most `limit` of them.
+            let mut due = Due::default();
+            for statement in [
+                "SELECT COUNT(*), MIN(at) FROM (SELECT next_attempt_at AS at FROM deliveries
+                 WHERE webhook = ?1 AND sink = ?2 AND state = 'pending' AND next_attempt_at <= ?3
+                 ORDER BY next_attempt_at LIMIT ?4)",
+                "SELECT COUNT(*), MIN(at) FROM (SELECT lease_until AS at FROM deliveries
+                 WHERE webhook = ?1 AND sink = ?2 AND state = 'inflight' AND lease_until <= ?3
+                 LIMIT ?4)",
+            ] {
+                let (count, since): (u32, Option<UnixMillis>) = connection
+                    .prepare_cached(statement)
+                    .and_then(|mut select| {
+                        select.query_row(params![sink.webhook, sink.sink, now, limit], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                    })
+                    .map_err(sql("due"))?;
+                due.count = due.count.saturating_add(count).min(limit);
+                due.since = due.since.into_iter().chain(since).min();
+            }
+            Ok(due)
         })
     }
 

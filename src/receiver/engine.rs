@@ -8,9 +8,11 @@
 //! error, or once max attempts or max age are reached), or pause the whole sink. A circuit
 //! breaker stops claiming for a sink that keeps failing and lets a single probe through after a
 //! cool-down, so a dead sink is not hammered and its deliveries keep their attempts for when it
-//! is back. A sink with a coalesce window gets all deliveries that became due within the window
-//! in one call, or when more than one call's worth are due, in concurrent calls (oldest first,
-//! up to the sink's concurrency), so a storm's last page is not one window per call late.
+//! is back. A sink with a coalesce window gets the deliveries that became due within the window
+//! in one call: a full call's worth goes at once, the rest once its oldest delivery has waited
+//! the window (counted from its event's ack), and when more than one call's worth are due, they
+//! go in concurrent calls (oldest first, up to the sink's concurrency), so a storm's last page
+//! is not one window per call late.
 //!
 //! Delivery is at least once: a delivery is marked done only after the sink answered, so a crash
 //! between the two sends it again, with the same `webhook-id` for the sink to deduplicate.
@@ -312,14 +314,21 @@ impl Engine {
                         Arc::clone(&permits).try_acquire_owned().ok()
                     }));
                 }
-                if let Some(window) = coalesce {
-                    tokio::time::sleep(window).await;
-                }
                 // One call per permit held: a coalescing sink's backlog larger than one call
                 // goes out in concurrent calls instead of one call per window.
                 let calls = u32::try_from(held.len()).unwrap_or(1);
                 let per_call = if coalesce.is_some() { MAX_COALESCED } else { 1 };
-                let limit = per_call.saturating_mul(calls);
+                let mut limit = per_call.saturating_mul(calls);
+                if let Some(window) = coalesce {
+                    match self.ripe(&worker, window, limit).await {
+                        Ripe::Now(ripe) => limit = ripe,
+                        Ripe::In(wait) => {
+                            drop(held);
+                            self.idle(&worker, &mut shutdown, wait).await;
+                            continue;
+                        }
+                    }
+                }
                 // The calls run side by side, so each needs the lease one call of its size
                 // needed alone.
                 let lease = lease_ms(&policy, per_call.max(calls));
@@ -364,6 +373,36 @@ impl Engine {
         }
         .instrument(span)
         .await;
+    }
+
+    /// How many deliveries a coalescing sink sends now (at most `most`), or how long it waits
+    /// first. Full calls go at once: waiting would not merge anything more into them. What
+    /// does not fill a call waits until the oldest of it has waited `window`, counted from
+    /// when it became due (its event's ack, not when the router got to it), so a storm ends
+    /// in one partial call and a lone edit is sent one window after its ack.
+    async fn ripe(&self, worker: &Worker, window: Duration, most: u32) -> Ripe {
+        let now = now_millis();
+        let due = match self.queue.due(worker.key.clone(), now, most).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "reading what is due failed; claiming what is");
+                return Ripe::Now(most);
+            }
+        };
+        let Some(since) = due.since else {
+            return Ripe::In(self.until_next_due(worker).await);
+        };
+        let ripe_at = since.saturating_add(millis(window));
+        if ripe_at <= now {
+            return Ripe::Now(most);
+        }
+        let full = due.count / MAX_COALESCED * MAX_COALESCED;
+        if full > 0 {
+            return Ripe::Now(full.min(most));
+        }
+        Ripe::In(Duration::from_millis(
+            u64::try_from(ripe_at - now).unwrap_or(0),
+        ))
     }
 
     async fn idle(&self, worker: &Worker, shutdown: &mut watch::Receiver<bool>, wait: Duration) {
@@ -537,6 +576,14 @@ impl Engine {
         }
         worker.untrack(&delivery.id);
     }
+}
+
+/// What a coalescing sink does next: see [`Engine::ripe`].
+enum Ripe {
+    /// Claim up to this many deliveries now.
+    Now(u32),
+    /// Wait this long, or until woken, and look again.
+    In(Duration),
 }
 
 fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
