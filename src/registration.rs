@@ -9,15 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::key::ObjectKey;
 use crate::strapi::{StrapiClient, StrapiError, Webhook, WebhookSpec};
 
 /// Path under the receiver's base URL where each instance has its ingest endpoint.
 const INSTANCES_PATH: &str = "/v1/instances/";
 
 /// The receiver endpoint Strapi calls for the instance `namespace/name`.
-pub fn endpoint(receiver_base: &str, namespace: &str, name: &str) -> String {
+pub fn endpoint(receiver_base: &str, instance: &ObjectKey) -> String {
     format!(
-        "{}{INSTANCES_PATH}{namespace}/{name}",
+        "{}{INSTANCES_PATH}{instance}",
         receiver_base.trim_end_matches('/')
     )
 }
@@ -196,7 +197,7 @@ mod tests {
     #[test]
     fn endpoints_join_cleanly() {
         assert_eq!(
-            endpoint("http://receiver:8080/", "web", "cms"),
+            endpoint("http://receiver:8080/", &ObjectKey::new("web", "cms")),
             "http://receiver:8080/v1/instances/web/cms"
         );
     }

@@ -142,9 +142,8 @@ struct Outcome {
 
 async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
     let key = instance_key(instance);
-    let namespace = instance.namespace().unwrap_or_default();
     let receiver_base = receiver_base(ctx, instance);
-    let endpoint = registration::endpoint(&receiver_base, &namespace, &instance.name_any());
+    let endpoint = registration::endpoint(&receiver_base, &key);
 
     // Dereference.
     let shared =
@@ -169,7 +168,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
             let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
             // Build (pure) and apply.
             let desired = Desired {
-                instance: key.clone(),
+                instance: key.to_string(),
                 endpoint: endpoint.clone(),
                 secret: (ctx.options.secret_header.clone(), shared.current.clone()),
                 events: events.clone(),
@@ -480,13 +479,12 @@ async fn trigger_and_wait(
     client: &StrapiClient,
     id: &str,
 ) -> Result<(), (&'static str, String)> {
-    let namespace = instance.namespace().unwrap_or_default();
-    let name = instance.name_any();
+    let key = instance_key(instance);
     let receiver_failed =
         |error: ReceiverError| (error.reason(), format!("receiver admin API: {error}"));
     let before = ctx
         .receiver
-        .handshake(&namespace, &name)
+        .handshake(&key)
         .await
         .map_err(receiver_failed)?
         .count;
@@ -513,7 +511,7 @@ async fn trigger_and_wait(
     let deadline = tokio::time::Instant::now() + ctx.options.verify_timeout;
     while ctx
         .receiver
-        .handshake(&namespace, &name)
+        .handshake(&key)
         .await
         .map_err(receiver_failed)?
         .count
@@ -573,14 +571,15 @@ async fn patch_status(
         .await
         .map_err(Error::kube("write StrapiInstance status"))?;
     ctx.metrics
-        .record_instance_conditions(&instance_key(instance), &status.conditions);
+        .record_instance_conditions(&instance_key(instance).to_string(), &status.conditions);
     Ok(())
 }
 
 async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
     let key = instance_key(instance);
     if let Some(status) = &instance.status {
-        ctx.metrics.forget_instance(&key, &status.conditions);
+        ctx.metrics
+            .forget_instance(&key.to_string(), &status.conditions);
     }
     let credentials = match credentials(ctx, instance).await {
         Ok(credentials) => credentials,
@@ -596,7 +595,10 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
     };
     let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
     let removed = ctx
-        .observe_strapi("remove registration", registration::remove(&client, &key))
+        .observe_strapi(
+            "remove registration",
+            registration::remove(&client, &key.to_string()),
+        )
         .await?;
     ctx.forget_strapi_client(&key).await;
     tracing::info!(instance = %key, removed, "removed the registration from Strapi");

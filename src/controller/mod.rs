@@ -52,6 +52,7 @@ use crate::{
     admin_api::Stats,
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     config::{instance_key, referenced_instance, secret_refs},
+    key::ObjectKey,
     strapi::{ContentType, Credentials, StrapiClient, StrapiError},
 };
 
@@ -115,10 +116,10 @@ pub struct Context {
     // When each instance's next gap repair check is due.
     repair_schedule: Mutex<crate::repair::Schedule>,
     // One client per instance, so its admin session survives between reconciles.
-    strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
+    strapi_clients: Mutex<HashMap<ObjectKey, (u64, StrapiClient)>>,
     // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
     // wait for one listing instead of each asking Strapi.
-    content_types: tokio::sync::Mutex<HashMap<String, ListedContentTypes>>,
+    content_types: tokio::sync::Mutex<HashMap<ObjectKey, ListedContentTypes>>,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<Option<(Instant, Arc<Stats>)>>,
     receiver_replicas: Option<routing::ReceiverReplicas>,
@@ -168,7 +169,7 @@ impl Context {
     /// The Strapi client for an instance, reused while its URL and credentials stay the same.
     pub fn strapi_client(
         &self,
-        key: &str,
+        key: &ObjectKey,
         url: &str,
         credentials: Credentials,
     ) -> Result<StrapiClient, Error> {
@@ -180,11 +181,11 @@ impl Context {
             return Ok(client.clone());
         }
         let client = StrapiClient::new(url, credentials)?;
-        clients.insert(key.to_owned(), (fingerprint, client.clone()));
+        clients.insert(key.clone(), (fingerprint, client.clone()));
         Ok(client)
     }
 
-    async fn forget_strapi_client(&self, key: &str) {
+    async fn forget_strapi_client(&self, key: &ObjectKey) {
         self.strapi_clients
             .lock()
             .expect("client cache lock")
@@ -333,7 +334,7 @@ pub async fn run(
     let instance_controller = instances
         .reconcile_all_on(receiver_changes)
         .watches(webhook_api, watcher::Config::default(), |webhook| {
-            let (namespace, name) = split_key(&referenced_instance(&webhook));
+            let ObjectKey { namespace, name } = referenced_instance(&webhook);
             Some(ObjectRef::new(&name).within(&namespace))
         })
         .watches(
@@ -422,11 +423,6 @@ pub async fn reconcile_webhook(
     let action = webhook::reconcile(object, ctx.clone()).await?;
     ctx.succeeded(key);
     Ok(action)
-}
-
-fn split_key(key: &str) -> (String, String) {
-    let (namespace, name) = key.split_once('/').unwrap_or_default();
-    (namespace.to_owned(), name.to_owned())
 }
 
 /// Instances that read this Secret (admin credentials) or own it (shared secret).

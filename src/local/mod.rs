@@ -24,12 +24,13 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::manifests::{self, Manifests, Problems, key_of, namespace_of};
+use crate::manifests::{self, Manifests, Problems};
 use crate::validate::compile_in_files;
 use crate::{
     api::{SecretKeyRef, StrapiInstance},
     config::{SecretResolver, referenced_instance, subscribed_events},
     http::AdminToken,
+    key::ObjectKey,
     queue::{QueueError, sqlite::SqliteQueue},
     receiver::{
         self, ReceiverError, ReceiverSettings, ReceiverState,
@@ -156,7 +157,7 @@ pub fn load(
         ..EgressBase::default()
     };
     for webhook in &manifests.webhooks {
-        let key = key_of(&webhook.object.metadata);
+        let key = ObjectKey::of(&webhook.object).to_string();
         let target = referenced_instance(&webhook.object);
         let Some(instance) = manifests.instance(&target) else {
             problems.push(webhook.problem_at(
@@ -181,7 +182,7 @@ pub fn load(
     let mut instances = Vec::new();
     let mut accepted_secrets = BTreeMap::new();
     for instance in &manifests.instances {
-        let key = key_of(&instance.object.metadata);
+        let key = ObjectKey::of(&instance.object);
         let (credentials, credentials_values) = match credentials(&instance.object, &secrets) {
             Ok(resolved) => resolved,
             Err(error) => {
@@ -192,14 +193,14 @@ pub fn load(
                 continue;
             }
         };
-        let shared_secret = match shared.get_or_create(&key) {
+        let shared_secret = match shared.get_or_create(&key.to_string()) {
             Ok(secret) => secret,
             Err(error) => {
                 problems.push(instance.problem(format!("StrapiInstance {key}: {error}")));
                 continue;
             }
         };
-        accepted_secrets.insert(key.clone(), vec![shared_secret.clone()]);
+        accepted_secrets.insert(key.to_string(), vec![shared_secret.clone()]);
         let models = routed_models(
             accepted
                 .iter()
@@ -234,7 +235,7 @@ fn credentials(
     instance: &StrapiInstance,
     secrets: &dyn SecretResolver,
 ) -> Result<(Credentials, Vec<String>), String> {
-    let namespace = namespace_of(&instance.metadata);
+    let namespace = ObjectKey::of(instance).namespace;
     let auth = &instance.spec.auth;
     let user = match (&auth.api_token, &auth.credentials) {
         (Some(token), None) => {
@@ -464,23 +465,23 @@ impl Repairer {
     /// since the last look); returns when to look again.
     async fn run(&mut self, registrar: &mut Registrar, instances: &[LocalInstance]) -> Duration {
         if let Ok(state) = self.client.state().await {
-            self.schedule.observe(
-                state,
-                instances.iter().map(|instance| instance.key.as_str()),
-            );
+            let keys: Vec<String> = instances
+                .iter()
+                .map(|instance| instance.key.to_string())
+                .collect();
+            self.schedule
+                .observe(state, keys.iter().map(String::as_str));
         }
         let mut next = RECEIVER_POLL;
         for instance in instances {
             if instance.repair_interval.is_zero() {
                 continue;
             }
-            if self.schedule.due(&instance.key, instance.repair_interval) {
+            let key = instance.key.to_string();
+            if self.schedule.due(&key, instance.repair_interval) {
                 self.check(registrar, instance).await;
             }
-            next = next.min(
-                self.schedule
-                    .due_in(&instance.key, instance.repair_interval),
-            );
+            next = next.min(self.schedule.due_in(&key, instance.repair_interval));
         }
         next
     }
@@ -493,14 +494,15 @@ impl Repairer {
                 return;
             }
         };
+        let key = instance.key.to_string();
         let target = Target {
-            instance: &instance.key,
+            instance: &key,
             strapi: &strapi,
             events: &instance.events,
             models: instance.models.as_ref(),
         };
         let checked = repair::check(&target, &self.client, &self.settings).await;
-        let outage = self.schedule.checked(&instance.key);
+        let outage = self.schedule.checked(&key);
         match checked {
             Ok(report) => {
                 if let Some((start, end)) = repair::gap(outage, &report) {

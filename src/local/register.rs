@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     event::SECRET_HEADER,
+    key::ObjectKey,
     queue::{Queue, QueueError},
     registration::{self, Change, Desired},
     strapi::{Credentials, StrapiClient, StrapiError},
@@ -15,7 +16,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct LocalInstance {
     /// `namespace/name`.
-    pub key: String,
+    pub key: ObjectKey,
     /// Strapi's base URL.
     pub url: String,
     /// Admin API credentials.
@@ -101,8 +102,8 @@ pub struct Registrar {
     receiver_base: String,
     queue: Arc<dyn Queue>,
     verify_timeout: Duration,
-    clients: HashMap<String, (String, Vec<String>, StrapiClient)>,
-    verified: HashMap<String, Registered>,
+    clients: HashMap<ObjectKey, (String, Vec<String>, StrapiClient)>,
+    verified: HashMap<ObjectKey, Registered>,
 }
 
 impl Registrar {
@@ -119,10 +120,9 @@ impl Registrar {
 
     /// The registration `instance` should have.
     pub fn desired(&self, instance: &LocalInstance) -> Desired {
-        let (namespace, name) = instance.key.split_once('/').unwrap_or(("", &instance.key));
         Desired {
-            instance: instance.key.clone(),
-            endpoint: registration::endpoint(&self.receiver_base, namespace, name),
+            instance: instance.key.to_string(),
+            endpoint: registration::endpoint(&self.receiver_base, &instance.key),
             secret: (SECRET_HEADER.to_owned(), instance.shared_secret.clone()),
             events: instance.events.clone(),
         }
@@ -218,7 +218,7 @@ impl Registrar {
     pub async fn remove(&mut self, instance: &LocalInstance) -> Result<usize, RegisterError> {
         let client = self.client(instance)?;
         self.verified.remove(&instance.key);
-        registration::remove(&client, &instance.key)
+        registration::remove(&client, &instance.key.to_string())
             .await
             .map_err(RegisterError::Remove)
     }

@@ -38,6 +38,7 @@ use crate::{
     cluster::NamespaceLabels,
     config::{CompiledWebhook, InMemorySecrets, compile_webhook, egress_rules},
     config::{referenced_instance, secret_refs},
+    key::ObjectKey,
 };
 
 // Rebuild at least this often, to pick up rotated sink Secrets (which are read, not watched).
@@ -132,17 +133,10 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
     }
     let mut compiled = Compiled::new();
     loop {
-        let by_key: HashMap<String, Arc<StrapiInstance>> = instances
+        let by_key: HashMap<ObjectKey, Arc<StrapiInstance>> = instances
             .state()
             .into_iter()
-            .map(|instance| {
-                let key = format!(
-                    "{}/{}",
-                    instance.namespace().unwrap_or_default(),
-                    instance.name_any()
-                );
-                (key, instance)
-            })
+            .map(|instance| (ObjectKey::of(instance.as_ref()), instance))
             .collect();
         compiled = compile_all(&client, &by_key, &webhooks, &compiled).await;
         let snapshot = Snapshot {
@@ -152,7 +146,7 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
                 .iter()
                 .map(|(key, instance)| {
                     (
-                        key.clone(),
+                        key.to_string(),
                         instance.metadata.generation.unwrap_or_default(),
                     )
                 })
@@ -199,15 +193,15 @@ where
 
 async fn compile_all(
     client: &Client,
-    instances: &HashMap<String, Arc<StrapiInstance>>,
+    instances: &HashMap<ObjectKey, Arc<StrapiInstance>>,
     webhooks: &Store<StrapiWebhook>,
     previous: &Compiled,
 ) -> Compiled {
     let mut compiled = BTreeMap::new();
     let mut labels = NamespaceLabels::default();
     for webhook in webhooks.state() {
-        let namespace = webhook.namespace().unwrap_or_default();
-        let key = format!("{namespace}/{}", webhook.name_any());
+        let ObjectKey { namespace, name } = ObjectKey::of(webhook.as_ref());
+        let key = ObjectKey::new(&namespace, &name).to_string();
         let Some(instance) = instances.get(&referenced_instance(&webhook)) else {
             continue;
         };
@@ -250,13 +244,7 @@ async fn compile_all(
                 continue;
             }
         };
-        match compile_webhook(
-            &namespace,
-            &webhook.name_any(),
-            generation,
-            &webhook.spec,
-            &secrets,
-        ) {
+        match compile_webhook(&namespace, &name, generation, &webhook.spec, &secrets) {
             Ok(mut webhook) => {
                 webhook.hold_to(&rules);
                 compiled.insert(key, (inputs, Arc::new(webhook)));
@@ -284,12 +272,12 @@ struct Inputs {
 type Compiled = BTreeMap<String, (Inputs, Arc<CompiledWebhook>)>;
 
 fn accepted(
-    instances: &HashMap<String, Arc<StrapiInstance>>,
+    instances: &HashMap<ObjectKey, Arc<StrapiInstance>>,
     shared: &Store<Secret>,
 ) -> BTreeMap<String, Vec<String>> {
     instances
         .iter()
-        .map(|(key, instance)| (key.clone(), accepted_secrets(instance, shared)))
+        .map(|(key, instance)| (key.to_string(), accepted_secrets(instance, shared)))
         .collect()
 }
 
