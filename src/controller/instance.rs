@@ -31,7 +31,7 @@ use crate::{
     api::{RepairStatus, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
     cluster::NamespaceLabels,
     config::{instance_key, referenced_instance, subscribed_events},
-    registration::{self, Applied, Change, Desired},
+    registration::{self, Applied, Change, Desired, VerifyError},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
 
@@ -480,54 +480,35 @@ async fn trigger_and_wait(
     id: &str,
 ) -> Result<(), (&'static str, String)> {
     let key = instance_key(instance);
-    let receiver_failed =
-        |error: ReceiverError| (error.reason(), format!("receiver admin API: {error}"));
-    let before = ctx
-        .receiver
-        .handshake(&key)
+    let handshakes = || async {
+        let handshake = ctx.receiver.handshake(&key).await?;
+        Ok::<_, ReceiverError>(handshake.count)
+    };
+    let trigger = ctx.observe_strapi("trigger webhook", client.trigger_webhook(id));
+    registration::verify(handshakes, trigger, ctx.options.verify_timeout)
         .await
-        .map_err(receiver_failed)?
-        .count;
-    let outcome = ctx
-        .observe_strapi("trigger webhook", client.trigger_webhook(id))
-        .await
-        .map_err(|error| {
-            (
+        .map_err(|error| match error {
+            VerifyError::Handshake(error) => {
+                (error.reason(), format!("receiver admin API: {error}"))
+            }
+            VerifyError::Trigger(error) => (
                 super::error::strapi_reason(&error),
                 format!("Strapi could not trigger the webhook: {error}"),
-            )
-        })?;
-    if !(200..300).contains(&outcome.status_code) {
-        return Err((
-            "ReceiverRejected",
-            format!(
-                "Strapi called the receiver endpoint and got {}: {} (401: the shared secret does not match; \
-                 500: Strapi cannot reach the receiver URL)",
-                outcome.status_code,
-                outcome.message.unwrap_or_default()
             ),
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + ctx.options.verify_timeout;
-    while ctx
-        .receiver
-        .handshake(&key)
-        .await
-        .map_err(receiver_failed)?
-        .count
-        <= before
-    {
-        if tokio::time::Instant::now() >= deadline {
-            return Err((
+            VerifyError::Rejected { status, message } => (
+                "ReceiverRejected",
+                format!(
+                    "Strapi called the receiver endpoint and got {status}: {message} (401: the \
+                     shared secret does not match; 500: Strapi cannot reach the receiver URL)"
+                ),
+            ),
+            VerifyError::HandshakeMissing => (
                 "HandshakeMissing",
-                "Strapi reported success, but the receiver this controller asks never recorded the trigger: \
-                 does spec.receiverUrl point at another receiver?"
+                "Strapi reported success, but the receiver this controller asks never recorded \
+                 the trigger: does spec.receiverUrl point at another receiver?"
                     .to_owned(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
+            ),
+        })
 }
 
 /// Rolls the Strapi Deployment the way `kubectl rollout restart` does.

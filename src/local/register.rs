@@ -8,7 +8,7 @@ use crate::{
     event::SECRET_HEADER,
     key::ObjectKey,
     queue::{Queue, QueueError},
-    registration::{self, Change, Desired},
+    registration::{self, Change, Desired, VerifyError},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
 
@@ -181,37 +181,25 @@ impl Registrar {
         desired: &Desired,
         id: &str,
     ) -> Result<(), RegisterError> {
-        let count = || async {
+        let handshakes = || async {
             self.queue
                 .handshake(desired.instance.clone())
                 .await
                 .map(|handshake| handshake.count)
-                .map_err(RegisterError::Handshake)
         };
-        let before = count().await?;
-        let outcome = client
-            .trigger_webhook(id)
+        let endpoint = desired.endpoint.clone();
+        registration::verify(handshakes, client.trigger_webhook(id), self.verify_timeout)
             .await
-            .map_err(RegisterError::Trigger)?;
-        if !(200..300).contains(&outcome.status_code) {
-            return Err(RegisterError::Rejected {
-                endpoint: desired.endpoint.clone(),
-                status: outcome.status_code,
-                message: outcome.message.unwrap_or_default(),
-            });
-        }
-        // Strapi answers the trigger after the receiver answered it, and the receiver answers
-        // after storing; the wait only covers a read that raced the write's commit.
-        let deadline = tokio::time::Instant::now() + self.verify_timeout;
-        while count().await? <= before {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(RegisterError::HandshakeMissing {
-                    endpoint: desired.endpoint.clone(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+            .map_err(|error| match error {
+                VerifyError::Handshake(error) => RegisterError::Handshake(error),
+                VerifyError::Trigger(error) => RegisterError::Trigger(error),
+                VerifyError::Rejected { status, message } => RegisterError::Rejected {
+                    endpoint,
+                    status,
+                    message,
+                },
+                VerifyError::HandshakeMissing => RegisterError::HandshakeMissing { endpoint },
+            })
     }
 
     /// Deletes the registration of `instance` from its Strapi (`--cleanup`).
