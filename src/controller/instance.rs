@@ -28,9 +28,9 @@ use super::{
     secrets,
 };
 use crate::{
-    api::{RepairStatus, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    api::{RepairStatus, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
     cluster::NamespaceLabels,
-    config::{instance_key, referenced_instance, subscribed_events},
+    config::{self, instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired, VerifyError},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
@@ -69,40 +69,11 @@ fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
 
 /// The admin credentials of an instance, read from its Secret.
 pub async fn credentials(ctx: &Context, instance: &StrapiInstance) -> Result<Credentials, Error> {
-    let namespace = instance.namespace().unwrap_or_default();
-    match &instance.spec.auth {
-        StrapiAuth {
-            api_token: Some(token),
-            ..
-        } => Ok(Credentials::admin_token(
-            secrets::read_key(&ctx.client, &namespace, &token.name, &token.key).await?,
-        )),
-        StrapiAuth {
-            credentials: Some(login),
-            ..
-        } => {
-            let email = secrets::read_key(
-                &ctx.client,
-                &namespace,
-                &login.secret_name,
-                &login.email_key,
-            )
-            .await?;
-            let password = secrets::read_key(
-                &ctx.client,
-                &namespace,
-                &login.secret_name,
-                &login.password_key,
-            )
-            .await?;
-            Ok(Credentials::password(email, password))
-        }
-        StrapiAuth { .. } => Err(Error::SecretMissing {
-            namespace,
-            name: instance.name_any(),
-            problem: "spec.auth sets neither apiToken nor credentials".into(),
-        }),
-    }
+    let namespace = instance_key(instance).namespace;
+    let refs = config::auth_refs(&instance.spec.auth);
+    let fetched = secrets::FetchedSecrets::fetch(&ctx.client, &namespace, &refs).await?;
+    let (credentials, _) = config::credentials(instance, &fetched)?;
+    Ok(credentials)
 }
 
 /// The enabled webhooks that refer to `instance` and that it allows.

@@ -156,27 +156,8 @@ pub async fn ensure_shared_secret(
     })
 }
 
-/// Reads one key of a Secret in `namespace`.
-pub async fn read_key(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-) -> Result<String, Error> {
-    let missing = |problem: String| Error::SecretMissing {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        problem,
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("read Secret"))?
-        .ok_or_else(|| missing("not found".to_owned()))?;
-    decode(&secret, key).ok_or_else(|| missing(format!("no UTF-8 key {key:?}")))
-}
-
-/// Secrets fetched up front for one `StrapiWebhook`, so that compiling it stays pure.
+/// Secrets fetched up front (a `StrapiWebhook`'s sink Secrets, a `StrapiInstance`'s admin
+/// Secret), so that compiling and reading credentials stay pure.
 #[derive(Default)]
 pub struct FetchedSecrets {
     secrets: BTreeMap<(String, String), Option<Secret>>,
@@ -214,10 +195,28 @@ impl SecretResolver for FetchedSecrets {
             .get(&(namespace.to_owned(), reference.name.clone()))
         {
             Some(Some(secret)) => {
-                decode(secret, &reference.key).ok_or_else(|| SecretError::KeyMissing {
-                    namespace: namespace.to_owned(),
-                    name: reference.name.clone(),
-                    key: reference.key.clone(),
+                let present = secret
+                    .data
+                    .as_ref()
+                    .is_some_and(|data| data.contains_key(&reference.key));
+                decode(secret, &reference.key).ok_or_else(|| {
+                    let (namespace, name, key) = (
+                        namespace.to_owned(),
+                        reference.name.clone(),
+                        reference.key.clone(),
+                    );
+                    match present {
+                        true => SecretError::NotText {
+                            namespace,
+                            name,
+                            key,
+                        },
+                        false => SecretError::KeyMissing {
+                            namespace,
+                            name,
+                            key,
+                        },
+                    }
                 })
             }
             _ => Err(SecretError::NotFound {

@@ -27,8 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::manifests::{self, Manifests, Problems};
 use crate::validate::compile_in_files;
 use crate::{
-    api::{SecretKeyRef, StrapiInstance},
-    config::{SecretResolver, referenced_instance, subscribed_events},
+    config::{credentials, referenced_instance, subscribed_events},
     http::AdminToken,
     key::ObjectKey,
     queue::{QueueError, sqlite::SqliteQueue},
@@ -38,7 +37,6 @@ use crate::{
     },
     repair::{self, CheckSettings, RepairClient, Schedule, Target, routed_models},
     sinks::EgressBase,
-    strapi::Credentials,
 };
 use register::{LocalInstance, Registrar};
 use secrets::{LocalSecrets, SharedSecrets, SharedSecretsError};
@@ -228,41 +226,6 @@ pub fn load(
         instances,
         specs,
     })
-}
-
-/// The admin API credentials of an instance, and their raw values.
-fn credentials(
-    instance: &StrapiInstance,
-    secrets: &dyn SecretResolver,
-) -> Result<(Credentials, Vec<String>), String> {
-    let namespace = ObjectKey::of(instance).namespace;
-    let auth = &instance.spec.auth;
-    let user = match (&auth.api_token, &auth.credentials) {
-        (Some(token), None) => {
-            let token = secrets
-                .resolve(&namespace, token)
-                .map_err(|error| error.to_string())?;
-            return Ok((Credentials::admin_token(token.as_str()), vec![token]));
-        }
-        (None, Some(user)) => user,
-        // In a cluster the CRD's rule refuses this; local files pass no admission, so say it here.
-        _ => return Err("set exactly one of apiToken and credentials".to_owned()),
-    };
-    let read = |key: &str| {
-        secrets.resolve(
-            &namespace,
-            &SecretKeyRef {
-                name: user.secret_name.clone(),
-                key: key.to_owned(),
-            },
-        )
-    };
-    let email = read(&user.email_key).map_err(|error| error.to_string())?;
-    let password = read(&user.password_key).map_err(|error| error.to_string())?;
-    Ok((
-        Credentials::password(email.clone(), password.as_str()),
-        vec![email, password],
-    ))
 }
 
 /// Watches `paths` and sends `()` whenever a YAML file among them may have changed.
