@@ -53,7 +53,7 @@ use crate::{
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     config::{instance_key, referenced_instance, secret_refs},
     key::ObjectKey,
-    strapi::{ContentType, Credentials, StrapiClient, StrapiError},
+    strapi::{ClientCache, ContentType, Credentials, StrapiClient, StrapiError},
 };
 
 /// The one field manager for everything the controller writes with server-side apply.
@@ -116,7 +116,7 @@ pub struct Context {
     // When each instance's next gap repair check is due.
     repair_schedule: Mutex<crate::repair::Schedule>,
     // One client per instance, so its admin session survives between reconciles.
-    strapi_clients: Mutex<HashMap<ObjectKey, (u64, StrapiClient)>>,
+    strapi_clients: ClientCache<ObjectKey>,
     // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
     // wait for one listing instead of each asking Strapi.
     content_types: tokio::sync::Mutex<HashMap<ObjectKey, ListedContentTypes>>,
@@ -159,7 +159,7 @@ impl Context {
             metrics,
             instances,
             webhooks,
-            strapi_clients: Mutex::default(),
+            strapi_clients: ClientCache::default(),
             content_types: tokio::sync::Mutex::default(),
             failures: Mutex::default(),
             stats: Mutex::default(),
@@ -173,23 +173,11 @@ impl Context {
         url: &str,
         credentials: Credentials,
     ) -> Result<StrapiClient, Error> {
-        let fingerprint = fingerprint(url, &credentials);
-        let mut clients = self.strapi_clients.lock().expect("client cache lock");
-        if let Some((known, client)) = clients.get(key)
-            && *known == fingerprint
-        {
-            return Ok(client.clone());
-        }
-        let client = StrapiClient::new(url, credentials)?;
-        clients.insert(key.clone(), (fingerprint, client.clone()));
-        Ok(client)
+        Ok(self.strapi_clients.client(key, url, credentials)?)
     }
 
     async fn forget_strapi_client(&self, key: &ObjectKey) {
-        self.strapi_clients
-            .lock()
-            .expect("client cache lock")
-            .remove(key);
+        self.strapi_clients.forget(key);
         self.content_types.lock().await.remove(key);
     }
 
@@ -262,18 +250,6 @@ impl Context {
             .expect("failure count lock")
             .remove(&object);
     }
-}
-
-// Identifies a URL and credentials without keeping a second copy of the secrets around.
-fn fingerprint(url: &str, credentials: &Credentials) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    url.trim_end_matches('/').hash(&mut hasher);
-    match credentials {
-        Credentials::Password { email, password } => (email, password.expose()).hash(&mut hasher),
-        Credentials::AdminToken(token) => token.expose().hash(&mut hasher),
-    }
-    hasher.finish()
 }
 
 /// Exponential backoff for transient failures: 2 s, 4 s, 8 s … capped at 5 minutes.

@@ -9,7 +9,7 @@ use crate::{
     key::ObjectKey,
     queue::{Queue, QueueError},
     registration::{self, Change, Desired, VerifyError},
-    strapi::{Credentials, StrapiClient, StrapiError},
+    strapi::{ClientCache, Credentials, StrapiClient, StrapiError},
 };
 
 /// One `StrapiInstance` as local mode runs it: resolved credentials and the events to ask for.
@@ -102,7 +102,7 @@ pub struct Registrar {
     receiver_base: String,
     queue: Arc<dyn Queue>,
     verify_timeout: Duration,
-    clients: HashMap<ObjectKey, (String, Vec<String>, StrapiClient)>,
+    clients: ClientCache<ObjectKey>,
     verified: HashMap<ObjectKey, Registered>,
 }
 
@@ -113,7 +113,7 @@ impl Registrar {
             receiver_base,
             queue,
             verify_timeout,
-            clients: HashMap::new(),
+            clients: ClientCache::default(),
             verified: HashMap::new(),
         }
     }
@@ -129,24 +129,10 @@ impl Registrar {
     }
 
     /// The Strapi client of `instance`, reused while its URL and credentials stay the same.
-    pub fn client(&mut self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
-        if let Some((url, values, client)) = self.clients.get(&instance.key)
-            && *url == instance.url
-            && *values == instance.credentials_values
-        {
-            return Ok(client.clone());
-        }
-        let client = StrapiClient::new(&instance.url, instance.credentials.clone())
-            .map_err(RegisterError::Client)?;
-        self.clients.insert(
-            instance.key.clone(),
-            (
-                instance.url.clone(),
-                instance.credentials_values.clone(),
-                client.clone(),
-            ),
-        );
-        Ok(client)
+    pub fn client(&self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
+        self.clients
+            .client(&instance.key, &instance.url, instance.credentials.clone())
+            .map_err(RegisterError::Client)
     }
 
     /// Makes Strapi hold the desired webhook and verifies it when anything changed since the
