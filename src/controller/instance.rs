@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     api::{RepairStatus, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
-    cluster::NamespaceLabels,
+    cluster::{FetchedSecrets, NamespaceLabels},
     config::{self, instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired, VerifyError},
     strapi::{Credentials, StrapiClient, StrapiError},
@@ -71,7 +71,9 @@ fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
 pub async fn credentials(ctx: &Context, instance: &StrapiInstance) -> Result<Credentials, Error> {
     let namespace = instance_key(instance).namespace;
     let refs = config::auth_refs(&instance.spec.auth);
-    let fetched = secrets::FetchedSecrets::fetch(&ctx.client, &namespace, &refs).await?;
+    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, &refs)
+        .await
+        .map_err(Error::kube("read Secret"))?;
     let (credentials, _) = config::credentials(instance, &fetched)?;
     Ok(credentials)
 }

@@ -19,12 +19,11 @@ use super::{
     Context, Error, FIELD_MANAGER,
     conditions::{self, Reported},
     events::Notice,
-    secrets::FetchedSecrets,
 };
 use crate::{
     admin_api::SinkCounters,
     api::{SinkStatus, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
-    cluster::NamespaceLabels,
+    cluster::{FetchedSecrets, NamespaceLabels},
     config::{self, Reason, ValidationError, ValidationErrors},
     config::{instance_key, referenced_instance, secret_refs},
     key::ObjectKey,
@@ -259,8 +258,9 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         .state()
         .into_iter()
         .find(|instance| self::instance_key(instance) == instance_key);
-    let fetched =
-        FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec)).await?;
+    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec))
+        .await
+        .map_err(Error::kube("read Secret"))?;
 
     let mut reported = validate(ctx, webhook, instance.as_deref(), &fetched).await;
     let (ready_parts, endpoint) = match &instance {
