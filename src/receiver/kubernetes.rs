@@ -33,7 +33,7 @@ use super::source::{ConfigSource, Snapshot};
 use crate::{
     api::{
         SinkEgress, StrapiInstance, StrapiWebhook,
-        shared_secret::{self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
+        shared_secret::{self, INSTANCE_LABEL},
     },
     cluster::{FetchedSecrets, NamespaceLabels, secret_text},
     config::{CompiledWebhook, compile_webhook, egress_rules},
@@ -300,15 +300,5 @@ fn accepted_secrets(instance: &StrapiInstance, shared: &Store<Secret>) -> Vec<St
     }) else {
         return Vec::new();
     };
-    let text = |key: &str| secret_text(&secret, key);
-    let mut accepted: Vec<String> = text(CURRENT_KEY).into_iter().collect();
-    let previous_valid = text(PREVIOUS_EXPIRES_KEY).is_none_or(|until| {
-        until
-            .parse::<Timestamp>()
-            .is_ok_and(|until| until > Timestamp::now())
-    });
-    if previous_valid {
-        accepted.extend(text(PREVIOUS_KEY));
-    }
-    accepted
+    shared_secret::accepted(|key| secret_text(&secret, key), Timestamp::now())
 }

@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
+    api::shared_secret::{self, CURRENT_KEY},
     api::{SecretKeyRef, StrapiInstance},
     config::{
         CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook,
@@ -293,17 +293,12 @@ fn accepted_secrets(
             },
         )
     };
-    let current = read(CURRENT_KEY).map_err(|error| error.to_string())?;
-    let mut shared = vec![current];
-    let previous_valid = read(PREVIOUS_EXPIRES_KEY).map_or(true, |until| {
-        until
-            .parse::<k8s_openapi::jiff::Timestamp>()
-            .is_ok_and(|until| until > k8s_openapi::jiff::Timestamp::now())
-    });
-    if previous_valid {
-        shared.extend(read(PREVIOUS_KEY).ok());
-    }
-    Ok(shared)
+    // The file must hold the current value; without it no call could be accepted.
+    read(CURRENT_KEY).map_err(|error| error.to_string())?;
+    Ok(shared_secret::accepted(
+        |key| read(key).ok(),
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
 }
 
 impl ConfigSource for ManifestFile {
