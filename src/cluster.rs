@@ -139,3 +139,51 @@ impl SecretResolver for FetchedSecrets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_key_is_missing_not_text_or_read() {
+        let secret = Secret {
+            data: Some(BTreeMap::from([
+                ("token".to_owned(), ByteString(b"t0ken".to_vec())),
+                ("binary".to_owned(), ByteString(vec![0xff, 0xfe])),
+            ])),
+            ..Secret::default()
+        };
+        let fetched = FetchedSecrets {
+            secrets: BTreeMap::from([
+                (("web".to_owned(), "crm".to_owned()), Some(secret)),
+                (("web".to_owned(), "gone".to_owned()), None),
+            ]),
+        };
+        let read = |name: &str, key: &str| {
+            let reference = SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            };
+            fetched
+                .resolve("web", &reference)
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(read("crm", "token"), Ok("t0ken".to_owned()));
+        assert_eq!(
+            read("crm", "binary"),
+            Err("Secret web/crm key \"binary\" is not UTF-8 text".to_owned())
+        );
+        assert_eq!(
+            read("crm", "other"),
+            Err("Secret web/crm has no key \"other\"".to_owned())
+        );
+        assert_eq!(
+            read("gone", "token"),
+            Err("Secret web/gone not found".to_owned())
+        );
+        assert_eq!(
+            fetched.values(),
+            BTreeMap::from([(("crm".to_owned(), "token".to_owned()), "t0ken".to_owned())])
+        );
+    }
+}
