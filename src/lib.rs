@@ -5,6 +5,7 @@
 //! The crate is a library with one thin binary. Its modules follow the architecture:
 //!
 //! - [`api`]: the custom resource types, nothing else.
+//! - [`key`]: `namespace/name`, the one key of an object, printed and parsed in one place.
 //! - [`admin_api`]: the receiver admin API's wire types, shared by the receiver and its clients.
 //! - [`strapi`]: a client for Strapi's admin REST API.
 //! - [`registration`]: the one managed webhook per Strapi, shared by the controller and local mode.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod controller;
 pub mod event;
 pub mod http;
+pub mod key;
 pub mod local;
 pub mod manifests;
 pub mod queue;

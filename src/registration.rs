@@ -6,18 +6,25 @@
 //! [`NAME_PREFIX`] and the [`MARKER_HEADER`] header carries the instance's `namespace/name`.
 //! Only webhooks with the marker header are ever changed or deleted; webhooks people made by
 //! hand are never touched.
+//!
+//! A registration is proven end to end by [`verify`]: Strapi triggers the webhook and the
+//! receiver must record the call as a handshake.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use crate::strapi::{StrapiClient, StrapiError, Webhook, WebhookSpec};
+use crate::key::ObjectKey;
+use crate::strapi::{StrapiClient, StrapiError, TriggerOutcome, Webhook, WebhookSpec};
 
 /// Path under the receiver's base URL where each instance has its ingest endpoint.
 const INSTANCES_PATH: &str = "/v1/instances/";
 
 /// The receiver endpoint Strapi calls for the instance `namespace/name`.
-pub fn endpoint(receiver_base: &str, namespace: &str, name: &str) -> String {
+pub fn endpoint(receiver_base: &str, instance: &ObjectKey) -> String {
     format!(
-        "{}{INSTANCES_PATH}{namespace}/{name}",
+        "{}{INSTANCES_PATH}{instance}",
         receiver_base.trim_end_matches('/')
     )
 }
@@ -128,6 +135,62 @@ pub async fn ensure(client: &StrapiClient, desired: &Desired) -> Result<Applied,
     })
 }
 
+/// How often the receiver's handshake count is read while a verification waits for it.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(100);
+
+/// Why an end-to-end verification failed; each variant names its hop. `E` is the error of
+/// reading the receiver's handshake count (its admin API, or the queue in local mode).
+#[derive(Debug)]
+pub enum VerifyError<E> {
+    /// The receiver's handshake count could not be read.
+    Handshake(E),
+    /// Strapi could not trigger the webhook.
+    Trigger(StrapiError),
+    /// Strapi called the receiver endpoint, which did not answer 2xx (401: the shared secret
+    /// does not match; 500: often Strapi cannot reach the endpoint).
+    Rejected {
+        /// The status Strapi reported.
+        status: u16,
+        /// Strapi's message.
+        message: String,
+    },
+    /// Strapi reported its call answered, but the receiver whose count is read never recorded
+    /// it within the timeout: Strapi calls another receiver.
+    HandshakeMissing,
+}
+
+/// The hops of a verification: the receiver's handshake count → Strapi's trigger (`trigger`,
+/// not started before the count is read) → Strapi's call to the receiver → a higher count
+/// within `timeout`. Strapi answers the trigger after the receiver answered it, and the receiver
+/// answers after storing; the wait only covers a read that raced the write's commit.
+pub async fn verify<E, Count, Counted>(
+    handshakes: Count,
+    trigger: impl Future<Output = Result<TriggerOutcome, StrapiError>>,
+    timeout: Duration,
+) -> Result<(), VerifyError<E>>
+where
+    Count: Fn() -> Counted,
+    Counted: Future<Output = Result<i64, E>>,
+{
+    let count = || async { handshakes().await.map_err(VerifyError::Handshake) };
+    let before = count().await?;
+    let outcome = trigger.await.map_err(VerifyError::Trigger)?;
+    if !(200..300).contains(&outcome.status_code) {
+        return Err(VerifyError::Rejected {
+            status: outcome.status_code,
+            message: outcome.message.unwrap_or_default(),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while count().await? <= before {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(VerifyError::HandshakeMissing);
+        }
+        tokio::time::sleep(HANDSHAKE_POLL).await;
+    }
+    Ok(())
+}
+
 /// Deletes every managed webhook of `instance`; returns how many there were.
 pub async fn remove(client: &StrapiClient, instance: &str) -> Result<usize, StrapiError> {
     let webhooks = client.list_webhooks().await?;
@@ -165,6 +228,10 @@ pub async fn collect_garbage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    };
 
     fn desired(events: &[&str]) -> Desired {
         Desired {
@@ -196,7 +263,7 @@ mod tests {
     #[test]
     fn endpoints_join_cleanly() {
         assert_eq!(
-            endpoint("http://receiver:8080/", "web", "cms"),
+            endpoint("http://receiver:8080/", &ObjectKey::new("web", "cms")),
             "http://receiver:8080/v1/instances/web/cms"
         );
     }
@@ -226,5 +293,64 @@ mod tests {
         let owned = owned_by(&webhooks, "web/cms");
         assert_eq!(owned.len(), 1);
         assert_eq!(owned[0].id, "1");
+    }
+
+    /// A receiver's handshake count and how it is read.
+    fn receiver() -> (
+        Arc<AtomicI64>,
+        impl Fn() -> std::future::Ready<Result<i64, ()>>,
+    ) {
+        let count = Arc::new(AtomicI64::new(5));
+        let read = Arc::clone(&count);
+        (count, move || {
+            std::future::ready(Ok(read.load(Ordering::SeqCst)))
+        })
+    }
+
+    /// Strapi's trigger: its call reaches the receiver whose count is read when `bumps`.
+    fn triggered(
+        count: &Arc<AtomicI64>,
+        bumps: bool,
+        status_code: u16,
+    ) -> impl Future<Output = Result<TriggerOutcome, StrapiError>> {
+        let count = Arc::clone(count);
+        async move {
+            if bumps {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(TriggerOutcome {
+                status_code,
+                message: (status_code >= 300).then(|| "Unauthorized".to_owned()),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn verification_needs_strapis_call_to_reach_the_receiver_whose_count_is_read() {
+        let timeout = Duration::from_millis(300);
+        let (count, read) = receiver();
+        let ok = verify(&read, triggered(&count, true, 204), timeout).await;
+        assert!(ok.is_ok(), "{ok:?}");
+        let rejected = verify(&read, triggered(&count, false, 401), timeout).await;
+        assert!(
+            matches!(&rejected, Err(VerifyError::Rejected { status: 401, message }) if message == "Unauthorized"),
+            "{rejected:?}"
+        );
+        // Strapi says its call was answered, but by another receiver: the count stays.
+        let missing = verify(&read, triggered(&count, false, 200), timeout).await;
+        assert!(
+            matches!(missing, Err(VerifyError::HandshakeMissing)),
+            "{missing:?}"
+        );
+        let unreadable = verify(
+            || std::future::ready(Err::<i64, _>("admin API down")),
+            triggered(&count, true, 204),
+            timeout,
+        )
+        .await;
+        assert!(
+            matches!(unreadable, Err(VerifyError::Handshake("admin API down"))),
+            "{unreadable:?}"
+        );
     }
 }

@@ -21,7 +21,8 @@ use crate::{
         CompiledWebhook, SecretError, SecretResolver, allows_namespace, apply_egress,
         compile_webhook, egress_refused, egress_rules, referenced_instance,
     },
-    manifests::{Located, Manifests, Problem, key_of, namespace_of},
+    key::ObjectKey,
+    manifests::{Located, Manifests, Problem},
     sinks::{EgressBase, EgressPolicy},
 };
 
@@ -99,7 +100,7 @@ pub fn validate(paths: &[PathBuf]) -> Report {
     }
     for instance in &manifests.instances {
         if let Err(error) = egress_rules(instance.object.spec.egress.as_ref()) {
-            let target = key_of(&instance.object.metadata);
+            let target = ObjectKey::of(&instance.object);
             report.errors.push(
                 instance.problem_at("spec.egress", format!("StrapiInstance {target}: {error}")),
             );
@@ -150,10 +151,10 @@ pub fn compile_in_files(
     egress: &EgressBase,
 ) -> Result<CompiledWebhook, Vec<Problem>> {
     let meta = &webhook.object.metadata;
-    let namespace = namespace_of(meta);
+    let namespace = ObjectKey::of_meta(meta).namespace;
     let mut rules = Default::default();
     if let Some(instance) = instance {
-        let target = key_of(&instance.object.metadata);
+        let target = ObjectKey::of(&instance.object);
         let selector = instance.object.spec.allowed_namespaces.from == NamespacesFrom::Selector;
         // Namespace labels are not in the files, so a selector is checked only in a cluster.
         if !selector && !allows_namespace(&instance.object, &namespace, None) {

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use strapi_webhook_operator::{
     config::{InMemorySecrets, compile_webhook},
     event::SECRET_HEADER,
+    key::ObjectKey,
     receiver::{repair::RECOVERED_HEADER, source::Snapshot},
     registration::{self, Desired},
     repair::{self, CheckSettings, RepairClient, Report, Target},
@@ -76,7 +77,10 @@ impl Setup {
         let receiver = TestReceiver::start(snapshot).await;
         let desired = Desired {
             instance: instance.clone(),
-            endpoint: registration::endpoint(&format!("http://{}", receiver.ingest), "cms", &name),
+            endpoint: registration::endpoint(
+                &format!("http://{}", receiver.ingest),
+                &ObjectKey::new("cms", &name),
+            ),
             secret: (SECRET_HEADER.to_owned(), SECRET.to_owned()),
             events: EVENTS.iter().map(|event| (*event).to_owned()).collect(),
         };
@@ -523,7 +527,10 @@ spec:
     let (ingest, admin) = (receiver.ingest.clone(), receiver.admin.clone());
     let desired = Desired {
         instance: instance.clone(),
-        endpoint: registration::endpoint(&format!("http://{ingest}"), "cms", &name),
+        endpoint: registration::endpoint(
+            &format!("http://{ingest}"),
+            &ObjectKey::new("cms", &name),
+        ),
         secret: (SECRET_HEADER.to_owned(), SECRET.to_owned()),
         events: ["entry.create", "entry.update"]
             .map(str::to_owned)

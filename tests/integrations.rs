@@ -23,7 +23,7 @@ use strapi_webhook_operator::{
 };
 use support::receiver::{INSTANCE, SECRET, TestReceiver};
 use support::{CaptureServer, CapturedRequest, StrapiServer};
-use support::{examples, nextjs, receiver};
+use support::{examples, nextjs};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -504,11 +504,9 @@ async fn wait_until_idle(receiver: &TestReceiver) {
 
 /// Waits until `done` holds for the sum of one counter over every sink of the receiver.
 async fn wait_for_total(receiver: &TestReceiver, counter: &str, done: impl Fn(i64) -> bool) {
-    let http = receiver::client();
-    let url = format!("{}/v1/stats", receiver.admin_url());
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let stats: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let stats: Value = receiver.admin_json("/v1/stats").await;
         let total: i64 = stats["webhooks"]
             .as_object()
             .into_iter()

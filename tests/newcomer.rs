@@ -114,14 +114,7 @@ async fn the_demo_summary_and_deliveries_list_are_aligned_and_account_for_every_
     // A sink has the request before the receiver records its answer: wait for the records.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let stats: serde_json::Value = http
-            .get(format!("{}/v1/stats", receiver.admin_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: serde_json::Value = receiver.admin_json("/v1/stats").await;
         let delivered: i64 = stats["webhooks"]["cms/site"]
             .as_array()
             .into_iter()

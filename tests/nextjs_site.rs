@@ -156,14 +156,7 @@ fn forward(url: &str, secret: &str) -> CompiledWebhook {
 
 /// The receiver's counters for the sink `website` of `webhook`.
 async fn website(receiver: &TestReceiver, webhook: &str) -> SinkCounters {
-    let stats: Stats = client()
-        .get(format!("{}/v1/stats", receiver.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Stats = receiver.admin_json("/v1/stats").await;
     stats
         .webhooks
         .get(webhook)

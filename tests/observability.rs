@@ -881,14 +881,7 @@ async fn an_event_retried_once(
     let statuses: Vec<u16> = sink.attempted().iter().map(|a| a.status).collect();
     assert_eq!(statuses.first(), Some(&503));
     assert_eq!(statuses.last(), Some(&200));
-    let deliveries: Value = http
-        .get(format!("{}/v1/deliveries", receiver.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deliveries: Value = receiver.admin_json("/v1/deliveries").await;
     let event_id = deliveries[0]["eventId"]
         .as_str()
         .expect("the delivery names its event")

@@ -46,10 +46,9 @@ async fn a_sink_that_is_down_for_a_while_receives_everything_once_back() {
         );
     }
     // Failed attempts are recorded while the sink refuses connections.
-    let admin = format!("{}/v1/stats", receiver.admin_url());
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let stats: Stats = http.get(&admin).send().await.unwrap().json().await.unwrap();
+        let stats: Stats = receiver.admin_json("/v1/stats").await;
         let crm = &stats.webhooks["cms/site"][0];
         if crm.failed > 0 {
             assert_eq!(crm.delivered, 0);

@@ -611,14 +611,7 @@ async fn events_are_acknowledged_while_the_router_waits_on_tenant_filters_and_ro
         let status = receiver.post(&http, &article_event(n)).await;
         assert!(status.is_success(), "event {n}: {status}");
     }
-    let stats: serde_json::Value = http
-        .get(format!("{}/v1/stats", receiver.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value = receiver.admin_json("/v1/stats").await;
     assert_eq!(stats["unrouted"], EVENTS, "{stats}");
     assert!(sink.received().is_empty());
 

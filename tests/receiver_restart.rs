@@ -1,104 +1,47 @@
 //! A restart of the real binary whose Kubernetes configuration source is slow to sync (issue
 //! 15, item 1): the receiver answers Strapi from the last known configuration it persisted with
 //! the queue, stores the events unrouted, and routes them with the live configuration once the
-//! watches have synced, also after being killed while they were unrouted. The API server is an
-//! in-memory one on loopback whose lists can be held back, as a slow or unreachable one is.
+//! watches have synced, also after being killed while they were unrouted. The API server is the
+//! shared in-memory one (`support::fake_api`) served on loopback, with its lists held back as a
+//! slow or unreachable one holds them.
 
 mod support;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::Path,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use axum::{
-    Router,
-    body::{Body, Bytes},
-    extract::{Request, State},
-    response::Response,
-};
-use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::api::ObjectMeta;
 use serde_json::{Value, json};
+use support::fake_api::{FakeApi, path_of};
 use support::receiver::{
     ADMIN_TOKEN, CaptureSink, KillOnDrop, SECRET, TestStore, article_event, client, free_port,
 };
-use tokio::sync::watch;
 
-const INSTANCES: &str = "/apis/webhooks.strapi-operator.dev/v1alpha1/strapiinstances";
-const WEBHOOKS: &str = "/apis/webhooks.strapi-operator.dev/v1alpha1/strapiwebhooks";
-const SECRETS: &str = "/api/v1/secrets";
+const API_VERSION: &str = "webhooks.strapi-operator.dev/v1alpha1";
 
-/// The API server: lists answer with the objects of a collection once `open` is true; watches
-/// stay open and quiet.
-#[derive(Clone)]
-struct FakeApi {
-    collections: Arc<Mutex<BTreeMap<&'static str, Vec<Value>>>>,
-    open: watch::Sender<bool>,
+/// Stores the instance `cms/strapi`, its shared secret and the webhook `cms/site`.
+fn put_config(api: &FakeApi, webhook: Value) {
+    api.put(
+        &path_of(API_VERSION, "strapiinstances", "cms", "strapi"),
+        instance(),
+    );
+    api.put_labelled_secret(
+        "cms",
+        "strapi-strapi-webhook-secret",
+        &[("webhooks.strapi-operator.dev/instance", "strapi")],
+        &[("secret", SECRET)],
+    );
+    put_webhook(api, webhook);
 }
 
-impl FakeApi {
-    async fn start(collections: BTreeMap<&'static str, Vec<Value>>) -> (Self, String) {
-        let api = Self {
-            collections: Arc::new(Mutex::new(collections)),
-            open: watch::Sender::new(true),
-        };
-        let app = Router::new().fallback(answer).with_state(api.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (api, format!("http://{address}"))
-    }
-}
-
-async fn answer(State(api): State<FakeApi>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or_default().to_owned();
-    if query.contains("watch=true") {
-        let quiet = futures::stream::pending::<Result<Bytes, std::io::Error>>();
-        return Response::new(Body::from_stream(quiet));
-    }
-    let _ = api.open.subscribe().wait_for(|open| *open).await;
-    let items = api.collections.lock().unwrap().get(path.as_str()).cloned();
-    match items {
-        Some(items) => {
-            let list = json!({ "metadata": { "resourceVersion": "1" }, "items": items });
-            Response::new(Body::from(list.to_string()))
-        }
-        None => {
-            let status = json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "reason": "NotFound", "code": 404, "message": "not found" });
-            let mut response = Response::new(Body::from(status.to_string()));
-            *response.status_mut() = http::StatusCode::NOT_FOUND;
-            response
-        }
-    }
-}
-
-fn shared_secret() -> Value {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("strapi-strapi-webhook-secret".into()),
-            namespace: Some("cms".into()),
-            labels: Some(BTreeMap::from([(
-                "webhooks.strapi-operator.dev/instance".to_owned(),
-                "strapi".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            "secret".to_owned(),
-            ByteString(SECRET.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    };
-    let mut value = serde_json::to_value(secret).unwrap();
-    value["apiVersion"] = json!("v1");
-    value["kind"] = json!("Secret");
-    value
+fn put_webhook(api: &FakeApi, webhook: Value) {
+    api.put(
+        &path_of(API_VERSION, "strapiwebhooks", "cms", "site"),
+        webhook,
+    );
 }
 
 fn instance() -> Value {
@@ -205,15 +148,9 @@ async fn a_restarted_receiver_answers_before_its_watches_sync_and_routes_with_th
     let store = TestStore::start();
     let (crm, erp) = (CaptureSink::start().await, CaptureSink::start().await);
     let (crm_url, erp_url) = (crm.url(), erp.url());
-    let (api, server) = FakeApi::start(BTreeMap::from([
-        (INSTANCES, vec![instance()]),
-        (
-            WEBHOOKS,
-            vec![webhook(1, &[("crm", &crm_url), ("erp", &erp_url)])],
-        ),
-        (SECRETS, vec![shared_secret()]),
-    ]))
-    .await;
+    let api = FakeApi::default();
+    put_config(&api, webhook(1, &[("crm", &crm_url), ("erp", &erp_url)]));
+    let server = api.serve_loopback().await;
     let kubeconfig = kubeconfig(store.dir.path(), &server);
     let (ingest, admin) = (
         format!("127.0.0.1:{}", free_port()),
@@ -233,11 +170,8 @@ async fn a_restarted_receiver_answers_before_its_watches_sync_and_routes_with_th
     first.wait().unwrap();
 
     // While it is down the API server stops answering lists, and the erp route is removed.
-    api.open.send_replace(false);
-    api.collections
-        .lock()
-        .unwrap()
-        .insert(WEBHOOKS, vec![webhook(2, &[("crm", &crm_url)])]);
+    api.hold_lists(true);
+    put_webhook(&api, webhook(2, &[("crm", &crm_url)]));
     let started = Instant::now();
     let mut second = spawn(&store.spec(), &kubeconfig, &ingest, &admin);
     let answered = first_ack(&http, &ingest, 1, started).await;
@@ -288,7 +222,7 @@ async fn a_restarted_receiver_answers_before_its_watches_sync_and_routes_with_th
     second.wait().unwrap();
 
     // The API server answers again: the events are routed with what it says now.
-    api.open.send_replace(true);
+    api.hold_lists(false);
     let started = Instant::now();
     let _third = spawn(&store.spec(), &kubeconfig, &ingest, &admin);
     let _ = first_ack(&http, &ingest, EVENTS + 1, started).await;

@@ -406,17 +406,9 @@ async fn slack_no_service_pauses_the_sink_and_sends_nothing_more() {
         assert!(status.is_success(), "{status}");
     }
 
-    let stats_url = format!("{}/v1/stats", receiver.admin_url());
     let deadline = Instant::now() + PATIENCE;
     let sink = loop {
-        let stats: Stats = http
-            .get(&stats_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: Stats = receiver.admin_json("/v1/stats").await;
         let sink = stats
             .webhooks
             .get("cms/slack-comments")

@@ -190,16 +190,8 @@ async fn no_secret_reaches_any_output() {
         Some(format!("Bearer {}", SECRETS.bearer).as_str())
     );
     // Every sink has failed a few times and recorded why.
-    let stats_url = format!("{}/v1/stats", receiver.admin_url());
     let stats = eventually(PATIENCE, || async {
-        let stats: serde_json::Value = http
-            .get(&stats_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: serde_json::Value = receiver.admin_json("/v1/stats").await;
         let sinks = stats["webhooks"]["cms/site"]
             .as_array()
             .cloned()
@@ -375,16 +367,8 @@ async fn a_sink_at_the_receivers_own_admin_port_is_dead_lettered_without_a_call(
         receiver.post(&http, &article_event(1)).await,
         StatusCode::OK
     );
-    let list_url = format!("{}/v1/deliveries?state=dead", receiver.admin_url());
     let dead = eventually(PATIENCE, || async {
-        let dead: Vec<serde_json::Value> = http
-            .get(&list_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let dead: Vec<serde_json::Value> = receiver.admin_json("/v1/deliveries?state=dead").await;
         match dead.is_empty() {
             true => Err("nothing was dead-lettered"),
             false => Ok(dead),

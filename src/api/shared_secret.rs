@@ -20,3 +20,47 @@ pub const INSTANCE_LABEL: &str = "webhooks.strapi-operator.dev/instance";
 pub fn name(instance: &str) -> String {
     format!("{instance}-strapi-webhook-secret")
 }
+
+/// The values the receiver accepts, read through `text` (a key's value, if set): `secret`, and
+/// `previous` while `previous-expires-at` is in the future (or unset) at `now`.
+pub fn accepted(
+    text: impl Fn(&str) -> Option<String>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Vec<String> {
+    let mut accepted: Vec<String> = text(CURRENT_KEY).into_iter().collect();
+    let previous_valid = text(PREVIOUS_EXPIRES_KEY).is_none_or(|until| {
+        until
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .is_ok_and(|until| until > now)
+    });
+    if previous_valid {
+        accepted.extend(text(PREVIOUS_KEY));
+    }
+    accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn the_previous_secret_is_accepted_until_it_expires() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let secret = |expires: Option<&str>| {
+            let expires = expires.map(str::to_owned);
+            move |key: &str| match key {
+                CURRENT_KEY => Some("new".to_owned()),
+                PREVIOUS_KEY => Some("old".to_owned()),
+                PREVIOUS_EXPIRES_KEY => expires.clone(),
+                _ => None,
+            }
+        };
+        assert_eq!(accepted(secret(None), now), ["new", "old"]);
+        let later = (now + k8s_openapi::jiff::SignedDuration::from_mins(1)).to_string();
+        assert_eq!(accepted(secret(Some(&later)), now), ["new", "old"]);
+        let earlier = (now - k8s_openapi::jiff::SignedDuration::from_mins(1)).to_string();
+        assert_eq!(accepted(secret(Some(&earlier)), now), ["new"]);
+        assert_eq!(accepted(secret(Some("not a time")), now), ["new"]);
+    }
+}

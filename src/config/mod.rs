@@ -4,11 +4,13 @@
 //! [`ValidationErrors`] naming each problem by field path. It does no I/O of its own, so the
 //! controller's validate step, the receiver and local mode all get the same answer.
 
+mod credentials;
 mod egress;
 mod references;
 mod secrets;
 mod webhook;
 
+pub use credentials::{CredentialsError, auth_refs, credentials};
 pub use egress::{apply_egress, egress_refused, egress_rules};
 pub use references::{
     allows_namespace, instance_key, referenced_instance, secret_refs, subscribed_events,

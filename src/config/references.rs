@@ -6,27 +6,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::ResourceExt;
 
 use crate::api::{NamespacesFrom, SecretKeyRef, StrapiInstance, StrapiWebhook, StrapiWebhookSpec};
+use crate::key::ObjectKey;
 
 /// `namespace/name`, the key the receiver, the marker header and the status use.
-pub fn instance_key(instance: &StrapiInstance) -> String {
-    format!(
-        "{}/{}",
-        instance.namespace().unwrap_or_default(),
-        instance.name_any()
-    )
+pub fn instance_key(instance: &StrapiInstance) -> ObjectKey {
+    ObjectKey::of(instance)
 }
 
 /// The union of events over the enabled `webhooks` that refer to `instance` (pure).
 pub fn subscribed_events<'a>(
-    instance: &str,
+    instance: &ObjectKey,
     webhooks: impl IntoIterator<Item = &'a StrapiWebhook>,
 ) -> BTreeSet<String> {
     webhooks
         .into_iter()
-        .filter(|webhook| webhook.spec.enabled && referenced_instance(webhook) == instance)
+        .filter(|webhook| webhook.spec.enabled && referenced_instance(webhook) == *instance)
         .flat_map(|webhook| {
             webhook
                 .spec
@@ -38,15 +34,13 @@ pub fn subscribed_events<'a>(
 }
 
 /// `namespace/name` of the instance a webhook refers to (its own namespace by default).
-pub fn referenced_instance(webhook: &StrapiWebhook) -> String {
-    let namespace = webhook
-        .spec
-        .instance_ref
-        .namespace
-        .clone()
-        .or_else(|| webhook.namespace())
-        .unwrap_or_default();
-    format!("{namespace}/{}", webhook.spec.instance_ref.name)
+pub fn referenced_instance(webhook: &StrapiWebhook) -> ObjectKey {
+    let reference = &webhook.spec.instance_ref;
+    let namespace = match &reference.namespace {
+        Some(namespace) => namespace.clone(),
+        None => ObjectKey::of(webhook).namespace,
+    };
+    ObjectKey::new(namespace, &reference.name)
 }
 
 /// Whether `instance` lets StrapiWebhooks in `namespace` (with `labels`) use it (pure).
@@ -57,7 +51,7 @@ pub fn allows_namespace(
 ) -> bool {
     let allowed = &instance.spec.allowed_namespaces;
     match allowed.from {
-        NamespacesFrom::Same => instance.namespace().as_deref() == Some(namespace),
+        NamespacesFrom::Same => instance_key(instance).namespace == namespace,
         NamespacesFrom::All => true,
         NamespacesFrom::Selector => {
             let empty = Default::default();
@@ -183,7 +177,7 @@ mod tests {
                 "../../tests/fixtures/controller/webhook-other-instance.yaml"
             )),
         ];
-        let events = subscribed_events("web/cms", &webhooks);
+        let events = subscribed_events(&ObjectKey::new("web", "cms"), &webhooks);
         assert_eq!(
             events.into_iter().collect::<Vec<_>>(),
             ["entry.create", "entry.publish", "entry.update"]
@@ -200,6 +194,10 @@ mod tests {
             "../../tests/fixtures/controller/webhook-other-instance.yaml"
         ));
         assert_eq!(referenced_instance(&remote), "cms-system/shared");
+        // A file without namespaces (local mode) refers within `default`, as kubectl applies it.
+        let mut unplaced = local.clone();
+        unplaced.metadata.namespace = None;
+        assert_eq!(referenced_instance(&unplaced), "default/cms");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use crate::{
     api::{self, HttpHeader, StrapiWebhookSpec},
+    key::ObjectKey,
     routing::{CompiledRoute, PathKind, PathTemplate, PayloadTemplate, RouteConfig, RouteMatch},
     sinks::{
         DeliveryPolicy, EgressRules, HeaderName, HeaderValue, HttpSink, Method, NextjsMode,
@@ -196,11 +197,15 @@ pub fn compile_webhook(
     if !found.errors.is_empty() {
         return Err(ValidationErrors(found.errors));
     }
-    let instance_namespace = spec.instance_ref.namespace.as_deref().unwrap_or(namespace);
+    let instance_namespace = spec.instance_ref.namespace.as_deref();
+    let instance = ObjectKey::new(
+        instance_namespace.unwrap_or(namespace),
+        &spec.instance_ref.name,
+    );
     Ok(CompiledWebhook {
-        key: format!("{namespace}/{name}"),
+        key: ObjectKey::new(namespace, name).to_string(),
         generation,
-        instance: format!("{instance_namespace}/{}", spec.instance_ref.name),
+        instance: instance.to_string(),
         enabled: spec.enabled,
         events: spec
             .events

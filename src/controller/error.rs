@@ -1,7 +1,7 @@
 //! The controller's one error type. Each variant names the reconcile step that failed; `reason`
 //! gives the bounded label used for metrics and Kubernetes Event reasons, never a Debug string.
 
-use crate::strapi::StrapiError;
+use crate::{config::CredentialsError, strapi::StrapiError};
 
 /// Why a reconcile did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -15,16 +15,10 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// A Secret or key the spec refers to does not exist, or is not UTF-8.
-    #[error("Secret {namespace}/{name}: {problem}")]
-    SecretMissing {
-        /// Namespace of the Secret.
-        namespace: String,
-        /// Name of the Secret.
-        name: String,
-        /// What is missing.
-        problem: String,
-    },
+    /// The admin credentials `spec.auth` names cannot be read: a Secret or key is missing or
+    /// not UTF-8.
+    #[error("spec.auth: {0}")]
+    SecretMissing(#[from] CredentialsError),
     /// The `StrapiInstance` a webhook refers to does not exist.
     #[error("StrapiInstance {namespace}/{name} does not exist")]
     InstanceMissing {

@@ -28,10 +28,10 @@ use super::{
     secrets,
 };
 use crate::{
-    api::{RepairStatus, StrapiAuth, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
-    cluster::NamespaceLabels,
-    config::{instance_key, referenced_instance, subscribed_events},
-    registration::{self, Applied, Change, Desired},
+    api::{RepairStatus, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
+    cluster::{FetchedSecrets, NamespaceLabels},
+    config::{self, instance_key, referenced_instance, subscribed_events},
+    registration::{self, Applied, Change, Desired, VerifyError},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
 
@@ -69,40 +69,13 @@ fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
 
 /// The admin credentials of an instance, read from its Secret.
 pub async fn credentials(ctx: &Context, instance: &StrapiInstance) -> Result<Credentials, Error> {
-    let namespace = instance.namespace().unwrap_or_default();
-    match &instance.spec.auth {
-        StrapiAuth {
-            api_token: Some(token),
-            ..
-        } => Ok(Credentials::admin_token(
-            secrets::read_key(&ctx.client, &namespace, &token.name, &token.key).await?,
-        )),
-        StrapiAuth {
-            credentials: Some(login),
-            ..
-        } => {
-            let email = secrets::read_key(
-                &ctx.client,
-                &namespace,
-                &login.secret_name,
-                &login.email_key,
-            )
-            .await?;
-            let password = secrets::read_key(
-                &ctx.client,
-                &namespace,
-                &login.secret_name,
-                &login.password_key,
-            )
-            .await?;
-            Ok(Credentials::password(email, password))
-        }
-        StrapiAuth { .. } => Err(Error::SecretMissing {
-            namespace,
-            name: instance.name_any(),
-            problem: "spec.auth sets neither apiToken nor credentials".into(),
-        }),
-    }
+    let namespace = instance_key(instance).namespace;
+    let refs = config::auth_refs(&instance.spec.auth);
+    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, &refs)
+        .await
+        .map_err(Error::kube("read Secret"))?;
+    let (credentials, _) = config::credentials(instance, &fetched)?;
+    Ok(credentials)
 }
 
 /// The enabled webhooks that refer to `instance` and that it allows.
@@ -142,9 +115,8 @@ struct Outcome {
 
 async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
     let key = instance_key(instance);
-    let namespace = instance.namespace().unwrap_or_default();
     let receiver_base = receiver_base(ctx, instance);
-    let endpoint = registration::endpoint(&receiver_base, &namespace, &instance.name_any());
+    let endpoint = registration::endpoint(&receiver_base, &key);
 
     // Dereference.
     let shared =
@@ -169,7 +141,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
             let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
             // Build (pure) and apply.
             let desired = Desired {
-                instance: key.clone(),
+                instance: key.to_string(),
                 endpoint: endpoint.clone(),
                 secret: (ctx.options.secret_header.clone(), shared.current.clone()),
                 events: events.clone(),
@@ -480,56 +452,36 @@ async fn trigger_and_wait(
     client: &StrapiClient,
     id: &str,
 ) -> Result<(), (&'static str, String)> {
-    let namespace = instance.namespace().unwrap_or_default();
-    let name = instance.name_any();
-    let receiver_failed =
-        |error: ReceiverError| (error.reason(), format!("receiver admin API: {error}"));
-    let before = ctx
-        .receiver
-        .handshake(&namespace, &name)
+    let key = instance_key(instance);
+    let handshakes = || async {
+        let handshake = ctx.receiver.handshake(&key).await?;
+        Ok::<_, ReceiverError>(handshake.count)
+    };
+    let trigger = ctx.observe_strapi("trigger webhook", client.trigger_webhook(id));
+    registration::verify(handshakes, trigger, ctx.options.verify_timeout)
         .await
-        .map_err(receiver_failed)?
-        .count;
-    let outcome = ctx
-        .observe_strapi("trigger webhook", client.trigger_webhook(id))
-        .await
-        .map_err(|error| {
-            (
+        .map_err(|error| match error {
+            VerifyError::Handshake(error) => {
+                (error.reason(), format!("receiver admin API: {error}"))
+            }
+            VerifyError::Trigger(error) => (
                 super::error::strapi_reason(&error),
                 format!("Strapi could not trigger the webhook: {error}"),
-            )
-        })?;
-    if !(200..300).contains(&outcome.status_code) {
-        return Err((
-            "ReceiverRejected",
-            format!(
-                "Strapi called the receiver endpoint and got {}: {} (401: the shared secret does not match; \
-                 500: Strapi cannot reach the receiver URL)",
-                outcome.status_code,
-                outcome.message.unwrap_or_default()
             ),
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + ctx.options.verify_timeout;
-    while ctx
-        .receiver
-        .handshake(&namespace, &name)
-        .await
-        .map_err(receiver_failed)?
-        .count
-        <= before
-    {
-        if tokio::time::Instant::now() >= deadline {
-            return Err((
+            VerifyError::Rejected { status, message } => (
+                "ReceiverRejected",
+                format!(
+                    "Strapi called the receiver endpoint and got {status}: {message} (401: the \
+                     shared secret does not match; 500: Strapi cannot reach the receiver URL)"
+                ),
+            ),
+            VerifyError::HandshakeMissing => (
                 "HandshakeMissing",
-                "Strapi reported success, but the receiver this controller asks never recorded the trigger: \
-                 does spec.receiverUrl point at another receiver?"
+                "Strapi reported success, but the receiver this controller asks never recorded \
+                 the trigger: does spec.receiverUrl point at another receiver?"
                     .to_owned(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
+            ),
+        })
 }
 
 /// Rolls the Strapi Deployment the way `kubectl rollout restart` does.
@@ -573,14 +525,15 @@ async fn patch_status(
         .await
         .map_err(Error::kube("write StrapiInstance status"))?;
     ctx.metrics
-        .record_instance_conditions(&instance_key(instance), &status.conditions);
+        .record_instance_conditions(&instance_key(instance).to_string(), &status.conditions);
     Ok(())
 }
 
 async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
     let key = instance_key(instance);
     if let Some(status) = &instance.status {
-        ctx.metrics.forget_instance(&key, &status.conditions);
+        ctx.metrics
+            .forget_instance(&key.to_string(), &status.conditions);
     }
     let credentials = match credentials(ctx, instance).await {
         Ok(credentials) => credentials,
@@ -596,7 +549,10 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
     };
     let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
     let removed = ctx
-        .observe_strapi("remove registration", registration::remove(&client, &key))
+        .observe_strapi(
+            "remove registration",
+            registration::remove(&client, &key.to_string()),
+        )
         .await?;
     ctx.forget_strapi_client(&key).await;
     tracing::info!(instance = %key, removed, "removed the registration from Strapi");

@@ -52,7 +52,8 @@ use crate::{
     admin_api::Stats,
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     config::{instance_key, referenced_instance, secret_refs},
-    strapi::{ContentType, Credentials, StrapiClient, StrapiError},
+    key::ObjectKey,
+    strapi::{ClientCache, ContentType, Credentials, StrapiClient, StrapiError},
 };
 
 /// The one field manager for everything the controller writes with server-side apply.
@@ -115,10 +116,10 @@ pub struct Context {
     // When each instance's next gap repair check is due.
     repair_schedule: Mutex<crate::repair::Schedule>,
     // One client per instance, so its admin session survives between reconciles.
-    strapi_clients: Mutex<HashMap<String, (u64, StrapiClient)>>,
+    strapi_clients: ClientCache<ObjectKey>,
     // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
     // wait for one listing instead of each asking Strapi.
-    content_types: tokio::sync::Mutex<HashMap<String, ListedContentTypes>>,
+    content_types: tokio::sync::Mutex<HashMap<ObjectKey, ListedContentTypes>>,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<Option<(Instant, Arc<Stats>)>>,
     receiver_replicas: Option<routing::ReceiverReplicas>,
@@ -158,7 +159,7 @@ impl Context {
             metrics,
             instances,
             webhooks,
-            strapi_clients: Mutex::default(),
+            strapi_clients: ClientCache::default(),
             content_types: tokio::sync::Mutex::default(),
             failures: Mutex::default(),
             stats: Mutex::default(),
@@ -168,27 +169,15 @@ impl Context {
     /// The Strapi client for an instance, reused while its URL and credentials stay the same.
     pub fn strapi_client(
         &self,
-        key: &str,
+        key: &ObjectKey,
         url: &str,
         credentials: Credentials,
     ) -> Result<StrapiClient, Error> {
-        let fingerprint = fingerprint(url, &credentials);
-        let mut clients = self.strapi_clients.lock().expect("client cache lock");
-        if let Some((known, client)) = clients.get(key)
-            && *known == fingerprint
-        {
-            return Ok(client.clone());
-        }
-        let client = StrapiClient::new(url, credentials)?;
-        clients.insert(key.to_owned(), (fingerprint, client.clone()));
-        Ok(client)
+        Ok(self.strapi_clients.client(key, url, credentials)?)
     }
 
-    async fn forget_strapi_client(&self, key: &str) {
-        self.strapi_clients
-            .lock()
-            .expect("client cache lock")
-            .remove(key);
+    async fn forget_strapi_client(&self, key: &ObjectKey) {
+        self.strapi_clients.forget(key);
         self.content_types.lock().await.remove(key);
     }
 
@@ -263,18 +252,6 @@ impl Context {
     }
 }
 
-// Identifies a URL and credentials without keeping a second copy of the secrets around.
-fn fingerprint(url: &str, credentials: &Credentials) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    url.trim_end_matches('/').hash(&mut hasher);
-    match credentials {
-        Credentials::Password { email, password } => (email, password.expose()).hash(&mut hasher),
-        Credentials::AdminToken(token) => token.expose().hash(&mut hasher),
-    }
-    hasher.finish()
-}
-
 /// Exponential backoff for transient failures: 2 s, 4 s, 8 s … capped at 5 minutes.
 pub fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(failures.min(9))).min(Duration::from_secs(300))
@@ -333,7 +310,7 @@ pub async fn run(
     let instance_controller = instances
         .reconcile_all_on(receiver_changes)
         .watches(webhook_api, watcher::Config::default(), |webhook| {
-            let (namespace, name) = split_key(&referenced_instance(&webhook));
+            let ObjectKey { namespace, name } = referenced_instance(&webhook);
             Some(ObjectRef::new(&name).within(&namespace))
         })
         .watches(
@@ -422,11 +399,6 @@ pub async fn reconcile_webhook(
     let action = webhook::reconcile(object, ctx.clone()).await?;
     ctx.succeeded(key);
     Ok(action)
-}
-
-fn split_key(key: &str) -> (String, String) {
-    let (namespace, name) = key.split_once('/').unwrap_or_default();
-    (namespace.to_owned(), name.to_owned())
 }
 
 /// Instances that read this Secret (admin credentials) or own it (shared secret).

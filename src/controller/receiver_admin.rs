@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::{
     admin_api::{Handshake, Routing, Stats},
     http::AdminToken,
+    key::ObjectKey,
 };
 
 /// Why the receiver's admin API could not answer.
@@ -95,13 +96,10 @@ impl ReceiverAdmin {
         self.get(url.as_str()).await
     }
 
-    /// The handshakes recorded for `namespace/name`.
-    pub async fn handshake(&self, namespace: &str, name: &str) -> Result<Handshake, ReceiverError> {
-        self.get(&format!(
-            "{}/v1/instances/{namespace}/{name}/handshake",
-            self.base
-        ))
-        .await
+    /// The handshakes recorded for the instance `namespace/name`.
+    pub async fn handshake(&self, instance: &ObjectKey) -> Result<Handshake, ReceiverError> {
+        self.get(&format!("{}/v1/instances/{instance}/handshake", self.base))
+            .await
     }
 
     /// Delivery counters of every webhook's sinks, by webhook `namespace/name`.

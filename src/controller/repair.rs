@@ -33,7 +33,7 @@ pub async fn watch_receiver(ctx: Arc<Context>, trigger: mpsc::UnboundedSender<()
                     .instances
                     .state()
                     .iter()
-                    .map(|instance| instance_key(instance))
+                    .map(|instance| instance_key(instance).to_string())
                     .collect();
                 let changed = ctx
                     .repair_schedule
@@ -62,7 +62,7 @@ pub fn next_check(ctx: &Context, instance: &StrapiInstance) -> Option<Duration> 
         ctx.repair_schedule
             .lock()
             .expect("repair schedule lock")
-            .due_in(&instance_key(instance), interval)
+            .due_in(&instance_key(instance).to_string(), interval)
     })
 }
 
@@ -79,7 +79,7 @@ pub async fn repair(
         .as_ref()
         .and_then(|status| status.repair.clone());
     let interval: Duration = instance.spec.repair_interval.into();
-    let key = instance_key(instance);
+    let key = instance_key(instance).to_string();
     let due = !interval.is_zero()
         && ctx
             .repair_schedule

@@ -12,7 +12,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    str::FromStr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -20,7 +19,7 @@ use std::{
 use futures::{StreamExt, future};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
@@ -38,6 +37,7 @@ use crate::{
     admin_api::Routing,
     api::{StrapiInstance, StrapiWebhook},
     config::referenced_instance,
+    key::ObjectKey,
 };
 
 /// How long a replica's answer is reused for webhooks it already routes.
@@ -48,37 +48,7 @@ const WAIT_SECONDS: u64 = 3;
 const ADMIN_PORT: &str = "admin";
 
 /// A Service whose ready endpoints are the receiver replicas, as `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceRef {
-    /// Namespace of the Service.
-    pub namespace: String,
-    /// Name of the Service.
-    pub name: String,
-}
-
-impl FromStr for ServiceRef {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.split_once('/') {
-            Some((namespace, name))
-                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
-            {
-                Ok(ServiceRef {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                })
-            }
-            _ => Err(format!("{text:?}: expected <namespace>/<service>")),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub type ServiceRef = ObjectKey;
 
 /// The receiver replicas' endpoints, kept current by a watch that ends with this value.
 pub struct ReceiverReplicas {
@@ -184,13 +154,9 @@ impl Wanted {
     /// What `webhook` on `instance` needs routed.
     pub fn of(webhook: &StrapiWebhook, instance: &StrapiInstance) -> Self {
         Wanted {
-            webhook: format!(
-                "{}/{}",
-                webhook.namespace().unwrap_or_default(),
-                webhook.name_any()
-            ),
+            webhook: ObjectKey::of(webhook).to_string(),
             generation: webhook.metadata.generation.unwrap_or_default(),
-            instance: referenced_instance(webhook),
+            instance: referenced_instance(webhook).to_string(),
             instance_generation: instance.metadata.generation.unwrap_or_default(),
         }
     }
@@ -428,10 +394,7 @@ mod tests {
     fn a_service_reference_needs_a_namespace_and_a_name() {
         assert_eq!(
             "strapi-system/receiver-admin".parse::<ServiceRef>(),
-            Ok(ServiceRef {
-                namespace: "strapi-system".into(),
-                name: "receiver-admin".into()
-            })
+            Ok(ServiceRef::new("strapi-system", "receiver-admin"))
         );
         assert!("receiver-admin".parse::<ServiceRef>().is_err());
         assert!("a/b/c".parse::<ServiceRef>().is_err());

@@ -3,7 +3,7 @@
 //!
 //! The shared-secret Secret's layout is a contract with the receiver: [`crate::api::shared_secret`].
 
-use std::collections::{BTreeMap, btree_map::Entry};
+use std::collections::BTreeMap;
 
 use k8s_openapi::{
     ByteString,
@@ -18,16 +18,13 @@ use kube::{
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::{Error, FIELD_MANAGER};
-use crate::{
-    api::{
-        SecretKeyRef, StrapiInstance,
-        shared_secret::{
-            self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY,
-            ROTATE_ANNOTATION,
-        },
+use crate::api::{
+    StrapiInstance,
+    shared_secret::{
+        self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, ROTATE_ANNOTATION,
     },
-    config::{SecretError, SecretResolver},
 };
+use crate::cluster::secret_text;
 
 // Records on the Secret which rotation request it has served.
 const ROTATED_FOR_ANNOTATION: &str = "webhooks.strapi-operator.dev/rotated-for";
@@ -43,11 +40,6 @@ pub struct SharedSecret {
     pub changed: bool,
 }
 
-fn decode(secret: &Secret, key: &str) -> Option<String> {
-    let ByteString(bytes) = secret.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.clone()).ok()
-}
-
 fn generate() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 48)
 }
@@ -59,7 +51,7 @@ pub fn next_shared_secret(
     grace: SignedDuration,
     now: Timestamp,
 ) -> Option<(BTreeMap<String, String>, Option<String>)> {
-    let current = existing.and_then(|secret| decode(secret, CURRENT_KEY));
+    let current = existing.and_then(|secret| secret_text(secret, CURRENT_KEY));
     let served =
         existing.and_then(|secret| secret.annotations().get(ROTATED_FOR_ANNOTATION).cloned());
     let rotate = rotation_request.is_some() && rotation_request.map(str::to_owned) != served;
@@ -105,7 +97,7 @@ pub async fn ensure_shared_secret(
     else {
         let current = existing
             .as_ref()
-            .and_then(|secret| decode(secret, CURRENT_KEY))
+            .and_then(|secret| secret_text(secret, CURRENT_KEY))
             .unwrap_or_default();
         return Ok(SharedSecret {
             name,
@@ -154,78 +146,6 @@ pub async fn ensure_shared_secret(
         current: data[CURRENT_KEY].clone(),
         changed: true,
     })
-}
-
-/// Reads one key of a Secret in `namespace`.
-pub async fn read_key(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-) -> Result<String, Error> {
-    let missing = |problem: String| Error::SecretMissing {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        problem,
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("read Secret"))?
-        .ok_or_else(|| missing("not found".to_owned()))?;
-    decode(&secret, key).ok_or_else(|| missing(format!("no UTF-8 key {key:?}")))
-}
-
-/// Secrets fetched up front for one `StrapiWebhook`, so that compiling it stays pure.
-#[derive(Default)]
-pub struct FetchedSecrets {
-    secrets: BTreeMap<(String, String), Option<Secret>>,
-}
-
-impl FetchedSecrets {
-    /// Fetches every Secret `refs` names in `namespace` (missing ones are remembered as such).
-    pub async fn fetch(
-        client: &Client,
-        namespace: &str,
-        refs: impl IntoIterator<Item = &SecretKeyRef>,
-    ) -> Result<Self, Error> {
-        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let mut fetched = FetchedSecrets::default();
-        for reference in refs {
-            if let Entry::Vacant(slot) = fetched
-                .secrets
-                .entry((namespace.to_owned(), reference.name.clone()))
-            {
-                slot.insert(
-                    api.get_opt(&reference.name)
-                        .await
-                        .map_err(Error::kube("read Secret"))?,
-                );
-            }
-        }
-        Ok(fetched)
-    }
-}
-
-impl SecretResolver for FetchedSecrets {
-    fn resolve(&self, namespace: &str, reference: &SecretKeyRef) -> Result<String, SecretError> {
-        match self
-            .secrets
-            .get(&(namespace.to_owned(), reference.name.clone()))
-        {
-            Some(Some(secret)) => {
-                decode(secret, &reference.key).ok_or_else(|| SecretError::KeyMissing {
-                    namespace: namespace.to_owned(),
-                    name: reference.name.clone(),
-                    key: reference.key.clone(),
-                })
-            }
-            _ => Err(SecretError::NotFound {
-                namespace: namespace.to_owned(),
-                name: reference.name.clone(),
-            }),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -19,14 +19,14 @@ use super::{
     Context, Error, FIELD_MANAGER,
     conditions::{self, Reported},
     events::Notice,
-    secrets::FetchedSecrets,
 };
 use crate::{
     admin_api::SinkCounters,
     api::{SinkStatus, StrapiInstance, StrapiWebhook, StrapiWebhookSpec, StrapiWebhookStatus},
-    cluster::NamespaceLabels,
+    cluster::{FetchedSecrets, NamespaceLabels},
     config::{self, Reason, ValidationError, ValidationErrors},
     config::{instance_key, referenced_instance, secret_refs},
+    key::ObjectKey,
     sinks::{EgressBase, EgressPolicy},
     strapi::ContentType,
 };
@@ -258,15 +258,16 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         .state()
         .into_iter()
         .find(|instance| self::instance_key(instance) == instance_key);
-    let fetched =
-        FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec)).await?;
+    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec))
+        .await
+        .map_err(Error::kube("read Secret"))?;
 
     let mut reported = validate(ctx, webhook, instance.as_deref(), &fetched).await;
     let (ready_parts, endpoint) = match &instance {
         None => {
             let error = Error::InstanceMissing {
-                namespace: instance_key.split('/').next().unwrap_or_default().into(),
-                name: webhook.spec.instance_ref.name.clone(),
+                namespace: instance_key.namespace.clone(),
+                name: instance_key.name.clone(),
             };
             reported.push(Reported::no(
                 "Registered",
@@ -277,7 +278,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
         }
         Some(instance) if !namespace_allowed(ctx, instance, &namespace).await? => {
             let error = Error::NamespaceNotAllowed {
-                instance: instance_key.clone(),
+                instance: instance_key.to_string(),
                 namespace: namespace.clone(),
             };
             reported.push(Reported::no(
@@ -311,7 +312,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
          with this generation",
     );
     reported.push(ready);
-    let key = format!("{namespace}/{name}");
+    let key = ObjectKey::new(&namespace, &name).to_string();
     let next_check = match reported.iter().find(|condition| condition.kind == "Routed") {
         Some(routed) if !routed.status => ctx.routing_retry(&key),
         _ => {

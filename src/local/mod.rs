@@ -24,12 +24,12 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::manifests::{self, Manifests, Problems, key_of, namespace_of};
+use crate::manifests::{self, Manifests, Problems};
 use crate::validate::compile_in_files;
 use crate::{
-    api::{SecretKeyRef, StrapiInstance},
-    config::{SecretResolver, referenced_instance, subscribed_events},
+    config::{credentials, referenced_instance, subscribed_events},
     http::AdminToken,
+    key::ObjectKey,
     queue::{QueueError, sqlite::SqliteQueue},
     receiver::{
         self, ReceiverError, ReceiverSettings, ReceiverState,
@@ -37,7 +37,6 @@ use crate::{
     },
     repair::{self, CheckSettings, RepairClient, Schedule, Target, routed_models},
     sinks::EgressBase,
-    strapi::Credentials,
 };
 use register::{LocalInstance, Registrar};
 use secrets::{LocalSecrets, SharedSecrets, SharedSecretsError};
@@ -156,7 +155,7 @@ pub fn load(
         ..EgressBase::default()
     };
     for webhook in &manifests.webhooks {
-        let key = key_of(&webhook.object.metadata);
+        let key = ObjectKey::of(&webhook.object).to_string();
         let target = referenced_instance(&webhook.object);
         let Some(instance) = manifests.instance(&target) else {
             problems.push(webhook.problem_at(
@@ -181,7 +180,7 @@ pub fn load(
     let mut instances = Vec::new();
     let mut accepted_secrets = BTreeMap::new();
     for instance in &manifests.instances {
-        let key = key_of(&instance.object.metadata);
+        let key = ObjectKey::of(&instance.object);
         let (credentials, credentials_values) = match credentials(&instance.object, &secrets) {
             Ok(resolved) => resolved,
             Err(error) => {
@@ -192,14 +191,14 @@ pub fn load(
                 continue;
             }
         };
-        let shared_secret = match shared.get_or_create(&key) {
+        let shared_secret = match shared.get_or_create(&key.to_string()) {
             Ok(secret) => secret,
             Err(error) => {
                 problems.push(instance.problem(format!("StrapiInstance {key}: {error}")));
                 continue;
             }
         };
-        accepted_secrets.insert(key.clone(), vec![shared_secret.clone()]);
+        accepted_secrets.insert(key.to_string(), vec![shared_secret.clone()]);
         let models = routed_models(
             accepted
                 .iter()
@@ -227,41 +226,6 @@ pub fn load(
         instances,
         specs,
     })
-}
-
-/// The admin API credentials of an instance, and their raw values.
-fn credentials(
-    instance: &StrapiInstance,
-    secrets: &dyn SecretResolver,
-) -> Result<(Credentials, Vec<String>), String> {
-    let namespace = namespace_of(&instance.metadata);
-    let auth = &instance.spec.auth;
-    let user = match (&auth.api_token, &auth.credentials) {
-        (Some(token), None) => {
-            let token = secrets
-                .resolve(&namespace, token)
-                .map_err(|error| error.to_string())?;
-            return Ok((Credentials::admin_token(token.as_str()), vec![token]));
-        }
-        (None, Some(user)) => user,
-        // In a cluster the CRD's rule refuses this; local files pass no admission, so say it here.
-        _ => return Err("set exactly one of apiToken and credentials".to_owned()),
-    };
-    let read = |key: &str| {
-        secrets.resolve(
-            &namespace,
-            &SecretKeyRef {
-                name: user.secret_name.clone(),
-                key: key.to_owned(),
-            },
-        )
-    };
-    let email = read(&user.email_key).map_err(|error| error.to_string())?;
-    let password = read(&user.password_key).map_err(|error| error.to_string())?;
-    Ok((
-        Credentials::password(email.clone(), password.as_str()),
-        vec![email, password],
-    ))
 }
 
 /// Watches `paths` and sends `()` whenever a YAML file among them may have changed.
@@ -331,30 +295,12 @@ pub async fn run(
     let source = StaticSource::new(config.snapshot.clone());
     let ingest = receiver::bind("ingest", &options.ingest_addr).await?;
     let admin = receiver::bind("admin", &options.admin_addr).await?;
-    let mut settings = options.settings.clone();
-    settings.egress.allow_loopback = true;
-    // The delivery API needs a token here too: any local process or web page could call it.
     let token_file = options.data_dir.join(ADMIN_TOKEN_FILE);
-    if settings.admin_token.is_none() {
-        settings.admin_token =
-            Some(AdminToken::load_or_create(&token_file).map_err(LocalError::AdminToken)?);
-    }
-    settings
-        .egress
-        .own_ports
-        .extend(receiver::own_ports(&ingest, &admin));
+    let settings = receiver_settings(&options, &token_file, &ingest, &admin)?;
     let admin_token = settings.admin_token.clone();
     let state = ReceiverState::new(Arc::clone(&queue), &source, settings)?;
-    let ingest_address = ingest.local_addr().map_err(|source| ReceiverError::Bind {
-        what: "ingest",
-        address: options.ingest_addr.clone(),
-        source,
-    })?;
-    let admin_address = admin.local_addr().map_err(|source| ReceiverError::Bind {
-        what: "admin",
-        address: options.admin_addr.clone(),
-        source,
-    })?;
+    let ingest_address = local_address("ingest", &ingest, &options.ingest_addr)?;
+    let admin_address = local_address("admin", &admin, &options.admin_addr)?;
     let receiver_base = options
         .receiver_url
         .clone()
@@ -392,28 +338,9 @@ pub async fn run(
             Some(()) = changes.recv() => {
                 tokio::time::sleep(SETTLE).await;
                 while changes.try_recv().is_ok() {}
-                match load(&options.paths, &env, &mut shared) {
-                    Ok(loaded) => {
-                        let changed = loaded.changed_since(&config);
-                        config = loaded;
-                        source.publish(config.snapshot.clone());
-                        tracing::info!(
-                            instances = config.instances.len(),
-                            webhooks = config.snapshot.webhooks.len(),
-                            "configuration reloaded and applied"
-                        );
-                        warn_if_idle(&config, &options.paths);
-                        next_sync = sync_all(&mut registrar, &config.instances).await;
-                        // The ingest reads the published snapshot for its next event, and Strapi
-                        // now subscribes to what it routes: from here on the change is in effect.
-                        tracing::info!(
-                            changed = ?changed,
-                            "configuration live: the next event is routed with it"
-                        );
-                    }
-                    Err(problems) => tracing::error!(
-                        "configuration rejected; the last good configuration keeps running:\n{problems}"
-                    ),
+                let reloaded = Reload { options: &options, env: &env, source: &source };
+                if let Some(next) = reloaded.run(&mut shared, &mut config, &mut registrar).await {
+                    next_sync = next;
                 }
             }
             () = tokio::time::sleep(next_sync) => {
@@ -432,20 +359,104 @@ pub async fn run(
         }
     };
     if options.cleanup {
-        for instance in &config.instances {
-            match registrar.remove(instance).await {
-                Ok(removed) => {
-                    tracing::info!(instance = %instance.key, removed, "registration removed")
-                }
-                Err(error) => {
-                    tracing::error!(instance = %instance.key, %error, "cleanup failed")
-                }
-            }
-        }
+        remove_all(&mut registrar, &config.instances).await;
     }
     // A panicked server task is a bug, not an operational error; surface it as one.
     served.expect("the receiver task does not panic")?;
     Ok(())
+}
+
+/// What a reload of the files reads and where it publishes.
+struct Reload<'a> {
+    options: &'a Options,
+    env: &'a [(String, String)],
+    source: &'a StaticSource,
+}
+
+impl Reload<'_> {
+    /// Reads the files again: a configuration that loads replaces `config`, is published to the
+    /// receiver and registered (returning when the next registration pass is due); one that
+    /// does not is reported and the last good one keeps running.
+    async fn run(
+        &self,
+        shared: &mut SharedSecrets,
+        config: &mut Config,
+        registrar: &mut Registrar,
+    ) -> Option<Duration> {
+        let loaded = match load(&self.options.paths, self.env, shared) {
+            Ok(loaded) => loaded,
+            Err(problems) => {
+                tracing::error!(
+                    "configuration rejected; the last good configuration keeps running:\n{problems}"
+                );
+                return None;
+            }
+        };
+        let changed = loaded.changed_since(config);
+        *config = loaded;
+        self.source.publish(config.snapshot.clone());
+        tracing::info!(
+            instances = config.instances.len(),
+            webhooks = config.snapshot.webhooks.len(),
+            "configuration reloaded and applied"
+        );
+        warn_if_idle(config, &self.options.paths);
+        let next_sync = sync_all(registrar, &config.instances).await;
+        // The ingest reads the published snapshot for its next event, and Strapi now subscribes
+        // to what it routes: from here on the change is in effect.
+        tracing::info!(
+            changed = ?changed,
+            "configuration live: the next event is routed with it"
+        );
+        Some(next_sync)
+    }
+}
+
+/// The receiver's settings in local mode: sinks on loopback allowed (every sink of a local
+/// setup runs on this machine) but never the receiver's own ports, and an admin token always.
+fn receiver_settings(
+    options: &Options,
+    token_file: &Path,
+    ingest: &tokio::net::TcpListener,
+    admin: &tokio::net::TcpListener,
+) -> Result<ReceiverSettings, LocalError> {
+    let mut settings = options.settings.clone();
+    settings.egress.allow_loopback = true;
+    // The delivery API needs a token here too: any local process or web page could call it.
+    if settings.admin_token.is_none() {
+        settings.admin_token =
+            Some(AdminToken::load_or_create(token_file).map_err(LocalError::AdminToken)?);
+    }
+    settings
+        .egress
+        .own_ports
+        .extend(receiver::own_ports(ingest, admin));
+    Ok(settings)
+}
+
+/// The address `listener` (the `what` port, asked for as `address`) is bound to.
+fn local_address(
+    what: &'static str,
+    listener: &tokio::net::TcpListener,
+    address: &str,
+) -> Result<std::net::SocketAddr, ReceiverError> {
+    listener.local_addr().map_err(|source| ReceiverError::Bind {
+        what,
+        address: address.to_owned(),
+        source,
+    })
+}
+
+/// Removes every instance's registration from its Strapi (`--cleanup`), saying how each went.
+async fn remove_all(registrar: &mut Registrar, instances: &[LocalInstance]) {
+    for instance in instances {
+        match registrar.remove(instance).await {
+            Ok(removed) => {
+                tracing::info!(instance = %instance.key, removed, "registration removed")
+            }
+            Err(error) => tracing::error!(instance = %instance.key, %error, "cleanup failed"),
+        }
+    }
 }
 
 /// Gap repair in local mode: the same checks as the controller's, against this process's own
@@ -464,23 +475,23 @@ impl Repairer {
     /// since the last look); returns when to look again.
     async fn run(&mut self, registrar: &mut Registrar, instances: &[LocalInstance]) -> Duration {
         if let Ok(state) = self.client.state().await {
-            self.schedule.observe(
-                state,
-                instances.iter().map(|instance| instance.key.as_str()),
-            );
+            let keys: Vec<String> = instances
+                .iter()
+                .map(|instance| instance.key.to_string())
+                .collect();
+            self.schedule
+                .observe(state, keys.iter().map(String::as_str));
         }
         let mut next = RECEIVER_POLL;
         for instance in instances {
             if instance.repair_interval.is_zero() {
                 continue;
             }
-            if self.schedule.due(&instance.key, instance.repair_interval) {
+            let key = instance.key.to_string();
+            if self.schedule.due(&key, instance.repair_interval) {
                 self.check(registrar, instance).await;
             }
-            next = next.min(
-                self.schedule
-                    .due_in(&instance.key, instance.repair_interval),
-            );
+            next = next.min(self.schedule.due_in(&key, instance.repair_interval));
         }
         next
     }
@@ -493,14 +504,15 @@ impl Repairer {
                 return;
             }
         };
+        let key = instance.key.to_string();
         let target = Target {
-            instance: &instance.key,
+            instance: &key,
             strapi: &strapi,
             events: &instance.events,
             models: instance.models.as_ref(),
         };
         let checked = repair::check(&target, &self.client, &self.settings).await;
-        let outage = self.schedule.checked(&instance.key);
+        let outage = self.schedule.checked(&key);
         match checked {
             Ok(report) => {
                 if let Some((start, end)) = repair::gap(outage, &report) {

@@ -6,16 +6,17 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     event::SECRET_HEADER,
+    key::ObjectKey,
     queue::{Queue, QueueError},
-    registration::{self, Change, Desired},
-    strapi::{Credentials, StrapiClient, StrapiError},
+    registration::{self, Change, Desired, VerifyError},
+    strapi::{ClientCache, Credentials, StrapiClient, StrapiError},
 };
 
 /// One `StrapiInstance` as local mode runs it: resolved credentials and the events to ask for.
 #[derive(Clone, Debug)]
 pub struct LocalInstance {
     /// `namespace/name`.
-    pub key: String,
+    pub key: ObjectKey,
     /// Strapi's base URL.
     pub url: String,
     /// Admin API credentials.
@@ -101,8 +102,8 @@ pub struct Registrar {
     receiver_base: String,
     queue: Arc<dyn Queue>,
     verify_timeout: Duration,
-    clients: HashMap<String, (String, Vec<String>, StrapiClient)>,
-    verified: HashMap<String, Registered>,
+    clients: ClientCache<ObjectKey>,
+    verified: HashMap<ObjectKey, Registered>,
 }
 
 impl Registrar {
@@ -112,41 +113,26 @@ impl Registrar {
             receiver_base,
             queue,
             verify_timeout,
-            clients: HashMap::new(),
+            clients: ClientCache::default(),
             verified: HashMap::new(),
         }
     }
 
     /// The registration `instance` should have.
     pub fn desired(&self, instance: &LocalInstance) -> Desired {
-        let (namespace, name) = instance.key.split_once('/').unwrap_or(("", &instance.key));
         Desired {
-            instance: instance.key.clone(),
-            endpoint: registration::endpoint(&self.receiver_base, namespace, name),
+            instance: instance.key.to_string(),
+            endpoint: registration::endpoint(&self.receiver_base, &instance.key),
             secret: (SECRET_HEADER.to_owned(), instance.shared_secret.clone()),
             events: instance.events.clone(),
         }
     }
 
     /// The Strapi client of `instance`, reused while its URL and credentials stay the same.
-    pub fn client(&mut self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
-        if let Some((url, values, client)) = self.clients.get(&instance.key)
-            && *url == instance.url
-            && *values == instance.credentials_values
-        {
-            return Ok(client.clone());
-        }
-        let client = StrapiClient::new(&instance.url, instance.credentials.clone())
-            .map_err(RegisterError::Client)?;
-        self.clients.insert(
-            instance.key.clone(),
-            (
-                instance.url.clone(),
-                instance.credentials_values.clone(),
-                client.clone(),
-            ),
-        );
-        Ok(client)
+    pub fn client(&self, instance: &LocalInstance) -> Result<StrapiClient, RegisterError> {
+        self.clients
+            .client(&instance.key, &instance.url, instance.credentials.clone())
+            .map_err(RegisterError::Client)
     }
 
     /// Makes Strapi hold the desired webhook and verifies it when anything changed since the
@@ -181,44 +167,32 @@ impl Registrar {
         desired: &Desired,
         id: &str,
     ) -> Result<(), RegisterError> {
-        let count = || async {
+        let handshakes = || async {
             self.queue
                 .handshake(desired.instance.clone())
                 .await
                 .map(|handshake| handshake.count)
-                .map_err(RegisterError::Handshake)
         };
-        let before = count().await?;
-        let outcome = client
-            .trigger_webhook(id)
+        let endpoint = desired.endpoint.clone();
+        registration::verify(handshakes, client.trigger_webhook(id), self.verify_timeout)
             .await
-            .map_err(RegisterError::Trigger)?;
-        if !(200..300).contains(&outcome.status_code) {
-            return Err(RegisterError::Rejected {
-                endpoint: desired.endpoint.clone(),
-                status: outcome.status_code,
-                message: outcome.message.unwrap_or_default(),
-            });
-        }
-        // Strapi answers the trigger after the receiver answered it, and the receiver answers
-        // after storing; the wait only covers a read that raced the write's commit.
-        let deadline = tokio::time::Instant::now() + self.verify_timeout;
-        while count().await? <= before {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(RegisterError::HandshakeMissing {
-                    endpoint: desired.endpoint.clone(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+            .map_err(|error| match error {
+                VerifyError::Handshake(error) => RegisterError::Handshake(error),
+                VerifyError::Trigger(error) => RegisterError::Trigger(error),
+                VerifyError::Rejected { status, message } => RegisterError::Rejected {
+                    endpoint,
+                    status,
+                    message,
+                },
+                VerifyError::HandshakeMissing => RegisterError::HandshakeMissing { endpoint },
+            })
     }
 
     /// Deletes the registration of `instance` from its Strapi (`--cleanup`).
     pub async fn remove(&mut self, instance: &LocalInstance) -> Result<usize, RegisterError> {
         let client = self.client(instance)?;
         self.verified.remove(&instance.key);
-        registration::remove(&client, &instance.key)
+        registration::remove(&client, &instance.key.to_string())
             .await
             .map_err(RegisterError::Remove)
     }

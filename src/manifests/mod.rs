@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     api::{StrapiInstance, StrapiWebhook},
     config::InMemorySecrets,
+    key::{ObjectKey, namespace_or_default},
 };
 
 /// The API group of the operator's kinds; a document in it with another kind is a typo.
@@ -196,10 +197,10 @@ impl Manifests {
     }
 
     /// The instance with this `namespace/name`.
-    pub fn instance(&self, key: &str) -> Option<&Located<StrapiInstance>> {
+    pub fn instance(&self, key: &ObjectKey) -> Option<&Located<StrapiInstance>> {
         self.instances
             .iter()
-            .find(|instance| key_of(&instance.object.metadata) == key)
+            .find(|instance| ObjectKey::of(&instance.object) == *key)
     }
 
     fn add_file(&mut self, file: &Path, text: &str, problems: &mut Vec<Problem>) {
@@ -250,8 +251,7 @@ impl Manifests {
     }
 
     fn add_secret(&mut self, secret: &Secret) {
-        let namespace = namespace_of(&secret.metadata);
-        let name = secret.metadata.name.clone().unwrap_or_default();
+        let ObjectKey { namespace, name } = ObjectKey::of(secret);
         self.secret_names.insert((namespace.clone(), name.clone()));
         for (key, value) in secret.data.iter().flatten() {
             if let Ok(value) = String::from_utf8(value.0.clone()) {
@@ -274,7 +274,7 @@ impl Manifests {
             let mut seen = BTreeMap::new();
             let mut problems = Vec::new();
             for located in objects {
-                let key = key_of(meta(&located.object));
+                let key = ObjectKey::of_meta(meta(&located.object));
                 if let Some(first) = seen.insert(key.clone(), located) {
                     problems.push(located.problem(format!(
                         "{kind} {key} is also defined at {}:{}",
@@ -291,22 +291,6 @@ impl Manifests {
         }));
         problems
     }
-}
-
-/// The namespace of an object; objects without one are in `default`, as `kubectl apply` does.
-pub fn namespace_of(meta: &ObjectMeta) -> String {
-    meta.namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned())
-}
-
-/// `namespace/name` of an object.
-pub fn key_of(meta: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        namespace_of(meta),
-        meta.name.as_deref().unwrap_or_default()
-    )
 }
 
 /// The documents of a multi-document YAML text with the 1-based line each starts on. Each
@@ -375,7 +359,7 @@ where
     }
     let mut object: K = typed(file, line, document, problems)?;
     let meta = object.meta_mut();
-    meta.namespace = Some(namespace_of(meta));
+    meta.namespace = Some(namespace_or_default(meta.namespace.as_deref()));
     Some(Located {
         file: located.file,
         line,

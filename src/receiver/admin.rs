@@ -41,6 +41,7 @@ use serde_json::json;
 use super::{ReceiverState, metrics::sink_labels};
 use crate::{
     admin_api::{Handshake, ReplayDead, ReplayOne, Replayed, SinkCounters, Stats},
+    key::ObjectKey,
     queue::{DeliveryFilter, DeliveryState, QueueError, ReplaySelector, now_millis},
 };
 
@@ -209,9 +210,13 @@ async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {
 
 async fn handshake(
     State(state): State<Arc<ReceiverState>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path(instance): Path<(String, String)>,
 ) -> Response {
-    match state.queue.handshake(format!("{namespace}/{name}")).await {
+    match state
+        .queue
+        .handshake(ObjectKey::from(instance).to_string())
+        .await
+    {
         Ok(handshake) => Json(Handshake {
             count: handshake.count,
             last_at: handshake.last_at,

@@ -18,7 +18,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -33,11 +33,12 @@ use super::source::{ConfigSource, Snapshot};
 use crate::{
     api::{
         SinkEgress, StrapiInstance, StrapiWebhook,
-        shared_secret::{self, CURRENT_KEY, INSTANCE_LABEL, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
+        shared_secret::{self, INSTANCE_LABEL},
     },
-    cluster::NamespaceLabels,
-    config::{CompiledWebhook, InMemorySecrets, compile_webhook, egress_rules},
+    cluster::{FetchedSecrets, NamespaceLabels, secret_text},
+    config::{CompiledWebhook, compile_webhook, egress_rules},
     config::{referenced_instance, secret_refs},
+    key::ObjectKey,
 };
 
 // Rebuild at least this often, to pick up rotated sink Secrets (which are read, not watched).
@@ -132,17 +133,10 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
     }
     let mut compiled = Compiled::new();
     loop {
-        let by_key: HashMap<String, Arc<StrapiInstance>> = instances
+        let by_key: HashMap<ObjectKey, Arc<StrapiInstance>> = instances
             .state()
             .into_iter()
-            .map(|instance| {
-                let key = format!(
-                    "{}/{}",
-                    instance.namespace().unwrap_or_default(),
-                    instance.name_any()
-                );
-                (key, instance)
-            })
+            .map(|instance| (ObjectKey::of(instance.as_ref()), instance))
             .collect();
         compiled = compile_all(&client, &by_key, &webhooks, &compiled).await;
         let snapshot = Snapshot {
@@ -152,7 +146,7 @@ async fn watch_cluster(client: Client, sender: watch::Sender<Arc<Snapshot>>) {
                 .iter()
                 .map(|(key, instance)| {
                     (
-                        key.clone(),
+                        key.to_string(),
                         instance.metadata.generation.unwrap_or_default(),
                     )
                 })
@@ -199,15 +193,15 @@ where
 
 async fn compile_all(
     client: &Client,
-    instances: &HashMap<String, Arc<StrapiInstance>>,
+    instances: &HashMap<ObjectKey, Arc<StrapiInstance>>,
     webhooks: &Store<StrapiWebhook>,
     previous: &Compiled,
 ) -> Compiled {
     let mut compiled = BTreeMap::new();
     let mut labels = NamespaceLabels::default();
     for webhook in webhooks.state() {
-        let namespace = webhook.namespace().unwrap_or_default();
-        let key = format!("{namespace}/{}", webhook.name_any());
+        let ObjectKey { namespace, name } = ObjectKey::of(webhook.as_ref());
+        let key = ObjectKey::new(&namespace, &name).to_string();
         let Some(instance) = instances.get(&referenced_instance(&webhook)) else {
             continue;
         };
@@ -221,7 +215,18 @@ async fn compile_all(
         if !allowed {
             continue;
         }
-        let values = read_sink_secrets(client, &namespace, &webhook).await;
+        let fetched = match FetchedSecrets::fetch(client, &namespace, secret_refs(&webhook.spec))
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                // Not the same as a missing Secret: keep what runs rather than recompile without it.
+                tracing::warn!(webhook = %key, %error, "reading the sink Secrets failed; keeping the webhook's last good version");
+                keep_last_good(&mut compiled, previous, key);
+                continue;
+            }
+        };
+        let values = fetched.values();
         let generation = webhook.metadata.generation.unwrap_or_default();
         let inputs = Inputs {
             generation,
@@ -236,36 +241,22 @@ async fn compile_all(
             compiled.insert(key, (inputs, Arc::clone(old)));
             continue;
         }
-        let mut secrets = InMemorySecrets::new();
-        for ((name, item), value) in values {
-            secrets.insert(&namespace, &name, &item, value);
-        }
         let rules = match egress_rules(instance.spec.egress.as_ref()) {
             Ok(rules) => rules,
             Err(error) => {
                 tracing::warn!(webhook = %key, %error, "the instance's egress policy does not parse; keeping the webhook's last good version");
-                if let Some(old) = previous.get(&key) {
-                    compiled.insert(key, old.clone());
-                }
+                keep_last_good(&mut compiled, previous, key);
                 continue;
             }
         };
-        match compile_webhook(
-            &namespace,
-            &webhook.name_any(),
-            generation,
-            &webhook.spec,
-            &secrets,
-        ) {
+        match compile_webhook(&namespace, &name, generation, &webhook.spec, &fetched) {
             Ok(mut webhook) => {
                 webhook.hold_to(&rules);
                 compiled.insert(key, (inputs, Arc::new(webhook)));
             }
             Err(errors) => {
                 tracing::warn!(webhook = %key, %errors, "webhook does not compile; keeping its last good version");
-                if let Some(old) = previous.get(&key) {
-                    compiled.insert(key, old.clone());
-                }
+                keep_last_good(&mut compiled, previous, key);
             }
         }
     }
@@ -283,13 +274,21 @@ struct Inputs {
 
 type Compiled = BTreeMap<String, (Inputs, Arc<CompiledWebhook>)>;
 
+/// Carries the running version of webhook `key` over, if it has one: a webhook whose new
+/// version cannot be built keeps routing (and its waiting deliveries keep going out).
+fn keep_last_good(compiled: &mut Compiled, previous: &Compiled, key: String) {
+    if let Some(old) = previous.get(&key) {
+        compiled.insert(key, old.clone());
+    }
+}
+
 fn accepted(
-    instances: &HashMap<String, Arc<StrapiInstance>>,
+    instances: &HashMap<ObjectKey, Arc<StrapiInstance>>,
     shared: &Store<Secret>,
 ) -> BTreeMap<String, Vec<String>> {
     instances
         .iter()
-        .map(|(key, instance)| (key.clone(), accepted_secrets(instance, shared)))
+        .map(|(key, instance)| (key.to_string(), accepted_secrets(instance, shared)))
         .collect()
 }
 
@@ -301,49 +300,5 @@ fn accepted_secrets(instance: &StrapiInstance, shared: &Store<Secret>) -> Vec<St
     }) else {
         return Vec::new();
     };
-    let text = |key: &str| {
-        let ByteString(bytes) = secret.data.as_ref()?.get(key)?;
-        String::from_utf8(bytes.clone()).ok()
-    };
-    let mut accepted: Vec<String> = text(CURRENT_KEY).into_iter().collect();
-    let previous_valid = text(PREVIOUS_EXPIRES_KEY).is_none_or(|until| {
-        until
-            .parse::<Timestamp>()
-            .is_ok_and(|until| until > Timestamp::now())
-    });
-    if previous_valid {
-        accepted.extend(text(PREVIOUS_KEY));
-    }
-    accepted
-}
-
-/// Reads the Secrets a webhook's sinks reference, as `(name, key) → value`. A Secret that cannot
-/// be read is simply absent, so compiling names it as missing.
-async fn read_sink_secrets(
-    client: &Client,
-    namespace: &str,
-    webhook: &StrapiWebhook,
-) -> BTreeMap<(String, String), String> {
-    let api = Api::<Secret>::namespaced(client.clone(), namespace);
-    let mut values = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for reference in secret_refs(&webhook.spec) {
-        if !seen.insert(reference.name.clone()) {
-            continue;
-        }
-        match api.get_opt(&reference.name).await {
-            Ok(Some(secret)) => {
-                for (key, ByteString(bytes)) in secret.data.unwrap_or_default() {
-                    if let Ok(value) = String::from_utf8(bytes) {
-                        values.insert((reference.name.clone(), key), value);
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(namespace, secret = %reference.name, %error, "reading a sink Secret failed");
-            }
-        }
-    }
-    values
+    shared_secret::accepted(|key| secret_text(&secret, key), Timestamp::now())
 }

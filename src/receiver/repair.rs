@@ -43,6 +43,7 @@ use super::{
 };
 use crate::{
     event::EventBody,
+    key::ObjectKey,
     queue::{DocumentVersion, IngestOutcome, UnixMillis, VersionKind, Watermarks, now_millis},
 };
 
@@ -219,16 +220,25 @@ async fn repair_state(State(state): State<Arc<ReceiverState>>) -> Response {
 
 async fn progress(
     State(state): State<Arc<ReceiverState>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path(instance): Path<(String, String)>,
 ) -> Response {
-    Json(state.repair.progress(&format!("{namespace}/{name}"))).into_response()
+    Json(
+        state
+            .repair
+            .progress(&ObjectKey::from(instance).to_string()),
+    )
+    .into_response()
 }
 
 async fn watermarks(
     State(state): State<Arc<ReceiverState>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path(instance): Path<(String, String)>,
 ) -> Response {
-    match state.queue.watermarks(format!("{namespace}/{name}")).await {
+    match state
+        .queue
+        .watermarks(ObjectKey::from(instance).to_string())
+        .await
+    {
         Ok(marks) => Json(marks).into_response(),
         Err(error) => super::admin::queue_error(error),
     }
@@ -236,12 +246,12 @@ async fn watermarks(
 
 async fn advance_watermarks(
     State(state): State<Arc<ReceiverState>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path(instance): Path<(String, String)>,
     Json(marks): Json<Watermarks>,
 ) -> Response {
     match state
         .queue
-        .advance_watermarks(format!("{namespace}/{name}"), marks)
+        .advance_watermarks(ObjectKey::from(instance).to_string(), marks)
         .await
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -251,12 +261,12 @@ async fn advance_watermarks(
 
 async fn covered(
     State(state): State<Arc<ReceiverState>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path(instance): Path<(String, String)>,
     Json(versions): Json<Vec<DocumentVersion>>,
 ) -> Response {
     match state
         .queue
-        .covered(format!("{namespace}/{name}"), versions)
+        .covered(ObjectKey::from(instance).to_string(), versions)
         .await
     {
         Ok(covered) => Json(covered).into_response(),
@@ -266,11 +276,11 @@ async fn covered(
 
 async fn recovered(
     State(state): State<Arc<ReceiverState>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path(instance): Path<(String, String)>,
     raw: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let instance = format!("{namespace}/{name}");
+    let instance = ObjectKey::from(instance).to_string();
     let snapshot = state.config.borrow().clone();
     let refuse = |status: StatusCode, message: String| {
         (status, Json(json!({ "error": message }))).into_response()

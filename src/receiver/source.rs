@@ -13,13 +13,14 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    api::shared_secret::{self, CURRENT_KEY, PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY},
+    api::shared_secret::{self, CURRENT_KEY},
     api::{SecretKeyRef, StrapiInstance},
     config::{
         CompiledWebhook, InMemorySecrets, SecretResolver, ValidationErrors, compile_webhook,
         egress_rules,
     },
-    manifests::{Manifests, Problems, key_of, namespace_of},
+    key::ObjectKey,
+    manifests::{Manifests, Problems},
     queue::{KnownInstance, KnownInstances, Queue},
 };
 
@@ -223,7 +224,7 @@ impl ManifestFile {
         let mut egress = BTreeMap::new();
         for instance in &manifests.instances {
             let instance = &instance.object;
-            let key = key_of(&instance.metadata);
+            let key = ObjectKey::of(instance).to_string();
             generations.insert(
                 key.clone(),
                 instance.metadata.generation.unwrap_or_default(),
@@ -248,16 +249,20 @@ impl ManifestFile {
         let mut compiled = Vec::new();
         for webhook in &manifests.webhooks {
             let meta = &webhook.object.metadata;
-            let (namespace, key) = (namespace_of(meta), key_of(meta));
-            let name = meta.name.as_deref().unwrap_or_default();
+            let key = ObjectKey::of_meta(meta);
             let generation = meta.generation.unwrap_or_default();
-            let mut webhook =
-                compile_webhook(&namespace, name, generation, &webhook.object.spec, secrets)
-                    .map_err(|errors| ManifestError::Webhook {
-                        path: path.to_owned(),
-                        webhook: key,
-                        errors,
-                    })?;
+            let mut webhook = compile_webhook(
+                &key.namespace,
+                &key.name,
+                generation,
+                &webhook.object.spec,
+                secrets,
+            )
+            .map_err(|errors| ManifestError::Webhook {
+                path: path.to_owned(),
+                webhook: key.to_string(),
+                errors,
+            })?;
             if let Some(rules) = egress.get(&webhook.instance) {
                 webhook.hold_to(rules);
             }
@@ -277,8 +282,8 @@ fn accepted_secrets(
     instance: &StrapiInstance,
     secrets: &InMemorySecrets,
 ) -> Result<Vec<String>, String> {
-    let namespace = namespace_of(&instance.metadata);
-    let secret_name = shared_secret::name(&instance.metadata.name.clone().unwrap_or_default());
+    let ObjectKey { namespace, name } = ObjectKey::of(instance);
+    let secret_name = shared_secret::name(&name);
     let read = |key: &str| {
         secrets.resolve(
             &namespace,
@@ -288,17 +293,12 @@ fn accepted_secrets(
             },
         )
     };
-    let current = read(CURRENT_KEY).map_err(|error| error.to_string())?;
-    let mut shared = vec![current];
-    let previous_valid = read(PREVIOUS_EXPIRES_KEY).map_or(true, |until| {
-        until
-            .parse::<k8s_openapi::jiff::Timestamp>()
-            .is_ok_and(|until| until > k8s_openapi::jiff::Timestamp::now())
-    });
-    if previous_valid {
-        shared.extend(read(PREVIOUS_KEY).ok());
-    }
-    Ok(shared)
+    // The file must hold the current value; without it no call could be accepted.
+    read(CURRENT_KEY).map_err(|error| error.to_string())?;
+    Ok(shared_secret::accepted(
+        |key| read(key).ok(),
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
 }
 
 impl ConfigSource for ManifestFile {

@@ -16,7 +16,8 @@ use crate::{
     api::{StrapiWebhook, StrapiWebhookSpec},
     config::{CompiledWebhook, referenced_instance},
     event::EventBody,
-    manifests::{Located, Manifests, Problem, key_of},
+    key::ObjectKey,
+    manifests::{Located, Manifests, Problem},
     routing::CompiledRoute,
     sinks::{EgressBase, preview},
     validate::{FileSecrets, compile_in_files},
@@ -116,7 +117,7 @@ fn render_webhook(
     };
     let compiled = compile_in_files(webhook, instance, &secrets, &egress);
     let mut rendering = WebhookRendering {
-        webhook: key_of(&webhook.object.metadata),
+        webhook: ObjectKey::of(&webhook.object).to_string(),
         at: format!("{}:{}", webhook.file.display(), webhook.line),
         skipped: skipped(&webhook.object.spec, event),
         errors: Vec::new(),

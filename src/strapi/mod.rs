@@ -9,6 +9,7 @@
 //! Kubernetes: the controller maps a `StrapiInstance`'s auth to [`Credentials`].
 
 mod auth;
+mod cache;
 mod content;
 mod error;
 mod webhooks;
@@ -25,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use auth::{Credentials, Secret};
+pub use cache::ClientCache;
 pub use content::{ContentType, ContentTypeKind, Document, Entry, Listed, VersionStatus};
 pub use error::StrapiError;
 pub use webhooks::{TriggerOutcome, Webhook, WebhookSpec};

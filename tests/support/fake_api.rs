@@ -5,6 +5,10 @@
 //! receiver's EndpointSlices): lists with a label selector, and watches that stream every later
 //! change from the list's `resourceVersion`.
 //!
+//! The same fake answers a `kube::Client` in the test process ([`FakeApi::client`]) and, over
+//! loopback, a real binary given a kubeconfig ([`FakeApi::serve_loopback`]); its lists can be
+//! held back ([`FakeApi::hold_lists`]), as a slow or unreachable API server holds them.
+//!
 //! It keeps state instead of scripting an exact request sequence (tower-test's style), so the
 //! tests assert on outcomes — objects, statuses, Events — and survive harmless reordering of
 //! calls inside a reconcile. Every request is recorded for assertions.
@@ -85,6 +89,8 @@ impl State {
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
     revisions: Arc<watch::Sender<u64>>,
+    // False while lists are held back: they are answered once it is true again.
+    lists_open: Arc<watch::Sender<bool>>,
 }
 
 impl Default for FakeApi {
@@ -92,6 +98,7 @@ impl Default for FakeApi {
         FakeApi {
             state: Arc::default(),
             revisions: Arc::new(watch::Sender::new(0)),
+            lists_open: Arc::new(watch::Sender::new(true)),
         }
     }
 }
@@ -115,6 +122,31 @@ impl FakeApi {
             async move { Ok::<_, Infallible>(fake.handle(request).await) }
         });
         kube::Client::new(service, "default")
+    }
+
+    /// Serves this fake on a loopback port for the life of the test's runtime; returns its base
+    /// URL, for a kubeconfig's `server`.
+    pub async fn serve_loopback(&self) -> String {
+        let fake = self.clone();
+        let app = axum::Router::new().fallback(move |request: Request<ResponseBody>| {
+            let fake = fake.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap_or_default();
+                fake.answer(parts, bytes).await
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{address}")
+    }
+
+    /// Holds every list back (`true`) until released (`false`); watches are not held.
+    pub fn hold_lists(&self, held: bool) {
+        self.lists_open.send_replace(!held);
     }
 
     /// Stores an object under `path`.
@@ -189,6 +221,10 @@ impl FakeApi {
     async fn handle(&self, request: Request<Body>) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap_or_default();
+        self.answer(parts, bytes).await
+    }
+
+    async fn answer(&self, parts: http::request::Parts, bytes: Bytes) -> Response<ResponseBody> {
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let path = parts.uri.path().to_owned();
         let raw_query = parts.uri.query().unwrap_or_default().to_owned();
@@ -201,6 +237,9 @@ impl FakeApi {
             .to_owned();
         if parts.method == Method::GET && query.watch {
             return self.watch(path, query);
+        }
+        if parts.method == Method::GET && is_collection(&path) {
+            let _ = self.lists_open.subscribe().wait_for(|open| *open).await;
         }
         let (status, answer, revision) = {
             let mut state = self.state.lock().unwrap();

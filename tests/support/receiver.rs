@@ -433,6 +433,23 @@ impl<S: ConfigSource> TestReceiver<S> {
         format!("http://{}", self.admin)
     }
 
+    /// `GET path` on the admin port with the test admin token, read as `T` (a JSON `Value` or
+    /// an `admin_api` type, e.g. `/v1/stats` as `Stats`). An answer that is not a 2xx with such
+    /// a body fails the test, saying which.
+    pub async fn admin_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = client()
+            .get(format!("{}{path}", self.admin_url()))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"));
+        let status = response.status();
+        assert!(status.is_success(), "GET {path} answered {status}");
+        response
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
+
     /// Posts an event the way Strapi does; returns the status.
     pub async fn post(&self, client: &reqwest::Client, event: &Value) -> StatusCode {
         let url = format!("http://{}/v1/instances/{INSTANCE}", self.ingest);
