@@ -177,7 +177,7 @@ impl SqliteQueue {
             })?;
         }
         let lock = lock_exclusively(path)?;
-        let mut writer = Closing(Some(Connection::open(path).map_err(open_error)?));
+        let mut writer = Closing::open(path).map_err(open_error)?;
         writer
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;
@@ -195,7 +195,7 @@ impl SqliteQueue {
                 [],
             )
             .map_err(open_error)?;
-        let reader = Closing(Some(Connection::open(path).map_err(open_error)?));
+        let reader = Closing::open(path).map_err(open_error)?;
         reader
             .execute_batch("PRAGMA busy_timeout = 5000;")
             .map_err(open_error)?;
@@ -266,15 +266,26 @@ impl SqliteQueue {
     }
 }
 
-/// SQLite 3.51.1's unix VFS can deadlock when two connections to one file close at the same
-/// moment: closing a WAL connection holds the file's lock mutex while it asks for SQLite's global
-/// mutex, and closing the other asks for them the other way round (seen as a test hung at
-/// shutdown with both threads in `sqlite3_close`). So every connection of a queue closes under
-/// this one lock.
-static CLOSING: Mutex<()> = Mutex::new(());
+/// SQLite 3.51.1's unix VFS can deadlock when one connection to a file closes while another
+/// opens or closes: closing a WAL connection holds the file's lock mutex while it asks for
+/// SQLite's global mutex, and opening or closing the other asks for them the other way round
+/// (seen as tests hung with both threads in `sqlite3_close`, and with one in `sqlite3_close` and
+/// the other in `sqlite3_open_v2`'s `findReusableFd`: a queue reopened in the same process while
+/// the previous one's writer thread closed). So every connection of a queue opens and closes
+/// under this one lock.
+static OPENING_OR_CLOSING: Mutex<()> = Mutex::new(());
 
-/// A connection that closes under [`CLOSING`].
+/// A connection that opens and closes under [`OPENING_OR_CLOSING`].
 struct Closing(Option<Connection>);
+
+impl Closing {
+    fn open(path: &Path) -> rusqlite::Result<Self> {
+        let _one_at_a_time = OPENING_OR_CLOSING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Connection::open(path).map(|connection| Self(Some(connection)))
+    }
+}
 
 impl std::ops::Deref for Closing {
     type Target = Connection;
@@ -295,7 +306,9 @@ impl std::ops::DerefMut for Closing {
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        let _one_at_a_time = CLOSING.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = OPENING_OR_CLOSING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         drop(self.0.take());
     }
 }
