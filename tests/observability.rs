@@ -188,6 +188,7 @@ async fn every_metric_the_rules_and_dashboard_name_is_exported() {
     receiver.delivery_seconds.get_or_create(&sink).observe(0.1);
     for family in [
         &receiver.queue_depth,
+        &receiver.dead_letters,
         &receiver.sink_held,
         &receiver.oldest_pending_age,
     ] {

@@ -80,6 +80,26 @@ async fn a_sink_that_is_down_for_a_while_receives_everything_once_back() {
     receiver.shutdown().await;
 }
 
+/// The `crm` sink's `dead_letters` gauge as `/metrics` shows it.
+async fn dead_letters_gauge(receiver: &TestReceiver, http: &reqwest::Client) -> i64 {
+    let text = http
+        .get(format!("{}/metrics", receiver.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|line| {
+            line.starts_with("strapi_webhook_receiver_dead_letters{")
+                && line.contains("sink=\"crm\"")
+        })
+        .unwrap_or_else(|| panic!("no dead_letters gauge for crm:\n{text}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     let sink = CaptureSink::start().await;
@@ -112,6 +132,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     let error = dead[0].last_error.as_deref().unwrap();
     assert!(error.contains("400"), "the last error is kept: {error}");
     assert!(sink.received().is_empty());
+    assert_eq!(dead_letters_gauge(&receiver, &http).await, 3);
 
     sink.answer(Answer::Status(200));
     let cli = env!("CARGO_BIN_EXE_strapi-webhook-operator");
@@ -172,6 +193,11 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     assert_eq!(
         delivered, dead_ids,
         "a replay keeps the delivery's webhook-id"
+    );
+    assert_eq!(
+        dead_letters_gauge(&receiver, &http).await,
+        0,
+        "replayed dead letters are no longer waiting"
     );
 
     let refused = Command::new(cli)

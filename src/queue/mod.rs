@@ -453,6 +453,10 @@ pub struct SinkCounters {
     /// When the oldest waiting delivery was enqueued.
     #[serde(default)]
     pub oldest_pending_at: Option<UnixMillis>,
+    /// Dead letters kept, waiting for a replay: counted when read, never stored with the
+    /// counters (unlike `dead_lettered`, it goes down when a dead letter is replayed).
+    #[serde(skip)]
+    pub dead_letters: i64,
     /// Last success.
     pub last_success_at: Option<UnixMillis>,
     /// Last failure as the sink answered it.

@@ -237,7 +237,12 @@ pub struct NatsQueue {
     // Sinks this replica delivers, and when it last renewed each claim in the bucket.
     owned: Mutex<HashMap<SinkKey, UnixMillis>>,
     counters: tokio::sync::Mutex<BTreeMap<SinkKey, SinkCounters>>,
+    // Dead letters per sink as last counted, with the state of `SWO_DEAD` they were counted at.
+    dead_counted: tokio::sync::Mutex<Option<DeadCount>>,
 }
+
+/// Dead letters per sink, and the (last sequence, message count) of `SWO_DEAD` they describe.
+type DeadCount = ((u64, u64), BTreeMap<SinkKey, i64>);
 
 fn storage(step: &'static str) -> impl Fn(String) -> QueueError {
     move |message| QueueError::Storage { step, message }
@@ -441,6 +446,7 @@ impl NatsQueue {
             routing: Mutex::default(),
             owned: Mutex::default(),
             counters: tokio::sync::Mutex::default(),
+            dead_counted: tokio::sync::Mutex::default(),
         })
     }
 
@@ -1439,6 +1445,9 @@ impl Queue for NatsQueue {
                 total.pending = pending;
                 total.oldest_pending_at = oldest;
             }
+            for (sink, dead) in self.dead_counts().await? {
+                totals.entry(sink).or_default().dead_letters = dead;
+            }
             Ok(totals.into_iter().collect())
         })
     }
@@ -1600,6 +1609,37 @@ impl NatsQueue {
             },
         )
         .await
+    }
+
+    /// Dead letters per sink. They are stored by delivery id, not by sink, so counting reads
+    /// every one; the count is reused while the stream's last sequence and message count stay
+    /// the same (no new dead letter, no replay), so a scrape of an unchanged stream reads only
+    /// its state.
+    async fn dead_counts(&self) -> Result<BTreeMap<SinkKey, i64>, QueueError> {
+        let state = self
+            .dead
+            .clone()
+            .info()
+            .await
+            .map_err(|error| storage("counters")(error.to_string()))?
+            .state
+            .clone();
+        let seen = (state.last_sequence, state.messages);
+        let mut counted = self.dead_counted.lock().await;
+        if let Some((at, counts)) = counted.as_ref()
+            && *at == seen
+        {
+            return Ok(counts.clone());
+        }
+        let mut counts = BTreeMap::new();
+        for (_, record) in self
+            .scan(&self.dead, "counters", |_| true, usize::MAX)
+            .await?
+        {
+            *counts.entry(record.sink_key()).or_default() += 1;
+        }
+        *counted = Some((seen, counts.clone()));
+        Ok(counts)
     }
 
     /// Deliveries still in the work queue, per sink. Each delivery has a subject of its own, and

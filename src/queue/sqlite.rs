@@ -1139,14 +1139,19 @@ impl Queue for SqliteQueue {
                     "WITH waiting AS (
                          SELECT webhook, sink, COUNT(*) AS count, MIN(enqueued_at) AS oldest
                          FROM deliveries WHERE state IN ('pending', 'inflight')
-                         GROUP BY webhook, sink)
+                         GROUP BY webhook, sink),
+                     dead AS (
+                         SELECT webhook, sink, COUNT(*) AS count
+                         FROM deliveries WHERE state = 'dead' GROUP BY webhook, sink)
                      SELECT k.webhook, k.sink, COALESCE(c.delivered, 0), COALESCE(c.failed, 0),
                             COALESCE(c.dead_lettered, 0), COALESCE(w.count, 0),
-                            c.last_success_at, c.last_error, w.oldest
+                            c.last_success_at, c.last_error, w.oldest, COALESCE(d.count, 0)
                      FROM (SELECT webhook, sink FROM sink_counters
-                           UNION SELECT webhook, sink FROM waiting) k
+                           UNION SELECT webhook, sink FROM waiting
+                           UNION SELECT webhook, sink FROM dead) k
                      LEFT JOIN sink_counters c ON c.webhook = k.webhook AND c.sink = k.sink
                      LEFT JOIN waiting w ON w.webhook = k.webhook AND w.sink = k.sink
+                     LEFT JOIN dead d ON d.webhook = k.webhook AND d.sink = k.sink
                      ORDER BY k.webhook, k.sink",
                 )
                 .map_err(&map)?;
@@ -1165,6 +1170,7 @@ impl Queue for SqliteQueue {
                             last_success_at: row.get(6)?,
                             last_error: row.get(7)?,
                             oldest_pending_at: row.get(8)?,
+                            dead_letters: row.get(9)?,
                         },
                     ))
                 })

@@ -176,6 +176,11 @@ async fn metrics(State(state): State<Arc<ReceiverState>>) -> Response {
                     .queue_depth
                     .get_or_create(&labels)
                     .set(counters.pending);
+                state
+                    .metrics
+                    .dead_letters
+                    .get_or_create(&labels)
+                    .set(counters.dead_letters);
                 let hold = state.engine.hold(&sink);
                 let held = hold.paused.is_some() || hold.circuit_open;
                 state

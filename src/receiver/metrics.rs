@@ -85,6 +85,8 @@ pub struct Metrics {
     pub delivery_seconds: Family<SinkLabels, Histogram>,
     /// Deliveries waiting, as of the last scrape.
     pub queue_depth: Family<SinkLabels, Gauge>,
+    /// Dead letters kept and waiting for a replay, as of the last scrape.
+    pub dead_letters: Family<SinkLabels, Gauge>,
     /// 1 while a sink is paused (its webhook is gone) or its circuit breaker is open.
     pub sink_held: Family<SinkLabels, Gauge>,
     /// Age in seconds of the oldest delivery waiting per sink, as of the last scrape (0 when
@@ -106,7 +108,7 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
             ])
         };
-        let metrics = Self {
+        let mut metrics = Self {
             received: Family::default(),
             stored: Family::default(),
             duplicates: Family::default(),
@@ -119,97 +121,109 @@ impl Metrics {
             dead_lettered: Family::default(),
             delivery_seconds: Family::new_with_constructor(latency),
             queue_depth: Family::default(),
+            dead_letters: Family::default(),
             sink_held: Family::default(),
             oldest_pending_age: Family::default(),
             ready: Gauge::default(),
             unrouted: Gauge::default(),
             registry: Registry::with_prefix("strapi_webhook_receiver"),
         };
-        let mut registry = metrics.registry;
+        let mut registry = std::mem::take(&mut metrics.registry);
+        metrics.register_ingest(&mut registry);
+        metrics.register_delivery(&mut registry);
+        metrics.registry = registry;
+        metrics
+    }
+
+    fn register_ingest(&self, registry: &mut Registry) {
         registry.register(
             "events_received",
             "Events that reached a known instance",
-            metrics.received.clone(),
+            self.received.clone(),
         );
         registry.register(
             "events_stored",
             "Events stored durably and acknowledged",
-            metrics.stored.clone(),
+            self.stored.clone(),
         );
         registry.register(
             "events_recovered",
             "Events the gap repair rebuilt from Strapi's content and stored",
-            metrics.recovered.clone(),
+            self.recovered.clone(),
         );
         registry.register(
             "events_duplicate",
             "Duplicate Strapi events collapsed at ingest",
-            metrics.duplicates.clone(),
+            self.duplicates.clone(),
         );
         registry.register(
             "handshakes",
             "Strapi trigger-test calls recorded as handshakes (nothing to deliver)",
-            metrics.handshakes.clone(),
+            self.handshakes.clone(),
         );
         registry.register(
             "events_rejected",
             "Ingest requests refused, by reason",
-            metrics.rejected.clone(),
+            self.rejected.clone(),
         );
         registry.register(
             "ingest_duration_seconds",
             "Time from request to acknowledgement",
-            metrics.ingest_seconds.clone(),
+            self.ingest_seconds.clone(),
         );
+    }
+
+    fn register_delivery(&self, registry: &mut Registry) {
         registry.register(
             "deliveries_delivered",
             "Deliveries the sink accepted",
-            metrics.delivered.clone(),
+            self.delivered.clone(),
         );
         registry.register(
             "deliveries_retried",
             "Failed attempts that will be retried",
-            metrics.retried.clone(),
+            self.retried.clone(),
         );
         registry.register(
             "deliveries_dead_lettered",
             "Deliveries given up on",
-            metrics.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         registry.register(
             "delivery_duration_seconds",
             "Time per delivery attempt",
-            metrics.delivery_seconds.clone(),
+            self.delivery_seconds.clone(),
         );
         registry.register(
             "queue_depth",
             "Deliveries waiting per sink",
-            metrics.queue_depth.clone(),
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Dead letters per sink waiting for a replay",
+            self.dead_letters.clone(),
         );
         registry.register(
             "sink_held",
             "1 while a sink is paused or its circuit is open",
-            metrics.sink_held.clone(),
+            self.sink_held.clone(),
         );
         registry.register(
             "oldest_pending_age_seconds",
             "Age of the oldest delivery waiting per sink",
-            metrics.oldest_pending_age.clone(),
+            self.oldest_pending_age.clone(),
         );
         registry.register(
             "ready",
             "1 while the receiver answers ingest",
-            metrics.ready.clone(),
+            self.ready.clone(),
         );
         registry.register(
             "unrouted_events",
             "Stored events waiting for the router",
-            metrics.unrouted.clone(),
+            self.unrouted.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
     }
 
     /// The exposition text for `/metrics`.
