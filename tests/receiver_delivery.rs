@@ -81,15 +81,8 @@ async fn a_sink_that_is_down_for_a_while_receives_everything_once_back() {
 }
 
 /// The `crm` sink's `dead_letters` gauge as `/metrics` shows it.
-async fn dead_letters_gauge(receiver: &TestReceiver, http: &reqwest::Client) -> i64 {
-    let text = http
-        .get(format!("{}/metrics", receiver.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn dead_letters_gauge(receiver: &TestReceiver) -> i64 {
+    let text = receiver.metrics().await;
     let line = text
         .lines()
         .find(|line| {
@@ -132,7 +125,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
     let error = dead[0].last_error.as_deref().unwrap();
     assert!(error.contains("400"), "the last error is kept: {error}");
     assert!(sink.received().is_empty());
-    assert_eq!(dead_letters_gauge(&receiver, &http).await, 3);
+    assert_eq!(dead_letters_gauge(&receiver).await, 3);
 
     sink.answer(Answer::Status(200));
     let cli = env!("CARGO_BIN_EXE_strapi-webhook-operator");
@@ -195,7 +188,7 @@ async fn a_400_dead_letters_and_replay_delivers_once_the_sink_is_fixed() {
         "a replay keeps the delivery's webhook-id"
     );
     assert_eq!(
-        dead_letters_gauge(&receiver, &http).await,
+        dead_letters_gauge(&receiver).await,
         0,
         "replayed dead letters are no longer waiting"
     );

@@ -219,14 +219,7 @@ async fn no_secret_reaches_any_output() {
             "the answer's body was quoted: {error}"
         );
     }
-    let metrics = http
-        .get(format!("{}/metrics", receiver.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = receiver.metrics().await;
     let list = deliveries_command(&receiver.admin_url(), &["list", "--json"]);
     let table = deliveries_command(&receiver.admin_url(), &["list"]);
     let ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&list)

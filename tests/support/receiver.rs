@@ -450,6 +450,18 @@ impl<S: ConfigSource> TestReceiver<S> {
             .unwrap_or_else(|error| panic!("GET {path}: {error}"))
     }
 
+    /// The exposition text of `/metrics` (which needs no token).
+    pub async fn metrics(&self) -> String {
+        let response = client()
+            .get(format!("{}/metrics", self.admin_url()))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET /metrics: {error}"));
+        let status = response.status();
+        assert!(status.is_success(), "GET /metrics answered {status}");
+        response.text().await.unwrap()
+    }
+
     /// Posts an event the way Strapi does; returns the status.
     pub async fn post(&self, client: &reqwest::Client, event: &Value) -> StatusCode {
         let url = format!("http://{}/v1/instances/{INSTANCE}", self.ingest);
