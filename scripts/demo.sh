@@ -102,7 +102,7 @@ say "1/9 installing what is missing: the Node packages (in the background) while
 # npm waits on the network and the disk, cargo on the CPU: side by side, a first run is the
 # longer of the two, not their sum. The build is the `dev` one `make test` uses, so either
 # command reuses what the other compiled.
-(scripts/ensure-strapi-app.sh && scripts/ensure-nextjs-app.sh) >"$work/install.log" 2>&1 &
+scripts/ensure-test-apps.sh >"$work/install.log" 2>&1 &
 node_install=$!
 pids[node-install]=$node_install
 build_started=$SECONDS

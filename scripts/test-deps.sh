@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools and packages the test suite needs, each only when missing or out of date.
 # Every step prints one line saying what it did, so a slow first run is never silent.
-# The Node apps (tests/strapi, tests/nextjs) are installed by scripts/test.sh, beside the build.
+# The Node apps (tests/strapi, tests/nextjs) are installed by scripts/test.sh, beside the build
+# (scripts/ensure-test-apps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

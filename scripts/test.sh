@@ -12,7 +12,7 @@ scripts/test-deps.sh
 # The test Strapi's and Next.js site's Node packages wait on the network and the disk, the Rust
 # builds below on the CPU: they run side by side, and the tests wait for both.
 node_log="$(mktemp "${TMPDIR:-/tmp}/swo-node-install.XXXXXX")"
-(scripts/ensure-strapi-app.sh && scripts/ensure-nextjs-app.sh) >"$node_log" 2>&1 &
+scripts/ensure-test-apps.sh >"$node_log" 2>&1 &
 node_install=$!
 trap 'kill "$node_install" 2>/dev/null || true' EXIT
 

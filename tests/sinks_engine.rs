@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use strapi_webhook_operator::{
     admin_api::Stats,
     api::StrapiWebhookSpec,
-    queue::{NewDelivery, NewEvent, Queue, RoutedEvent, SinkKey, now_millis},
+    queue::{NewDelivery, Queue, RoutedEvent, SinkKey},
     receiver::source::Snapshot,
 };
 use support::receiver::{INSTANCE, SECRET, TestReceiver, TestStore, client};
@@ -206,17 +206,11 @@ async fn store_routed_updates(queue: &Arc<dyn Queue>, sink: &SinkKey, count: usi
             async move {
                 let update = article_update(&format!("article-{n}"));
                 queue
-                    .ingest(NewEvent {
-                        id: format!("event-{n:05}"),
-                        instance: INSTANCE.into(),
-                        event: "entry.update".into(),
-                        received_at: now_millis(),
-                        raw: update.to_string().into_bytes(),
-                        dedup_key: None,
-                        dedup_window_ms: 0,
-                        recovered: false,
-                        versions: Vec::new(),
-                    })
+                    .ingest(receiver::new_event(
+                        &format!("event-{n:05}"),
+                        "entry.update",
+                        &update,
+                    ))
                     .await
                     .unwrap();
             }

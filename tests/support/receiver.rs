@@ -437,6 +437,24 @@ impl<S: ConfigSource> TestReceiver<S> {
     /// an `admin_api` type, e.g. `/v1/stats` as `Stats`). An answer that is not a 2xx with such
     /// a body fails the test, saying which.
     pub async fn admin_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin_get(path)
+            .await
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
+
+    /// The exposition text of `/metrics` (which needs no token).
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap_or_else(|error| panic!("GET /metrics: {error}"))
+    }
+
+    /// `GET path` on the admin port with the test admin token; anything but a 2xx fails the test.
+    async fn admin_get(&self, path: &str) -> reqwest::Response {
         let response = client()
             .get(format!("{}{path}", self.admin_url()))
             .send()
@@ -445,21 +463,6 @@ impl<S: ConfigSource> TestReceiver<S> {
         let status = response.status();
         assert!(status.is_success(), "GET {path} answered {status}");
         response
-            .json()
-            .await
-            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
-    }
-
-    /// The exposition text of `/metrics` (which needs no token).
-    pub async fn metrics(&self) -> String {
-        let response = client()
-            .get(format!("{}/metrics", self.admin_url()))
-            .send()
-            .await
-            .unwrap_or_else(|error| panic!("GET /metrics: {error}"));
-        let status = response.status();
-        assert!(status.is_success(), "GET /metrics answered {status}");
-        response.text().await.unwrap()
     }
 
     /// Posts an event the way Strapi does; returns the status.
@@ -694,6 +697,22 @@ pub fn install_tenant_processes() {
     );
 }
 
+/// An event of the test instance as ingest hands it to the queue: `raw` is Strapi's body, received
+/// now, with no dedup key and no document versions.
+pub fn new_event(id: &str, event: &str, raw: &Value) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        instance: INSTANCE.into(),
+        event: event.into(),
+        received_at: now_millis(),
+        raw: raw.to_string().into_bytes(),
+        dedup_key: None,
+        dedup_window_ms: 0,
+        recovered: false,
+        versions: Vec::new(),
+    }
+}
+
 /// Stores one article event in `queue` and routes it to one delivery `delivery_id` of `sink`, as
 /// ingest and the router do, for tests that drive the queue's claims themselves.
 pub async fn store_routed_delivery(
@@ -703,17 +722,7 @@ pub async fn store_routed_delivery(
     sink: &SinkKey,
 ) {
     queue
-        .ingest(NewEvent {
-            id: event_id.into(),
-            instance: INSTANCE.into(),
-            event: "entry.create".into(),
-            received_at: now_millis(),
-            raw: article_event(1).to_string().into_bytes(),
-            dedup_key: None,
-            dedup_window_ms: 0,
-            recovered: false,
-            versions: Vec::new(),
-        })
+        .ingest(new_event(event_id, "entry.create", &article_event(1)))
         .await
         .unwrap();
     let unrouted = queue.unrouted(10).await.unwrap();
