@@ -368,6 +368,7 @@ pub(super) fn queue_error(error: QueueError) -> Response {
     error_response(status, error.to_string())
 }
 
-fn error_response(status: StatusCode, message: String) -> Response {
+/// A JSON `{"error": message}` answer with `status`.
+pub(super) fn error_response(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }

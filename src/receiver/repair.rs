@@ -35,11 +35,11 @@ use axum::{
 };
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{
     ReceiverState,
-    ingest::{Stored, store},
+    admin::error_response,
+    ingest::{Storage, Stored, store},
 };
 use crate::{
     event::EventBody,
@@ -282,19 +282,16 @@ async fn recovered(
     let started = Instant::now();
     let instance = ObjectKey::from(instance).to_string();
     let snapshot = state.config.borrow().clone();
-    let refuse = |status: StatusCode, message: String| {
-        (status, Json(json!({ "error": message }))).into_response()
-    };
     // Which instances are served is known only from the live configuration (the router would
     // wait for it anyway). The repair tries again at its next check.
     if !snapshot.synced {
-        return refuse(
+        return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "the receiver is still loading its configuration".to_owned(),
         );
     }
     if !snapshot.instances.contains_key(&instance) {
-        return refuse(
+        return error_response(
             StatusCode::NOT_FOUND,
             format!("no StrapiInstance {instance} is served here"),
         );
@@ -302,14 +299,18 @@ async fn recovered(
     let event = match EventBody::parse(&raw) {
         Ok(event) => event,
         Err(error) => {
-            return refuse(
+            return error_response(
                 StatusCode::BAD_REQUEST,
                 format!("the body is not a Strapi webhook event: {error}"),
             );
         }
     };
-    if versions(&event).is_empty() {
-        return refuse(
+    let storage = Storage {
+        recovered: true,
+        ..Storage::of(&instance, &event)
+    };
+    if storage.versions.is_empty() {
+        return error_response(
             StatusCode::BAD_REQUEST,
             format!(
                 "a recovered event must be an entry.create, entry.update or entry.publish with \
@@ -318,7 +319,7 @@ async fn recovered(
             ),
         );
     }
-    match store(&state, &instance, &raw, &event, true, started).await {
+    match store(&state, &instance, &raw, &event, storage, started).await {
         Ok(Stored {
             id,
             outcome: IngestOutcome::Stored,
@@ -354,6 +355,8 @@ fn instance_labels(instance: &str) -> super::metrics::InstanceLabels {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn event(name: &str, entry: serde_json::Value) -> EventBody {
