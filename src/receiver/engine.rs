@@ -464,17 +464,7 @@ impl Engine {
         permit: OwnedSemaphorePermit,
     ) {
         let snapshot = self.config.borrow().clone();
-        let configured = match snapshot.webhooks.get(&worker.key.webhook) {
-            None => Err(format!(
-                "webhook {} is no longer configured",
-                worker.key.webhook
-            )),
-            Some(webhook) => webhook
-                .sink(&worker.key.sink)
-                .map(|sink| (webhook, sink))
-                .ok_or_else(|| format!("sink {} is no longer configured", worker.key)),
-        };
-        let (webhook, (sink, policy)) = match configured {
+        let (webhook, (sink, policy)) = match configured(&snapshot, &worker.key) {
             Ok(configured) => configured,
             Err(reason) => {
                 for delivery in deliveries {
@@ -485,12 +475,28 @@ impl Engine {
                 return;
             }
         };
+        let ready = self
+            .render_batch(&worker, webhook, policy, deliveries)
+            .await;
+        self.send_rendered(&worker, &limiter, sink, policy, &ready, permit)
+            .await;
+    }
+
+    /// The `deliveries` rendered for the sink, each with its span; a delivery out of attempts
+    /// (the receiver stopped while sending it) or that does not render is dead-lettered instead.
+    async fn render_batch(
+        &self,
+        worker: &Worker,
+        webhook: &Arc<CompiledWebhook>,
+        policy: &DeliveryPolicy,
+        deliveries: Vec<ClaimedDelivery>,
+    ) -> Vec<Rendered> {
         let mut ready = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let span = delivery_span(&delivery);
             if let Some(error) = unfinished(&delivery, policy) {
                 span.in_scope(|| tracing::warn!(%error, "dead-lettered: poison delivery"));
-                self.finish(&worker, &delivery, Completion::DeadLetterUntried { error })
+                self.finish(worker, &delivery, Completion::DeadLetterUntried { error })
                     .await;
                 continue;
             }
@@ -498,11 +504,25 @@ impl Engine {
                 Ok(payload) => ready.push((delivery, payload, span)),
                 Err(error) => {
                     span.in_scope(|| tracing::warn!(%error, "dead-lettered: cannot render"));
-                    self.finish(&worker, &delivery, Completion::DeadLetter { error })
+                    self.finish(worker, &delivery, Completion::DeadLetter { error })
                         .await;
                 }
             }
         }
+        ready
+    }
+
+    /// Sends the rendered deliveries (none, one or more merged) to the sink in one call, once the
+    /// sink's rate limit allows, and records the outcome for each.
+    async fn send_rendered(
+        &self,
+        worker: &Worker,
+        limiter: &DefaultDirectRateLimiter,
+        sink: &SinkConfig,
+        policy: &DeliveryPolicy,
+        ready: &[Rendered],
+        permit: OwnedSemaphorePermit,
+    ) {
         let Some((first, _, first_span)) = ready.first() else {
             return;
         };
@@ -554,7 +574,7 @@ impl Engine {
                         tracer.attempted(attempt, attempt_attributes(delivery), failure(&outcome));
                     }
                     span.in_scope(|| log_completion(&completion, delivery));
-                    self.finish(&worker, delivery, completion)
+                    self.finish(worker, delivery, completion)
                 }),
         )
         .await;
@@ -584,6 +604,24 @@ enum Ripe {
     Now(u32),
     /// Wait this long, or until woken, and look again.
     In(Duration),
+}
+
+/// A delivery rendered for its sink, with the span of its attempt.
+type Rendered = (ClaimedDelivery, Payload, tracing::Span);
+
+/// The webhook a worker sends for and its sink's configuration and policy, as the live
+/// configuration has them; why not, once it no longer has them.
+fn configured<'a>(
+    snapshot: &'a Snapshot,
+    key: &SinkKey,
+) -> Result<(&'a Arc<CompiledWebhook>, &'a (SinkConfig, DeliveryPolicy)), String> {
+    let Some(webhook) = snapshot.webhooks.get(&key.webhook) else {
+        return Err(format!("webhook {} is no longer configured", key.webhook));
+    };
+    webhook
+        .sink(&key.sink)
+        .map(|sink| (webhook, sink))
+        .ok_or_else(|| format!("sink {key} is no longer configured"))
 }
 
 fn delivery_span(delivery: &ClaimedDelivery) -> tracing::Span {
