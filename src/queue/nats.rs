@@ -302,6 +302,73 @@ async fn update_json_from<T: Default + Serialize + serde::de::DeserializeOwned>(
     }
 }
 
+/// The failure to open the queue at `spec`.
+fn open_failed(spec: &NatsSpec, message: String) -> QueueError {
+    QueueError::Open {
+        location: spec.url.clone(),
+        message,
+    }
+}
+
+/// The file-backed stream `name` of `subjects`, created if it does not exist; a `max_age` of zero
+/// keeps messages for as long as the retention policy does.
+async fn open_stream(
+    js: &jetstream::Context,
+    spec: &NatsSpec,
+    name: &str,
+    subjects: &str,
+    retention: RetentionPolicy,
+    max_age: Duration,
+) -> Result<Stream, QueueError> {
+    let config = stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects.to_owned()],
+        retention,
+        storage: StorageType::File,
+        num_replicas: spec.replicas,
+        max_age,
+        ..stream::Config::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|error| open_failed(spec, format!("stream {name}: {error}")))
+}
+
+/// The file-backed key-value bucket `name` keeping one value per key, created or brought up to
+/// this configuration; a `max_age` of zero keeps values until they are deleted.
+async fn open_bucket(
+    js: &jetstream::Context,
+    spec: &NatsSpec,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, QueueError> {
+    let config = kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        max_age,
+        storage: StorageType::File,
+        num_replicas: spec.replicas,
+        ..kv::Config::default()
+    };
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|error| open_failed(spec, format!("bucket {name}: {error}")))
+}
+
+/// A durable pull consumer `name` whose messages are leased for `ack_wait` and sent again, with
+/// no limit, until acknowledged (see the module docs for why `max_deliver` is unlimited).
+fn leased_consumer(name: String, ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: -1,
+        ..pull::Config::default()
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map operation, so a panic cannot leave it half-done.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -337,10 +404,6 @@ impl NatsQueue {
     /// by itself for as long as the receiver runs; while NATS is away every ingest fails, which
     /// the receiver answers with a 5xx.
     pub async fn connect(spec: &NatsSpec) -> Result<Self, QueueError> {
-        let open = |message: String| QueueError::Open {
-            location: spec.url.clone(),
-            message,
-        };
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -348,89 +411,47 @@ impl NatsQueue {
             .name("strapi-webhook-operator receiver")
             .connect(spec.url.as_str())
             .await
-            .map_err(|error| open(error.to_string()))?;
+            .map_err(|error| open_failed(spec, error.to_string()))?;
         let mut js = jetstream::new(client);
         js.set_timeout(ACK_TIMEOUT);
-        let stream = |name: &str, subjects: &str, retention, max_age| stream::Config {
-            name: name.to_owned(),
-            subjects: vec![subjects.to_owned()],
-            retention,
-            storage: StorageType::File,
-            num_replicas: spec.replicas,
-            max_age,
-            ..stream::Config::default()
-        };
-        let events = js
-            .get_or_create_stream(stream(
-                EVENTS,
-                "swo.events.>",
-                RetentionPolicy::WorkQueue,
-                Duration::ZERO,
-            ))
-            .await
-            .map_err(|error| open(format!("stream {EVENTS}: {error}")))?;
+        let (work_queue, kept) = (RetentionPolicy::WorkQueue, RetentionPolicy::Limits);
+        let events = open_stream(
+            &js,
+            spec,
+            EVENTS,
+            "swo.events.>",
+            work_queue,
+            Duration::ZERO,
+        )
+        .await?;
         let router = events
-            .get_or_create_consumer(
-                ROUTER,
-                pull::Config {
-                    durable_name: Some(ROUTER.to_owned()),
-                    ack_policy: AckPolicy::Explicit,
-                    deliver_policy: DeliverPolicy::All,
-                    ack_wait: ROUTING_LEASE,
-                    max_deliver: -1,
-                    max_ack_pending: -1,
-                    ..pull::Config::default()
-                },
-            )
+            .get_or_create_consumer(ROUTER, leased_consumer(ROUTER.to_owned(), ROUTING_LEASE))
             .await
-            .map_err(|error| open(format!("consumer {ROUTER} of {EVENTS}: {error}")))?;
-        let deliveries = js
-            .get_or_create_stream(stream(
-                DELIVERIES,
-                "swo.deliveries.>",
-                RetentionPolicy::WorkQueue,
-                Duration::ZERO,
-            ))
-            .await
-            .map_err(|error| open(format!("stream {DELIVERIES}: {error}")))?;
-        let dead = js
-            .get_or_create_stream(stream(
-                DEAD,
-                "swo.dead.>",
-                RetentionPolicy::Limits,
-                Duration::ZERO,
-            ))
-            .await
-            .map_err(|error| open(format!("stream {DEAD}: {error}")))?;
-        let delivered = js
-            .get_or_create_stream(stream(
-                DELIVERED,
-                "swo.delivered.>",
-                RetentionPolicy::Limits,
-                DELIVERED_RETENTION,
-            ))
-            .await
-            .map_err(|error| open(format!("stream {DELIVERED}: {error}")))?;
-        let bucket = |bucket: &str, max_age| kv::Config {
-            bucket: bucket.to_owned(),
-            history: 1,
-            max_age,
-            storage: StorageType::File,
-            num_replicas: spec.replicas,
-            ..kv::Config::default()
-        };
-        let state = js
-            .create_or_update_key_value(bucket(STATE_BUCKET, Duration::ZERO))
-            .await
-            .map_err(|error| open(format!("bucket {STATE_BUCKET}: {error}")))?;
-        let dedup = js
-            .create_or_update_key_value(bucket(DEDUP_BUCKET, DEDUP_RETENTION))
-            .await
-            .map_err(|error| open(format!("bucket {DEDUP_BUCKET}: {error}")))?;
-        let versions = js
-            .create_or_update_key_value(bucket(VERSIONS_BUCKET, VERSIONS_RETENTION))
-            .await
-            .map_err(|error| open(format!("bucket {VERSIONS_BUCKET}: {error}")))?;
+            .map_err(|error| {
+                open_failed(spec, format!("consumer {ROUTER} of {EVENTS}: {error}"))
+            })?;
+        let deliveries = open_stream(
+            &js,
+            spec,
+            DELIVERIES,
+            "swo.deliveries.>",
+            work_queue,
+            Duration::ZERO,
+        )
+        .await?;
+        let dead = open_stream(&js, spec, DEAD, "swo.dead.>", kept, Duration::ZERO).await?;
+        let delivered = open_stream(
+            &js,
+            spec,
+            DELIVERED,
+            "swo.delivered.>",
+            kept,
+            DELIVERED_RETENTION,
+        )
+        .await?;
+        let state = open_bucket(&js, spec, STATE_BUCKET, Duration::ZERO).await?;
+        let dedup = open_bucket(&js, spec, DEDUP_BUCKET, DEDUP_RETENTION).await?;
+        let versions = open_bucket(&js, spec, VERSIONS_BUCKET, VERSIONS_RETENTION).await?;
         Ok(Self {
             js,
             router,
@@ -581,15 +602,12 @@ impl NatsQueue {
             .get_or_create_consumer(
                 &name,
                 pull::Config {
-                    durable_name: Some(name.clone()),
                     filter_subject: format!("swo.deliveries.{name}.>"),
-                    ack_policy: AckPolicy::Explicit,
-                    deliver_policy: DeliverPolicy::All,
-                    ack_wait: Duration::from_millis(u64::try_from(lease_ms).unwrap_or(30_000)),
-                    max_deliver: -1,
-                    max_ack_pending: -1,
                     num_replicas: 0,
-                    ..pull::Config::default()
+                    ..leased_consumer(
+                        name.clone(),
+                        Duration::from_millis(u64::try_from(lease_ms).unwrap_or(30_000)),
+                    )
                 },
             )
             .await
