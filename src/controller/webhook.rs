@@ -54,26 +54,26 @@ pub fn unknown_models(spec: &StrapiWebhookSpec, content_types: &[ContentType]) -
     let uids: BTreeSet<&str> = content_types.iter().map(|ct| ct.uid.as_str()).collect();
     let mut unknown = Vec::new();
     for route in &spec.routes {
-        for model in route
-            .matches
-            .models
-            .iter()
-            .flatten()
-            .filter(|model| !models.contains(model.as_str()))
-        {
-            unknown.push(format!("route {}: model {model:?}", route.name));
-        }
-        for uid in route
-            .matches
-            .uids
-            .iter()
-            .flatten()
-            .filter(|uid| !uids.contains(uid.as_str()))
-        {
-            unknown.push(format!("route {}: uid {uid:?}", route.name));
-        }
+        let (name, matches) = (&route.name, &route.matches);
+        unknown.extend(not_known(name, "model", matches.models.as_deref(), &models));
+        unknown.extend(not_known(name, "uid", matches.uids.as_deref(), &uids));
     }
     unknown
+}
+
+/// `route <route>: <kind> "<name>"` for each of `names` that is not `known`.
+fn not_known(
+    route: &str,
+    kind: &str,
+    names: Option<&[String]>,
+    known: &BTreeSet<&str>,
+) -> Vec<String> {
+    names
+        .unwrap_or_default()
+        .iter()
+        .filter(|name| !known.contains(name.as_str()))
+        .map(|name| format!("route {route}: {kind} {name:?}"))
+        .collect()
 }
 
 /// The `RoutesValid` and `SinksResolved` conditions for a compile result (pure). Warnings leave
@@ -552,6 +552,14 @@ mod tests {
             !unknown.iter().any(|problem| problem.contains("article")),
             "{unknown:?}"
         );
+        let crm = webhook(include_str!("../../examples/crm-sync.yaml"));
+        let route = &crm.spec.routes[0].name;
+        assert_eq!(
+            unknown_models(&crm.spec, &strapi),
+            [format!(r#"route {route}: uid "api::lead.lead""#)]
+        );
+        let strapi = [content_type("api::lead.lead", "lead")];
+        assert_eq!(unknown_models(&crm.spec, &strapi), Vec::<String>::new());
     }
 
     #[test]
