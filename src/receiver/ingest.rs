@@ -58,6 +58,7 @@ pub fn app(state: Arc<ReceiverState>) -> Router {
         .with_state(state)
 }
 
+/// Strapi's call: admitted, then carried out as planned; a refusal is counted and answered.
 async fn ingest(
     State(state): State<Arc<ReceiverState>>,
     Path(instance): Path<(String, String)>,
@@ -77,8 +78,8 @@ async fn ingest(
 
 /// Admits a call of the instance in `labels`: the instance is served (or, before the live
 /// configuration has loaded, known), the shared secret is one accepted for it, and the body is a
-/// JSON Strapi event within the size limit. A call of a served instance is counted as received
-/// whether or not it is admitted.
+/// JSON Strapi event within the size limit. A call of an instance served (or known) is counted as
+/// received whether or not it is admitted.
 fn admit(
     state: &ReceiverState,
     labels: &InstanceLabels,
