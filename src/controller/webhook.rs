@@ -483,6 +483,18 @@ mod tests {
         serde_saphyr::from_str(yaml).unwrap()
     }
 
+    /// The Secret examples/crm-sync.yaml refers to, in namespace `web`.
+    fn crm_secrets() -> InMemorySecrets {
+        let mut secrets = InMemorySecrets::new();
+        secrets.insert("web", "crm-api", "token", "t").insert(
+            "web",
+            "crm-api",
+            "signing-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        secrets
+    }
+
     #[test]
     fn the_receivers_counters_become_the_sink_status_field_for_field() {
         // As `GET /v1/stats` sends them; the same body a controller that read it as
@@ -604,13 +616,7 @@ mod tests {
     fn a_filter_that_does_not_compile_fails_routes_valid_with_its_position() {
         let mut crm = webhook(include_str!("../../examples/crm-sync.yaml"));
         crm.spec.routes[0].filter = Some("event == ".into());
-        let mut secrets = InMemorySecrets::new();
-        secrets.insert("web", "crm-api", "token", "t").insert(
-            "web",
-            "crm-api",
-            "signing-secret",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        );
+        let secrets = crm_secrets();
         let errors =
             config::compile_webhook("web", "crm-sync", 1, &crm.spec, &secrets).unwrap_err();
         let [routes, sinks] = validation_conditions(Some(&errors), &[]);
@@ -630,13 +636,7 @@ mod tests {
             "{list}.all(event, {list}.all(model, {list}.all(uid, {list}.all(media, event + model + uid + media >= 0))))"
         );
         let template_bomb = r#"{{ "a"*100000000 ~ "b"*100000000 ~ "c"*100000000 }}"#;
-        let mut secrets = InMemorySecrets::new();
-        secrets.insert("web", "crm-api", "token", "t").insert(
-            "web",
-            "crm-api",
-            "signing-secret",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        );
+        let secrets = crm_secrets();
         for (field, expected) in [
             ("spec.routes[0].filter", "budget"),
             ("spec.routes[0].http.body", "uses `*`"),
