@@ -85,14 +85,7 @@ impl Filter {
         let unknown: Vec<CompileError> = free
             .into_iter()
             .filter(|name| !FILTER_VARIABLES.contains(&name.as_str()))
-            .map(|name| CompileError {
-                field: field.to_owned(),
-                position: Position::of_identifier(source, &name),
-                message: format!(
-                    "unknown variable `{name}`; a filter can use {}",
-                    FILTER_VARIABLES.join(", ")
-                ),
-            })
+            .map(|name| CompileError::unknown_variable(field, source, &name, "filter", ""))
             .collect();
         if !unknown.is_empty() {
             return Err(unknown);

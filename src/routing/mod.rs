@@ -187,6 +187,27 @@ pub struct CompileError {
     pub message: String,
 }
 
+impl CompileError {
+    /// `name`, used in `source` (the text of `field`), is none of the variables filters and
+    /// templates can use; `user` says which of them used it, and `also` what else it may use.
+    pub(crate) fn unknown_variable(
+        field: &str,
+        source: &str,
+        name: &str,
+        user: &str,
+        also: &str,
+    ) -> Self {
+        CompileError {
+            field: field.to_owned(),
+            position: Position::of_identifier(source, name),
+            message: format!(
+                "unknown variable `{name}`; a {user} can use {}{also}",
+                filter::FILTER_VARIABLES.join(", ")
+            ),
+        }
+    }
+}
+
 /// Why a route could not produce a payload for an event; the delivery is dead-lettered with it.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RenderError {

@@ -95,13 +95,14 @@ impl Templates {
         variables.sort();
         let mut errors: Vec<CompileError> = variables
             .into_iter()
-            .map(|name| CompileError {
-                field: field.to_owned(),
-                position: Position::of_identifier(source, &name),
-                message: format!(
-                    "unknown variable `{name}`; a template can use {} (and names it sets)",
-                    FILTER_VARIABLES.join(", ")
-                ),
+            .map(|name| {
+                CompileError::unknown_variable(
+                    field,
+                    source,
+                    &name,
+                    "template",
+                    " (and names it sets)",
+                )
             })
             .collect();
         for (kind, name, offset) in filters_and_tests(source) {
