@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { echo "==> $*"; }
+step() { echo "==> $* (at ${SECONDS}s)"; }
 
 if command -v wrk >/dev/null; then
   step "load generator: wrk is installed"
