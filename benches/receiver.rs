@@ -20,14 +20,16 @@
 mod common;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{Router, body::Bytes, http::StatusCode, routing::post};
-use common::{BenchError, RecordingSink, Row, ms, percentile, publish, rss_mib};
+use common::{
+    BenchError, RecordingSink, Row, cpu_by_thread, cpu_used, ms, percentile, publish, rss_mib,
+};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{api::shared_secret, event::SECRET_HEADER};
@@ -135,14 +137,23 @@ async fn ingest(
     notes: &mut Vec<String>,
 ) -> Result<(), BenchError> {
     let bare = BareServer::start().await?;
+    // The bare server runs in this process, which does nothing else meanwhile.
+    let before = cpu_by_thread("self")?;
     let baseline = wrk(&bare.url(), &article_update(1))?;
+    let bare_cpu = cpu_used(&before, &cpu_by_thread("self")?);
+    let bare_us = micros_per_request(bare_cpu.values().sum(), &baseline);
     rows.push(Row::plain(
         "ingest: bare axum 200",
         "events/s (baseline)",
         baseline.per_second,
     ));
+    rows.push(Row::plain(
+        "ingest: bare axum 200",
+        "CPU µs per request (baseline)",
+        bare_us,
+    ));
     if sections.wants("ingest") {
-        sqlite_ingest(down, &baseline, rows).await?;
+        sqlite_ingest(down, &baseline, bare_us, rows).await?;
     }
     if sections.wants("jetstream") {
         // The same ingest run on NATS JetStream (issue 10's backend for several replicas).
@@ -180,17 +191,22 @@ async fn ingest(
 async fn sqlite_ingest(
     down: &str,
     baseline: &WrkResult,
+    bare_us: f64,
     rows: &mut Vec<Row>,
 ) -> Result<(), BenchError> {
     let mut full_rate = 0.0;
     for durability in ["full", "normal"] {
         let receiver = Receiver::start(&[http_webhook(down)], &Queue::Sqlite(durability)).await?;
         let (idle, _) = rss_mib(receiver.pid())?;
+        let pid = receiver.pid().to_string();
+        let before = cpu_by_thread(&pid)?;
         let result = wrk(&receiver.ingest_url(), &article_update(1))?;
+        let cpu = cpu_used(&before, &cpu_by_thread(&pid)?);
         let (_, peak) = rss_mib(receiver.pid())?;
         let scenario = format!("ingest: receiver, durability {durability}");
         push_wrk_rows(rows, &scenario, &result, baseline);
         if durability == "full" {
+            push_cpu_rows(rows, &scenario, &cpu, &result, bare_us);
             full_rate = result.per_second;
             let distinct = wrk_distinct(&receiver.ingest_url())?;
             push_wrk_rows(
@@ -228,6 +244,41 @@ fn push_wrk_rows(rows: &mut Vec<Row>, scenario: &str, result: &WrkResult, bare: 
     ] {
         rows.push(Row::against(scenario, metric, value, baseline, "bare"));
     }
+}
+
+/// Where an ingested event's CPU time goes: every thread of the receiver against the bare
+/// server's CPU per request, then the SQLite writer thread and the HTTP workers alone.
+fn push_cpu_rows(
+    rows: &mut Vec<Row>,
+    scenario: &str,
+    cpu: &BTreeMap<String, Duration>,
+    result: &WrkResult,
+    bare_us: f64,
+) {
+    let total = micros_per_request(cpu.values().sum(), result);
+    rows.push(Row::against(
+        scenario,
+        "CPU µs per event",
+        total,
+        bare_us,
+        "bare",
+    ));
+    for (thread, part) in [
+        ("queue-writer", "SQLite writer"),
+        ("tokio-rt-worker", "HTTP workers"),
+    ] {
+        let used = cpu.get(thread).copied().unwrap_or_default();
+        rows.push(Row::plain(
+            scenario,
+            format!("CPU µs per event, {part}"),
+            micros_per_request(used, result),
+        ));
+    }
+}
+
+/// CPU time per request of a `wrk` run, in microseconds.
+fn micros_per_request(cpu: Duration, result: &WrkResult) -> f64 {
+    cpu.as_secs_f64() * 1e6 / result.requests.max(1.0)
 }
 
 /// Item 2: added latency at a steady rate.
@@ -573,6 +624,7 @@ impl BareServer {
 
 /// What `wrk` measured.
 struct WrkResult {
+    requests: f64,
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -647,7 +699,19 @@ fn run_wrk(url: &str, lua: &str) -> Result<WrkResult, BenchError> {
     let per_second = field("Requests/sec:")?
         .parse()
         .map_err(|error| BenchError::step("reading wrk's output", error))?;
+    // "  123456 requests in 8.00s, 12.34MB read"
+    let requests = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .and_then(|(count, _)| count.trim().parse().ok())
+        .ok_or_else(|| {
+            BenchError::step(
+                "reading wrk's output",
+                format!("no request count in:\n{text}"),
+            )
+        })?;
     Ok(WrkResult {
+        requests,
         per_second,
         p50_ms: wrk_ms(field("50%")?)?,
         p99_ms: wrk_ms(field("99%")?)?,

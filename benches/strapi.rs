@@ -35,7 +35,7 @@ use axum::{
     http::{StatusCode, header},
     response::Response,
 };
-use common::{BenchError, RecordingSink, Row, ms, percentile, publish, rss_mib};
+use common::{BenchError, RecordingSink, Row, cpu_by_thread, ms, percentile, publish, rss_mib};
 use fake_api::{FakeApi, path_of};
 use futures::{StreamExt, stream};
 use kube::runtime::{reflector, watcher};
@@ -899,24 +899,9 @@ async fn repair_check(
     ])
 }
 
-/// CPU time this process's threads have used, from each thread's `/proc` scheduler counters
-/// (nanoseconds, unlike the clock ticks of `/proc/self/stat`).
+/// CPU time this process's threads have used.
 fn cpu_time() -> Result<Duration, BenchError> {
-    let threads =
-        std::fs::read_dir("/proc/self/task").map_err(BenchError::setup("/proc/self/task"))?;
-    let mut total = 0u64;
-    for thread in threads.flatten() {
-        // A thread that ended since the listing has no counters left: it adds nothing.
-        let Ok(schedstat) = std::fs::read_to_string(thread.path().join("schedstat")) else {
-            continue;
-        };
-        total += schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|nanos| nanos.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(Duration::from_nanos(total))
+    Ok(cpu_by_thread("self")?.values().sum())
 }
 
 /// Item 9: the time to recover `MISSED` changes Strapi made while the receiver was down: the

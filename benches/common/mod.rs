@@ -1,9 +1,10 @@
 //! What the benchmarks share: their error type, the result table and its markdown file, the
-//! resident memory of a process, polling for a condition, percentiles and a recording sink.
+//! resident memory and CPU time of a process, polling for a condition, percentiles and a recording sink.
 //! Every result is a row with a baseline measured in the same run, because on a shared machine
 //! only ratios travel.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
@@ -159,6 +160,44 @@ pub fn rss_mib(pid: u32) -> Result<(f64, f64), BenchError> {
             .ok_or_else(|| BenchError::step("reading memory", format!("no {name} in {pid}")))
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time the threads of process `pid` (`"self"` for this one) have used, summed by thread
+/// name, from each thread's `/proc` scheduler counters (nanoseconds, unlike the clock ticks of
+/// `/proc/<pid>/stat`). A thread that ended since the listing adds nothing.
+pub fn cpu_by_thread(pid: &str) -> Result<BTreeMap<String, Duration>, BenchError> {
+    let path = format!("/proc/{pid}/task");
+    let threads = std::fs::read_dir(&path).map_err(BenchError::setup(path))?;
+    let mut by_name: BTreeMap<String, Duration> = BTreeMap::new();
+    for thread in threads.flatten() {
+        let (Ok(name), Ok(schedstat)) = (
+            std::fs::read_to_string(thread.path().join("comm")),
+            std::fs::read_to_string(thread.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let nanos = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|nanos| nanos.parse::<u64>().ok())
+            .unwrap_or(0);
+        *by_name.entry(name.trim().to_owned()).or_default() += Duration::from_nanos(nanos);
+    }
+    Ok(by_name)
+}
+
+/// The CPU time each thread name used between two [`cpu_by_thread`] readings.
+pub fn cpu_used(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Duration> {
+    after
+        .iter()
+        .map(|(name, total)| {
+            let earlier = before.get(name).copied().unwrap_or_default();
+            (name.clone(), total.saturating_sub(earlier))
+        })
+        .collect()
 }
 
 /// Polls `done` every 20 ms until it holds or `limit` passes; says which.
