@@ -29,10 +29,10 @@ use super::{
 };
 use crate::{
     api::{RepairStatus, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
-    cluster::{FetchedSecrets, NamespaceLabels},
-    config::{self, instance_key, referenced_instance, subscribed_events},
+    cluster::NamespaceLabels,
+    config::{instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired, VerifyError},
-    strapi::{Credentials, StrapiClient, StrapiError},
+    strapi::{StrapiClient, StrapiError},
 };
 
 /// Finalizer that removes the registration from Strapi before the instance goes away.
@@ -65,17 +65,6 @@ fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
         .receiver_url
         .clone()
         .unwrap_or_else(|| ctx.options.receiver_url.clone())
-}
-
-/// The admin credentials of an instance, read from its Secret.
-pub async fn credentials(ctx: &Context, instance: &StrapiInstance) -> Result<Credentials, Error> {
-    let namespace = instance_key(instance).namespace;
-    let refs = config::auth_refs(&instance.spec.auth);
-    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, &refs)
-        .await
-        .map_err(Error::kube("read Secret"))?;
-    let (credentials, _) = config::credentials(instance, &fetched)?;
-    Ok(credentials)
 }
 
 /// The enabled webhooks that refer to `instance` and that it allows.
@@ -125,7 +114,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
     let events = subscribed_events(&key, webhooks.iter().map(Arc::as_ref));
     let previous = instance.status.clone().unwrap_or_default();
 
-    let outcome = match credentials(ctx, instance).await {
+    let outcome = match ctx.strapi.credentials(instance).await {
         Err(error) => {
             let reported = vec![Reported::no("Reachable", error.reason(), error.to_string())];
             Outcome {
@@ -138,7 +127,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
             }
         }
         Ok(credentials) => {
-            let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
+            let client = ctx.strapi.client(instance, credentials)?;
             // Build (pure) and apply.
             let desired = Desired {
                 instance: key.to_string(),
@@ -186,7 +175,10 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
     patch_status(ctx, instance, status).await?;
     // Not ready (Strapi down, receiver not verified): look again soon rather than at the next resync.
     let resync: Duration = instance.spec.resync_interval.into();
-    let resync = super::repair::next_check(ctx, instance).map_or(resync, |due| resync.min(due));
+    let resync = ctx
+        .repair
+        .next_check(instance)
+        .map_or(resync, |due| resync.min(due));
     // Rate-limited by Strapi's login limit: every attempt before its window ends would count
     // against it again, so wait exactly as long as Strapi said.
     Ok(Action::requeue(match (ready, retry_after) {
@@ -207,7 +199,8 @@ async fn register(
 ) -> Result<Outcome, Error> {
     let mut reported = Vec::new();
     let applied = match ctx
-        .observe_strapi("ensure registration", registration::ensure(client, desired))
+        .strapi
+        .observe("ensure registration", registration::ensure(client, desired))
         .await
     {
         Ok(applied) => applied,
@@ -397,7 +390,8 @@ async fn collect_garbage(
             .any(|known| instance_key(known) == key)
     };
     match ctx
-        .observe_strapi(
+        .strapi
+        .observe(
             "collect garbage",
             registration::collect_garbage(client, receiver_base, exists),
         )
@@ -457,7 +451,9 @@ async fn trigger_and_wait(
         let handshake = ctx.receiver.handshake(&key).await?;
         Ok::<_, ReceiverError>(handshake.count)
     };
-    let trigger = ctx.observe_strapi("trigger webhook", client.trigger_webhook(id));
+    let trigger = ctx
+        .strapi
+        .observe("trigger webhook", client.trigger_webhook(id));
     registration::verify(handshakes, trigger, ctx.options.verify_timeout)
         .await
         .map_err(|error| match error {
@@ -535,7 +531,7 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
         ctx.metrics
             .forget_instance(&key.to_string(), &status.conditions);
     }
-    let credentials = match credentials(ctx, instance).await {
+    let credentials = match ctx.strapi.credentials(instance).await {
         Ok(credentials) => credentials,
         Err(error) if error.needs_user_change() => {
             // Without credentials the registration can never be removed; do not block deletion
@@ -547,14 +543,15 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
         }
         Err(error) => return Err(error),
     };
-    let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
+    let client = ctx.strapi.client(instance, credentials)?;
     let removed = ctx
-        .observe_strapi(
+        .strapi
+        .observe(
             "remove registration",
             registration::remove(&client, &key.to_string()),
         )
         .await?;
-    ctx.forget_strapi_client(&key).await;
+    ctx.strapi.forget(&key).await;
     tracing::info!(instance = %key, removed, "removed the registration from Strapi");
     Ok(Action::await_change())
 }

@@ -293,7 +293,7 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
             // Only a valid, registered webhook is worth waiting for: the receivers keep the last
             // valid generation of an invalid one.
             if reported.iter().all(|condition| condition.status) {
-                reported.push(ctx.routed_condition(webhook, instance).await);
+                reported.push(ctx.routing.routed_condition(webhook, instance).await);
             }
             let ready_parts = reported.clone();
             reported.push(models_condition(ctx, instance, &webhook.spec).await);
@@ -314,9 +314,9 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
     reported.push(ready);
     let key = ObjectKey::new(&namespace, &name).to_string();
     let next_check = match reported.iter().find(|condition| condition.kind == "Routed") {
-        Some(routed) if !routed.status => ctx.routing_retry(&key),
+        Some(routed) if !routed.status => ctx.routing.retry(&key),
         _ => {
-            ctx.routing_settled(&key);
+            ctx.routing.settled(&key);
             STATUS_REFRESH
         }
     };
@@ -394,7 +394,7 @@ async fn write_status(
     endpoint: Option<String>,
 ) -> Result<(), Error> {
     let previous = webhook.status.clone().unwrap_or_default();
-    let sinks = match ctx.receiver_stats().await {
+    let sinks = match ctx.receiver_stats.get(&ctx.receiver).await {
         Ok(stats) => stats
             .webhooks
             .get(key)
@@ -453,7 +453,7 @@ async fn models_condition(
     instance: &StrapiInstance,
     spec: &StrapiWebhookSpec,
 ) -> Reported {
-    match ctx.content_types(instance).await {
+    match ctx.strapi.content_types(instance).await {
         Err(error) => Reported::no(
             "ModelsKnown",
             "StrapiUnavailable",
