@@ -628,6 +628,7 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures::{REGISTERED_INSTANCE, condition};
 
     #[test]
     fn a_private_url_rejection_says_what_to_change() {
@@ -647,18 +648,6 @@ mod tests {
     }
 
     // The pure build steps, on inline YAML: the dereferenced input is made by hand.
-
-    const INSTANCE: &str = r#"
-apiVersion: webhooks.strapi-operator.dev/v1alpha1
-kind: StrapiInstance
-metadata: { name: cms, namespace: web, generation: 3 }
-spec:
-  url: "http://127.0.0.1:1337"
-  auth: { credentials: { secretName: strapi-admin } }
-status:
-  registrationId: "7"
-  lastVerifiedTime: "2026-11-29T10:00:00Z"
-"#;
 
     fn webhook(name: &str, instance: &str, enabled: bool, events: &str) -> Arc<StrapiWebhook> {
         Arc::new(
@@ -698,7 +687,7 @@ spec:
 
     #[test]
     fn the_desired_registration_sends_the_union_of_the_enabled_webhooks_events() {
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
         let input = dereferenced(vec![
             webhook("articles", "cms", true, "[entry.publish, entry.update]"),
             webhook("comments", "cms", true, "[entry.create, entry.update]"),
@@ -733,7 +722,7 @@ spec:
 
     #[test]
     fn a_registered_and_verified_instance_is_ready_with_what_the_apply_step_found() {
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
         let input = dereferenced(vec![webhook("articles", "cms", true, "[entry.publish]")]);
         let desired = build(&instance, &input, "X-Strapi-Secret");
         let verified_at = Timestamp::from_second(1_800_000_000).unwrap();
@@ -756,11 +745,7 @@ spec:
             outcome,
             Timestamp::now(),
         );
-        let ready = status
-            .conditions
-            .iter()
-            .find(|condition| condition.type_ == "Ready")
-            .unwrap();
+        let ready = condition(&status.conditions, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.observed_generation),
             ("True", Some(3))
@@ -768,7 +753,11 @@ spec:
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.registration_id.as_deref(), Some("8"));
         assert_eq!(status.endpoint, Some(desired.endpoint));
-        assert_eq!(status.events, ["entry.publish"]);
+        assert_eq!(
+            status.events,
+            ["entry.publish"],
+            "the events sent now, not before"
+        );
         assert_eq!(status.webhooks, Some(1));
         assert_eq!(status.secret_name.as_deref(), Some("cms-webhook-secret"));
         assert_eq!(status.last_verified_time, Some(Time(verified_at)));
@@ -776,7 +765,7 @@ spec:
 
     #[test]
     fn an_unapplied_registration_is_not_ready_and_keeps_what_was_known() {
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
         let mut input = dereferenced(vec![]);
         input.credentials = Err(Error::InstanceMissing {
             namespace: "web".into(),
@@ -787,11 +776,7 @@ spec:
         let unreachable = Reported::no("Reachable", "StrapiUnreachable", "connection refused");
         let outcome = Outcome::unapplied(vec![unreachable], &previous, None);
         let status = build_status(&instance, &input, desired, outcome, Timestamp::now());
-        let ready = status
-            .conditions
-            .iter()
-            .find(|condition| condition.type_ == "Ready")
-            .unwrap();
+        let ready = condition(&status.conditions, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "StrapiUnreachable")

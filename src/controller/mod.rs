@@ -12,6 +12,8 @@ mod backoff;
 mod conditions;
 mod error;
 mod events;
+#[cfg(test)]
+mod fixtures;
 mod instance;
 pub mod metrics;
 mod receiver_admin;

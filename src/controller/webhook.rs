@@ -582,7 +582,12 @@ fn models_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::InMemorySecrets, strapi::ContentTypeKind};
+    use crate::{
+        config::InMemorySecrets,
+        controller::fixtures::{self, REGISTERED_INSTANCE},
+        strapi::ContentTypeKind,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn webhook(yaml: &str) -> StrapiWebhook {
         serde_saphyr::from_str(yaml).unwrap()
@@ -808,24 +813,6 @@ spec:
       match: { models: [article] }
 "#;
 
-    const INSTANCE: &str = r#"
-apiVersion: webhooks.strapi-operator.dev/v1alpha1
-kind: StrapiInstance
-metadata: { name: cms, namespace: web, generation: 2 }
-spec:
-  url: "http://127.0.0.1:1337"
-  auth: { credentials: { secretName: strapi-admin } }
-status:
-  endpoint: "http://receiver:8080/v1/strapi/web/cms"
-  events: [entry.publish, entry.update]
-  conditions:
-    - type: Registered
-      status: "True"
-      reason: Registered
-      message: registered
-      lastTransitionTime: "2026-11-30T00:00:00Z"
-"#;
-
     fn valid() -> Validation {
         validation_conditions(None, &[])
     }
@@ -845,16 +832,22 @@ status:
         }
     }
 
-    fn condition<'a>(
-        desired: &'a DesiredWebhookStatus,
-        kind: &str,
-    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        desired
-            .status
-            .conditions
-            .iter()
-            .find(|condition| condition.type_ == kind)
-            .unwrap_or_else(|| panic!("no {kind} in {:?}", desired.status.conditions))
+    /// Dereferenced with the registered instance, which allows the webhook.
+    fn allowed() -> DereferencedWebhook {
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        dereferenced(InstanceRef::Allowed(Arc::new(instance)))
+    }
+
+    fn condition<'a>(desired: &'a DesiredWebhookStatus, kind: &str) -> &'a Condition {
+        fixtures::condition(&desired.status.conditions, kind)
+    }
+
+    fn counters(delivered: i64) -> Vec<SinkStatus> {
+        vec![SinkStatus {
+            name: "website".into(),
+            delivered,
+            ..SinkStatus::default()
+        }]
     }
 
     #[test]
@@ -891,7 +884,7 @@ status:
     #[test]
     fn a_webhook_whose_instance_is_not_registered_waits_for_it() {
         let site = webhook(WEBHOOK);
-        let mut instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
+        let mut instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
         instance.status = None;
         let input = dereferenced(InstanceRef::Allowed(Arc::new(instance)));
         let desired = build(&site, &input, &valid(), None, Timestamp::now());
@@ -911,7 +904,7 @@ status:
     #[test]
     fn a_namespace_the_instance_does_not_allow_is_reported_on_registered_and_ready() {
         let site = webhook(WEBHOOK);
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
         let input = dereferenced(InstanceRef::NotAllowed(Arc::new(instance)));
         let desired = build(&site, &input, &valid(), None, Timestamp::now());
         assert_eq!(
@@ -924,13 +917,8 @@ status:
     #[test]
     fn a_valid_registered_and_routed_webhook_is_ready_for_its_generation() {
         let site = webhook(WEBHOOK);
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
-        let mut input = dereferenced(InstanceRef::Allowed(Arc::new(instance)));
-        input.sinks = Some(vec![SinkStatus {
-            name: "website".into(),
-            delivered: 3,
-            ..SinkStatus::default()
-        }]);
+        let mut input = allowed();
+        input.sinks = Some(counters(3));
         let routed = Reported::yes("Routed", "Routed", "the receiver routes generation 4");
         let desired = build(&site, &input, &valid(), Some(routed), Timestamp::now());
         let ready = condition(&desired, "Ready");
@@ -960,8 +948,7 @@ status:
     #[test]
     fn a_receiver_that_lags_keeps_ready_false_and_the_webhook_waiting() {
         let site = webhook(WEBHOOK);
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
-        let input = dereferenced(InstanceRef::Allowed(Arc::new(instance)));
+        let input = allowed();
         let routed = Reported::no("Routed", "WaitingForReceiver", "it routes generation 3");
         let desired = build(&site, &input, &valid(), Some(routed), Timestamp::now());
         assert_eq!(condition(&desired, "Ready").reason, "WaitingForReceiver");
@@ -972,15 +959,10 @@ status:
     fn unknown_models_warn_without_failing_ready_and_old_counters_stay() {
         let mut site = webhook(WEBHOOK);
         site.status = Some(StrapiWebhookStatus {
-            sinks: vec![SinkStatus {
-                name: "website".into(),
-                delivered: 9,
-                ..SinkStatus::default()
-            }],
+            sinks: counters(9),
             ..StrapiWebhookStatus::default()
         });
-        let instance: StrapiInstance = serde_saphyr::from_str(INSTANCE).unwrap();
-        let mut input = dereferenced(InstanceRef::Allowed(Arc::new(instance)));
+        let mut input = allowed();
         input.content_types = Some(Ok(Arc::new(vec![content_type("api::page.page", "page")])));
         let routed = Reported::yes("Routed", "Routed", "routed");
         let desired = build(&site, &input, &valid(), Some(routed), Timestamp::now());
