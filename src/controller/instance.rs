@@ -1,6 +1,7 @@
-//! Reconciling a `StrapiInstance`: dereference (credentials, shared secret, the webhooks that use
-//! the instance) → build (the desired registration, pure) → apply (Strapi admin API: ensure,
-//! collect garbage, verify with Strapi's trigger, roll Strapi if asked) → status.
+//! Reconciling a `StrapiInstance`: dereference (shared secret, the webhooks that use the
+//! instance, credentials) → build (the desired registration, pure) → apply (Strapi admin API:
+//! ensure, collect garbage, verify with Strapi's trigger, roll Strapi if asked, gap repair) →
+//! status (built purely from the apply outcome).
 //!
 //! `reconcile` makes `finalizer()` its only top-level call: apply and cleanup are idempotent, and
 //! cleanup removes the registration from Strapi before Kubernetes forgets the instance.

@@ -1,6 +1,8 @@
-//! Reconciling a `StrapiWebhook`: dereference (its instance, the Secrets it names) → validate
-//! (compile routes and sinks with the same code the receiver runs, check the instance allows
-//! this namespace, check models and uids against the real Strapi when reachable) → status.
+//! Reconciling a `StrapiWebhook`: dereference (its instance and whether it allows this
+//! namespace, the Secrets it names, the instance's content types, the receiver's counters) →
+//! validate (compile routes and sinks with the same code the receiver runs, under the instance's
+//! egress policy) → routed (ask the receiver replicas, once valid and registered) → build (pure:
+//! conditions, `Ready`, status) → status.
 //!
 //! There is nothing to clean up when a `StrapiWebhook` goes away: the instance controller watches
 //! them and recomputes the union of events, so no finalizer is needed here.
