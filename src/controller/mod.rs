@@ -46,7 +46,7 @@ pub use events::{Notice, Publisher};
 pub use metrics::{Metrics, ReceiverCallLabels};
 pub use receiver_admin::{ReceiverAdmin, ReceiverError, StatsCache};
 pub use repair::GapRepair;
-pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, RoutingTracker, ServiceRef};
+pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ReceiverReplicas, RoutingTracker, ServiceRef};
 pub use strapi_access::StrapiAccess;
 pub use webhook::{unknown_models, validation_conditions};
 
@@ -132,7 +132,7 @@ impl Context {
         let replicas = options
             .receiver_replicas
             .clone()
-            .map(|service| (client.clone(), service));
+            .map(|service| routing::ReceiverReplicas::watch(client.clone(), service));
         Context {
             events: Publisher::new(client.clone(), options.pod_name.clone()),
             strapi: StrapiAccess::new(client.clone(), metrics.strapi_calls.clone()),

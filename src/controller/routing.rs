@@ -26,7 +26,6 @@ use kube::{
         watcher,
     },
 };
-
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
 use super::{
@@ -205,16 +204,16 @@ pub struct RoutingTracker {
 }
 
 impl RoutingTracker {
-    /// A tracker that asks `receiver`, or every replica of `replicas` (watched from here on, so
-    /// it needs a Tokio runtime), counting its calls in `calls`.
+    /// A tracker that asks `receiver`, or every ready replica of `replicas` through
+    /// `receiver`'s connections, counting its calls in `calls`.
     pub fn new(
         receiver: ReceiverAdmin,
-        replicas: Option<(Client, ServiceRef)>,
+        replicas: Option<ReceiverReplicas>,
         calls: Family<ReceiverCallLabels, Counter>,
     ) -> Self {
         RoutingTracker {
             receiver,
-            replicas: replicas.map(|(client, service)| ReceiverReplicas::watch(client, service)),
+            replicas,
             calls,
             reports: Reports::default(),
             waits: Mutex::default(),
