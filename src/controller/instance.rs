@@ -1,6 +1,7 @@
-//! Reconciling a `StrapiInstance`: dereference (credentials, shared secret, the webhooks that use
-//! the instance) → build (the desired registration, pure) → apply (Strapi admin API: ensure,
-//! collect garbage, verify with Strapi's trigger, roll Strapi if asked) → status.
+//! Reconciling a `StrapiInstance`: dereference (shared secret, the webhooks that use the
+//! instance, credentials) → build (the desired registration, pure) → apply (Strapi admin API:
+//! ensure, collect garbage, verify with Strapi's trigger, roll Strapi if asked, gap repair) →
+//! status (built purely from the apply outcome).
 //!
 //! `reconcile` makes `finalizer()` its only top-level call: apply and cleanup are idempotent, and
 //! cleanup removes the registration from Strapi before Kubernetes forgets the instance.
@@ -25,12 +26,12 @@ use super::{
     conditions::{self, Reported},
     events::Notice,
     receiver_admin::ReceiverError,
-    secrets,
+    secrets::{self, SharedSecret},
 };
 use crate::{
     api::{RepairStatus, StrapiInstance, StrapiInstanceStatus, StrapiWebhook},
-    cluster::{FetchedSecrets, NamespaceLabels},
-    config::{self, instance_key, referenced_instance, subscribed_events},
+    cluster::NamespaceLabels,
+    config::{instance_key, referenced_instance, subscribed_events},
     registration::{self, Applied, Change, Desired, VerifyError},
     strapi::{Credentials, StrapiClient, StrapiError},
 };
@@ -50,12 +51,81 @@ pub async fn reconcile(instance: Arc<StrapiInstance>, ctx: Arc<Context>) -> Resu
     let api: Api<StrapiInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, instance, |event| async {
         match event {
-            FinalizerEvent::Apply(instance) => apply(&instance, &ctx).await,
+            FinalizerEvent::Apply(instance) => converge(&instance, &ctx).await,
             FinalizerEvent::Cleanup(instance) => cleanup(&instance, &ctx).await,
         }
     })
     .await
     .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// The pipeline of an instance that exists: dereference → build (pure) → apply → status
+/// (built purely from the apply outcome, written by server-side apply).
+async fn converge(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
+    let input = dereference(instance, ctx).await?;
+    let desired = build(instance, &input, &ctx.options.secret_header);
+    let outcome = apply(ctx, instance, &input, &desired).await?;
+    let retry_after = outcome.retry_after;
+    let status = build_status(instance, &input, desired, outcome, Timestamp::now());
+    let ready = conditions::is_true(&status.conditions, "Ready");
+    patch_status(ctx, instance, status).await?;
+    // Not ready (Strapi down, receiver not verified): look again soon rather than at the next resync.
+    let resync: Duration = instance.spec.resync_interval.into();
+    let resync = ctx
+        .repair
+        .next_check(instance)
+        .map_or(resync, |due| resync.min(due));
+    // Rate-limited by Strapi's login limit: every attempt before its window ends would count
+    // against it again, so wait exactly as long as Strapi said.
+    Ok(Action::requeue(match (ready, retry_after) {
+        (true, _) => resync,
+        (false, Some(wait)) => wait,
+        (false, None) => resync.min(NOT_READY_RETRY),
+    }))
+}
+
+/// Everything an instance's registration and status depend on, read by the dereference step.
+pub struct DereferencedInstance {
+    /// The base URL at which Strapi reaches the receiver for this instance.
+    pub receiver_base: String,
+    /// The shared secret Strapi sends (created or rotated here when due).
+    pub shared: SharedSecret,
+    /// The webhooks that refer to the instance from namespaces it allows.
+    pub webhooks: Vec<Arc<StrapiWebhook>>,
+    /// The admin credentials, or why they cannot be read.
+    pub credentials: Result<Credentials, Error>,
+}
+
+/// Dereference: the shared secret (ensured: it must exist before Strapi can send it), the
+/// webhooks that use the instance and the admin credentials.
+pub async fn dereference(
+    instance: &StrapiInstance,
+    ctx: &Context,
+) -> Result<DereferencedInstance, Error> {
+    let shared =
+        secrets::ensure_shared_secret(&ctx.client, instance, ctx.options.secret_grace).await?;
+    Ok(DereferencedInstance {
+        receiver_base: receiver_base(ctx, instance),
+        shared,
+        webhooks: allowed_webhooks(ctx, instance).await?,
+        credentials: ctx.strapi.credentials(instance).await,
+    })
+}
+
+/// Build (pure): the registration the instance should have in Strapi, sending the union of
+/// the events its enabled webhooks subscribe to.
+pub fn build(
+    instance: &StrapiInstance,
+    input: &DereferencedInstance,
+    secret_header: &str,
+) -> Desired {
+    let key = instance_key(instance);
+    Desired {
+        instance: key.to_string(),
+        endpoint: registration::endpoint(&input.receiver_base, &key),
+        secret: (secret_header.to_owned(), input.shared.current.clone()),
+        events: subscribed_events(&key, input.webhooks.iter().map(Arc::as_ref)),
+    }
 }
 
 /// The base URL at which Strapi reaches the receiver for this instance.
@@ -65,17 +135,6 @@ fn receiver_base(ctx: &Context, instance: &StrapiInstance) -> String {
         .receiver_url
         .clone()
         .unwrap_or_else(|| ctx.options.receiver_url.clone())
-}
-
-/// The admin credentials of an instance, read from its Secret.
-pub async fn credentials(ctx: &Context, instance: &StrapiInstance) -> Result<Credentials, Error> {
-    let namespace = instance_key(instance).namespace;
-    let refs = config::auth_refs(&instance.spec.auth);
-    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, &refs)
-        .await
-        .map_err(Error::kube("read Secret"))?;
-    let (credentials, _) = config::credentials(instance, &fetched)?;
-    Ok(credentials)
 }
 
 /// The enabled webhooks that refer to `instance` and that it allows.
@@ -103,75 +162,97 @@ async fn allowed_webhooks(
 }
 
 /// What the apply step found, for the status and for Events.
-struct Outcome {
-    reported: Vec<Reported>,
-    registration_id: Option<String>,
-    verified_at: Option<Timestamp>,
-    restarted_at: Option<Timestamp>,
-    repair: Option<RepairStatus>,
+#[derive(Debug)]
+pub struct Outcome {
+    /// The conditions it observed (all but `Ready`).
+    pub reported: Vec<Reported>,
+    /// The id of the registration in Strapi.
+    pub registration_id: Option<String>,
+    /// When Strapi's trigger reached the receiver, if verified now.
+    pub verified_at: Option<Timestamp>,
+    /// When the Strapi Deployment was rolled, if now.
+    pub restarted_at: Option<Timestamp>,
+    /// The gap repair status.
+    pub repair: Option<RepairStatus>,
     /// Strapi rate-limited the login: when to look again, instead of the not-ready retry.
-    retry_after: Option<Duration>,
+    pub retry_after: Option<Duration>,
 }
 
-async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error> {
-    let key = instance_key(instance);
-    let receiver_base = receiver_base(ctx, instance);
-    let endpoint = registration::endpoint(&receiver_base, &key);
+impl Outcome {
+    /// Nothing was applied: `reported` says why; the previous registration and repair stay.
+    fn unapplied(
+        reported: Vec<Reported>,
+        previous: &StrapiInstanceStatus,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Outcome {
+            reported,
+            registration_id: previous.registration_id.clone(),
+            verified_at: None,
+            restarted_at: None,
+            repair: previous.repair.clone(),
+            retry_after,
+        }
+    }
+}
 
-    // Dereference.
-    let shared =
-        secrets::ensure_shared_secret(&ctx.client, instance, ctx.options.secret_grace).await?;
-    let webhooks = allowed_webhooks(ctx, instance).await?;
-    let events = subscribed_events(&key, webhooks.iter().map(Arc::as_ref));
+/// Apply: registers in Strapi, collects garbage, verifies, restarts and runs gap repair when
+/// due; without credentials, reports Strapi unreachable.
+async fn apply(
+    ctx: &Context,
+    instance: &StrapiInstance,
+    input: &DereferencedInstance,
+    desired: &Desired,
+) -> Result<Outcome, Error> {
     let previous = instance.status.clone().unwrap_or_default();
-
-    let outcome = match credentials(ctx, instance).await {
+    let credentials = match &input.credentials {
+        Ok(credentials) => credentials.clone(),
         Err(error) => {
             let reported = vec![Reported::no("Reachable", error.reason(), error.to_string())];
-            Outcome {
-                reported,
-                registration_id: previous.registration_id.clone(),
-                verified_at: None,
-                restarted_at: None,
-                repair: previous.repair.clone(),
-                retry_after: None,
-            }
-        }
-        Ok(credentials) => {
-            let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
-            // Build (pure) and apply.
-            let desired = Desired {
-                instance: key.to_string(),
-                endpoint: endpoint.clone(),
-                secret: (ctx.options.secret_header.clone(), shared.current.clone()),
-                events: events.clone(),
-            };
-            let mut outcome =
-                register(ctx, instance, &client, &desired, &previous, shared.changed).await?;
-            outcome.repair =
-                super::repair::repair(ctx, instance, &client, &webhooks, &events).await;
-            outcome
+            return Ok(Outcome::unapplied(reported, &previous, None));
         }
     };
+    let client = ctx.strapi.client(instance, credentials)?;
+    let mut outcome = register(
+        ctx,
+        instance,
+        &client,
+        desired,
+        &previous,
+        input.shared.changed,
+    )
+    .await?;
+    outcome.repair =
+        super::repair::repair(ctx, instance, &client, &input.webhooks, &desired.events).await;
+    Ok(outcome)
+}
 
-    // Status.
-    let retry_after = outcome.retry_after;
+/// Status (pure): the conditions with `Ready`, and what the registration and the apply step
+/// found; times not observed now stay as they were.
+pub fn build_status(
+    instance: &StrapiInstance,
+    input: &DereferencedInstance,
+    desired: Desired,
+    outcome: Outcome,
+    now: Timestamp,
+) -> StrapiInstanceStatus {
+    let previous = instance.status.clone().unwrap_or_default();
     let mut reported = outcome.reported;
     let ready = conditions::ready(&reported, "registered in Strapi and verified end to end");
     reported.push(ready);
-    let status = StrapiInstanceStatus {
+    StrapiInstanceStatus {
         conditions: conditions::merge(
             &previous.conditions,
             &reported,
             instance.meta().generation,
-            Timestamp::now(),
+            now,
         ),
         observed_generation: instance.meta().generation,
         registration_id: outcome.registration_id,
-        endpoint: Some(endpoint),
-        events: events.into_iter().collect(),
-        webhooks: Some(i32::try_from(webhooks.len()).unwrap_or(i32::MAX)),
-        secret_name: Some(shared.name),
+        endpoint: Some(desired.endpoint),
+        events: desired.events.into_iter().collect(),
+        webhooks: Some(i32::try_from(input.webhooks.len()).unwrap_or(i32::MAX)),
+        secret_name: Some(input.shared.name.clone()),
         last_verified_time: outcome
             .verified_at
             .map(Time)
@@ -181,19 +262,7 @@ async fn apply(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Error
             .map(Time)
             .or(previous.last_restart_time),
         repair: outcome.repair,
-    };
-    let ready = conditions::is_true(&status.conditions, "Ready");
-    patch_status(ctx, instance, status).await?;
-    // Not ready (Strapi down, receiver not verified): look again soon rather than at the next resync.
-    let resync: Duration = instance.spec.resync_interval.into();
-    let resync = super::repair::next_check(ctx, instance).map_or(resync, |due| resync.min(due));
-    // Rate-limited by Strapi's login limit: every attempt before its window ends would count
-    // against it again, so wait exactly as long as Strapi said.
-    Ok(Action::requeue(match (ready, retry_after) {
-        (true, _) => resync,
-        (false, Some(wait)) => wait,
-        (false, None) => resync.min(NOT_READY_RETRY),
-    }))
+    }
 }
 
 /// Registers, repairs, collects garbage, verifies and restarts; reports what it saw.
@@ -207,7 +276,8 @@ async fn register(
 ) -> Result<Outcome, Error> {
     let mut reported = Vec::new();
     let applied = match ctx
-        .observe_strapi("ensure registration", registration::ensure(client, desired))
+        .strapi
+        .observe("ensure registration", registration::ensure(client, desired))
         .await
     {
         Ok(applied) => applied,
@@ -223,14 +293,7 @@ async fn register(
                 StrapiError::RateLimited { retry_after, .. } => Some(*retry_after),
                 _ => None,
             };
-            return Ok(Outcome {
-                reported,
-                registration_id: previous.registration_id.clone(),
-                verified_at: None,
-                restarted_at: None,
-                repair: previous.repair.clone(),
-                retry_after,
-            });
+            return Ok(Outcome::unapplied(reported, previous, retry_after));
         }
     };
     reported.push(Reported::yes(
@@ -397,7 +460,8 @@ async fn collect_garbage(
             .any(|known| instance_key(known) == key)
     };
     match ctx
-        .observe_strapi(
+        .strapi
+        .observe(
             "collect garbage",
             registration::collect_garbage(client, receiver_base, exists),
         )
@@ -457,7 +521,9 @@ async fn trigger_and_wait(
         let handshake = ctx.receiver.handshake(&key).await?;
         Ok::<_, ReceiverError>(handshake.count)
     };
-    let trigger = ctx.observe_strapi("trigger webhook", client.trigger_webhook(id));
+    let trigger = ctx
+        .strapi
+        .observe("trigger webhook", client.trigger_webhook(id));
     registration::verify(handshakes, trigger, ctx.options.verify_timeout)
         .await
         .map_err(|error| match error {
@@ -535,7 +601,7 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
         ctx.metrics
             .forget_instance(&key.to_string(), &status.conditions);
     }
-    let credentials = match credentials(ctx, instance).await {
+    let credentials = match ctx.strapi.credentials(instance).await {
         Ok(credentials) => credentials,
         Err(error) if error.needs_user_change() => {
             // Without credentials the registration can never be removed; do not block deletion
@@ -547,14 +613,15 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
         }
         Err(error) => return Err(error),
     };
-    let client = ctx.strapi_client(&key, &instance.spec.url, credentials)?;
+    let client = ctx.strapi.client(instance, credentials)?;
     let removed = ctx
-        .observe_strapi(
+        .strapi
+        .observe(
             "remove registration",
             registration::remove(&client, &key.to_string()),
         )
         .await?;
-    ctx.forget_strapi_client(&key).await;
+    ctx.strapi.forget(&key).await;
     tracing::info!(instance = %key, removed, "removed the registration from Strapi");
     Ok(Action::await_change())
 }
@@ -562,6 +629,7 @@ async fn cleanup(instance: &StrapiInstance, ctx: &Context) -> Result<Action, Err
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures::{REGISTERED_INSTANCE, condition};
 
     #[test]
     fn a_private_url_rejection_says_what_to_change() {
@@ -578,5 +646,143 @@ mod tests {
             details: serde_json::Value::Null,
         };
         assert_eq!(explain_rejection(&other), other.to_string());
+    }
+
+    // The pure build steps, on inline YAML: the dereferenced input is made by hand.
+
+    fn webhook(name: &str, instance: &str, enabled: bool, events: &str) -> Arc<StrapiWebhook> {
+        Arc::new(
+            serde_saphyr::from_str(&format!(
+                r#"
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata: {{ name: {name}, namespace: web }}
+spec:
+  instanceRef: {{ name: {instance} }}
+  enabled: {enabled}
+  events: {events}
+  sinks:
+    - name: crm
+      http: {{ url: "http://127.0.0.1:4000/hook" }}
+  routes:
+    - name: all
+      sink: crm
+"#
+            ))
+            .unwrap(),
+        )
+    }
+
+    fn dereferenced(webhooks: Vec<Arc<StrapiWebhook>>) -> DereferencedInstance {
+        DereferencedInstance {
+            receiver_base: "http://receiver.strapi-system:8080/".into(),
+            shared: SharedSecret {
+                name: "cms-webhook-secret".into(),
+                current: "s3cret".into(),
+                changed: false,
+            },
+            webhooks,
+            credentials: Ok(Credentials::AdminToken("token".into())),
+        }
+    }
+
+    #[test]
+    fn the_desired_registration_sends_the_union_of_the_enabled_webhooks_events() {
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        let input = dereferenced(vec![
+            webhook("articles", "cms", true, "[entry.publish, entry.update]"),
+            webhook("comments", "cms", true, "[entry.create, entry.update]"),
+            webhook("paused", "cms", false, "[media.create]"),
+        ]);
+        let desired = build(&instance, &input, "X-Strapi-Secret");
+        assert_eq!(
+            desired,
+            Desired {
+                instance: "web/cms".into(),
+                endpoint: registration::endpoint(
+                    "http://receiver.strapi-system:8080",
+                    &instance_key(&instance)
+                ),
+                secret: ("X-Strapi-Secret".into(), "s3cret".into()),
+                events: ["entry.create", "entry.publish", "entry.update"]
+                    .map(String::from)
+                    .into(),
+            }
+        );
+        assert!(
+            desired
+                .endpoint
+                .starts_with("http://receiver.strapi-system:8080/")
+        );
+        assert!(
+            build(&instance, &dereferenced(vec![]), "X-Strapi-Secret")
+                .events
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_registered_and_verified_instance_is_ready_with_what_the_apply_step_found() {
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        let input = dereferenced(vec![webhook("articles", "cms", true, "[entry.publish]")]);
+        let desired = build(&instance, &input, "X-Strapi-Secret");
+        let verified_at = Timestamp::from_second(1_800_000_000).unwrap();
+        let outcome = Outcome {
+            reported: vec![
+                Reported::yes("Reachable", "Reachable", "the admin API answered"),
+                Reported::yes("Registered", "Registered", "webhook 8"),
+                Reported::yes("Verified", "Verified", "verified"),
+            ],
+            registration_id: Some("8".into()),
+            verified_at: Some(verified_at),
+            restarted_at: None,
+            repair: None,
+            retry_after: None,
+        };
+        let status = build_status(
+            &instance,
+            &input,
+            desired.clone(),
+            outcome,
+            Timestamp::now(),
+        );
+        let ready = condition(&status.conditions, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.observed_generation),
+            ("True", Some(3))
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.registration_id.as_deref(), Some("8"));
+        assert_eq!(status.endpoint, Some(desired.endpoint));
+        assert_eq!(
+            status.events,
+            ["entry.publish"],
+            "the events sent now, not before"
+        );
+        assert_eq!(status.webhooks, Some(1));
+        assert_eq!(status.secret_name.as_deref(), Some("cms-webhook-secret"));
+        assert_eq!(status.last_verified_time, Some(Time(verified_at)));
+    }
+
+    #[test]
+    fn an_unapplied_registration_is_not_ready_and_keeps_what_was_known() {
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        let mut input = dereferenced(vec![]);
+        input.credentials = Err(Error::InstanceMissing {
+            namespace: "web".into(),
+            name: "cms".into(),
+        });
+        let desired = build(&instance, &input, "X-Strapi-Secret");
+        let previous = instance.status.clone().unwrap();
+        let unreachable = Reported::no("Reachable", "StrapiUnreachable", "connection refused");
+        let outcome = Outcome::unapplied(vec![unreachable], &previous, None);
+        let status = build_status(&instance, &input, desired, outcome, Timestamp::now());
+        let ready = condition(&status.conditions, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "StrapiUnreachable")
+        );
+        assert_eq!(status.registration_id.as_deref(), Some("7"));
+        assert_eq!(status.last_verified_time, previous.last_verified_time);
     }
 }

@@ -8,23 +8,22 @@
 //! status written only by server-side apply under [`FIELD_MANAGER`]. Leader election through a
 //! Lease lets two replicas run; only the leader reconciles.
 
+mod backoff;
 mod conditions;
 mod error;
 mod events;
+#[cfg(test)]
+mod fixtures;
 mod instance;
 pub mod metrics;
 mod receiver_admin;
 mod repair;
 mod routing;
 mod secrets;
+mod strapi_access;
 mod webhook;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::StreamExt;
@@ -40,32 +39,25 @@ use kube::{
 };
 use prometheus_client::registry::Registry;
 
+pub use backoff::{Backoff, retry_delay};
 pub use conditions::Reported;
 pub use error::Error;
 pub use events::{Notice, Publisher};
 pub use metrics::{Metrics, ReceiverCallLabels};
-pub use receiver_admin::{ReceiverAdmin, ReceiverError};
-pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ServiceRef};
+pub use receiver_admin::{ReceiverAdmin, ReceiverError, StatsCache};
+pub use repair::GapRepair;
+pub use routing::{REPORT_TTL as ROUTING_REPORT_TTL, ReceiverReplicas, RoutingTracker, ServiceRef};
+pub use strapi_access::StrapiAccess;
 pub use webhook::{unknown_models, validation_conditions};
 
 use crate::{
-    admin_api::Stats,
     api::{StrapiAuth, StrapiInstance, StrapiWebhook, shared_secret},
     config::{instance_key, referenced_instance, secret_refs},
     key::ObjectKey,
-    strapi::{ClientCache, ContentType, Credentials, StrapiClient, StrapiError},
 };
 
 /// The one field manager for everything the controller writes with server-side apply.
 pub const FIELD_MANAGER: &str = "strapi-webhook-operator";
-
-/// How long content types listed from a Strapi are reused by webhook validation.
-const CONTENT_TYPES_TTL: Duration = Duration::from_secs(60);
-/// How long the receiver's delivery counters are reused: one request serves every webhook.
-const STATS_TTL: Duration = Duration::from_secs(10);
-
-/// Content types of one Strapi and when they were listed.
-type ListedContentTypes = (Instant, Arc<Vec<ContentType>>);
 
 /// Settings of the controller.
 #[derive(Clone, Debug)]
@@ -95,7 +87,7 @@ pub struct Options {
     pub pod_name: Option<String>,
 }
 
-/// What every reconcile shares.
+/// What every reconcile shares: its dependencies, each component owning its own state.
 pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
@@ -109,22 +101,18 @@ pub struct Context {
     pub instances: Store<StrapiInstance>,
     /// Every StrapiWebhook, from the webhook controller's reflector.
     pub webhooks: Store<StrapiWebhook>,
+    /// The instances' Strapis: credentials, clients, content types.
+    pub strapi: StrapiAccess,
     /// The receiver's admin API.
     pub receiver: ReceiverAdmin,
-    /// The receiver's gap repair routes.
-    pub repair_client: crate::repair::RepairClient,
-    // When each instance's next gap repair check is due.
-    repair_schedule: Mutex<crate::repair::Schedule>,
-    // One client per instance, so its admin session survives between reconciles.
-    strapi_clients: ClientCache<ObjectKey>,
-    // An async lock held across the fetch, so concurrent reconciles of one instance's webhooks
-    // wait for one listing instead of each asking Strapi.
-    content_types: tokio::sync::Mutex<HashMap<ObjectKey, ListedContentTypes>>,
-    failures: Mutex<HashMap<String, u32>>,
-    stats: Mutex<Option<(Instant, Arc<Stats>)>>,
-    receiver_replicas: Option<routing::ReceiverReplicas>,
-    routing_reports: routing::Reports,
-    routing_waits: Mutex<HashMap<String, u32>>,
+    /// The receiver's delivery counters, fetched at a bounded rate.
+    pub receiver_stats: StatsCache,
+    /// Whether the receiver replicas route each webhook's generation.
+    pub routing: RoutingTracker,
+    /// The receiver's gap repair routes and the instances' check schedule.
+    pub repair: GapRepair,
+    /// Retry delays of failing reconciles.
+    pub backoff: Backoff,
 }
 
 impl Context {
@@ -137,124 +125,36 @@ impl Context {
         instances: Store<StrapiInstance>,
         webhooks: Store<StrapiWebhook>,
     ) -> Self {
+        let receiver = ReceiverAdmin::new(
+            &options.receiver_admin_url,
+            options.receiver_admin_token.as_ref(),
+        );
+        let replicas = options
+            .receiver_replicas
+            .clone()
+            .map(|service| routing::ReceiverReplicas::watch(client.clone(), service));
         Context {
             events: Publisher::new(client.clone(), options.pod_name.clone()),
-            receiver: ReceiverAdmin::new(
+            strapi: StrapiAccess::new(client.clone(), metrics.strapi_calls.clone()),
+            routing: RoutingTracker::new(
+                receiver.clone(),
+                replicas,
+                metrics.receiver_calls.clone(),
+            ),
+            repair: GapRepair::new(crate::repair::RepairClient::new(
                 &options.receiver_admin_url,
                 options.receiver_admin_token.as_ref(),
-            ),
-            receiver_replicas: options
-                .receiver_replicas
-                .clone()
-                .map(|service| routing::ReceiverReplicas::watch(client.clone(), service)),
-            routing_reports: routing::Reports::default(),
-            routing_waits: Mutex::default(),
-            repair_client: crate::repair::RepairClient::new(
-                &options.receiver_admin_url,
-                options.receiver_admin_token.as_ref(),
-            ),
-            repair_schedule: Mutex::default(),
+            )),
+            receiver,
+            receiver_stats: StatsCache::default(),
+            backoff: Backoff::default(),
             client,
             options,
             metrics,
             instances,
             webhooks,
-            strapi_clients: ClientCache::default(),
-            content_types: tokio::sync::Mutex::default(),
-            failures: Mutex::default(),
-            stats: Mutex::default(),
         }
     }
-
-    /// The Strapi client for an instance, reused while its URL and credentials stay the same.
-    pub fn strapi_client(
-        &self,
-        key: &ObjectKey,
-        url: &str,
-        credentials: Credentials,
-    ) -> Result<StrapiClient, Error> {
-        Ok(self.strapi_clients.client(key, url, credentials)?)
-    }
-
-    async fn forget_strapi_client(&self, key: &ObjectKey) {
-        self.strapi_clients.forget(key);
-        self.content_types.lock().await.remove(key);
-    }
-
-    /// Awaits one Strapi call and counts it by step and outcome.
-    pub async fn observe_strapi<T>(
-        &self,
-        step: &'static str,
-        call: impl Future<Output = Result<T, StrapiError>>,
-    ) -> Result<T, StrapiError> {
-        let result = call.await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(error) => error::strapi_reason(error),
-        };
-        self.metrics
-            .strapi_calls
-            .get_or_create(&metrics::StrapiCallLabels { step, outcome })
-            .inc();
-        result
-    }
-
-    /// The content types of an instance's Strapi, cached briefly: many webhooks share them.
-    pub async fn content_types(
-        &self,
-        instance: &StrapiInstance,
-    ) -> Result<Arc<Vec<ContentType>>, Error> {
-        let key = instance_key(instance);
-        let mut cache = self.content_types.lock().await;
-        if let Some((fetched, types)) = cache.get(&key)
-            && fetched.elapsed() < CONTENT_TYPES_TTL
-        {
-            return Ok(types.clone());
-        }
-        let credentials = instance::credentials(self, instance).await?;
-        let client = self.strapi_client(&key, &instance.spec.url, credentials)?;
-        let types = Arc::new(
-            self.observe_strapi("list content types", client.list_content_types())
-                .await?,
-        );
-        cache.insert(key, (Instant::now(), types.clone()));
-        Ok(types)
-    }
-
-    /// The receiver's delivery counters, fetched at most every ten seconds: one request serves every webhook.
-    pub async fn receiver_stats(&self) -> Result<Arc<Stats>, ReceiverError> {
-        if let Some((fetched, stats)) = self.stats.lock().expect("stats cache lock").as_ref()
-            && fetched.elapsed() < STATS_TTL
-        {
-            return Ok(stats.clone());
-        }
-        let stats = Arc::new(self.receiver.stats().await?);
-        *self.stats.lock().expect("stats cache lock") = Some((Instant::now(), stats.clone()));
-        Ok(stats)
-    }
-
-    /// The delay before retrying an object that failed `failures` times in a row.
-    fn backoff(&self, object: String, error: &Error) -> Action {
-        let mut failures = self.failures.lock().expect("failure count lock");
-        let count = failures.entry(object).or_default();
-        *count += 1;
-        if error.needs_user_change() {
-            return Action::await_change();
-        }
-        Action::requeue(retry_delay(*count))
-    }
-
-    fn succeeded(&self, object: String) {
-        self.failures
-            .lock()
-            .expect("failure count lock")
-            .remove(&object);
-    }
-}
-
-/// Exponential backoff for transient failures: 2 s, 4 s, 8 s … capped at 5 minutes.
-pub fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(failures.min(9))).min(Duration::from_secs(300))
 }
 
 fn error_policy<K: kube::Resource<DynamicType = ()>>(
@@ -263,7 +163,8 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     tracing::warn!(object = %ObjectRef::from_obj(object.as_ref()), reason = error.reason(), %error, "reconcile failed");
-    ctx.backoff(ObjectRef::from_obj(object.as_ref()).to_string(), error)
+    ctx.backoff
+        .failed(ObjectRef::from_obj(object.as_ref()).to_string(), error)
 }
 
 /// Runs both controllers until SIGTERM/SIGINT, serving `/healthz`, `/readyz` and `/metrics`.
@@ -386,7 +287,7 @@ pub async fn reconcile_instance(
             instance::reconcile(object, ctx.clone()),
         )
         .await?;
-    ctx.succeeded(key);
+    ctx.backoff.succeeded(&key);
     Ok(action)
 }
 
@@ -397,7 +298,7 @@ pub async fn reconcile_webhook(
 ) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(object.as_ref()).to_string();
     let action = webhook::reconcile(object, ctx.clone()).await?;
-    ctx.succeeded(key);
+    ctx.backoff.succeeded(&key);
     Ok(action)
 }
 
@@ -518,16 +419,4 @@ pub enum RunError {
     /// The Lease manager stopped before this replica became leader.
     #[error("leader election stopped before this replica became leader")]
     LeaseLost,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transient_failures_back_off_exponentially_up_to_five_minutes() {
-        assert_eq!(retry_delay(1), Duration::from_secs(2));
-        assert_eq!(retry_delay(3), Duration::from_secs(8));
-        assert_eq!(retry_delay(30), Duration::from_secs(300));
-    }
 }

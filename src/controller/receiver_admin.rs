@@ -3,7 +3,10 @@
 //! (verification), for delivery counters (status), and which generation of each resource a
 //! replica routes with (`Routed`).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use crate::{
     admin_api::{Handshake, Routing, Stats},
@@ -120,5 +123,28 @@ impl ReceiverAdmin {
             });
         }
         response.json().await.map_err(unreachable)
+    }
+}
+
+/// How long the receiver's delivery counters are reused: one request serves every webhook.
+const STATS_TTL: Duration = Duration::from_secs(10);
+
+/// The receiver's delivery counters, fetched at most every [`STATS_TTL`].
+#[derive(Default)]
+pub struct StatsCache {
+    last: Mutex<Option<(Instant, Arc<Stats>)>>,
+}
+
+impl StatsCache {
+    /// The counters from `receiver`, or the ones fetched less than ten seconds ago.
+    pub async fn get(&self, receiver: &ReceiverAdmin) -> Result<Arc<Stats>, ReceiverError> {
+        if let Some((fetched, stats)) = self.last.lock().expect("stats cache lock").as_ref()
+            && fetched.elapsed() < STATS_TTL
+        {
+            return Ok(stats.clone());
+        }
+        let stats = Arc::new(receiver.stats().await?);
+        *self.last.lock().expect("stats cache lock") = Some((Instant::now(), stats.clone()));
+        Ok(stats)
     }
 }

@@ -4,7 +4,11 @@
 //! itself is [`crate::repair::check`]; this module decides when, and turns its report into
 //! status, metrics and Events.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use futures::channel::mpsc;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -15,19 +19,57 @@ use crate::{
     api::{RepairGap, RepairStatus, StrapiInstance, StrapiWebhook},
     config::instance_key,
     queue::UnixMillis,
-    repair::{self, Report, Target},
+    repair::{self, RepairClient, Report, Schedule, Target},
     strapi::StrapiClient,
 };
 
 /// How often the receiver is asked whether it restarted or failed to store calls.
 const RECEIVER_POLL: Duration = Duration::from_secs(5);
 
+/// The receiver's gap repair routes and when each instance's next check is due.
+pub struct GapRepair {
+    client: RepairClient,
+    schedule: Mutex<Schedule>,
+}
+
+impl GapRepair {
+    /// Gap repair through the receiver's routes that `client` calls.
+    pub fn new(client: RepairClient) -> Self {
+        GapRepair {
+            client,
+            schedule: Mutex::default(),
+        }
+    }
+
+    fn schedule(&self) -> MutexGuard<'_, Schedule> {
+        self.schedule.lock().expect("repair schedule lock")
+    }
+
+    /// When the next check of `instance` is due, if gap repair is on for it.
+    pub fn next_check(&self, instance: &StrapiInstance) -> Option<Duration> {
+        let interval: Duration = instance.spec.repair_interval.into();
+        (!interval.is_zero()).then(|| {
+            self.schedule()
+                .due_in(&instance_key(instance).to_string(), interval)
+        })
+    }
+
+    /// Whether a check of `instance` is due now.
+    fn due(&self, instance: &StrapiInstance) -> bool {
+        let interval: Duration = instance.spec.repair_interval.into();
+        !interval.is_zero()
+            && self
+                .schedule()
+                .due(&instance_key(instance).to_string(), interval)
+    }
+}
+
 /// Asks the receiver every few seconds whether it restarted or failed to store Strapi's calls;
 /// when it did, marks every instance due and sends `()` (reconcile them all). Runs until the
 /// channel's receiving side is gone.
 pub async fn watch_receiver(ctx: Arc<Context>, trigger: mpsc::UnboundedSender<()>) {
     loop {
-        match ctx.repair_client.state().await {
+        match ctx.repair.client.state().await {
             Ok(state) => {
                 let instances: Vec<String> = ctx
                     .instances
@@ -36,9 +78,8 @@ pub async fn watch_receiver(ctx: Arc<Context>, trigger: mpsc::UnboundedSender<()
                     .map(|instance| instance_key(instance).to_string())
                     .collect();
                 let changed = ctx
-                    .repair_schedule
-                    .lock()
-                    .expect("repair schedule lock")
+                    .repair
+                    .schedule()
                     .observe(state, instances.iter().map(String::as_str));
                 if changed {
                     tracing::info!(
@@ -55,17 +96,6 @@ pub async fn watch_receiver(ctx: Arc<Context>, trigger: mpsc::UnboundedSender<()
     }
 }
 
-/// When the next check of `instance` is due, if gap repair is on for it.
-pub fn next_check(ctx: &Context, instance: &StrapiInstance) -> Option<Duration> {
-    let interval: Duration = instance.spec.repair_interval.into();
-    (!interval.is_zero()).then(|| {
-        ctx.repair_schedule
-            .lock()
-            .expect("repair schedule lock")
-            .due_in(&instance_key(instance).to_string(), interval)
-    })
-}
-
 /// Runs a check of `instance` when one is due; returns the repair status to report.
 pub async fn repair(
     ctx: &Context,
@@ -78,17 +108,10 @@ pub async fn repair(
         .status
         .as_ref()
         .and_then(|status| status.repair.clone());
-    let interval: Duration = instance.spec.repair_interval.into();
-    let key = instance_key(instance).to_string();
-    let due = !interval.is_zero()
-        && ctx
-            .repair_schedule
-            .lock()
-            .expect("repair schedule lock")
-            .due(&key, interval);
-    if !due {
+    if !ctx.repair.due(instance) {
         return previous;
     }
+    let key = instance_key(instance).to_string();
     let models = repair::routed_models(
         webhooks
             .iter()
@@ -102,12 +125,8 @@ pub async fn repair(
         events,
         models: models.as_ref(),
     };
-    let checked = repair::check(&target, &ctx.repair_client, &ctx.options.repair).await;
-    let outage = ctx
-        .repair_schedule
-        .lock()
-        .expect("repair schedule lock")
-        .checked(&key);
+    let checked = repair::check(&target, &ctx.repair.client, &ctx.options.repair).await;
+    let outage = ctx.repair.schedule().checked(&key);
     let mut status = previous.clone().unwrap_or_default();
     status.last_check_time = Some(Time(Timestamp::now()));
     match checked {

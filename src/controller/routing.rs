@@ -26,9 +26,9 @@ use kube::{
         watcher,
     },
 };
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 use super::{
-    Context,
     conditions::Reported,
     metrics::ReceiverCallLabels,
     receiver_admin::{ReceiverAdmin, ReceiverError},
@@ -191,13 +191,38 @@ impl Wanted {
 }
 
 /// Answers of the replicas by base URL, with when they were fetched.
-#[derive(Default)]
-pub struct Reports(Mutex<HashMap<String, (Instant, Arc<Routing>)>>);
+type Reports = Mutex<HashMap<String, (Instant, Arc<Routing>)>>;
 
-impl Context {
+/// Tracks whether the receiver replicas route each webhook's current generation: which replicas
+/// there are, their recent answers, and how long each waiting webhook backs off.
+pub struct RoutingTracker {
+    receiver: ReceiverAdmin,
+    replicas: Option<ReceiverReplicas>,
+    calls: Family<ReceiverCallLabels, Counter>,
+    reports: Reports,
+    waits: Mutex<HashMap<String, u32>>,
+}
+
+impl RoutingTracker {
+    /// A tracker that asks `receiver`, or every ready replica of `replicas` through
+    /// `receiver`'s connections, counting its calls in `calls`.
+    pub fn new(
+        receiver: ReceiverAdmin,
+        replicas: Option<ReceiverReplicas>,
+        calls: Family<ReceiverCallLabels, Counter>,
+    ) -> Self {
+        RoutingTracker {
+            receiver,
+            replicas,
+            calls,
+            reports: Reports::default(),
+            waits: Mutex::default(),
+        }
+    }
+
     /// The replicas to ask: every ready endpoint of the receiver Service, or the admin URL.
     fn replicas(&self) -> Result<Vec<Replica>, String> {
-        match &self.receiver_replicas {
+        match &self.replicas {
             None => Ok(vec![Replica {
                 name: self.receiver.base().to_owned(),
                 base: self.receiver.base().to_owned(),
@@ -220,8 +245,7 @@ impl Context {
         wanted: &Wanted,
     ) -> Result<Arc<Routing>, ReceiverError> {
         if let Some((fetched, routing)) = self
-            .routing_reports
-            .0
+            .reports
             .lock()
             .expect("reports lock")
             .get(&replica.base)
@@ -239,16 +263,14 @@ impl Context {
             Ok(_) => "ok",
             Err(error) => error.reason(),
         };
-        self.metrics
-            .receiver_calls
+        self.calls
             .get_or_create(&ReceiverCallLabels {
                 call: "routing",
                 outcome,
             })
             .inc();
         let routing = Arc::new(result?);
-        self.routing_reports
-            .0
+        self.reports
             .lock()
             .expect("reports lock")
             .insert(replica.base.clone(), (Instant::now(), Arc::clone(&routing)));
@@ -257,7 +279,7 @@ impl Context {
 
     /// The `Routed` condition of `webhook`: true once every live replica routes its current
     /// generation and its instance's.
-    pub(super) async fn routed_condition(
+    pub async fn routed_condition(
         &self,
         webhook: &StrapiWebhook,
         instance: &StrapiInstance,
@@ -302,16 +324,16 @@ impl Context {
 
     /// How long until `webhook` is checked again while a receiver has not caught up: short at
     /// first, backing off to at most [`MAX_ROUTING_RETRY`].
-    pub(super) fn routing_retry(&self, webhook: &str) -> Duration {
-        let mut waits = self.routing_waits.lock().expect("routing waits lock");
+    pub fn retry(&self, webhook: &str) -> Duration {
+        let mut waits = self.waits.lock().expect("routing waits lock");
         let count = waits.entry(webhook.to_owned()).or_default();
         *count += 1;
         routing_retry_delay(*count)
     }
 
     /// Forgets the backoff of `webhook` once it is routed.
-    pub(super) fn routing_settled(&self, webhook: &str) {
-        self.routing_waits
+    pub fn settled(&self, webhook: &str) {
+        self.waits
             .lock()
             .expect("routing waits lock")
             .remove(webhook);

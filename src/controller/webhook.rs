@@ -1,6 +1,8 @@
-//! Reconciling a `StrapiWebhook`: dereference (its instance, the Secrets it names) → validate
-//! (compile routes and sinks with the same code the receiver runs, check the instance allows
-//! this namespace, check models and uids against the real Strapi when reachable) → status.
+//! Reconciling a `StrapiWebhook`: dereference (its instance and whether it allows this
+//! namespace, the Secrets it names, the instance's content types, the receiver's counters) →
+//! validate (compile routes and sinks with the same code the receiver runs, under the instance's
+//! egress policy) → routed (ask the receiver replicas, once valid and registered) → build (pure:
+//! conditions, `Ready`, status) → status.
 //!
 //! There is nothing to clean up when a `StrapiWebhook` goes away: the instance controller watches
 //! them and recomputes the union of events, so no finalizer is needed here.
@@ -245,84 +247,219 @@ async fn resolves_only_to_refused(url: &url::Url, policy: &EgressPolicy) -> Opti
     last.map(|why| format!("{host} resolves only to refused addresses: {why}"))
 }
 
+/// The pipeline: dereference → validate → ask the receivers whether they route it → build
+/// (pure) → status.
 async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Action, Error> {
+    let input = dereference(webhook, ctx).await?;
+    let validation = validate(ctx, webhook, &input).await;
+    let routed = routed(ctx, webhook, &input, &validation).await;
+    let desired = build(webhook, &input, &validation, routed, Timestamp::now());
+    let next_check = next_check(ctx, webhook, &desired);
+    write_status(ctx, webhook, &desired.status).await?;
+    Ok(Action::requeue(next_check))
+}
+
+/// The instance a webhook refers to, as the dereference step found it.
+pub enum InstanceRef {
+    /// No StrapiInstance of that name exists.
+    Missing(ObjectKey),
+    /// It exists but does not allow StrapiWebhooks from the webhook's namespace.
+    NotAllowed(Arc<StrapiInstance>),
+    /// It exists and allows the webhook.
+    Allowed(Arc<StrapiInstance>),
+}
+
+impl InstanceRef {
+    /// The instance, when it exists.
+    pub fn found(&self) -> Option<&StrapiInstance> {
+        match self {
+            InstanceRef::Missing(_) => None,
+            InstanceRef::NotAllowed(instance) | InstanceRef::Allowed(instance) => Some(instance),
+        }
+    }
+}
+
+/// Everything a StrapiWebhook's status depends on besides the object itself, read by the
+/// dereference step (the API server, the instance's Strapi, the receiver).
+pub struct DereferencedWebhook {
+    /// Its instance.
+    pub instance: InstanceRef,
+    /// The Secrets its sinks name.
+    pub secrets: FetchedSecrets,
+    /// The content types of the instance's Strapi, when the instance allows the webhook.
+    pub content_types: Option<Result<Arc<Vec<ContentType>>, Error>>,
+    /// The receiver's counters of its sinks; `None` when the receiver could not be asked.
+    pub sinks: Option<Vec<SinkStatus>>,
+}
+
+/// The `RoutesValid` and `SinksResolved` conditions the validate step found.
+pub type Validation = [Reported; 2];
+
+/// The status the build step makes of a webhook and what was observed about it.
+#[derive(Debug)]
+pub struct DesiredWebhookStatus {
+    /// The status to write.
+    pub status: StrapiWebhookStatus,
+    /// True while a receiver does not route the webhook's generation yet.
+    pub waiting_for_receivers: bool,
+}
+
+/// Dereference: every read the status depends on.
+pub async fn dereference(
+    webhook: &StrapiWebhook,
+    ctx: &Context,
+) -> Result<DereferencedWebhook, Error> {
     let namespace = webhook
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
-    let name = webhook.name_any();
-    let instance_key = referenced_instance(webhook);
-
-    // Dereference.
-    let instance = ctx
+    let key = referenced_instance(webhook);
+    let found = ctx
         .instances
         .state()
         .into_iter()
-        .find(|instance| self::instance_key(instance) == instance_key);
-    let fetched = FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec))
+        .find(|instance| instance_key(instance) == key);
+    let secrets = FetchedSecrets::fetch(&ctx.client, &namespace, secret_refs(&webhook.spec))
         .await
         .map_err(Error::kube("read Secret"))?;
-
-    let mut reported = validate(ctx, webhook, instance.as_deref(), &fetched).await;
-    let (ready_parts, endpoint) = match &instance {
-        None => {
-            let error = Error::InstanceMissing {
-                namespace: instance_key.namespace.clone(),
-                name: instance_key.name.clone(),
-            };
-            reported.push(Reported::no(
-                "Registered",
-                error.reason(),
-                error.to_string(),
-            ));
-            (reported.clone(), None)
+    let instance = match found {
+        None => InstanceRef::Missing(key),
+        Some(instance) if !namespace_allowed(ctx, &instance, &namespace).await? => {
+            InstanceRef::NotAllowed(instance)
         }
-        Some(instance) if !namespace_allowed(ctx, instance, &namespace).await? => {
-            let error = Error::NamespaceNotAllowed {
-                instance: instance_key.to_string(),
-                namespace: namespace.clone(),
-            };
-            reported.push(Reported::no(
-                "Registered",
-                error.reason(),
-                error.to_string(),
-            ));
-            (reported.clone(), None)
-        }
-        Some(instance) => {
-            reported.push(registration_condition(webhook, instance));
-            // Only a valid, registered webhook is worth waiting for: the receivers keep the last
-            // valid generation of an invalid one.
-            if reported.iter().all(|condition| condition.status) {
-                reported.push(ctx.routed_condition(webhook, instance).await);
-            }
-            let ready_parts = reported.clone();
-            reported.push(models_condition(ctx, instance, &webhook.spec).await);
-            (
-                ready_parts,
-                instance
-                    .status
-                    .as_ref()
-                    .and_then(|status| status.endpoint.clone()),
-            )
+        Some(instance) => InstanceRef::Allowed(instance),
+    };
+    let content_types = match &instance {
+        InstanceRef::Allowed(instance) => Some(ctx.strapi.content_types(instance).await),
+        _ => None,
+    };
+    let sinks = match ctx.receiver_stats.get(&ctx.receiver).await {
+        Ok(stats) => Some(
+            stats
+                .webhooks
+                .get(&ObjectKey::of(webhook).to_string())
+                .into_iter()
+                .flatten()
+                .map(sink_status)
+                .collect(),
+        ),
+        Err(error) => {
+            tracing::debug!(%error, "delivery counters unavailable");
+            None
         }
     };
+    Ok(DereferencedWebhook {
+        instance,
+        secrets,
+        content_types,
+        sinks,
+    })
+}
+
+/// The conditions `Ready` depends on that need no receiver: validation and `Registered` (pure).
+fn settled_conditions(
+    webhook: &StrapiWebhook,
+    instance: &InstanceRef,
+    validation: &Validation,
+) -> Vec<Reported> {
+    let registered = match instance {
+        InstanceRef::Missing(key) => {
+            let error = Error::InstanceMissing {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            };
+            Reported::no("Registered", error.reason(), error.to_string())
+        }
+        InstanceRef::NotAllowed(instance) => {
+            let error = Error::NamespaceNotAllowed {
+                instance: instance_key(instance).to_string(),
+                namespace: webhook.namespace().unwrap_or_default(),
+            };
+            Reported::no("Registered", error.reason(), error.to_string())
+        }
+        InstanceRef::Allowed(instance) => registration_condition(webhook, instance),
+    };
+    let mut reported = Vec::from(validation.clone());
+    reported.push(registered);
+    reported
+}
+
+/// `Routed`, asked of the receivers only for a valid webhook its allowed instance registered:
+/// the receivers keep the last valid generation of an invalid one, so it is not worth waiting.
+async fn routed(
+    ctx: &Context,
+    webhook: &StrapiWebhook,
+    input: &DereferencedWebhook,
+    validation: &Validation,
+) -> Option<Reported> {
+    let InstanceRef::Allowed(instance) = &input.instance else {
+        return None;
+    };
+    let settled = settled_conditions(webhook, &input.instance, validation);
+    if !settled.iter().all(|condition| condition.status) {
+        return None;
+    }
+    Some(ctx.routing.routed_condition(webhook, instance).await)
+}
+
+/// Build (pure): the conditions, `Ready` and the status from what the other steps found.
+/// `ModelsKnown` is a warning, never part of `Ready`.
+pub fn build(
+    webhook: &StrapiWebhook,
+    input: &DereferencedWebhook,
+    validation: &Validation,
+    routed: Option<Reported>,
+    now: Timestamp,
+) -> DesiredWebhookStatus {
+    let mut reported = settled_conditions(webhook, &input.instance, validation);
+    reported.extend(routed);
     let ready = conditions::ready(
-        &ready_parts,
+        &reported,
         "routes compile, sinks resolve, Strapi sends the events and every receiver routes them \
          with this generation",
     );
+    let waiting_for_receivers = reported
+        .iter()
+        .any(|condition| condition.kind == "Routed" && !condition.status);
+    if let Some(content_types) = &input.content_types {
+        reported.push(models_condition(&webhook.spec, content_types));
+    }
     reported.push(ready);
-    let key = ObjectKey::new(&namespace, &name).to_string();
-    let next_check = match reported.iter().find(|condition| condition.kind == "Routed") {
-        Some(routed) if !routed.status => ctx.routing_retry(&key),
-        _ => {
-            ctx.routing_settled(&key);
-            STATUS_REFRESH
-        }
+    let previous = webhook.status.clone().unwrap_or_default();
+    let endpoint = match &input.instance {
+        InstanceRef::Allowed(instance) => instance
+            .status
+            .as_ref()
+            .and_then(|status| status.endpoint.clone()),
+        _ => None,
     };
+    let status = StrapiWebhookStatus {
+        conditions: conditions::merge(
+            &previous.conditions,
+            &reported,
+            webhook.meta().generation,
+            now,
+        ),
+        observed_generation: webhook.meta().generation,
+        endpoint,
+        // When the receiver cannot be asked, the last known counters stay.
+        sinks: input.sinks.clone().unwrap_or(previous.sinks),
+    };
+    DesiredWebhookStatus {
+        status,
+        waiting_for_receivers,
+    }
+}
 
-    write_status(ctx, webhook, &key, &reported, endpoint).await?;
-    Ok(Action::requeue(next_check))
+/// When to look again: soon while a receiver catches up (backing off), else at the next
+/// counter refresh.
+fn next_check(ctx: &Context, webhook: &StrapiWebhook, desired: &DesiredWebhookStatus) -> Duration {
+    let key = ObjectKey::of(webhook).to_string();
+    if desired.waiting_for_receivers {
+        ctx.routing.retry(&key)
+    } else {
+        ctx.routing.settled(&key);
+        STATUS_REFRESH
+    }
 }
 
 /// Validate: compiles the spec as the receiver will (under the instance's egress policy when
@@ -331,17 +468,16 @@ async fn reconcile_webhook(webhook: &StrapiWebhook, ctx: &Context) -> Result<Act
 async fn validate(
     ctx: &Context,
     webhook: &StrapiWebhook,
-    instance: Option<&StrapiInstance>,
-    fetched: &FetchedSecrets,
-) -> Vec<Reported> {
+    input: &DereferencedWebhook,
+) -> Validation {
     let compiled = config::compile_webhook(
         &webhook.namespace().unwrap_or_default(),
         &webhook.name_any(),
         webhook.meta().generation.unwrap_or_default(),
         &webhook.spec,
-        fetched,
+        &input.secrets,
     );
-    let compiled = match (compiled, instance) {
+    let compiled = match (compiled, input.instance.found()) {
         (Ok(mut compiled), Some(instance)) => {
             check_egress(ctx, instance, &webhook.spec, &mut compiled)
                 .await
@@ -352,7 +488,7 @@ async fn validate(
     let warnings = compiled
         .as_ref()
         .map_or(&[][..], |compiled| &compiled.warnings);
-    let reported = Vec::from(validation_conditions(compiled.as_ref().err(), warnings));
+    let reported = validation_conditions(compiled.as_ref().err(), warnings);
     match &compiled {
         Err(errors) => {
             ctx.events
@@ -384,40 +520,12 @@ fn sink_status(counters: &SinkCounters) -> SinkStatus {
     }
 }
 
-/// Writes the status by server-side apply. Counters come from the receiver at a bounded rate;
-/// when it cannot be asked, the last known counters stay.
+/// Status: writes the built status by server-side apply.
 async fn write_status(
     ctx: &Context,
     webhook: &StrapiWebhook,
-    key: &str,
-    reported: &[Reported],
-    endpoint: Option<String>,
+    status: &StrapiWebhookStatus,
 ) -> Result<(), Error> {
-    let previous = webhook.status.clone().unwrap_or_default();
-    let sinks = match ctx.receiver_stats().await {
-        Ok(stats) => stats
-            .webhooks
-            .get(key)
-            .into_iter()
-            .flatten()
-            .map(sink_status)
-            .collect(),
-        Err(error) => {
-            tracing::debug!(%error, "delivery counters unavailable");
-            previous.sinks.clone()
-        }
-    };
-    let status = StrapiWebhookStatus {
-        conditions: conditions::merge(
-            &previous.conditions,
-            reported,
-            webhook.meta().generation,
-            Timestamp::now(),
-        ),
-        observed_generation: webhook.meta().generation,
-        endpoint,
-        sinks,
-    };
     let patch = json!({
         "apiVersion": StrapiWebhook::api_version(&()),
         "kind": StrapiWebhook::kind(&()),
@@ -447,19 +555,18 @@ async fn namespace_allowed(
 }
 
 /// `ModelsKnown`: a warning, never part of `Ready`, because Strapi may be briefly unreachable or
-/// a content type may be deployed after the webhook.
-async fn models_condition(
-    ctx: &Context,
-    instance: &StrapiInstance,
+/// a content type may be deployed after the webhook (pure).
+fn models_condition(
     spec: &StrapiWebhookSpec,
+    content_types: &Result<Arc<Vec<ContentType>>, Error>,
 ) -> Reported {
-    match ctx.content_types(instance).await {
+    match content_types {
         Err(error) => Reported::no(
             "ModelsKnown",
             "StrapiUnavailable",
             format!("could not list Strapi's content types: {error}"),
         ),
-        Ok(content_types) => match unknown_models(spec, &content_types).as_slice() {
+        Ok(content_types) => match unknown_models(spec, content_types).as_slice() {
             [] => Reported::yes(
                 "ModelsKnown",
                 "ModelsKnown",
@@ -477,7 +584,12 @@ async fn models_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::InMemorySecrets, strapi::ContentTypeKind};
+    use crate::{
+        config::InMemorySecrets,
+        controller::fixtures::{self, REGISTERED_INSTANCE},
+        strapi::ContentTypeKind,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn webhook(yaml: &str) -> StrapiWebhook {
         serde_saphyr::from_str(yaml).unwrap()
@@ -691,5 +803,188 @@ mod tests {
             .events
             .push("entry.update".into());
         assert!(registration_condition(&site, &instance).status);
+    }
+
+    // The pure build step, on inline YAML: the dereferenced input is made by hand.
+
+    const WEBHOOK: &str = r#"
+apiVersion: webhooks.strapi-operator.dev/v1alpha1
+kind: StrapiWebhook
+metadata: { name: articles, namespace: web, generation: 4 }
+spec:
+  instanceRef: { name: cms }
+  events: [entry.publish, entry.update]
+  sinks:
+    - name: website
+      nextjs: { url: "http://127.0.0.1:3000/api/revalidate" }
+  routes:
+    - name: articles
+      sink: website
+      match: { models: [article] }
+"#;
+
+    fn valid() -> Validation {
+        validation_conditions(None, &[])
+    }
+
+    fn dereferenced(instance: InstanceRef) -> DereferencedWebhook {
+        let content_types = matches!(instance, InstanceRef::Allowed(_)).then(|| {
+            Ok(Arc::new(vec![content_type(
+                "api::article.article",
+                "article",
+            )]))
+        });
+        DereferencedWebhook {
+            instance,
+            secrets: FetchedSecrets::default(),
+            content_types,
+            sinks: None,
+        }
+    }
+
+    /// Dereferenced with the registered instance, which allows the webhook.
+    fn allowed() -> DereferencedWebhook {
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        dereferenced(InstanceRef::Allowed(Arc::new(instance)))
+    }
+
+    fn condition<'a>(desired: &'a DesiredWebhookStatus, kind: &str) -> &'a Condition {
+        fixtures::condition(&desired.status.conditions, kind)
+    }
+
+    fn counters(delivered: i64) -> Vec<SinkStatus> {
+        vec![SinkStatus {
+            name: "website".into(),
+            delivered,
+            ..SinkStatus::default()
+        }]
+    }
+
+    #[test]
+    fn a_webhook_whose_instance_is_missing_is_not_registered_nor_ready() {
+        let site = webhook(WEBHOOK);
+        let input = dereferenced(InstanceRef::Missing(ObjectKey::new("web", "cms")));
+        let desired = build(&site, &input, &valid(), None, Timestamp::now());
+        let registered = condition(&desired, "Registered");
+        assert_eq!(
+            (registered.status.as_str(), registered.reason.as_str()),
+            ("False", "InstanceMissing")
+        );
+        assert!(
+            registered.message.contains("web/cms"),
+            "{}",
+            registered.message
+        );
+        let ready = condition(&desired, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InstanceMissing")
+        );
+        assert!(!desired.waiting_for_receivers);
+        assert_eq!(desired.status.endpoint, None);
+        assert!(
+            desired
+                .status
+                .conditions
+                .iter()
+                .all(|condition| condition.type_ != "ModelsKnown" && condition.type_ != "Routed")
+        );
+    }
+
+    #[test]
+    fn a_webhook_whose_instance_is_not_registered_waits_for_it() {
+        let site = webhook(WEBHOOK);
+        let mut instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        instance.status = None;
+        let input = dereferenced(InstanceRef::Allowed(Arc::new(instance)));
+        let desired = build(&site, &input, &valid(), None, Timestamp::now());
+        let registered = condition(&desired, "Registered");
+        assert_eq!(
+            (registered.status.as_str(), registered.reason.as_str()),
+            ("False", "InstanceNotRegistered")
+        );
+        let ready = condition(&desired, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InstanceNotRegistered")
+        );
+        assert_eq!(condition(&desired, "ModelsKnown").status, "True");
+    }
+
+    #[test]
+    fn a_namespace_the_instance_does_not_allow_is_reported_on_registered_and_ready() {
+        let site = webhook(WEBHOOK);
+        let instance: StrapiInstance = serde_saphyr::from_str(REGISTERED_INSTANCE).unwrap();
+        let input = dereferenced(InstanceRef::NotAllowed(Arc::new(instance)));
+        let desired = build(&site, &input, &valid(), None, Timestamp::now());
+        assert_eq!(
+            condition(&desired, "Registered").reason,
+            "NamespaceNotAllowed"
+        );
+        assert_eq!(condition(&desired, "Ready").reason, "NamespaceNotAllowed");
+    }
+
+    #[test]
+    fn a_valid_registered_and_routed_webhook_is_ready_for_its_generation() {
+        let site = webhook(WEBHOOK);
+        let mut input = allowed();
+        input.sinks = Some(counters(3));
+        let routed = Reported::yes("Routed", "Routed", "the receiver routes generation 4");
+        let desired = build(&site, &input, &valid(), Some(routed), Timestamp::now());
+        let ready = condition(&desired, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Ready")
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+        assert_eq!(desired.status.observed_generation, Some(4));
+        assert!(
+            desired
+                .status
+                .conditions
+                .iter()
+                .all(|condition| condition.status == "True"),
+            "{:?}",
+            desired.status.conditions
+        );
+        assert_eq!(
+            desired.status.endpoint.as_deref(),
+            Some("http://receiver:8080/v1/strapi/web/cms")
+        );
+        assert_eq!(desired.status.sinks[0].delivered, 3);
+        assert!(!desired.waiting_for_receivers);
+    }
+
+    #[test]
+    fn a_receiver_that_lags_keeps_ready_false_and_the_webhook_waiting() {
+        let site = webhook(WEBHOOK);
+        let input = allowed();
+        let routed = Reported::no("Routed", "WaitingForReceiver", "it routes generation 3");
+        let desired = build(&site, &input, &valid(), Some(routed), Timestamp::now());
+        assert_eq!(condition(&desired, "Ready").reason, "WaitingForReceiver");
+        assert!(desired.waiting_for_receivers);
+    }
+
+    #[test]
+    fn unknown_models_warn_without_failing_ready_and_old_counters_stay() {
+        let mut site = webhook(WEBHOOK);
+        site.status = Some(StrapiWebhookStatus {
+            sinks: counters(9),
+            ..StrapiWebhookStatus::default()
+        });
+        let mut input = allowed();
+        input.content_types = Some(Ok(Arc::new(vec![content_type("api::page.page", "page")])));
+        let routed = Reported::yes("Routed", "Routed", "routed");
+        let desired = build(&site, &input, &valid(), Some(routed), Timestamp::now());
+        let models = condition(&desired, "ModelsKnown");
+        assert_eq!(
+            (models.status.as_str(), models.reason.as_str()),
+            ("False", "UnknownModels")
+        );
+        assert_eq!(condition(&desired, "Ready").status, "True");
+        assert_eq!(
+            desired.status.sinks[0].delivered, 9,
+            "the receiver was not asked"
+        );
     }
 }
