@@ -27,9 +27,7 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, http::StatusCode, routing::post};
-use common::{
-    BenchError, RecordingSink, Row, cpu_by_thread, cpu_used, ms, percentile, publish, rss_mib,
-};
+use common::{BenchError, RecordingSink, Row, cpu_by_thread, ms, percentile, publish, rss_mib};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{api::shared_secret, event::SECRET_HEADER};
@@ -274,6 +272,20 @@ fn push_cpu_rows(
             micros_per_request(used, result),
         ));
     }
+}
+
+/// The CPU time each thread name used between two `cpu_by_thread` readings.
+pub fn cpu_used(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Duration> {
+    after
+        .iter()
+        .map(|(name, total)| {
+            let earlier = before.get(name).copied().unwrap_or_default();
+            (name.clone(), total.saturating_sub(earlier))
+        })
+        .collect()
 }
 
 /// CPU time per request of a `wrk` run, in microseconds.

@@ -186,20 +186,6 @@ pub fn cpu_by_thread(pid: &str) -> Result<BTreeMap<String, Duration>, BenchError
     Ok(by_name)
 }
 
-/// The CPU time each thread name used between two [`cpu_by_thread`] readings.
-pub fn cpu_used(
-    before: &BTreeMap<String, Duration>,
-    after: &BTreeMap<String, Duration>,
-) -> BTreeMap<String, Duration> {
-    after
-        .iter()
-        .map(|(name, total)| {
-            let earlier = before.get(name).copied().unwrap_or_default();
-            (name.clone(), total.saturating_sub(earlier))
-        })
-        .collect()
-}
-
 /// Polls `done` every 20 ms until it holds or `limit` passes; says which.
 pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
