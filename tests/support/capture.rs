@@ -82,10 +82,20 @@ impl CaptureServer {
         Self::serve(status, true).await
     }
 
+    /// A listener on `listener` (say, the port of a receiver that was stopped) that answers
+    /// every request with `status`.
+    pub async fn answering_on(listener: TcpListener, status: StatusCode) -> Self {
+        Self::serve_on(listener, status, false).await
+    }
+
     async fn serve(status: StatusCode, echo: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
+        Self::serve_on(listener, status, echo).await
+    }
+
+    async fn serve_on(listener: TcpListener, status: StatusCode, echo: bool) -> Self {
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let shared = Shared {
             status,

@@ -503,6 +503,12 @@ pub struct StoppedReceiver {
 }
 
 impl StoppedReceiver {
+    /// Its ingest port, bound again for something else to answer on while it is stopped (drop
+    /// that listener before [`StoppedReceiver::start`]).
+    pub async fn bind_ingest(&self) -> TcpListener {
+        rebind(self.ingest).await
+    }
+
     /// Starts it again on the same ports and queue.
     pub async fn start(self) -> TestReceiver {
         let (ingest, admin) = (rebind(self.ingest).await, rebind(self.admin).await);
