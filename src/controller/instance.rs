@@ -213,15 +213,7 @@ async fn apply(
         }
     };
     let client = ctx.strapi.client(instance, credentials)?;
-    let mut outcome = register(
-        ctx,
-        instance,
-        &client,
-        desired,
-        &previous,
-        input.shared.changed,
-    )
-    .await?;
+    let mut outcome = register(ctx, instance, &client, input, desired, &previous).await?;
     outcome.repair =
         super::repair::repair(ctx, instance, &client, &input.webhooks, &desired.events).await;
     Ok(outcome)
@@ -270,10 +262,11 @@ async fn register(
     ctx: &Context,
     instance: &StrapiInstance,
     client: &StrapiClient,
+    input: &DereferencedInstance,
     desired: &Desired,
     previous: &StrapiInstanceStatus,
-    secret_changed: bool,
 ) -> Result<Outcome, Error> {
+    let secret_changed = input.shared.changed;
     let mut reported = Vec::new();
     let applied = match ctx
         .strapi
@@ -311,14 +304,7 @@ async fn register(
         ),
     ));
     announce_change(ctx, instance, &applied, desired, previous, secret_changed).await;
-    collect_garbage(
-        ctx,
-        instance,
-        client,
-        desired,
-        &receiver_base(ctx, instance),
-    )
-    .await;
+    collect_garbage(ctx, instance, client, desired, &input.receiver_base).await;
 
     // Verify whenever the registration changed or was not verified yet.
     let needs_verification = applied.change != Change::Unchanged
