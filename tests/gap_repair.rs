@@ -276,17 +276,22 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
     // failed) the call of the last change, so the calls before it were tried too. It never tries
     // a failed call again.
     let (_, last) = drafts.last().unwrap();
+    let document_of = |request: &CapturedRequest| {
+        request.json()["entry"]["documentId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     let tried = |requests: Vec<CapturedRequest>| -> BTreeSet<String> {
         requests
             .iter()
-            .map(|request| request.json())
-            .filter(|body| {
-                let document_id = body["entry"]["documentId"].as_str().unwrap_or_default();
+            .filter(|request| {
+                let body = request.json();
                 expected
-                    .get(document_id)
-                    .is_some_and(|(event, text)| body["event"] == *event && text_of(body) == *text)
+                    .get(&document_of(request))
+                    .is_some_and(|(event, text)| body["event"] == *event && text_of(&body) == *text)
             })
-            .map(|body| body["entry"]["documentId"].as_str().unwrap().to_owned())
+            .map(document_of)
             .collect()
     };
     let refused = support::eventually(Duration::from_secs(180), || {
@@ -307,12 +312,6 @@ async fn what_strapi_fired_while_the_receiver_was_down_reaches_the_sink_marked_r
     assert_eq!(setup.mine().len(), normal, "the receiver was down");
 
     setup.receiver = Some(stopped.start().await);
-    let document_of = |request: &CapturedRequest| {
-        request.json()["entry"]["documentId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
     let arrived_normally = || -> BTreeSet<String> {
         setup.mine()[normal..]
             .iter()
