@@ -1,6 +1,10 @@
 use clap::Parser;
 use strapi_webhook_operator::{cli::Cli, routing::sandbox};
 
+// Why jemalloc: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     // A tenant process evaluates filters and templates for a receiver; it starts no runtime, so
     // its memory limit holds only what it evaluates.

@@ -117,7 +117,8 @@ impl fmt::Display for SinkKey {
     }
 }
 
-/// An event to store, unrouted: the router stores its deliveries later ([`Queue::route`]).
+/// An event to store: unrouted, for the router to store its deliveries later ([`Queue::route`]),
+/// or already routed by ingest (see [`NewEvent::deliveries`]).
 #[derive(Clone, Debug)]
 pub struct NewEvent {
     /// Unique id (a UUIDv7, so ids sort by arrival).
@@ -141,6 +142,10 @@ pub struct NewEvent {
     /// The document versions the event shows (see [`DocumentVersion`]); recorded with the event
     /// so the gap repair can tell what was stored.
     pub versions: Vec<DocumentVersion>,
+    /// The event's deliveries when ingest routed it as it took it in (no route it matches runs
+    /// tenant code): stored with the event in the same write, the event marked routed. `None`
+    /// stores it unrouted for the router.
+    pub deliveries: Option<Vec<NewDelivery>>,
 }
 
 /// Which timestamp of a document a [`DocumentVersion`] is.
@@ -290,7 +295,7 @@ pub struct NewDelivery {
 /// What [`Queue::ingest`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// The event is stored, unrouted.
+    /// The event is stored: unrouted, or with the deliveries it came with.
     Stored,
     /// An event with the same dedup key was stored within the window, or the versions it shows
     /// were already stored (a late copy of a recovered event, or a recovery of a stored one);
@@ -476,7 +481,8 @@ pub struct Handshake {
 /// The store behind the receiver. Methods return boxed futures so the receiver can hold any
 /// backend as `Arc<dyn Queue>`.
 pub trait Queue: Send + Sync + 'static {
-    /// Stores an event durably, unrouted (unless it is a duplicate); only then returns.
+    /// Stores an event durably (unless it is a duplicate), unrouted or, when it comes with its
+    /// deliveries, routed with them atomically; only then returns.
     fn ingest(&self, event: NewEvent) -> BoxFuture<'_, Result<IngestOutcome, QueueError>>;
 
     /// Up to `limit` unrouted events, oldest first, handed to this process's router until it

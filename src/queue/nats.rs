@@ -526,6 +526,36 @@ impl NatsQueue {
         .await
     }
 
+    /// Publishes `event` unrouted to `SWO_EVENTS`, the router's work queue, and waits for the
+    /// stream's acknowledgement.
+    async fn publish_unrouted(&self, event: &NewEvent) -> Result<(), String> {
+        let record = EventRecord {
+            id: event.id.clone(),
+            instance: event.instance.clone(),
+            event: event.event.clone(),
+            received_at: event.received_at,
+            raw: String::from_utf8_lossy(&event.raw).into_owned(),
+            recovered: event.recovered,
+        };
+        let published = match serde_json::to_vec(&record) {
+            Ok(payload) => self
+                .js
+                .send_publish(
+                    format!("swo.events.{}", event.id),
+                    jetstream::message::PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(&event.id),
+                )
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match published {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Publishes the deliveries of one routed event (dead ones straight to `SWO_DEAD`), each
     /// with a message id fixed by its delivery id, so publishing them again stores nothing new.
     async fn publish_routing(&self, routed: &RoutedEvent) -> Result<(), QueueError> {
@@ -868,32 +898,28 @@ impl Queue for NatsQueue {
                     .unwrap_or_default();
                 return Ok(IngestOutcome::Duplicate { original });
             }
-            let record = EventRecord {
-                id: event.id.clone(),
-                instance: event.instance.clone(),
-                event: event.event.clone(),
-                received_at: event.received_at,
-                raw: String::from_utf8_lossy(&event.raw).into_owned(),
-                recovered: event.recovered,
+            let stored = match event.deliveries.as_deref() {
+                // One delivery is one message, as atomic as the event's own would be; more go
+                // through the router, which publishes them once the event is in the work queue.
+                Some([delivery]) => {
+                    let routed = RoutedEvent {
+                        event: UnroutedEvent {
+                            id: event.id.clone(),
+                            instance: event.instance.clone(),
+                            event: event.event.clone(),
+                            received_at: event.received_at,
+                            raw: event.raw.clone(),
+                            recovered: event.recovered,
+                        },
+                        deliveries: vec![delivery.clone()],
+                    };
+                    self.publish_routing(&routed)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+                _ => self.publish_unrouted(&event).await,
             };
-            let published = match serde_json::to_vec(&record) {
-                Ok(payload) => self
-                    .js
-                    .send_publish(
-                        format!("swo.events.{}", event.id),
-                        jetstream::message::PublishMessage::build()
-                            .payload(payload.into())
-                            .message_id(&event.id),
-                    )
-                    .await
-                    .map_err(|error| error.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
-            let acknowledged = match published {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = acknowledged {
+            if let Err(error) = stored {
                 if let Some(key) = &event.dedup_key {
                     // Not stored, so not a duplicate for whoever sends it again.
                     let _ = self.dedup.purge(hex(key.as_bytes())).await;

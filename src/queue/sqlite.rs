@@ -586,7 +586,7 @@ impl Queue for SqliteQueue {
                 .prepare_cached(
                     "INSERT INTO events
                        (id, instance, event, received_at, dedup_key, raw, recovered, routed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(&map)?
                 .execute(params![
@@ -596,9 +596,14 @@ impl Queue for SqliteQueue {
                     event.received_at,
                     event.dedup_key,
                     event.raw,
-                    event.recovered
+                    event.recovered,
+                    event.deliveries.is_some()
                 ])
                 .map_err(&map)?;
+            if let Some(deliveries) = &event.deliveries {
+                insert_deliveries(connection, &event.id, event.received_at, deliveries)
+                    .map_err(&map)?;
+            }
             let mut record = connection
                 .prepare_cached(
                     "INSERT OR IGNORE INTO document_versions
@@ -660,7 +665,8 @@ impl Queue for SqliteQueue {
                 )
                 .map_err(&map)?;
                 if marked == 1 {
-                    insert_deliveries(connection, event, deliveries).map_err(&map)?;
+                    insert_deliveries(connection, &event.id, event.received_at, deliveries)
+                        .map_err(&map)?;
                 }
             }
             Ok(())
@@ -1269,11 +1275,12 @@ const SUMMARY_SELECT: &str = "
            d.enqueued_at, d.next_attempt_at, d.delivered_at, d.last_error, e.raw, e.recovered
     FROM deliveries d JOIN events e ON e.id = d.event_id";
 
-/// Stores the deliveries of a routed event; one stored dead (its route could not be evaluated)
-/// counts as dead-lettered.
+/// Stores the deliveries of a routed event, received at `received_at`; one stored dead (its
+/// route could not be evaluated) counts as dead-lettered.
 fn insert_deliveries(
     connection: &Connection,
-    event: &UnroutedEvent,
+    event_id: &str,
+    received_at: UnixMillis,
     deliveries: &[NewDelivery],
 ) -> rusqlite::Result<()> {
     let mut insert = connection.prepare_cached(
@@ -1288,12 +1295,12 @@ fn insert_deliveries(
         };
         insert.execute(params![
             delivery.id,
-            event.id,
+            event_id,
             delivery.sink.webhook,
             delivery.route,
             delivery.sink.sink,
             state.as_str(),
-            event.received_at,
+            received_at,
             delivery.dead_on_arrival,
         ])?;
         if let Some(reason) = &delivery.dead_on_arrival {
@@ -1391,6 +1398,7 @@ mod tests {
             dedup_window_ms: 60_000,
             recovered: false,
             versions: Vec::new(),
+            deliveries: None,
         };
         let deliveries = sinks
             .iter()

@@ -1,9 +1,11 @@
 //! The ingest endpoint Strapi calls: `POST /v1/instances/{namespace}/{name}`.
 //!
 //! A call is answered 2xx only after the event is durable in the queue, because Strapi never
-//! sends an event twice. It is stored *unrouted*: the [`super::router`] evaluates routes and
-//! tenant-written filters afterwards, so an answer never waits on user-written code, and the
-//! answer says `"routing": "pending"` rather than how many deliveries there are. In order: the
+//! sends an event twice. When a route it matches has a tenant-written filter, it is stored
+//! *unrouted*: the [`super::router`] evaluates routes and filters afterwards, so an answer never
+//! waits on user-written code, and the answer says `"routing": "pending"` rather than how many
+//! deliveries there are. Otherwise ingest routes it itself and stores its deliveries with it in
+//! the same write (`"routing": "done"` and the number of deliveries). In order: the
 //! instance must be known (404), the shared secret in [`SECRET_HEADER`] must match one accepted
 //! for it, compared in constant time (401, without detail), the body must be JSON (415) within
 //! the size limit (413) and a Strapi event (400, saying what is wrong). A `trigger-test` is
@@ -34,6 +36,7 @@ use super::{
     ReceiverState,
     admin::error_response,
     metrics::{InstanceLabels, RejectLabels, RejectReason, UNKNOWN_INSTANCE},
+    router,
     source::{Snapshot, secret_digest},
 };
 use crate::{
@@ -121,11 +124,16 @@ async fn carry_out(
         Ok(Stored {
             id,
             outcome: IngestOutcome::Stored,
-        }) => Ok((
-            StatusCode::OK,
-            Json(json!({ "id": id, "routing": "pending" })),
-        )
-            .into_response()),
+            deliveries,
+        }) => {
+            let body = match deliveries {
+                Some(deliveries) => {
+                    json!({ "id": id, "routing": "done", "deliveries": deliveries })
+                }
+                None => json!({ "id": id, "routing": "pending" }),
+            };
+            Ok((StatusCode::OK, Json(body)).into_response())
+        }
         Ok(Stored {
             outcome: IngestOutcome::Duplicate { original },
             ..
@@ -321,11 +329,15 @@ pub(super) struct Stored {
     pub id: String,
     /// Stored, or a duplicate of what was.
     pub outcome: IngestOutcome,
+    /// How many deliveries the event was stored with when ingest routed it; `None` when it was
+    /// left to the router.
+    pub deliveries: Option<usize>,
 }
 
-/// Stores an authenticated, parsed event of `instance` unrouted as `storage` says, counts it and
-/// wakes the router. Strapi's calls and the gap repair's recovered events both come through
-/// here, so they share dedup, and then the router's routes, filters and coalescing.
+/// Stores an authenticated, parsed event of `instance` as `storage` says, counts it and wakes
+/// its sinks, or the router when routing it runs tenant code
+/// ([`router::route_without_tenant_code`]). Strapi's calls and the gap repair's recovered events
+/// both come through here, so they share dedup, routes, filters and coalescing.
 pub(super) async fn store(
     state: &ReceiverState,
     instance: &str,
@@ -343,6 +355,11 @@ pub(super) async fn store(
         strapi_instance: instance.to_owned(),
     };
     let id = uuid::Uuid::now_v7().to_string();
+    let deliveries =
+        router::route_without_tenant_code(&state.config.borrow(), instance, event, &id);
+    let routed = deliveries
+        .as_ref()
+        .map(|deliveries| (deliveries.len(), router::sinks_to_wake(deliveries)));
     let span =
         tracing::info_span!("event", event_id = %id, %instance, event = %event.event, recovered);
     let new = NewEvent {
@@ -355,6 +372,7 @@ pub(super) async fn store(
         dedup_window_ms: i64::try_from(state.settings.dedup_window.as_millis()).unwrap_or(0),
         recovered,
         versions: versions.clone(),
+        deliveries,
     };
     let stored = state.queue.ingest(new).instrument(span.clone()).await;
     let _entered = span.enter();
@@ -372,8 +390,11 @@ pub(super) async fn store(
                 .ingest_seconds
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
-            tracing::debug!("stored; routing pending");
-            state.routing.notify_one();
+            tracing::debug!(deliveries = ?routed.as_ref().map(|(count, _)| count), "stored");
+            match &routed {
+                Some((_, sinks)) => sinks.iter().for_each(|sink| state.engine.wake(sink)),
+                None => state.routing.notify_one(),
+            }
         }
         Ok(IngestOutcome::Duplicate { original }) => {
             state.metrics.duplicates.get_or_create(&labels).inc();
@@ -383,7 +404,11 @@ pub(super) async fn store(
             tracing::error!(%error, "storing an event failed");
         }
     }
-    stored.map(|outcome| Stored { id, outcome })
+    stored.map(|outcome| Stored {
+        id,
+        outcome,
+        deliveries: routed.map(|(count, _)| count),
+    })
 }
 
 /// What a call's shared secret is checked against.

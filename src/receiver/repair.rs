@@ -323,6 +323,7 @@ async fn recovered(
         Ok(Stored {
             id,
             outcome: IngestOutcome::Stored,
+            ..
         }) => {
             state
                 .metrics

@@ -1,7 +1,10 @@
 //! The router: turns stored, unrouted events into deliveries, off the ingest path.
 //!
 //! Ingest stores an event unrouted and answers Strapi at once; tenant-written route filters
-//! never run while Strapi waits. This task takes unrouted events in arrival order, in batches,
+//! never run while Strapi waits. (An event whose routing runs no tenant code, because no route
+//! it matches has a filter, is routed by ingest itself with [`route_without_tenant_code`] and
+//! stored with its deliveries in one write: the router would only repeat that work.) This task
+//! takes unrouted events in arrival order, in batches,
 //! evaluates every enabled webhook's routes against the *live* configuration, and stores the
 //! deliveries together with the event's routed mark ([`crate::queue::Queue::route`]). Before the
 //! live configuration has loaded (right after a restart, ingest already accepts events of known
@@ -80,12 +83,7 @@ async fn route_batch(state: &ReceiverState) -> Result<usize, QueueError> {
     }))
     .await;
     let count = routed.len();
-    let mut sinks: Vec<SinkKey> = routed
-        .iter()
-        .flat_map(|routed| &routed.deliveries)
-        .filter(|delivery| delivery.dead_on_arrival.is_none())
-        .map(|delivery| delivery.sink.clone())
-        .collect();
+    let sinks = sinks_to_wake(routed.iter().flat_map(|routed| &routed.deliveries));
     for routed in &routed {
         tracing::debug!(
             event_id = %routed.event.id,
@@ -94,12 +92,66 @@ async fn route_batch(state: &ReceiverState) -> Result<usize, QueueError> {
         );
     }
     state.queue.route(routed).await?;
-    sinks.sort();
-    sinks.dedup();
     for sink in &sinks {
         state.engine.wake(sink);
     }
     Ok(count)
+}
+
+/// The sinks to wake once `deliveries` are stored: those of live deliveries, each once.
+pub(super) fn sinks_to_wake<'a>(
+    deliveries: impl IntoIterator<Item = &'a NewDelivery>,
+) -> Vec<SinkKey> {
+    let mut sinks: Vec<SinkKey> = deliveries
+        .into_iter()
+        .filter(|delivery| delivery.dead_on_arrival.is_none())
+        .map(|delivery| delivery.sink.clone())
+        .collect();
+    sinks.sort();
+    sinks.dedup();
+    sinks
+}
+
+/// The deliveries of `event` (to be stored as `event_id`) of `instance` when routing it runs
+/// no tenant code: the live configuration has loaded and no route of an enabled webhook
+/// subscribed to the event takes it through a filter. Ingest then stores them with the event,
+/// in the same write, and the router has nothing left to do; `None` leaves it to the router.
+pub(super) fn route_without_tenant_code(
+    snapshot: &Snapshot,
+    instance: &str,
+    event: &EventBody,
+    event_id: &str,
+) -> Option<Vec<NewDelivery>> {
+    if !snapshot.synced {
+        return None;
+    }
+    let mut routed = Vec::new();
+    for webhook in subscribed(snapshot, instance, event) {
+        if runs_filters(webhook, event) {
+            return None;
+        }
+        routed.extend(deliveries(webhook, event, event_id));
+    }
+    Some(routed)
+}
+
+/// The enabled webhooks of `instance` subscribed to `event`.
+fn subscribed<'a>(
+    snapshot: &'a Snapshot,
+    instance: &'a str,
+    event: &'a EventBody,
+) -> impl Iterator<Item = &'a Arc<CompiledWebhook>> {
+    snapshot
+        .webhooks_of(instance)
+        .filter(|webhook| webhook.enabled && webhook.events.contains(&event.event))
+}
+
+/// True when routing `event` through `webhook` runs a tenant's filter.
+fn runs_filters(webhook: &CompiledWebhook, event: &EventBody) -> bool {
+    webhook
+        .routes
+        .iter()
+        .any(|route| route.has_filter() && route.listed(event))
 }
 
 /// The deliveries of one stored event.
@@ -124,9 +176,7 @@ async fn fan_out(
     stored: &UnroutedEvent,
     event: &Arc<EventBody>,
 ) -> Vec<NewDelivery> {
-    let webhooks = snapshot
-        .webhooks_of(&stored.instance)
-        .filter(|webhook| webhook.enabled && webhook.events.contains(&event.event))
+    let webhooks = subscribed(snapshot, &stored.instance, event)
         .map(|webhook| route_webhook(Arc::clone(webhook), Arc::clone(event), stored.id.clone()));
     futures::future::join_all(webhooks)
         .await
@@ -140,8 +190,7 @@ async fn route_webhook(
     event: Arc<EventBody>,
     event_id: String,
 ) -> Vec<NewDelivery> {
-    let filtered = |route: &CompiledRoute| route.has_filter() && route.listed(&event);
-    if !webhook.routes.iter().any(filtered) {
+    if !runs_filters(&webhook, &event) {
         return deliveries(&webhook, &event, &event_id);
     }
     let evaluated = {

@@ -56,7 +56,8 @@ const CACHE_ENTRIES: usize = 256;
 /// The bounds of every tenant process.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// `RLIMIT_DATA` of each child: heap and private mappings.
+    /// `RLIMIT_DATA` of each child: heap and private mappings. The allocator maps memory in
+    /// extents that count whole, so one allocation can take about half of it.
     pub memory_bytes: u64,
 }
 

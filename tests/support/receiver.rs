@@ -716,6 +716,7 @@ pub fn new_event(id: &str, event: &str, raw: &Value) -> NewEvent {
         dedup_window_ms: 0,
         recovered: false,
         versions: Vec::new(),
+        deliveries: None,
     }
 }
 
