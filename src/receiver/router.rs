@@ -252,3 +252,84 @@ fn delivery(
         dead_on_arrival,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        api::StrapiWebhookSpec,
+        config::{InMemorySecrets, compile_webhook},
+    };
+
+    const INSTANCE: &str = "web/cms";
+
+    /// A webhook of `web/cms` for `entry.update` with one HTTP sink and the routes in `routes`
+    /// (inline YAML).
+    fn webhook(name: &str, routes: &str) -> CompiledWebhook {
+        let spec: StrapiWebhookSpec = serde_saphyr::from_str(&format!(
+            "instanceRef: {{ name: cms }}
+events: [entry.update]
+sinks: [{{ name: crm, http: {{ url: 'https://crm.example.com/hook' }} }}]
+routes: {routes}"
+        ))
+        .unwrap();
+        compile_webhook("web", name, 1, &spec, &InMemorySecrets::new()).unwrap()
+    }
+
+    fn snapshot(webhooks: impl IntoIterator<Item = CompiledWebhook>) -> Snapshot {
+        Snapshot::new(
+            BTreeMap::from([(INSTANCE.to_owned(), vec!["secret".to_owned()])]),
+            webhooks,
+        )
+    }
+
+    fn event(name: &str, model: &str) -> EventBody {
+        EventBody::parse(
+            format!(r#"{{"event":"{name}","model":"{model}","entry":{{"id":1,"slug":"a"}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ingest_routes_an_event_whose_matching_routes_have_no_filter() {
+        let site = snapshot([
+            webhook(
+                "by-model",
+                "[{ name: articles, sink: crm, match: { models: [article] } }]",
+            ),
+            webhook(
+                "filtered-pages",
+                "[{ name: pages, sink: crm, match: { models: [page] }, filter: \"entry.slug != ''\" }]",
+            ),
+        ]);
+        let routed =
+            route_without_tenant_code(&site, INSTANCE, &event("entry.update", "article"), "e1")
+                .expect("no filter runs for an article");
+        assert_eq!(routed.len(), 1);
+        assert_eq!(routed[0].sink.webhook, "web/by-model");
+        assert_eq!(routed[0].route, "articles");
+        assert_eq!(routed[0].id, delivery_id("e1", "web/by-model", "articles"));
+        // An event no webhook subscribes to is routed to nothing, without the router.
+        let unsubscribed =
+            route_without_tenant_code(&site, INSTANCE, &event("entry.create", "page"), "e2");
+        assert_eq!(unsubscribed.map(|routed| routed.len()), Some(0));
+    }
+
+    #[test]
+    fn an_event_a_filter_takes_or_one_before_the_configuration_loaded_is_left_to_the_router() {
+        let filtered = snapshot([webhook(
+            "filtered-pages",
+            "[{ name: pages, sink: crm, match: { models: [page] }, filter: \"entry.slug != ''\" }]",
+        )]);
+        let page = event("entry.update", "page");
+        assert!(route_without_tenant_code(&filtered, INSTANCE, &page, "e1").is_none());
+        let loading = Snapshot {
+            synced: false,
+            ..snapshot([webhook("all", "[{ name: all, sink: crm }]")])
+        };
+        assert!(route_without_tenant_code(&loading, INSTANCE, &page, "e1").is_none());
+    }
+}
