@@ -4,12 +4,12 @@
 //! never run while Strapi waits. (An event whose routing runs no tenant code, because no route
 //! it matches has a filter, is routed by ingest itself with [`route_without_tenant_code`] and
 //! stored with its deliveries in one write: the router would only repeat that work.) This task
-//! takes unrouted events in arrival order, in batches,
-//! evaluates every enabled webhook's routes against the *live* configuration, and stores the
-//! deliveries together with the event's routed mark ([`crate::queue::Queue::route`]). Before the
-//! live configuration has loaded (right after a restart, ingest already accepts events of known
-//! instances) it routes nothing: an event is never routed with a configuration older than the
-//! one it arrived under. Events left unrouted by a crash are routed after the restart.
+//! takes unrouted events in arrival order, in batches, evaluates every enabled webhook's routes
+//! against the *live* configuration, and stores the deliveries together with the event's
+//! routed mark ([`crate::queue::Queue::route`]). Before the live configuration has loaded (right
+//! after a restart, ingest already accepts events of known instances) it routes nothing: an
+//! event is never routed with a configuration older than the one it arrived under. Events left
+//! unrouted by a crash are routed after the restart.
 
 use std::{sync::Arc, time::Duration};
 
