@@ -491,16 +491,23 @@ impl Engine {
         policy: &DeliveryPolicy,
         deliveries: Vec<ClaimedDelivery>,
     ) -> Vec<Rendered> {
-        let mut ready = Vec::with_capacity(deliveries.len());
+        let mut renderable = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let span = delivery_span(&delivery);
-            if let Some(error) = unfinished(&delivery, policy) {
-                span.in_scope(|| tracing::warn!(%error, "dead-lettered: poison delivery"));
-                self.finish(worker, &delivery, Completion::DeadLetterUntried { error })
-                    .await;
-                continue;
+            match unfinished(&delivery, policy) {
+                Some(error) => {
+                    delivery_span(&delivery)
+                        .in_scope(|| tracing::warn!(%error, "dead-lettered: poison delivery"));
+                    self.finish(worker, &delivery, Completion::DeadLetterUntried { error })
+                        .await;
+                }
+                None => renderable.push(delivery),
             }
-            match render_off_workers(webhook, &delivery).await {
+        }
+        let (renderable, payloads) = render_off_workers(webhook, renderable).await;
+        let mut ready = Vec::with_capacity(renderable.len());
+        for (delivery, payload) in renderable.into_iter().zip(payloads) {
+            let span = delivery_span(&delivery);
+            match payload {
                 Ok(payload) => ready.push((delivery, payload, span)),
                 Err(error) => {
                     span.in_scope(|| tracing::warn!(%error, "dead-lettered: cannot render"));
@@ -680,28 +687,45 @@ fn log_completion(completion: &Completion, delivery: &ClaimedDelivery) {
     }
 }
 
-/// Renders a delivery; a route with templates renders as tenant code, off the async workers.
+/// Renders deliveries, handing them back with their payloads in the same order; when a route has
+/// templates they render as tenant code, off the async workers, each held to
+/// [`RENDER_TIME_LIMIT`].
 async fn render_off_workers(
     webhook: &Arc<CompiledWebhook>,
-    delivery: &ClaimedDelivery,
-) -> Result<Payload, String> {
-    let templated = webhook
-        .route(&delivery.route)
-        .is_some_and(|route| route.has_templates());
+    deliveries: Vec<ClaimedDelivery>,
+) -> (Vec<ClaimedDelivery>, Vec<Result<Payload, String>>) {
+    let templated = deliveries.iter().any(|delivery| {
+        webhook
+            .route(&delivery.route)
+            .is_some_and(|route| route.has_templates())
+    });
     if !templated {
-        return render(webhook, delivery);
+        let payloads = deliveries
+            .iter()
+            .map(|delivery| render(webhook, delivery))
+            .collect();
+        return (deliveries, payloads);
     }
-    let (webhook, delivery) = (Arc::clone(webhook), delivery.clone());
-    tenant::run(tenant::Kind::Template, RENDER_TIME_LIMIT, move || {
-        render(&webhook, &delivery)
-    })
+    let deliveries = Arc::new(deliveries);
+    let rendering = Arc::clone(webhook);
+    let payloads = tenant::run_each(
+        tenant::Kind::Template,
+        RENDER_TIME_LIMIT,
+        Arc::clone(&deliveries),
+        move |delivery| render(&rendering, delivery),
+    )
     .await
-    .unwrap_or_else(|| {
-        Err(format!(
-            "rendering exceeded its time limit of {} ms",
-            RENDER_TIME_LIMIT.as_millis()
-        ))
+    .into_iter()
+    .map(|payload| {
+        payload.unwrap_or_else(|| {
+            Err(format!(
+                "rendering exceeded its time limit of {} ms",
+                RENDER_TIME_LIMIT.as_millis()
+            ))
+        })
     })
+    .collect();
+    (Arc::unwrap_or_clone(deliveries), payloads)
 }
 
 fn render(webhook: &CompiledWebhook, delivery: &ClaimedDelivery) -> Result<Payload, String> {
