@@ -132,9 +132,13 @@ impl Engine {
         })
     }
 
-    /// Tells the sink's worker that deliveries were stored for it.
+    /// Tells the sink's worker that deliveries were stored for it. A worker holding off (its
+    /// sink paused, or its circuit open) is left asleep: it looks at the queue when the hold
+    /// ends, and waking it for each event stored meanwhile cost a thread wake-up per event.
     pub fn wake(&self, sink: &SinkKey) {
-        if let Some(worker) = lock(&self.workers).get(sink) {
+        if let Some(worker) = lock(&self.workers).get(sink)
+            && worker.hold_for(Instant::now()).is_zero()
+        {
             worker.wake.notify_one();
         }
     }
