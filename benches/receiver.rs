@@ -42,6 +42,8 @@ const STEADY_RATE: u64 = 500;
 const STEADY_EVENTS: u64 = 3_000;
 const COALESCE_EVENTS: usize = 10_000;
 const COALESCE_WINDOW_MS: f64 = 250.0;
+// A filter every event passes: routing then runs tenant code, off the ingest path.
+const COALESCE_FILTER: &str = "entry.slug != ''";
 const QUEUED_EVENTS: usize = 100_000;
 /// Events sent to measure delivery throughput beside a hostile webhook.
 const ISOLATION_EVENTS: usize = 2_000;
@@ -66,13 +68,16 @@ async fn run() -> Result<(), BenchError> {
         rows.extend(added_latency(&client).await?);
     }
     if sections.wants("coalescing") {
-        rows.extend(coalescing(&client).await?);
+        rows.extend(coalescing(&client, None).await?);
+        rows.extend(coalescing(&client, Some(COALESCE_FILTER)).await?);
         notes.push(format!(
             "Coalescing: {COALESCE_EVENTS} `entry.update` of distinct articles, {CONNECTIONS} at \
              a time, into a `Revalidate` sink with the default delivery policy (10/s, burst 20, \
              4 at once) and coalesceWindow {COALESCE_WINDOW_MS} ms; tags `{{{{ model }}}}`, \
              paths `/articles` and `/articles/{{{{ entry.slug }}}}`. Freshness delay: from the \
-             ack of an event to the arrival of the first call that revalidates its path."
+             ack of an event to the arrival of the first call that revalidates its path. \
+             \"filtered route\": the same route with the filter `{COALESCE_FILTER}`, so the \
+             router (not ingest) routes each event, running the filter as tenant code."
         ));
     }
     if sections.wants("bounded") {
@@ -371,8 +376,21 @@ fn forward_webhook(url: &str) -> Value {
     )
 }
 
-/// Articles to a Next.js sink in `Revalidate` mode with the default delivery policy.
-fn revalidate_webhook(url: &str) -> Value {
+/// Articles (those `filter` takes, if any) to a Next.js sink in `Revalidate` mode with the
+/// default delivery policy.
+fn revalidate_webhook(url: &str, filter: Option<&str>) -> Value {
+    let mut route = json!({
+        "name": "articles",
+        "sink": "site",
+        "match": {"models": ["article"]},
+        "nextjs": {
+            "tags": ["{{ model }}"],
+            "paths": [{"path": "/articles"}, {"path": "/articles/{{ entry.slug }}"}]
+        }
+    });
+    if let Some(filter) = filter {
+        route["filter"] = json!(filter);
+    }
     webhook(
         "revalidate",
         json!({
@@ -383,15 +401,7 @@ fn revalidate_webhook(url: &str) -> Value {
                 "coalesceWindow": format!("{COALESCE_WINDOW_MS}ms")
             }
         }),
-        json!({
-            "name": "articles",
-            "sink": "site",
-            "match": {"models": ["article"]},
-            "nextjs": {
-                "tags": ["{{ model }}"],
-                "paths": [{"path": "/articles"}, {"path": "/articles/{{ entry.slug }}"}]
-            }
-        }),
+        route,
     )
 }
 
@@ -812,11 +822,22 @@ async fn latencies(
     Ok(latencies)
 }
 
-/// Item 3: a burst of updates into a coalescing sink.
-async fn coalescing(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
+/// Item 3: a burst of updates into a coalescing sink, through a route with `filter` if any.
+async fn coalescing(
+    client: &reqwest::Client,
+    filter: Option<&str>,
+) -> Result<Vec<Row>, BenchError> {
+    let scenario = if filter.is_some() {
+        "coalescing, filtered route"
+    } else {
+        "coalescing"
+    };
     let sink = RecordingSink::start().await?;
-    let receiver =
-        Receiver::start(&[revalidate_webhook(&sink.url())], &Queue::Sqlite("full")).await?;
+    let receiver = Receiver::start(
+        &[revalidate_webhook(&sink.url(), filter)],
+        &Queue::Sqlite("full"),
+    )
+    .await?;
     let url = receiver.ingest_url();
     let started = Instant::now();
     let acked: Vec<(String, Instant)> = stream::iter(1..=COALESCE_EVENTS)
@@ -890,33 +911,27 @@ async fn coalescing(client: &reqwest::Client) -> Result<Vec<Row>, BenchError> {
     let events = COALESCE_EVENTS as f64;
     Ok(vec![
         Row::plain(
-            "coalescing",
+            scenario,
             format!("burst of {COALESCE_EVENTS} updates sent in s"),
             burst.as_secs_f64(),
         ),
         Row::against(
-            "coalescing",
+            scenario,
             "revalidation calls reaching the sink",
             calls.len() as f64,
             events,
             "events",
         ),
         Row::against(
-            "coalescing",
+            scenario,
             "paths covered",
             covered.len() as f64,
             expected.len() as f64,
             "expected",
         ),
+        Row::against(scenario, "tags covered", tags.len() as f64, 1.0, "expected"),
         Row::against(
-            "coalescing",
-            "tags covered",
-            tags.len() as f64,
-            1.0,
-            "expected",
-        ),
-        Row::against(
-            "coalescing",
+            scenario,
             "worst freshness delay ms",
             ms(worst),
             COALESCE_WINDOW_MS,

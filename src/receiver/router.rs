@@ -30,9 +30,10 @@ use crate::{
 /// machine (the template limit is the same) rather than dead-lettering it.
 pub const FILTER_TIME_LIMIT: Duration = Duration::from_secs(1);
 
-/// Events routed per batch (one queue transaction). The batch's events are evaluated at once,
-/// so one slow filter holds a batch up by at most [`FILTER_TIME_LIMIT`].
-const BATCH: u32 = 64;
+/// Events routed per batch (one queue transaction). Each webhook's filters run on the batch in
+/// [`tenant::SLOTS`] jobs side by side, so a filter that is slow on every event holds a batch
+/// up by at most `BATCH / SLOTS` times [`FILTER_TIME_LIMIT`].
+const BATCH: u32 = 256;
 
 /// How often the router looks for unrouted events without being woken: events stored by
 /// another replica of a shared queue, or left after a failed routing.
@@ -74,14 +75,7 @@ async fn route_batch(state: &ReceiverState) -> Result<usize, QueueError> {
         return Ok(0);
     }
     let snapshot = state.config.borrow().clone();
-    let routed = futures::future::join_all(events.into_iter().map(|event| {
-        let snapshot = Arc::clone(&snapshot);
-        async move {
-            let deliveries = route_event(&snapshot, &event).await;
-            RoutedEvent { event, deliveries }
-        }
-    }))
-    .await;
+    let routed = route_events(&snapshot, events).await;
     let count = routed.len();
     let sinks = sinks_to_wake(routed.iter().flat_map(|routed| &routed.deliveries));
     for routed in &routed {
@@ -154,71 +148,139 @@ fn runs_filters(webhook: &CompiledWebhook, event: &EventBody) -> bool {
         .any(|route| route.has_filter() && route.listed(event))
 }
 
-/// The deliveries of one stored event.
-async fn route_event(snapshot: &Snapshot, stored: &UnroutedEvent) -> Vec<NewDelivery> {
-    match EventBody::parse(&stored.raw) {
-        Ok(event) => fan_out(snapshot, stored, &Arc::new(event)).await,
-        Err(error) => {
-            // Ingest parsed it before storing it; bytes that no longer parse route nowhere.
-            tracing::error!(event_id = %stored.id, %error, "a stored event does not parse; not routed");
-            Vec::new()
+/// One delivery per (enabled webhook subscribed to the event, matching route), for each of a
+/// batch of stored events. A route whose filter fails on an event gets a delivery stored dead
+/// with the reason, so the failure is visible and replayable rather than a silent drop.
+/// Filters are tenant code: each webhook's run off the async workers on all of the batch's
+/// events in one job (see [`filter_batch`]), the webhooks at once.
+async fn route_events(snapshot: &Snapshot, events: Vec<UnroutedEvent>) -> Vec<RoutedEvent> {
+    let mut routed: Vec<Vec<NewDelivery>> = vec![Vec::new(); events.len()];
+    // Per webhook with filters to run: the events (by position in the batch) it evaluates.
+    let mut to_filter: Vec<(Arc<CompiledWebhook>, Vec<Filtered>)> = Vec::new();
+    for (position, stored) in events.iter().enumerate() {
+        let event = match EventBody::parse(&stored.raw) {
+            Ok(event) => Arc::new(event),
+            Err(error) => {
+                // Ingest parsed it before storing it; bytes that no longer parse route nowhere.
+                tracing::error!(event_id = %stored.id, %error, "a stored event does not parse; not routed");
+                continue;
+            }
+        };
+        for webhook in subscribed(snapshot, &stored.instance, &event) {
+            if !runs_filters(webhook, &event) {
+                routed[position].extend(deliveries(webhook, &event, &stored.id));
+                continue;
+            }
+            let filtered = Filtered {
+                position,
+                event: Arc::clone(&event),
+                event_id: stored.id.clone(),
+            };
+            match to_filter
+                .iter_mut()
+                .find(|(known, _)| known.key == webhook.key)
+            {
+                Some((_, batch)) => batch.push(filtered),
+                None => to_filter.push((Arc::clone(webhook), vec![filtered])),
+            }
         }
     }
+    let filtered = to_filter
+        .into_iter()
+        .map(|(webhook, batch)| filter_batch(webhook, batch));
+    for (position, deliveries) in futures::future::join_all(filtered)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        routed[position].extend(deliveries);
+    }
+    events
+        .into_iter()
+        .zip(routed)
+        .map(|(event, deliveries)| RoutedEvent { event, deliveries })
+        .collect()
 }
 
-/// One delivery per (enabled webhook subscribed to the event, matching route). A route whose
-/// filter fails on this event gets a delivery stored dead with the reason, so the failure is
-/// visible and replayable rather than a silent drop. Each webhook's filters are tenant code:
-/// they run off the async workers, all webhooks at once, and a webhook whose filters do not
-/// finish within [`FILTER_TIME_LIMIT`] gets its filtered deliveries stored dead with that reason.
-async fn fan_out(
-    snapshot: &Snapshot,
-    stored: &UnroutedEvent,
-    event: &Arc<EventBody>,
-) -> Vec<NewDelivery> {
-    let webhooks = subscribed(snapshot, &stored.instance, event)
-        .map(|webhook| route_webhook(Arc::clone(webhook), Arc::clone(event), stored.id.clone()));
-    futures::future::join_all(webhooks)
+/// An event of a routing batch whose routing runs a webhook's filters.
+struct Filtered {
+    position: usize,
+    event: Arc<EventBody>,
+    event_id: String,
+}
+
+/// Runs `webhook`'s routes on `batch`, with their filters, off the async workers: in
+/// [`tenant::SLOTS`] jobs at most, each taking its share of the events in turn (a hand-off per
+/// job, not per event, while a webhook whose filters are slow still spreads over every slot
+/// rather than holding the batch up in one). Each event is held to [`FILTER_TIME_LIMIT`],
+/// counted from its own start: an event whose filters do not finish in time gets its filtered
+/// deliveries stored dead with that reason, the others are unaffected.
+async fn filter_batch(
+    webhook: Arc<CompiledWebhook>,
+    mut batch: Vec<Filtered>,
+) -> Vec<(usize, Vec<NewDelivery>)> {
+    let share = batch.len().div_ceil(tenant::SLOTS).max(1);
+    let mut jobs = Vec::new();
+    while !batch.is_empty() {
+        let rest = batch.split_off(share.min(batch.len()));
+        jobs.push(filter_in_turn(Arc::clone(&webhook), batch));
+        batch = rest;
+    }
+    futures::future::join_all(jobs)
         .await
         .into_iter()
         .flatten()
         .collect()
 }
 
-async fn route_webhook(
+async fn filter_in_turn(
     webhook: Arc<CompiledWebhook>,
-    event: Arc<EventBody>,
-    event_id: String,
-) -> Vec<NewDelivery> {
-    if !runs_filters(&webhook, &event) {
-        return deliveries(&webhook, &event, &event_id);
-    }
-    let evaluated = {
-        let (webhook, event, event_id) =
-            (Arc::clone(&webhook), Arc::clone(&event), event_id.clone());
-        tenant::run(tenant::Kind::Filter, FILTER_TIME_LIMIT, move || {
-            deliveries(&webhook, &event, &event_id)
+    events: Vec<Filtered>,
+) -> Vec<(usize, Vec<NewDelivery>)> {
+    let events = Arc::new(events);
+    let evaluating = Arc::clone(&webhook);
+    let evaluated = tenant::run_each(
+        tenant::Kind::Filter,
+        FILTER_TIME_LIMIT,
+        Arc::clone(&events),
+        move |filtered| deliveries(&evaluating, &filtered.event, &filtered.event_id),
+    )
+    .await;
+    events
+        .iter()
+        .zip(evaluated)
+        .map(|(filtered, deliveries)| {
+            let deliveries = deliveries.unwrap_or_else(|| {
+                filters_timed_out(&webhook, &filtered.event, &filtered.event_id)
+            });
+            (filtered.position, deliveries)
         })
-        .await
-    };
-    evaluated.unwrap_or_else(|| {
-        tracing::warn!(webhook = %webhook.key, %event_id, "route filters exceeded their time limit");
-        webhook
-            .routes
-            .iter()
-            .filter(|route| route.listed(&event))
-            .map(|route| {
-                let dead = route.has_filter().then(|| {
-                    format!(
-                        "filter of route {} exceeded its time limit of {} ms",
-                        route.name(),
-                        FILTER_TIME_LIMIT.as_millis()
-                    )
-                });
-                delivery(&webhook, route, &event_id, dead)
-            })
-            .collect()
-    })
+        .collect()
+}
+
+/// The deliveries of an event whose filters of `webhook` did not finish in time: those of its
+/// filtered routes stored dead with the reason, the others live.
+fn filters_timed_out(
+    webhook: &CompiledWebhook,
+    event: &EventBody,
+    event_id: &str,
+) -> Vec<NewDelivery> {
+    tracing::warn!(webhook = %webhook.key, %event_id, "route filters exceeded their time limit");
+    webhook
+        .routes
+        .iter()
+        .filter(|route| route.listed(event))
+        .map(|route| {
+            let dead = route.has_filter().then(|| {
+                format!(
+                    "filter of route {} exceeded its time limit of {} ms",
+                    route.name(),
+                    FILTER_TIME_LIMIT.as_millis()
+                )
+            });
+            delivery(webhook, route, event_id, dead)
+        })
+        .collect()
 }
 
 fn deliveries(webhook: &CompiledWebhook, event: &EventBody, event_id: &str) -> Vec<NewDelivery> {
