@@ -151,8 +151,8 @@ fn runs_filters(webhook: &CompiledWebhook, event: &EventBody) -> bool {
 /// One delivery per (enabled webhook subscribed to the event, matching route), for each of a
 /// batch of stored events. A route whose filter fails on an event gets a delivery stored dead
 /// with the reason, so the failure is visible and replayable rather than a silent drop.
-/// Filters are tenant code: each webhook's run off the async workers on all of the batch's
-/// events in one job (see [`filter_batch`]), the webhooks at once.
+/// Filters are tenant code: each webhook's run off the async workers on the batch's events in a
+/// few jobs (see [`filter_batch`]), the webhooks at once.
 async fn route_events(snapshot: &Snapshot, events: Vec<UnroutedEvent>) -> Vec<RoutedEvent> {
     let mut routed: Vec<Vec<NewDelivery>> = vec![Vec::new(); events.len()];
     // Per webhook with filters to run: the events (by position in the batch) it evaluates.
@@ -393,5 +393,71 @@ routes: {routes}"
             ..snapshot([webhook("all", "[{ name: all, sink: crm }]")])
         };
         assert!(route_without_tenant_code(&loading, INSTANCE, &page, "e1").is_none());
+    }
+
+    fn stored(id: &str, raw: &str) -> UnroutedEvent {
+        UnroutedEvent {
+            id: id.to_owned(),
+            instance: INSTANCE.to_owned(),
+            event: "entry.update".to_owned(),
+            received_at: 0,
+            raw: raw.as_bytes().to_vec(),
+            recovered: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_routes_each_event_through_filtered_and_unfiltered_webhooks() {
+        let site = snapshot([
+            webhook(
+                "by-model",
+                "[{ name: articles, sink: crm, match: { models: [article] } }]",
+            ),
+            webhook(
+                "only-a",
+                "[{ name: a, sink: crm, filter: \"entry.slug == 'a'\" }]",
+            ),
+            webhook(
+                "by-count",
+                "[{ name: counted, sink: crm, filter: \"entry.count > 1\" }]",
+            ),
+        ]);
+        let article = |slug: &str| {
+            format!(r#"{{"event":"entry.update","model":"article","entry":{{"id":1,"slug":"{slug}"}}}}"#)
+        };
+        // More events than a job takes, so the filters run in several jobs.
+        let mut events: Vec<UnroutedEvent> = (0..10)
+            .map(|n| stored(&format!("e{n}"), &article(if n % 2 == 0 { "a" } else { "b" })))
+            .collect();
+        events.push(stored("broken", "not json"));
+        let routed = route_events(&site, events).await;
+
+        let ids: Vec<&str> = routed.iter().map(|routed| routed.event.id.as_str()).collect();
+        assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "broken"]);
+        for (n, routed) in routed[..10].iter().enumerate() {
+            let id = format!("e{n}");
+            let mut live: Vec<&str> = routed
+                .deliveries
+                .iter()
+                .filter(|delivery| delivery.dead_on_arrival.is_none())
+                .map(|delivery| delivery.sink.webhook.as_str())
+                .collect();
+            live.sort_unstable();
+            let expected: &[&str] = if n % 2 == 0 {
+                &["web/by-model", "web/only-a"]
+            } else {
+                &["web/by-model"]
+            };
+            assert_eq!(live, expected, "{id}");
+            // A filter that fails on the event (no `count`) is stored dead, not dropped.
+            let dead: Vec<&NewDelivery> = routed
+                .deliveries
+                .iter()
+                .filter(|delivery| delivery.dead_on_arrival.is_some())
+                .collect();
+            assert_eq!(dead.len(), 1, "{id}: {dead:?}");
+            assert_eq!(dead[0].id, delivery_id(&id, "web/by-count", "counted"));
+        }
+        assert!(routed[10].deliveries.is_empty(), "an unparseable event routes nowhere");
     }
 }
