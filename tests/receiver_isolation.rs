@@ -532,6 +532,36 @@ async fn a_template_that_grows_a_string_past_the_memory_limit_is_dead_lettered_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_tag_past_the_memory_limit_costs_that_tag_only() {
+    // A delivery's templates render in one request to a tenant process; when one of them ends
+    // the process, each is rendered again alone, so the path beside it still goes out.
+    let site = CaptureSink::start().await;
+    let spec: StrapiWebhookSpec = serde_json::from_value(json!({
+        "instanceRef": { "name": "strapi" },
+        "events": ["entry.create"],
+        "sinks": [{ "name": "site", "nextjs": { "url": site.url(), "mode": "Revalidate" } }],
+        "routes": [{
+            "name": "articles",
+            "sink": "site",
+            "nextjs": {
+                "tags": ["{{ entry.title|indent(1000000000, true) }}", "{{ model }}"],
+                "paths": [{ "path": "/articles/{{ entry.documentId }}" }]
+            }
+        }],
+    }))
+    .unwrap();
+    let receiver = TestReceiver::start(snapshot(&spec)).await;
+    let status = receiver.post(&receiver::client(), &article_event(7)).await;
+    assert!(status.is_success(), "{status}");
+    site.wait_for(Duration::from_secs(30), |received| !received.is_empty())
+        .await;
+    let call = site.received()[0].body.clone();
+    assert_eq!(call["tags"], json!(["article"]), "{call}");
+    assert_eq!(call["paths"][0]["path"], "/articles/doc7", "{call}");
+    receiver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_slow_on_a_long_event_list_is_stopped_at_its_time_limit() {
     let (normal_sink, hostile_sink) = (CaptureSink::start().await, CaptureSink::start().await);
     // Within the cost budget (event lists are assumed to hold 1,000 elements), but the event

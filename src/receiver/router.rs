@@ -423,17 +423,32 @@ routes: {routes}"
             ),
         ]);
         let article = |slug: &str| {
-            format!(r#"{{"event":"entry.update","model":"article","entry":{{"id":1,"slug":"{slug}"}}}}"#)
+            format!(
+                r#"{{"event":"entry.update","model":"article","entry":{{"id":1,"slug":"{slug}"}}}}"#
+            )
         };
         // More events than a job takes, so the filters run in several jobs.
         let mut events: Vec<UnroutedEvent> = (0..10)
-            .map(|n| stored(&format!("e{n}"), &article(if n % 2 == 0 { "a" } else { "b" })))
+            .map(|n| {
+                stored(
+                    &format!("e{n}"),
+                    &article(if n % 2 == 0 { "a" } else { "b" }),
+                )
+            })
             .collect();
         events.push(stored("broken", "not json"));
         let routed = route_events(&site, events).await;
 
-        let ids: Vec<&str> = routed.iter().map(|routed| routed.event.id.as_str()).collect();
-        assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "broken"]);
+        let ids: Vec<&str> = routed
+            .iter()
+            .map(|routed| routed.event.id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "broken"
+            ]
+        );
         for (n, routed) in routed[..10].iter().enumerate() {
             let id = format!("e{n}");
             let mut live: Vec<&str> = routed
@@ -458,6 +473,9 @@ routes: {routes}"
             assert_eq!(dead.len(), 1, "{id}: {dead:?}");
             assert_eq!(dead[0].id, delivery_id(&id, "web/by-count", "counted"));
         }
-        assert!(routed[10].deliveries.is_empty(), "an unparseable event routes nowhere");
+        assert!(
+            routed[10].deliveries.is_empty(),
+            "an unparseable event routes nowhere"
+        );
     }
 }

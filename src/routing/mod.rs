@@ -8,7 +8,7 @@ mod filter;
 pub mod sandbox;
 mod template;
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use minijinja::Value as TemplateValue;
 use serde::Serialize;
@@ -331,13 +331,27 @@ impl CompiledRoute {
     /// Renders what this route sends for `event`; `raw` is the body exactly as Strapi sent it.
     pub fn render(&self, event: &EventBody, raw: &[u8]) -> Result<Payload, RenderError> {
         let context = EventVars::new(event).template_context();
-        let render = |field: &str| {
-            self.templates
-                .render(field, &context)
-                .map_err(|message| RenderError::Template {
-                    field: field.to_owned(),
-                    message,
-                })
+        // Every template of the payload at once: in a tenant process, a delivery is one round
+        // trip, not one per tag or path.
+        let fields: Vec<String> = template_fields(&self.payload)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect();
+        let mut rendered: HashMap<String, Result<String, String>> = fields
+            .iter()
+            .cloned()
+            .zip(self.templates.render_each(&fields, &context))
+            .collect();
+        let mut take = |field: &str| {
+            rendered
+                .remove(field)
+                .unwrap_or_else(|| Err(format!("{field} was not rendered")))
+        };
+        let mut render = |field: &str| {
+            take(field).map_err(|message| RenderError::Template {
+                field: field.to_owned(),
+                message,
+            })
         };
         match &self.payload {
             PayloadTemplate::Forward => Ok(Payload::Forward(raw.to_vec())),
@@ -372,15 +386,15 @@ impl CompiledRoute {
                 Ok(Payload::Slack { text, blocks })
             }
             PayloadTemplate::Revalidate { tags, paths } => {
-                self.render_revalidation(event, &context, tags.len(), paths)
+                Self::render_revalidation(event, &mut take, tags.len(), paths)
             }
         }
     }
 
+    /// The revalidation of `event`, from its tags and paths as `rendered` gives them.
     fn render_revalidation(
-        &self,
         event: &EventBody,
-        context: &TemplateValue,
+        rendered: &mut impl FnMut(&str) -> Result<String, String>,
         tag_count: usize,
         paths: &[PathTemplate],
     ) -> Result<Payload, RenderError> {
@@ -392,7 +406,7 @@ impl CompiledRoute {
         let mut rendered_tags: Vec<String> = Vec::new();
         for index in 0..tag_count {
             let field = format!("nextjs.tags[{index}]");
-            match self.templates.render(&field, context) {
+            match rendered(&field) {
                 Ok(tag) if tag.trim().is_empty() => skip(&field, "rendered empty".to_owned()),
                 Ok(tag) => push_unique(&mut rendered_tags, tag.trim().to_owned()),
                 Err(_) if no_entry => skip(&field, NO_ENTRY.to_owned()),
@@ -402,7 +416,7 @@ impl CompiledRoute {
         let mut rendered_paths: Vec<RevalidatePath> = Vec::new();
         for (index, template) in paths.iter().enumerate() {
             let field = format!("nextjs.paths[{index}].path");
-            match self.templates.render(&field, context) {
+            match rendered(&field) {
                 Ok(path) => match check_path(path.trim()) {
                     Ok(()) => push_unique(
                         &mut rendered_paths,

@@ -108,10 +108,10 @@ static POOL: OnceLock<Pool> = OnceLock::new();
 enum Request {
     /// Evaluate a filter on the event's variables ([`super::EventVars`], in their order).
     Filter { source: String, vars: Vec<Json> },
-    /// Render `field` of a route's template set with `context`.
+    /// Render `fields` of a route's template set with `context`, each on its own.
     Template {
         sources: Vec<(String, String)>,
-        field: String,
+        fields: Vec<String>,
         context: Json,
     },
 }
@@ -120,7 +120,8 @@ enum Request {
 #[derive(Serialize, Deserialize)]
 enum Response {
     Filter(Result<bool, FilterError>),
-    Template(Result<String, String>),
+    /// One result per field asked, in the order asked.
+    Template(Vec<Result<String, String>>),
     /// The filter or template set did not compile in the child (it compiled in the parent, so
     /// this means the two binaries differ).
     NotCompiled(String),
@@ -135,38 +136,52 @@ pub(super) fn filter(source: &str, vars: &EventVars) -> Option<Result<bool, Filt
     };
     Some(match pool.call(&request, FILTER_TIME_LIMIT) {
         Ok(Response::Filter(result)) => result,
-        Ok(Response::NotCompiled(message) | Response::Template(Err(message))) => {
-            Err(FilterError::Evaluation(message))
-        }
-        Ok(Response::Template(Ok(_))) => Err(FilterError::Evaluation(
+        Ok(Response::NotCompiled(message)) => Err(FilterError::Evaluation(message)),
+        Ok(Response::Template(_)) => Err(FilterError::Evaluation(
             "the tenant process answered a different request".to_owned(),
         )),
         Err(failure) => Err(FilterError::Evaluation(failure.explain(FILTER_TIME_LIMIT))),
     })
 }
 
-/// Renders `field` of the template set `sources` in a tenant process, or `None` when none is
-/// installed.
-pub(super) fn template(
+/// Renders `fields` of the template set `sources` in a tenant process, one result per field,
+/// or `None` when none is installed. The fields go in one request (a delivery's tags and paths
+/// cost one round trip, not one each) and share [`TEMPLATE_TIME_LIMIT`]. When the process ends
+/// without answering (a field past the memory limit), each field is rendered again on its own,
+/// so only the field at fault fails, as if it had been asked alone.
+pub(super) fn templates(
     sources: &[(String, String)],
-    field: &str,
+    fields: &[String],
     context: &minijinja::Value,
-) -> Option<Result<String, String>> {
+) -> Option<Vec<Result<String, String>>> {
     let pool = POOL.get()?;
     let context = match serde_json::to_value(context) {
         Ok(context) => context,
-        Err(error) => return Some(Err(format!("the event could not be passed on: {error}"))),
+        Err(error) => {
+            let error = format!("the event could not be passed on: {error}");
+            return Some(vec![Err(error); fields.len()]);
+        }
     };
-    let request = Request::Template {
-        sources: sources.to_vec(),
-        field: field.to_owned(),
-        context,
+    let ask = |fields: &[String]| {
+        let request = Request::Template {
+            sources: sources.to_vec(),
+            fields: fields.to_vec(),
+            context: context.clone(),
+        };
+        pool.call(&request, TEMPLATE_TIME_LIMIT)
     };
-    Some(match pool.call(&request, TEMPLATE_TIME_LIMIT) {
-        Ok(Response::Template(result)) => result,
-        Ok(Response::NotCompiled(message)) => Err(message),
-        Ok(Response::Filter(_)) => Err("the tenant process answered a different request".into()),
-        Err(failure) => Err(failure.explain(TEMPLATE_TIME_LIMIT)),
+    let answer = |answer: Result<Response, Failure>, asked: usize| match answer {
+        Ok(Response::Template(results)) if results.len() == asked => results,
+        Ok(Response::NotCompiled(message)) => vec![Err(message); asked],
+        Ok(_) => vec![Err("the tenant process answered a different request".into()); asked],
+        Err(failure) => vec![Err(failure.explain(TEMPLATE_TIME_LIMIT)); asked],
+    };
+    Some(match ask(fields) {
+        Err(Failure::OutOfMemory(_) | Failure::Ended(_)) if fields.len() > 1 => fields
+            .iter()
+            .flat_map(|field| answer(ask(std::slice::from_ref(field)), 1))
+            .collect(),
+        asked => answer(asked, fields.len()),
     })
 }
 
@@ -451,7 +466,7 @@ impl Compiled {
             }
             Request::Template {
                 sources,
-                field,
+                fields,
                 context,
             } => {
                 let key = {
@@ -476,7 +491,13 @@ impl Compiled {
                     self.templates.insert(key, (sources, templates));
                 }
                 let context = minijinja::Value::from_serialize(&context);
-                Response::Template(self.templates[&key].1.render_here(&field, &context))
+                let templates = &self.templates[&key].1;
+                Response::Template(
+                    fields
+                        .iter()
+                        .map(|field| templates.render_here(field, &context))
+                        .collect(),
+                )
             }
         }
     }

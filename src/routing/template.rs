@@ -133,11 +133,23 @@ impl Templates {
         }
     }
 
-    /// Renders the template kept under `field` (registered by [`Templates::add`]): in a tenant
-    /// process once one is installed ([`super::sandbox`]), otherwise here.
-    pub(crate) fn render(&self, field: &str, context: &Value) -> Result<String, String> {
-        super::sandbox::template(&self.sources, field, context)
-            .unwrap_or_else(|| self.render_here(field, context))
+    /// Renders the templates kept under `fields` (registered by [`Templates::add`]), each on its
+    /// own, one result per field: in one request to a tenant process once one is installed
+    /// ([`super::sandbox`]), otherwise here.
+    pub(crate) fn render_each(
+        &self,
+        fields: &[String],
+        context: &Value,
+    ) -> Vec<Result<String, String>> {
+        if fields.is_empty() {
+            return Vec::new();
+        }
+        super::sandbox::templates(&self.sources, fields, context).unwrap_or_else(|| {
+            fields
+                .iter()
+                .map(|field| self.render_here(field, context))
+                .collect()
+        })
     }
 
     /// Renders the template kept under `field` in the calling thread.
@@ -328,13 +340,13 @@ mod tests {
             )
             .unwrap();
         let context = minijinja::context! { entry => minijinja::context! { name => r#"Bob", "admin": true, "x": "<!channel>"#, raw => "1" } };
-        let body = templates.render("http.body", &context).unwrap();
+        let body = templates.render_here("http.body", &context).unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed["name"], r#"Bob", "admin": true, "x": "<!channel>"#);
         assert_eq!(parsed.get("admin"), None);
         assert_eq!(parsed["raw"], 1);
         assert_eq!(
-            templates.render("slack.text", &context).unwrap(),
+            templates.render_here("slack.text", &context).unwrap(),
             r#"<https://cms|CMS>: Bob", "admin": true, "x": "&lt;!channel&gt; 1"#
         );
     }
@@ -403,7 +415,7 @@ mod tests {
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}";
         templates.add("http.body", cpu_bomb).unwrap();
         let error = templates
-            .render("http.body", &Value::UNDEFINED)
+            .render_here("http.body", &Value::UNDEFINED)
             .unwrap_err();
         assert!(error.contains("CPU limit"), "{error}");
     }
@@ -418,7 +430,7 @@ mod tests {
             )
             .unwrap();
         let context = Value::from_serialize(serde_json::json!({ "entry": "x".repeat(1000) }));
-        let error = templates.render("http.body", &context).unwrap_err();
+        let error = templates.render_here("http.body", &context).unwrap_err();
         assert!(error.contains("output limit"), "{error}");
     }
 
