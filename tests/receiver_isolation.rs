@@ -626,14 +626,15 @@ async fn events_are_acknowledged_while_the_router_waits_on_tenant_filters_and_ro
     for _ in 0..tenant::SLOTS {
         let (gate, wait) = std::sync::mpsc::channel::<()>();
         gates.push(gate);
-        let started = started.clone();
-        tokio::spawn(tenant::run(
+        let (started, wait) = (started.clone(), std::sync::Mutex::new(wait));
+        tokio::spawn(tenant::run_each(
             tenant::Kind::Filter,
             Duration::from_secs(600),
-            move || {
+            std::sync::Arc::new(vec![()]),
+            move |()| {
                 started.send(()).unwrap();
                 // Returns when the test drops the gate.
-                let _ = wait.recv();
+                let _ = wait.lock().unwrap().recv();
             },
         ));
     }

@@ -28,34 +28,14 @@ pub enum Kind {
 static FILTERS: Semaphore = Semaphore::const_new(SLOTS);
 static TEMPLATES: Semaphore = Semaphore::const_new(SLOTS);
 
-/// Runs `work` off the async workers. `None` when it did not finish within `limit`, counted from
-/// when it starts (a wait for a slot is not the evaluation's fault); the evaluation then
-/// finishes in the background, bounded by its budget.
-pub async fn run<T: Send + 'static>(
-    kind: Kind,
-    limit: Duration,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    // `run_each` calls its work through a shared reference; the one call takes it out.
-    let work = Mutex::new(Some(work));
-    let once = move |(): &()| {
-        let work = work.lock().unwrap_or_else(PoisonError::into_inner).take();
-        work.map(|work| work())
-    };
-    run_each(kind, limit, Arc::new(vec![()]), once)
-        .await
-        .pop()
-        .flatten()
-        .flatten()
-}
-
 /// Runs `work` on each of `items` off the async workers, in order, in one blocking job while
 /// they keep within time: a coalesced call's thousand deliveries cost one hand-off to the
 /// blocking pool instead of a thousand, each a wake-up and two context switches (under an
 /// ingest storm those hand-offs, not the rendering, kept a coalesced call most of a second
-/// late). Each item is still held to `limit`, counted from its own start: one that overruns
-/// gets `None` and finishes in the background, bounded by its budget, and the items after it
-/// go on in a new job, so they lose nothing to it. A panicking item also gets `None`.
+/// late). Each item is still held to `limit`, counted from its own start (a wait for a slot is
+/// not the item's fault): one that overruns gets `None` and finishes in the background, bounded
+/// by its budget, and the items after it go on in a new job, so they lose nothing to it. A
+/// panicking item also gets `None`.
 pub async fn run_each<I, T>(
     kind: Kind,
     limit: Duration,
@@ -224,13 +204,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_single_evaluation_that_overruns_is_abandoned() {
-        let slow = run(Kind::Filter, Duration::from_millis(100), || {
-            std::thread::sleep(Duration::from_secs(1));
-        });
-        assert_eq!(slow.await, None);
-        assert_eq!(
-            run(Kind::Filter, Duration::from_secs(5), || 7).await,
-            Some(7)
+        let slow = run_each(
+            Kind::Filter,
+            Duration::from_millis(100),
+            Arc::new(vec![()]),
+            |()| std::thread::sleep(Duration::from_secs(1)),
         );
+        assert_eq!(slow.await, [None]);
+        let quick = run_each(
+            Kind::Filter,
+            Duration::from_secs(5),
+            Arc::new(vec![()]),
+            |()| 7,
+        );
+        assert_eq!(quick.await, [Some(7)]);
     }
 }
