@@ -162,26 +162,29 @@ pub(super) fn templates(
             return Some(vec![Err(error); fields.len()]);
         }
     };
-    let ask = |fields: &[String]| {
-        let request = Request::Template {
-            sources: sources.to_vec(),
-            fields: fields.to_vec(),
-            context: context.clone(),
-        };
-        pool.call(&request, TEMPLATE_TIME_LIMIT)
-    };
     let answer = |answer: Result<Response, Failure>, asked: usize| match answer {
         Ok(Response::Template(results)) if results.len() == asked => results,
         Ok(Response::NotCompiled(message)) => vec![Err(message); asked],
         Ok(_) => vec![Err("the tenant process answered a different request".into()); asked],
         Err(failure) => vec![Err(failure.explain(TEMPLATE_TIME_LIMIT)); asked],
     };
-    Some(match ask(fields) {
+    let mut request = Request::Template {
+        sources: sources.to_vec(),
+        fields: fields.to_vec(),
+        context,
+    };
+    Some(match pool.call(&request, TEMPLATE_TIME_LIMIT) {
         Err(Failure::OutOfMemory(_) | Failure::Ended(_)) if fields.len() > 1 => fields
             .iter()
-            .flat_map(|field| answer(ask(std::slice::from_ref(field)), 1))
+            .flat_map(|field| {
+                // The same request, for this field alone.
+                if let Request::Template { fields: asked, .. } = &mut request {
+                    *asked = vec![field.clone()];
+                }
+                answer(pool.call(&request, TEMPLATE_TIME_LIMIT), 1)
+            })
             .collect(),
-        asked => answer(asked, fields.len()),
+        whole => answer(whole, fields.len()),
     })
 }
 
