@@ -7,8 +7,9 @@
 //!    Next.js sink in `Forward` mode, against the same POSTs sent straight to that sink;
 //! 3. coalescing: 10,000 `entry.update` events for one model into a `Revalidate` sink: calls
 //!    that reach the sink, tags and paths covered, worst freshness delay against the window;
-//! 4. memory: the receiver's RSS idle, at its peak during the ingest run, and with 100,000
-//!    events queued for a sink that is down;
+//! 4. memory: the receiver's RSS idle (configured from a manifest file, and from a Kubernetes
+//!    API server as in a cluster), at its peak during the ingest run, and with 100,000 events
+//!    queued for a sink that is down;
 //! 5. bounded evaluation: ingest and delivery throughput of a normal webhook beside a hostile
 //!    one (a CEL filter near its budget, a CPU-bomb template), against the normal one alone.
 //!
@@ -18,6 +19,11 @@
 //! another build of the receiver measured with `SWO_BENCH_RECEIVER=<binary>`.
 
 mod common;
+// The tests' in-memory API server, for the receiver as it runs in a cluster; the bench uses
+// only its serving half.
+#[allow(dead_code)]
+#[path = "../tests/support/fake_api.rs"]
+mod fake_api;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -28,10 +34,12 @@ use std::{
 
 use axum::{Router, body::Bytes, http::StatusCode, routing::post};
 use common::{BenchError, RecordingSink, Row, cpu_by_thread, ms, percentile, publish, rss_mib};
+use fake_api::{FakeApi, path_of};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{api::shared_secret, event::SECRET_HEADER};
 
+const API_VERSION: &str = "webhooks.strapi-operator.dev/v1alpha1";
 const NAMESPACE: &str = "bench";
 const INSTANCE: &str = "cms";
 const SECRET: &str = "bench-shared-secret";
@@ -342,7 +350,7 @@ fn article_update(n: usize) -> Value {
 
 fn webhook(name: &str, sink: Value, route: Value) -> Value {
     json!({
-        "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "StrapiWebhook",
         "metadata": {"name": name, "namespace": NAMESPACE, "generation": 1},
         "spec": {
@@ -350,6 +358,29 @@ fn webhook(name: &str, sink: Value, route: Value) -> Value {
             "events": ["entry.update"],
             "sinks": [sink],
             "routes": [route],
+        }
+    })
+}
+
+/// The instance's shared secret, as the controller writes it.
+fn shared_secret_object() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": shared_secret::name(INSTANCE), "namespace": NAMESPACE},
+        "stringData": {shared_secret::CURRENT_KEY: SECRET}
+    })
+}
+
+/// The one Strapi instance every webhook of the bench belongs to.
+fn instance_object() -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "StrapiInstance",
+        "metadata": {"name": INSTANCE, "namespace": NAMESPACE, "generation": 1},
+        "spec": {
+            "url": "http://127.0.0.1:1337",
+            "auth": {"credentials": {"secretName": "strapi-admin"}}
         }
     })
 }
@@ -512,23 +543,7 @@ struct Receiver {
 impl Receiver {
     async fn start(webhooks: &[Value], queue: &Queue) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir().map_err(BenchError::setup("the receiver's folder"))?;
-        let documents = [
-            json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": shared_secret::name(INSTANCE), "namespace": NAMESPACE},
-                "stringData": {shared_secret::CURRENT_KEY: SECRET}
-            }),
-            json!({
-                "apiVersion": "webhooks.strapi-operator.dev/v1alpha1",
-                "kind": "StrapiInstance",
-                "metadata": {"name": INSTANCE, "namespace": NAMESPACE},
-                "spec": {
-                    "url": "http://127.0.0.1:1337",
-                    "auth": {"credentials": {"secretName": "strapi-admin"}}
-                }
-            }),
-        ];
+        let documents = [shared_secret_object(), instance_object()];
         // YAML is a superset of JSON, so each document is written as JSON.
         let manifest: Vec<String> = documents
             .iter()
@@ -538,6 +553,57 @@ impl Receiver {
         let manifest_path = dir.path().join("manifest.yaml");
         std::fs::write(&manifest_path, manifest.join("\n---\n"))
             .map_err(BenchError::setup("the receiver's manifest"))?;
+        let source = format!("--config-source=file:{}", manifest_path.display());
+        Self::spawn(dir, queue, &source, None).await
+    }
+
+    /// The same receiver with its configuration from a Kubernetes API server (the tests'
+    /// in-memory one, served by this process), as it runs in a cluster: the manifest file's
+    /// admission checks (YAML, schema, CEL) are the API server's there, not the receiver's.
+    async fn start_in_cluster(webhooks: &[Value], queue: &Queue) -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir().map_err(BenchError::setup("the receiver's folder"))?;
+        let api = FakeApi::default();
+        api.put_labelled_secret(
+            NAMESPACE,
+            &shared_secret::name(INSTANCE),
+            &[(shared_secret::INSTANCE_LABEL, INSTANCE)],
+            &[(shared_secret::CURRENT_KEY, SECRET)],
+        );
+        for object in std::iter::once(instance_object()).chain(webhooks.iter().cloned()) {
+            let plural = match object["kind"].as_str() {
+                Some("StrapiInstance") => "strapiinstances",
+                _ => "strapiwebhooks",
+            };
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            api.put(&path_of(API_VERSION, plural, NAMESPACE, &name), object);
+        }
+        let server = api.serve_loopback().await;
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{ name: bench, cluster: {{ server: \"{server}\" }} }}]\n\
+                 users: [{{ name: bench, user: {{ token: bench }} }}]\n\
+                 contexts: [{{ name: bench, context: {{ cluster: bench, user: bench }} }}]\n\
+                 current-context: bench\n"
+            ),
+        )
+        .map_err(BenchError::setup("the receiver's kubeconfig"))?;
+        Self::spawn(dir, queue, "--config-source=kubernetes", Some(&kubeconfig)).await
+    }
+
+    /// Starts the receiver binary with its configuration `source` (and `kubeconfig`, if it
+    /// watches a cluster) and its queue in `dir`; waits until it is ready.
+    async fn spawn(
+        dir: tempfile::TempDir,
+        queue: &Queue,
+        source: &str,
+        kubeconfig: Option<&std::path::Path>,
+    ) -> Result<Self, BenchError> {
         let (ingest, admin) = (free_port()?, free_port()?);
         let log = std::fs::File::create(dir.path().join("receiver.log"))
             .map_err(BenchError::setup("the receiver's log"))?;
@@ -548,12 +614,16 @@ impl Receiver {
             ],
             Queue::JetStream(url) => vec![format!("--queue={url}")],
         };
-        let child = Command::new(receiver_binary())
+        let mut command = Command::new(receiver_binary());
+        if let Some(kubeconfig) = kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .arg("receiver")
+            .arg(source)
             .args(queue_args)
             .arg(format!("--ingest-addr=127.0.0.1:{ingest}"))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-            .arg(format!("--config-source=file:{}", manifest_path.display()))
             // The sinks are loopback servers in this process.
             .arg("--allow-loopback-sinks")
             .env("RUST_LOG", "warn")
@@ -1012,6 +1082,12 @@ async fn beside(client: &reqwest::Client, other: Option<&Value>) -> Result<(f64,
 /// Item 4: RSS of a receiver idle after start, then holding `QUEUED_EVENTS` events for a sink
 /// that is down.
 async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<Vec<Row>, BenchError> {
+    let in_cluster = {
+        let receiver =
+            Receiver::start_in_cluster(&[http_webhook(down)], &Queue::Sqlite("full")).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_mib(receiver.pid())?.0
+    };
     let receiver = Receiver::start(&[http_webhook(down)], &Queue::Sqlite("full")).await?;
     // Give the tenant processes started at install time a moment to be up.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1037,6 +1113,13 @@ async fn queued_memory(client: &reqwest::Client, down: &str) -> Result<Vec<Row>,
     let queued = rss_mib(receiver.pid())?.0;
     Ok(vec![
         Row::plain("receiver memory", "RSS idle MiB", idle),
+        Row::against(
+            "receiver memory",
+            "RSS idle, configuration from a Kubernetes API server, MiB",
+            in_cluster,
+            idle,
+            "RSS idle (manifest file)",
+        ),
         Row::against(
             "receiver memory",
             "RSS idle, anonymous (heap, stacks) MiB",
