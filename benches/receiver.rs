@@ -35,6 +35,7 @@ use std::{
 use axum::{Router, body::Bytes, http::StatusCode, routing::post};
 use common::{BenchError, RecordingSink, Row, cpu_by_thread, ms, percentile, publish, rss_mib};
 use fake_api::{FakeApi, path_of};
+
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use strapi_webhook_operator::{api::shared_secret, event::SECRET_HEADER};
@@ -582,17 +583,8 @@ impl Receiver {
         }
         let server = api.serve_loopback().await;
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{ name: bench, cluster: {{ server: \"{server}\" }} }}]\n\
-                 users: [{{ name: bench, user: {{ token: bench }} }}]\n\
-                 contexts: [{{ name: bench, context: {{ cluster: bench, user: bench }} }}]\n\
-                 current-context: bench\n"
-            ),
-        )
-        .map_err(BenchError::setup("the receiver's kubeconfig"))?;
+        std::fs::write(&kubeconfig, fake_api::kubeconfig(&server))
+            .map_err(BenchError::setup("the receiver's kubeconfig"))?;
         Self::spawn(dir, queue, "--config-source=kubernetes", Some(&kubeconfig)).await
     }
 

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::fake_api::{FakeApi, path_of};
+use support::fake_api::{self, FakeApi, path_of};
 use support::receiver::{
     ADMIN_TOKEN, CaptureSink, KillOnDrop, SECRET, TestStore, article_event, client, free_port,
 };
@@ -79,14 +79,7 @@ fn webhook(generation: i64, routes: &[(&str, &str)]) -> Value {
 
 fn kubeconfig(dir: &Path, server: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{ name: fake, cluster: {{ server: \"{server}\" }} }}]\n\
-         users: [{{ name: fake, user: {{ token: fake }} }}]\n\
-         contexts: [{{ name: fake, context: {{ cluster: fake, user: fake }} }}]\n\
-         current-context: fake\n"
-    );
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, fake_api::kubeconfig(server)).unwrap();
     path
 }
 

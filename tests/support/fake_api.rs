@@ -103,6 +103,18 @@ impl Default for FakeApi {
     }
 }
 
+/// A kubeconfig whose one context reaches the fake served at `server`
+/// ([`FakeApi::serve_loopback`]), for a real binary to watch it.
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{{ name: fake, cluster: {{ server: \"{server}\" }} }}]\n\
+         users: [{{ name: fake, user: {{ token: fake }} }}]\n\
+         contexts: [{{ name: fake, context: {{ cluster: fake, user: fake }} }}]\n\
+         current-context: fake\n"
+    )
+}
+
 /// The API path of a namespaced object (`/api/v1/...` for core kinds).
 pub fn path_of(api_version: &str, plural: &str, namespace: &str, name: &str) -> String {
     let prefix = if api_version.contains('/') {
