@@ -333,15 +333,8 @@ impl CompiledRoute {
         let context = EventVars::new(event).template_context();
         // Every template of the payload at once: in a tenant process, a delivery is one round
         // trip, not one per tag or path.
-        let fields: Vec<String> = template_fields(&self.payload)
-            .into_iter()
-            .map(|(field, _)| field)
-            .collect();
-        let mut rendered: HashMap<String, Result<String, String>> = fields
-            .iter()
-            .cloned()
-            .zip(self.templates.render_each(&fields, &context))
-            .collect();
+        let mut rendered: HashMap<&str, Result<String, String>> =
+            self.templates.render_all(&context).into_iter().collect();
         let mut take = |field: &str| {
             rendered
                 .remove(field)

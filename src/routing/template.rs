@@ -133,23 +133,30 @@ impl Templates {
         }
     }
 
-    /// Renders the templates kept under `fields` (registered by [`Templates::add`]), each on its
-    /// own, one result per field: in one request to a tenant process once one is installed
-    /// ([`super::sandbox`]), otherwise here.
-    pub(crate) fn render_each(
-        &self,
-        fields: &[String],
-        context: &Value,
-    ) -> Vec<Result<String, String>> {
-        if fields.is_empty() {
+    /// Renders every template kept (registered by [`Templates::add`]), each on its own, one
+    /// result per field in the order added: in one request to a tenant process once one is
+    /// installed ([`super::sandbox`]), otherwise here.
+    pub(crate) fn render_all(&self, context: &Value) -> Vec<(&str, Result<String, String>)> {
+        if self.sources.is_empty() {
             return Vec::new();
         }
-        super::sandbox::templates(&self.sources, fields, context).unwrap_or_else(|| {
-            fields
-                .iter()
-                .map(|field| self.render_here(field, context))
-                .collect()
-        })
+        let fields: Vec<String> = self
+            .sources
+            .iter()
+            .map(|(field, _)| field.clone())
+            .collect();
+        let results =
+            super::sandbox::templates(&self.sources, &fields, context).unwrap_or_else(|| {
+                fields
+                    .iter()
+                    .map(|field| self.render_here(field, context))
+                    .collect()
+            });
+        self.sources
+            .iter()
+            .map(|(field, _)| field.as_str())
+            .zip(results)
+            .collect()
     }
 
     /// Renders the template kept under `field` in the calling thread.
